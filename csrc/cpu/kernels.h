@@ -1,0 +1,64 @@
+// kernels.h: the torch-free CPU kernel interface. Every CPU backend (portable C++, x86 SIMD,
+// NEON) implements a KernelSet; the ATen glue (csrc/ops.cpp) splits work over threads and
+// calls one. Raw pointers only, so kernels build alone for harnesses, qemu and sanitizers.
+#pragma once
+#include <cstdint>
+
+#include "../ternary_format.h"
+
+namespace ternary::cpu {
+
+// Quantized activation rows are padded with zeros to a multiple of this many columns, so SIMD
+// kernels may read q (not weights) in whole 64-byte chunks past K.
+constexpr int64_t kActPad = 64;
+constexpr int64_t padded_k(int64_t K) { return (K + kActPad - 1) / kActPad * kActPad; }
+
+// One linear problem: y[m, n] = s[n] * sum_k T[n, k] * a[m, k] (+ bias[n]).
+struct Problem {
+  int64_t M = 0, N = 0, K = 0;
+  const void* weight = nullptr;  // i8: int8 [N, K]; i2: uint8 [ceil(N/4), K]; row-major
+  const float* scale = nullptr;  // s[n] = scale[n * scale_stride]
+  int64_t scale_stride = 0;      // 0 (per tensor) or 1 (per output row)
+  const float* bias = nullptr;   // [N] or nullptr
+  // act="int8": q [M, ldq] int8 (ldq = padded_k(K), zero past K), per-row inv and sum of q.
+  const int8_t* xq = nullptr;
+  const float* x_inv = nullptr;
+  const int32_t* x_sum = nullptr;
+  int64_t ldq = 0;
+  // act="none": float32 rows [M, ldx].
+  const float* xf = nullptr;
+  int64_t ldx = 0;
+  float* y = nullptr;  // [M, ldy] float32 output
+  int64_t ldy = 0;
+};
+
+// Computes the outputs of "row units" [u0, u1): output rows for i8, byte rows for i2 (byte row
+// j gives outputs j, j+R, j+2R, j+3R that are < N). Threads call it on disjoint unit ranges.
+using LinearFn = void (*)(const Problem& p, int64_t u0, int64_t u1);
+
+// Quantizes rows m in [m0, m1) of x (float32, [M, ldx]) for act="int8": q [M, ldq] (zeros in
+// columns K..ldq), inv[m] = 127 / max(max|x_m|, 1e-5), sum[m] = sum_k q[m, k].
+// Must match the reference bit for bit: one float32 multiply x * inv, round half to even.
+using QuantizeFn = void (*)(const float* x, int64_t ldx, int64_t K, int64_t m0, int64_t m1,
+                            int8_t* q, int64_t ldq, float* inv, int32_t* sum);
+
+struct KernelSet {
+  const char* name;  // e.g. "portable", "avx2", "avx512_vnni", "neon_dotprod"
+  QuantizeFn quantize;
+  LinearFn i8_int8, i8_none, i2_int8, i2_none;
+};
+
+// Always available: plain C++ that compilers vectorize.
+const KernelSet& portable_kernels();
+
+// Runtime dispatcher (dispatch.cpp): every kernel set this build and this CPU can run, best
+// first, and the chosen one. TERNARY_OPS_KERNEL=<name> forces a set (read once, at first use);
+// naming one that cannot run here is an error, not a silent fallback.
+int available_kernel_count();
+const KernelSet& available_kernel(int i);
+const KernelSet& selected_kernels();
+// Overrides the selection for this process (nullptr name restores the default). Returns false
+// when no available set has that name.
+bool select_kernels(const char* name);
+
+}  // namespace ternary::cpu

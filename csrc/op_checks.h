@@ -1,0 +1,80 @@
+// op_checks.h: argument validation shared by every device's ATen glue (CPU, CUDA, MPS), so a
+// bad call fails with the same message everywhere. Messages say what was expected and got.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <string>
+
+#include "ternary_format.h"
+
+namespace ternary {
+
+enum class WeightFormat { I8, I2 };
+enum class ActMode { Int8, None };
+
+struct LinearShape {
+  int64_t M, N, K;
+  ActMode act;
+};
+
+inline const char* op_name(WeightFormat f) {
+  return f == WeightFormat::I8 ? "ternary.linear_i8" : "ternary.linear_i2";
+}
+
+inline ActMode parse_act(WeightFormat f, c10::string_view act) {
+  if (act == "int8") return ActMode::Int8;
+  if (act == "none") return ActMode::None;
+  TORCH_CHECK(false, op_name(f), ": act must be 'int8' or 'none', got '", std::string(act), "'");
+}
+
+// Validates the arguments of linear_i8 / linear_i2 (out_features is ignored for i8).
+inline LinearShape check_linear_args(WeightFormat f, const at::Tensor& x, const at::Tensor& weight,
+                                     const at::Tensor& scale, int64_t out_features,
+                                     const c10::optional<at::Tensor>& bias, c10::string_view act) {
+  const char* op = op_name(f);
+  const ActMode mode = parse_act(f, act);
+  const auto xt = x.scalar_type();
+  TORCH_CHECK(xt == at::kFloat || xt == at::kBFloat16 || xt == at::kHalf, op,
+              ": x must be float32, bfloat16 or float16, got ", xt);
+  TORCH_CHECK(x.dim() >= 1, op, ": x must have shape [..., K], got a 0-d tensor");
+  TORCH_CHECK(weight.dim() == 2, op, ": weight must be 2-D, got shape ", weight.sizes());
+  const int64_t K = x.size(-1);
+  int64_t N;
+  if (f == WeightFormat::I8) {
+    TORCH_CHECK(weight.scalar_type() == at::kChar, op, ": weight must be int8 (format i8), got ",
+                weight.scalar_type());
+    N = weight.size(0);
+    TORCH_CHECK(weight.size(1) == K, op, ": weight must have shape [N, K] with K = x.size(-1) = ",
+                K, ", got ", weight.sizes());
+  } else {
+    TORCH_CHECK(weight.scalar_type() == at::kByte, op, ": weight must be uint8 (format i2), got ",
+                weight.scalar_type());
+    TORCH_CHECK(out_features >= 1, op, ": out_features must be >= 1, got ", out_features);
+    N = out_features;
+    TORCH_CHECK(weight.size(0) == i2_packed_rows(N) && weight.size(1) == K, op,
+                ": weight must have shape [ceil(out_features / 4), K] = [", i2_packed_rows(N),
+                ", ", K, "], got ", weight.sizes());
+  }
+  TORCH_CHECK(scale.is_floating_point(), op, ": scale must be a floating tensor, got ",
+              scale.scalar_type());
+  TORCH_CHECK(scale.numel() == 1 || (scale.dim() == 1 && scale.size(0) == N), op,
+              ": scale must be a scalar or have shape [N] = [", N, "], got ", scale.sizes());
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->is_floating_point(), op, ": bias must be a floating tensor, got ",
+                bias->scalar_type());
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == N, op, ": bias must have shape [N] = [", N,
+                "], got ", bias->sizes());
+  }
+  const auto dev = x.device();
+  auto same_device = [&](const at::Tensor& t, const char* what) {
+    TORCH_CHECK(t.device() == dev, op, ": all tensors must be on x's device (", dev, "), got ",
+                what, " on ", t.device());
+  };
+  same_device(weight, "weight");
+  same_device(scale, "scale");
+  if (bias.has_value()) same_device(*bias, "bias");
+  const int64_t M = c10::multiply_integers(x.sizes().slice(0, x.dim() - 1));
+  return LinearShape{M, N, K, mode};
+}
+
+}  // namespace ternary

@@ -2,7 +2,7 @@
 
 One extension module. The op glue and the portable kernels always build; the SIMD backend for
 the host architecture (csrc/x86 on x86-64, csrc/neon on arm64) builds with per-file ISA flags,
-picked by the file name's suffix (see ISA_FLAGS), so one binary runs on any CPU of that
+picked by the file name's suffix (tools/kernel_build.py), so one binary runs on any CPU of that
 architecture and the dispatcher chooses at run time. CUDA builds when a CUDA toolkit and a
 CUDA build of torch are present; Metal builds on macOS.
 
@@ -20,40 +20,20 @@ from pathlib import Path
 from setuptools import find_packages, setup
 from torch.utils import cpp_extension
 
+sys.path.insert(0, str(Path(__file__).parent / "tools"))
+import kernel_build  # noqa: E402
+
 ROOT = Path(__file__).parent.resolve()
 CSRC = ROOT / "csrc"
 MACHINE = platform.machine().lower()
-IS_X86 = MACHINE in ("x86_64", "amd64")
-IS_ARM64 = MACHINE in ("arm64", "aarch64")
 IS_MACOS = sys.platform == "darwin"
 
-# File-name suffix -> the ISA flags that translation unit (and only it) is built with.
-ISA_FLAGS = {
-    "_avx2": ["-mavx2", "-mfma", "-mf16c"],
-    "_avxvnni": ["-mavx2", "-mfma", "-mavxvnni"],
-    "_avx512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni", "-mfma"],
-    "_dotprod": ["-march=armv8.2-a+dotprod"],
-    "_i8mm": ["-march=armv8.6-a+dotprod+i8mm"],
-}
-KERNEL_CFLAGS = ["-O3", "-std=c++17", "-fPIC", "-Wall", "-Wextra", "-fno-math-errno"]
-
-
-def isa_flags(src: Path) -> list:
-    for suffix, flags in ISA_FLAGS.items():
-        if src.stem.endswith(suffix):
-            return flags
-    return []
 
 
 def simd_backend():
-    """(sources, define) of the SIMD backend for this machine, or ([], None)."""
     if os.environ.get("TERNARY_OPS_NO_SIMD") == "1":
         return [], None
-    if IS_X86:
-        return sorted((CSRC / "x86").glob("*.cpp")), "TERNARY_HAVE_X86"
-    if IS_ARM64:
-        return sorted((CSRC / "neon").glob("*.cpp")), "TERNARY_HAVE_NEON"
-    return [], None
+    return kernel_build.simd_backend(MACHINE)
 
 
 def want_cuda() -> bool:
@@ -92,11 +72,10 @@ class BuildExt(cpp_extension.BuildExtension):
 
         def compile_one(src: Path) -> str:
             obj = out_dir / (src.parent.name + "_" + src.stem + ".o")
-            deps = [src] + list(CSRC.glob("*.h")) + list(src.parent.glob("*.h")) + list(
-                (CSRC / "cpu").glob("*.h"))
+            deps = kernel_build.header_deps(src)
             if not obj.exists() or obj.stat().st_mtime < max(d.stat().st_mtime for d in deps):
-                cmd = cxx + KERNEL_CFLAGS + isa_flags(src) + ["-I", str(CSRC), "-c", str(src),
-                                                              "-o", str(obj)]
+                cmd = cxx + kernel_build.KERNEL_CFLAGS + kernel_build.isa_flags(src) + [
+                    "-I", str(CSRC), "-c", str(src), "-o", str(obj)]
                 print(" ".join(cmd), flush=True)
                 subprocess.check_call(cmd)
             return str(obj)
@@ -106,7 +85,7 @@ class BuildExt(cpp_extension.BuildExtension):
 
 
 def make_extension():
-    sources = [CSRC / "ops.cpp", CSRC / "cpu" / "portable.cpp", CSRC / "cpu" / "dispatch.cpp"]
+    sources = [CSRC / "ops.cpp"] + kernel_build.CORE_SOURCES
     defines = []
     isa_sources, simd_define = simd_backend()
     if simd_define and isa_sources:

@@ -1,1 +1,24 @@
+"""ternary-ops: fast ternary-weight (BitNet b1.58) linear layers for PyTorch.
 
+    import ternary_ops as tops
+    summary = tops.convert(model)          # nn.Linear -> TernaryLinear, in place
+    tops.save(model, "model.safetensors")
+
+Ops: ``torch.ops.ternary.linear_i8`` and ``torch.ops.ternary.linear_i2`` (see DESIGN.md for
+the formats and semantics); ``ternary_ops.reference`` holds their plain-torch definitions.
+"""
+from . import reference
+from .convert import DEFAULT_EXCLUDE, ConvertSummary, convert
+from .formats import dequantize, pack_i2, quantize, unpack_i2, validate_weight
+from .io import load, save
+from .nn import TernaryLinear
+from .ops import (backends, cpu_kernel, cpu_kernels_available, linear_i2, linear_i8,
+                  select_cpu_kernel)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "TernaryLinear", "convert", "ConvertSummary", "DEFAULT_EXCLUDE", "save", "load", "quantize",
+    "pack_i2", "unpack_i2", "dequantize", "validate_weight", "linear_i8", "linear_i2",
+    "cpu_kernel", "cpu_kernels_available", "select_cpu_kernel", "backends", "reference",
+]

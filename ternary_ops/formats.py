@@ -1,0 +1,128 @@
+"""Ternary weight formats in plain torch: quantize, pack, unpack, validate.
+
+The formats (DESIGN.md, csrc/ternary_format.h):
+
+* ``i8``: int8 ``[N, K]``, each byte -1, 0 or +1.
+* ``i2``: uint8 ``[ceil(N/4), K]``; byte ``[j, k]`` holds rows ``j, j+R, j+2R, j+3R``
+  (``R = ceil(N/4)``) in bit pairs 0-1, 2-3, 4-5, 6-7 as code ``w + 1``; code 3 is invalid and
+  padding rows hold code 1 (zero). Bit-for-bit the Hugging Face BitNet packing.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+FORMATS = ("i8", "i2")
+GRANULARITIES = ("tensor", "channel")
+ROWS_PER_BYTE = 4
+
+
+def packed_rows(out_features: int) -> int:
+    """Rows of the i2 packed tensor for ``out_features`` outputs: ``ceil(N / 4)``."""
+    return (out_features + ROWS_PER_BYTE - 1) // ROWS_PER_BYTE
+
+
+def check_format(format: str) -> str:
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    return format
+
+
+def quantize(weight: torch.Tensor, granularity: str = "tensor",
+             eps: float = 1e-8) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Absmean ternary quantization (BitNet b1.58).
+
+    ``s = mean|W|`` (over the whole tensor, or per output row for ``granularity="channel"``),
+    ``T = round(W / s).clamp(-1, 1)``. Returns ``(T int8 [N, K], s float32 [] or [N])`` with
+    ``W ~= s * T``.
+    """
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+    if weight.dim() != 2 or not weight.is_floating_point():
+        raise ValueError(f"weight must be a 2-D floating tensor [N, K], got {weight.dim()}-D "
+                         f"{weight.dtype}")
+    w = weight.detach().float()
+    if granularity == "tensor":
+        scale = w.abs().mean()
+        denom = scale.clamp(min=eps)
+    else:
+        scale = w.abs().mean(dim=1)
+        denom = scale.clamp(min=eps)[:, None]
+    codes = torch.round(w / denom).clamp_(-1, 1).to(torch.int8)
+    return codes, scale.clamp(min=eps)
+
+
+def pack_i2(codes: torch.Tensor) -> torch.Tensor:
+    """Packs ternary int8 ``[N, K]`` into the i2 format ``uint8 [ceil(N/4), K]``."""
+    validate_weight(codes, "i8")
+    n, k = codes.shape
+    r = packed_rows(n)
+    padded = torch.zeros(ROWS_PER_BYTE * r, k, dtype=torch.uint8, device=codes.device)
+    padded[:n] = (codes + 1).to(torch.uint8)
+    padded[n:] = 1  # padding rows hold the zero code
+    planes = padded.view(ROWS_PER_BYTE, r, k)
+    return planes[0] | (planes[1] << 2) | (planes[2] << 4) | (planes[3] << 6)
+
+
+def unpack_i2(packed: torch.Tensor, out_features: int) -> torch.Tensor:
+    """Unpacks i2 ``uint8 [ceil(N/4), K]`` into ternary int8 ``[N, K]``."""
+    _check_i2_shape(packed, out_features)
+    planes = [(packed >> (2 * i)) & 3 for i in range(ROWS_PER_BYTE)]
+    return (torch.cat(planes, dim=0)[:out_features].to(torch.int8) - 1)
+
+
+def dequantize(weight: torch.Tensor, scale: torch.Tensor, format: str,
+               out_features: Optional[int] = None,
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Dense ``s * T`` as ``dtype [N, K]`` from a stored weight in either format."""
+    codes = weight if check_format(format) == "i8" else unpack_i2(weight, out_features)
+    s = scale.float().reshape(-1, 1) if scale.numel() > 1 else scale.float().reshape(())
+    return (codes.float() * s).to(dtype)
+
+
+def _check_i2_shape(packed: torch.Tensor, out_features: Optional[int]) -> None:
+    if packed.dtype != torch.uint8 or packed.dim() != 2:
+        raise ValueError(f"i2 weight must be a 2-D uint8 tensor, got {packed.dim()}-D "
+                         f"{packed.dtype}")
+    if out_features is None or out_features < 1:
+        raise ValueError(f"out_features must be a positive int, got {out_features!r}")
+    if packed.shape[0] != packed_rows(out_features):
+        raise ValueError(f"i2 weight for out_features={out_features} must have "
+                         f"ceil({out_features}/4) = {packed_rows(out_features)} rows, got "
+                         f"shape {tuple(packed.shape)}")
+
+
+def validate_weight(weight: torch.Tensor, format: str,
+                    out_features: Optional[int] = None) -> None:
+    """Raises ``ValueError`` unless ``weight`` holds valid codes of ``format``.
+
+    ``i8``: int8 2-D with every value in {-1, 0, 1}. ``i2``: uint8 ``[ceil(N/4), K]`` with no
+    code 3 and zero codes (01) in the padding rows.
+    """
+    if check_format(format) == "i8":
+        if weight.dtype != torch.int8 or weight.dim() != 2:
+            raise ValueError(f"i8 weight must be a 2-D int8 tensor, got {weight.dim()}-D "
+                             f"{weight.dtype}")
+        bad = (weight < -1) | (weight > 1)
+        if bool(bad.any()):
+            idx = tuple(int(i) for i in bad.nonzero()[0])
+            raise ValueError(f"i8 weight has {int(bad.sum())} invalid values (expected -1, 0 "
+                             f"or 1); first at {idx}: {int(weight[idx])}")
+        return
+    _check_i2_shape(weight, out_features)
+    for plane in range(ROWS_PER_BYTE):
+        codes = (weight >> (2 * plane)) & 3
+        bad = codes == 3
+        if bool(bad.any()):
+            j, k = (int(i) for i in bad.nonzero()[0])
+            raise ValueError(f"i2 weight has {int(bad.sum())} invalid codes 0b11 in bit pair "
+                             f"{plane}; first at byte [{j}, {k}] (output row "
+                             f"{j + plane * weight.shape[0]})")
+    r = weight.shape[0]
+    pad_rows = torch.arange(ROWS_PER_BYTE * r, device=weight.device) >= out_features
+    if bool(pad_rows.any()):
+        planes = torch.cat([(weight >> (2 * i)) & 3 for i in range(ROWS_PER_BYTE)], dim=0)
+        if bool((planes[pad_rows] != 1).any()):
+            raise ValueError(f"i2 weight padding rows (>= out_features={out_features}) must "
+                             "hold the zero code 0b01")

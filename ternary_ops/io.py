@@ -1,0 +1,172 @@
+"""Saving and loading ternary models with safetensors.
+
+The file is a plain safetensors file: the state dict's tensors (weights stay packed) plus one
+metadata entry, ``"ternary_ops"``, a JSON object recording each ternary layer's format, act and
+shapes, so a load can rebuild the layers and refuse files that do not fit.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict, Optional, Tuple, Union
+
+import torch
+from torch import nn
+
+from .formats import FORMATS, packed_rows, validate_weight
+from .nn import TernaryLinear
+from .reference import ACT_MODES
+
+METADATA_KEY = "ternary_ops"
+FORMAT_VERSION = 1
+
+
+def _layer_info(model: nn.Module) -> Dict[str, dict]:
+    return {name: {"format": m.format, "act": m.act, "in_features": m.in_features,
+                   "out_features": m.out_features, "bias": m.bias is not None}
+            for name, m in model.named_modules() if isinstance(m, TernaryLinear)}
+
+
+def save(model_or_state: Union[nn.Module, Dict[str, torch.Tensor]], path: Union[str, os.PathLike],
+         layers: Optional[Dict[str, dict]] = None, metadata: Optional[Dict[str, str]] = None) -> None:
+    """Saves a model (or a state dict) to ``path`` in safetensors format.
+
+    For a module, each ``TernaryLinear``'s format, act and shapes go into the file's metadata.
+    For a plain state dict, pass ``layers`` (``{prefix: {"format", "act", "in_features",
+    "out_features", "bias"}}``) to record them; without it the file holds tensors only.
+    Tensors that share storage (tied weights) are stored once and restored as aliases.
+    """
+    from safetensors.torch import save_file
+
+    if isinstance(model_or_state, nn.Module):
+        state = model_or_state.state_dict()
+        layers = _layer_info(model_or_state) if layers is None else layers
+    else:
+        state = dict(model_or_state)
+    tensors, aliases, seen = {}, {}, {}
+    for name, t in state.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"save: state entry '{name}' is a {type(t).__name__}, not a tensor")
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape),
+               tuple(t.stride()), t.dtype) if t.numel() else None
+        if key is not None and key in seen:
+            aliases[name] = seen[key]
+            continue
+        if key is not None:
+            seen[key] = name
+        tensors[name] = t.detach().to("cpu").contiguous()
+    meta = dict(metadata or {})
+    meta[METADATA_KEY] = json.dumps({"version": FORMAT_VERSION, "layers": layers or {},
+                                     "aliases": aliases}, sort_keys=True)
+    save_file(tensors, os.fspath(path), metadata=meta)
+
+
+def _read(path) -> Tuple[Dict[str, torch.Tensor], dict]:
+    from safetensors import safe_open
+
+    tensors = {}
+    with safe_open(os.fspath(path), framework="pt", device="cpu") as f:
+        raw = (f.metadata() or {}).get(METADATA_KEY)
+        for k in f.keys():
+            tensors[k] = f.get_tensor(k)
+    if raw is None:
+        return tensors, {"version": FORMAT_VERSION, "layers": {}, "aliases": {}}
+    try:
+        info = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: corrupt '{METADATA_KEY}' metadata ({e})") from None
+    if not isinstance(info, dict) or info.get("version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: unsupported '{METADATA_KEY}' metadata version "
+                         f"{info.get('version') if isinstance(info, dict) else info!r}; "
+                         f"expected {FORMAT_VERSION}")
+    for alias, target in info.get("aliases", {}).items():
+        if target not in tensors:
+            raise ValueError(f"{path}: alias '{alias}' points at missing tensor '{target}'")
+        tensors[alias] = tensors[target]
+    return tensors, info
+
+
+def _check_layer(path, prefix: str, spec: dict, tensors: Dict[str, torch.Tensor]) -> None:
+    where = f"{path}: layer '{prefix}'"
+    fmt, act = spec.get("format"), spec.get("act")
+    if fmt not in FORMATS:
+        raise ValueError(f"{where}: unknown format {fmt!r}; expected one of {FORMATS}")
+    if act not in ACT_MODES:
+        raise ValueError(f"{where}: unknown act {act!r}; expected one of {ACT_MODES}")
+    n, k = spec.get("out_features"), spec.get("in_features")
+    if not (isinstance(n, int) and isinstance(k, int) and n >= 1 and k >= 1):
+        raise ValueError(f"{where}: bad shapes in metadata: in_features={k!r}, out_features={n!r}")
+    dot = prefix + "." if prefix else ""
+    for key in ("weight", "weight_scale") + (("bias",) if spec.get("bias") else ()):
+        if dot + key not in tensors:
+            raise ValueError(f"{where}: tensor '{dot + key}' is missing")
+    w, s = tensors[dot + "weight"], tensors[dot + "weight_scale"]
+    expect = (packed_rows(n), k) if fmt == "i2" else (n, k)
+    wdtype = torch.uint8 if fmt == "i2" else torch.int8
+    if w.dtype != wdtype or tuple(w.shape) != expect:
+        raise ValueError(f"{where}: weight must be {wdtype} {list(expect)} for format {fmt}, "
+                         f"in_features={k}, out_features={n}; got {w.dtype} {list(w.shape)}")
+    if not s.is_floating_point() or not (s.numel() == 1 or tuple(s.shape) == (n,)):
+        raise ValueError(f"{where}: weight_scale must be a float scalar or [{n}], got "
+                         f"{s.dtype} {list(s.shape)}")
+    if spec.get("bias") and tuple(tensors[dot + "bias"].shape) != (n,):
+        raise ValueError(f"{where}: bias must have shape [{n}], got "
+                         f"{list(tensors[dot + 'bias'].shape)}")
+    try:
+        validate_weight(w, fmt, n)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+
+
+def load(path: Union[str, os.PathLike], model: Optional[nn.Module] = None, strict: bool = True,
+         device: Optional[Union[str, torch.device]] = None):
+    """Loads a file written by :func:`save`.
+
+    Every ternary layer recorded in the metadata is checked (known format and act, weight
+    dtype and shape, scale and bias shapes, valid codes) before anything is returned.
+
+    * ``model=None``: returns the state dict (tensors on ``device``, default CPU).
+    * ``model`` given: each recorded layer that is still an ``nn.Linear`` in ``model`` is
+      replaced by a ``TernaryLinear`` of the recorded format and act, then the state dict is
+      loaded (``strict`` as in ``load_state_dict``). Returns ``model``.
+    """
+    tensors, info = _read(path)
+    layers = info.get("layers", {})
+    for prefix, spec in layers.items():
+        _check_layer(path, prefix, spec, tensors)
+    if device is not None:
+        tensors = {k: v.to(device) for k, v in tensors.items()}
+    if model is None:
+        return tensors
+    for prefix, spec in layers.items():
+        try:
+            module = model.get_submodule(prefix)
+        except AttributeError:
+            if strict:
+                raise ValueError(f"{path}: layer '{prefix}' does not exist in the model") from None
+            continue
+        if isinstance(module, TernaryLinear):
+            if (module.in_features, module.out_features) != (spec["in_features"],
+                                                             spec["out_features"]):
+                raise ValueError(f"{path}: layer '{prefix}' is {spec['in_features']} -> "
+                                 f"{spec['out_features']} in the file but {module.in_features} "
+                                 f"-> {module.out_features} in the model")
+            if module.format != spec["format"] or module.act != spec["act"]:
+                raise ValueError(f"{path}: layer '{prefix}' is format={spec['format']}, "
+                                 f"act={spec['act']} in the file but format={module.format}, "
+                                 f"act={module.act} in the model")
+            continue
+        if not isinstance(module, nn.Linear):
+            raise ValueError(f"{path}: layer '{prefix}' is a ternary layer in the file but a "
+                             f"{type(module).__name__} in the model")
+        if (module.in_features, module.out_features) != (spec["in_features"], spec["out_features"]):
+            raise ValueError(f"{path}: layer '{prefix}' is {spec['in_features']} -> "
+                             f"{spec['out_features']} in the file but {module.in_features} -> "
+                             f"{module.out_features} in the model")
+        new = TernaryLinear(spec["in_features"], spec["out_features"], bias=spec.get("bias", False),
+                            format=spec["format"], act=spec["act"], device=module.weight.device,
+                            dtype=module.weight.dtype)
+        parent_name, _, child = prefix.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, new)
+    model.load_state_dict(tensors, strict=strict)
+    return model

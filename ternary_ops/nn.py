@@ -1,0 +1,177 @@
+"""``TernaryLinear``: a drop-in replacement for ``nn.Linear`` with ternary weights."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from . import ops  # noqa: F401  (registers fake kernels and autograd)
+from .formats import check_format, packed_rows, quantize, pack_i2, validate_weight, dequantize
+from .reference import ACT_MODES
+
+
+def _check_act(act: str) -> str:
+    if act not in ACT_MODES:
+        raise ValueError(f"act must be one of {ACT_MODES}, got {act!r}")
+    return act
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n:.2f} GiB"
+
+
+class TernaryLinear(nn.Module):
+    """Linear layer ``y = s * (a @ T.T) + bias`` with ternary weights ``T`` in {-1, 0, +1}.
+
+    Args:
+        in_features, out_features: as ``nn.Linear``.
+        bias: learnable bias (a ``Parameter``, trainable like ``nn.Linear``'s).
+        format: ``"i2"`` (2-bit packed, 1/8 of bf16's bytes) or ``"i8"`` (int8 direct, no
+            decode, 1/2 of bf16's bytes).
+        act: ``"int8"`` (per-row int8 activations, integer dot: BitNet W1.58A8) or ``"none"``
+            (float activations, exact w.r.t. the ternary weights).
+        granularity: ``"tensor"`` (one scale) or ``"channel"`` (one scale per output row).
+        dtype: dtype of ``bias``; the output follows the input's dtype.
+
+    Buffers: ``weight`` (``uint8 [ceil(N/4), K]`` for i2, ``int8 [N, K]`` for i8) and
+    ``weight_scale`` (float32 ``[]`` or ``[N]``; kept in float32 by ``.to(dtype)``/``.half()``).
+    A new layer's weights are all zero; use :meth:`from_linear` or load a state dict.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 format: str = "i2", act: str = "int8", granularity: str = "tensor",
+                 device=None, dtype=None):
+        super().__init__()
+        if in_features < 1 or out_features < 1:
+            raise ValueError(f"in_features and out_features must be >= 1, got {in_features}, "
+                             f"{out_features}")
+        self.in_features = in_features
+        self.out_features = out_features
+        self.format = check_format(format)
+        self.act = _check_act(act)
+        if granularity not in ("tensor", "channel"):
+            raise ValueError(f"granularity must be 'tensor' or 'channel', got {granularity!r}")
+        if format == "i2":
+            weight = torch.full((packed_rows(out_features), in_features), 0x55,
+                                dtype=torch.uint8, device=device)
+        else:
+            weight = torch.zeros(out_features, in_features, dtype=torch.int8, device=device)
+        self.register_buffer("weight", weight)
+        scale_shape = () if granularity == "tensor" else (out_features,)
+        self.register_buffer("weight_scale",
+                             torch.ones(scale_shape, dtype=torch.float32, device=device))
+        if bias:
+            self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype))
+        else:
+            self.register_parameter("bias", None)
+
+    @property
+    def granularity(self) -> str:
+        return "tensor" if self.weight_scale.dim() == 0 else "channel"
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, format: str = "i2", act: str = "int8",
+                    granularity: str = "tensor") -> "TernaryLinear":
+        """Quantizes ``linear.weight`` (absmean) into a new layer on the same device."""
+        return cls.from_dense(linear.weight, linear.bias, format, act, granularity)
+
+    @classmethod
+    def from_dense(cls, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                   format: str = "i2", act: str = "int8",
+                   granularity: str = "tensor") -> "TernaryLinear":
+        """Quantizes a dense ``weight [out, in]`` (absmean) into a new layer on its device."""
+        codes, scale = quantize(weight, granularity)
+        layer = cls.from_ternary(codes, scale, bias, format=format, act=act)
+        if bias is not None:
+            layer.bias.requires_grad_(bias.requires_grad)
+        return layer
+
+    @classmethod
+    def from_ternary(cls, codes: torch.Tensor, scale: torch.Tensor,
+                     bias: Optional[torch.Tensor] = None, format: str = "i2",
+                     act: str = "int8") -> "TernaryLinear":
+        """Builds a layer from ternary int8 codes ``[N, K]`` and their scale ``[]`` or ``[N]``."""
+        validate_weight(codes, "i8")
+        n, k = codes.shape
+        scale = scale.detach().to(device=codes.device, dtype=torch.float32)
+        if not (scale.numel() == 1 or scale.shape == (n,)):
+            raise ValueError(f"scale must be a scalar or have shape [{n}], got "
+                             f"{list(scale.shape)}")
+        layer = cls(k, n, bias=bias is not None, format=format, act=act,
+                    granularity="tensor" if scale.numel() == 1 else "channel",
+                    device=torch.device("meta"))
+        layer.weight = pack_i2(codes) if format == "i2" else codes.clone()
+        layer.weight_scale = scale.reshape(()) if scale.numel() == 1 else scale
+        if bias is not None:
+            layer.bias = nn.Parameter(bias.detach().clone())
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.format == "i2":
+            return torch.ops.ternary.linear_i2(x, self.weight, self.weight_scale,
+                                               self.out_features, self.bias, self.act)
+        return torch.ops.ternary.linear_i8(x, self.weight, self.weight_scale, self.bias, self.act)
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The dense weight ``s * T`` as ``[out_features, in_features]``."""
+        return dequantize(self.weight, self.weight_scale, self.format, self.out_features, dtype)
+
+    def weight_bytes(self) -> int:
+        """Bytes of the stored weight and scale (what this layer holds instead of a dense weight)."""
+        return (self.weight.numel() * self.weight.element_size()
+                + self.weight_scale.numel() * self.weight_scale.element_size())
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, format={self.format}, act={self.act}, "
+                f"granularity={self.granularity}, weight_memory={_human_bytes(self.weight_bytes())}")
+
+    def _apply(self, fn, recurse=True):
+        # Module.to(dtype) / .half() would cast the float32 scale; keep it float32 and let only
+        # the device follow (the packed weight is integer, so casts never touch it).
+        scale = self.weight_scale
+        super()._apply(fn, recurse)
+        if self.weight_scale.dtype != torch.float32:
+            self.weight_scale = scale.to(device=self.weight_scale.device)
+        return self
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # Validate codes before they are copied in, and accept either scale granularity. The
+        # caller's dict is never modified: adjusted entries go into a shallow copy.
+        state_dict = dict(state_dict)
+        wkey, skey = prefix + "weight", prefix + "weight_scale"
+        if wkey in state_dict:
+            w = state_dict[wkey]
+            if w.dtype != self.weight.dtype or w.shape != self.weight.shape:
+                error_msgs.append(
+                    f"{wkey}: expected {self.format} weight {self.weight.dtype} "
+                    f"{list(self.weight.shape)} for in_features={self.in_features}, "
+                    f"out_features={self.out_features}, got {w.dtype} {list(w.shape)}")
+                return
+            try:
+                validate_weight(w, self.format, self.out_features)
+            except ValueError as e:
+                error_msgs.append(f"{wkey}: {e}")
+                return
+        if skey in state_dict:
+            s = state_dict[skey]
+            if s.numel() == 1 and s.dim() <= 1:
+                self.weight_scale = torch.ones((), dtype=torch.float32,
+                                               device=self.weight_scale.device)
+                state_dict[skey] = s.reshape(())
+            elif s.shape == (self.out_features,):
+                self.weight_scale = torch.ones(self.out_features, dtype=torch.float32,
+                                               device=self.weight_scale.device)
+            else:
+                error_msgs.append(f"{skey}: expected shape [] or [{self.out_features}], got "
+                                  f"{list(s.shape)}")
+                return
+            state_dict[skey] = state_dict[skey].float()
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)

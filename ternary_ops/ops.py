@@ -1,0 +1,185 @@
+"""The ternary ops: thin wrappers over ``torch.ops.ternary.*``, their fake (meta) kernels,
+autograd, and the reference fallback for devices without a native kernel.
+
+Schemas live in ``csrc/ops.cpp`` (one ``TORCH_LIBRARY(ternary, ...)`` block); native kernels
+register per dispatch key (CPU always; CUDA and MPS when built). Anything else reaches the
+``CompositeExplicitAutograd`` fallback here, which runs the plain-torch reference and warns once.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Optional
+
+import torch
+
+from . import _C  # noqa: F401  (registers the schemas and native kernels)
+from . import reference
+from .formats import packed_rows, unpack_i2
+
+_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _check_args(op: str, x, weight, scale, out_features, bias, act) -> int:
+    """Python twin of csrc/op_checks.h for the fake and fallback kernels; returns N."""
+    if act not in reference.ACT_MODES:
+        raise ValueError(f"{op}: act must be 'int8' or 'none', got '{act}'")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"{op}: x must be float32, bfloat16 or float16, got {x.dtype}")
+    if x.dim() < 1:
+        raise ValueError(f"{op}: x must have shape [..., K], got a 0-d tensor")
+    if weight.dim() != 2:
+        raise ValueError(f"{op}: weight must be 2-D, got shape {list(weight.shape)}")
+    k = x.shape[-1]
+    if op.endswith("i8"):
+        if weight.dtype != torch.int8:
+            raise ValueError(f"{op}: weight must be int8 (format i8), got {weight.dtype}")
+        n = weight.shape[0]
+        if weight.shape[1] != k:
+            raise ValueError(f"{op}: weight must have shape [N, K] with K = x.size(-1) = {k}, "
+                             f"got {list(weight.shape)}")
+    else:
+        if weight.dtype != torch.uint8:
+            raise ValueError(f"{op}: weight must be uint8 (format i2), got {weight.dtype}")
+        if out_features < 1:
+            raise ValueError(f"{op}: out_features must be >= 1, got {out_features}")
+        n = out_features
+        if weight.shape[0] != packed_rows(n) or weight.shape[1] != k:
+            raise ValueError(f"{op}: weight must have shape [ceil(out_features / 4), K] = "
+                             f"[{packed_rows(n)}, {k}], got {list(weight.shape)}")
+    if not scale.is_floating_point():
+        raise ValueError(f"{op}: scale must be a floating tensor, got {scale.dtype}")
+    if not (scale.numel() == 1 or (scale.dim() == 1 and scale.shape[0] == n)):
+        raise ValueError(f"{op}: scale must be a scalar or have shape [N] = [{n}], got "
+                         f"{list(scale.shape)}")
+    if bias is not None:
+        if not bias.is_floating_point():
+            raise ValueError(f"{op}: bias must be a floating tensor, got {bias.dtype}")
+        if bias.dim() != 1 or bias.shape[0] != n:
+            raise ValueError(f"{op}: bias must have shape [N] = [{n}], got {list(bias.shape)}")
+    for name, t in (("weight", weight), ("scale", scale), ("bias", bias)):
+        if t is not None and t.device != x.device:
+            raise ValueError(f"{op}: all tensors must be on x's device ({x.device}), got {name} "
+                             f"on {t.device}")
+    return n
+
+
+# ---- fake kernels: shapes only, for torch.compile / FakeTensor / meta --------------------
+
+@torch.library.register_fake("ternary::linear_i8")
+def _linear_i8_fake(x, weight, scale, bias, act):
+    n = _check_args("ternary.linear_i8", x, weight, scale, 0, bias, act)
+    return x.new_empty((*x.shape[:-1], n))
+
+
+@torch.library.register_fake("ternary::linear_i2")
+def _linear_i2_fake(x, weight, scale, out_features, bias, act):
+    n = _check_args("ternary.linear_i2", x, weight, scale, out_features, bias, act)
+    return x.new_empty((*x.shape[:-1], n))
+
+
+# ---- fallback for devices with no native kernel -----------------------------------------
+
+_warned_devices = set()
+
+
+def _warn_fallback(op: str, device: torch.device) -> None:
+    if device.type not in _warned_devices:
+        _warned_devices.add(device.type)
+        warnings.warn(f"ternary_ops: no native kernel for {op} on device '{device.type}' in this "
+                      "build; using the plain-torch reference path, which is slow. (Warned once "
+                      "per device type.)", RuntimeWarning, stacklevel=3)
+
+
+@torch.library.impl("ternary::linear_i8", "CompositeExplicitAutograd")
+def _linear_i8_fallback(x, weight, scale, bias, act):
+    _check_args("ternary.linear_i8", x, weight, scale, 0, bias, act)
+    _warn_fallback("ternary.linear_i8", x.device)
+    return reference.linear_i8(x, weight, scale, bias, act)
+
+
+@torch.library.impl("ternary::linear_i2", "CompositeExplicitAutograd")
+def _linear_i2_fallback(x, weight, scale, out_features, bias, act):
+    _check_args("ternary.linear_i2", x, weight, scale, out_features, bias, act)
+    _warn_fallback("ternary.linear_i2", x.device)
+    return reference.linear_i2(x, weight, scale, out_features, bias, act)
+
+
+# ---- autograd: w.r.t. x and bias; weights are frozen -------------------------------------
+# act="int8" uses the straight-through estimator (rounding treated as identity), as in BitNet
+# training: dL/dx = dL/dy @ (s * T). act="none" is linear in x, so that is its exact gradient.
+
+def _setup_context(ctx, inputs, output):
+    if len(inputs) == 5:  # linear_i8
+        x, weight, scale, bias, _ = inputs
+        ctx.out_features = None
+    else:
+        x, weight, scale, out_features, bias, _ = inputs
+        ctx.out_features = out_features
+    ctx.save_for_backward(weight, scale)
+    ctx.x_dtype = x.dtype
+    ctx.has_bias = bias is not None
+    ctx.bias_dtype = bias.dtype if bias is not None else None
+
+
+def _grads(ctx, grad):
+    weight, scale = ctx.saved_tensors
+    grad_x = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        codes = weight if ctx.out_features is None else unpack_i2(weight, ctx.out_features)
+        s = scale.float().reshape(-1, 1) if scale.numel() > 1 else scale.float().reshape(())
+        grad_x = (grad.float() @ (codes.float() * s)).to(ctx.x_dtype)
+    bias_index = 3 if ctx.out_features is None else 4
+    if ctx.has_bias and ctx.needs_input_grad[bias_index]:
+        grad_bias = grad.float().reshape(-1, grad.shape[-1]).sum(0).to(ctx.bias_dtype)
+    return grad_x, grad_bias
+
+
+def _backward_i8(ctx, grad):
+    grad_x, grad_bias = _grads(ctx, grad)
+    return grad_x, None, None, grad_bias, None
+
+
+def _backward_i2(ctx, grad):
+    grad_x, grad_bias = _grads(ctx, grad)
+    return grad_x, None, None, None, grad_bias, None
+
+
+torch.library.register_autograd("ternary::linear_i8", _backward_i8, setup_context=_setup_context)
+torch.library.register_autograd("ternary::linear_i2", _backward_i2, setup_context=_setup_context)
+
+
+# ---- public wrappers ----------------------------------------------------------------------
+
+def linear_i8(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
+              bias: Optional[torch.Tensor] = None, act: str = "int8") -> torch.Tensor:
+    """``y = s * (a @ T.T) (+ bias)`` with int8-direct weights ``T`` (int8 ``[N, K]``)."""
+    return torch.ops.ternary.linear_i8(x, weight, scale, bias, act)
+
+
+def linear_i2(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, out_features: int,
+              bias: Optional[torch.Tensor] = None, act: str = "int8") -> torch.Tensor:
+    """``y = s * (a @ T.T) (+ bias)`` with 2-bit packed weights (uint8 ``[ceil(N/4), K]``)."""
+    return torch.ops.ternary.linear_i2(x, weight, scale, out_features, bias, act)
+
+
+def cpu_kernel() -> str:
+    """Name of the CPU kernel set serving the ops (e.g. ``"avx512_vnni"``, ``"portable"``)."""
+    return _C.cpu_kernel()
+
+
+def cpu_kernels_available() -> list:
+    """CPU kernel sets this build and CPU can run, best first."""
+    return list(_C.cpu_kernels_available())
+
+
+def select_cpu_kernel(name: str) -> None:
+    """Forces a CPU kernel set for this process (``"auto"`` restores the default choice).
+
+    The environment variable ``TERNARY_OPS_KERNEL`` does the same at start-up.
+    """
+    _C.select_cpu_kernel(name)
+
+
+def backends() -> dict:
+    """Which native backends this build has: ``{"cpu": kernel set, "cuda": bool, "mps": bool}``."""
+    return {"cpu": cpu_kernel(), "cuda": bool(_C.has_cuda()), "mps": bool(_C.has_mps())}

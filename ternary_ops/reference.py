@@ -1,0 +1,63 @@
+"""Reference semantics of the ternary ops in plain torch ops (DESIGN.md, "Op semantics").
+
+Ground truth for every kernel's tests, and the implementation used on devices that have no
+native kernel. Runs on any device torch supports.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from .formats import unpack_i2
+
+ACT_MODES = ("int8", "none")
+ACT_QMAX = 127.0
+ACT_EPS = 1e-5
+
+
+def quantize_activations(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-row int8 quantization for ``act="int8"``.
+
+    ``inv = 127 / max|x_row|.clamp(min=1e-5)`` in float32, ``q = round_half_even(x * inv)``
+    clamped to [-128, 127]. Returns ``(q as float32 [..., K], inv float32 [..., 1])``.
+    """
+    xf = x.float()
+    if xf.shape[-1] == 0:
+        return xf, torch.full((*xf.shape[:-1], 1), ACT_QMAX / ACT_EPS, device=x.device)
+    inv = ACT_QMAX / xf.abs().amax(dim=-1, keepdim=True).clamp(min=ACT_EPS)
+    q = torch.round(xf * inv).clamp_(-128, 127)
+    return q, inv
+
+
+def _integer_dot(q: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    # float32 holds every integer up to 2^24 exactly: |dot| <= 128 K. Past that, float64 (CPU).
+    k = q.shape[-1]
+    dt = torch.float32 if 128 * k < (1 << 24) else torch.float64
+    return (q.to(dt) @ codes.to(dt).T).float()
+
+
+def linear_codes(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor,
+                 bias: Optional[torch.Tensor], act: str) -> torch.Tensor:
+    """``y = s * (a @ T.T) (+ bias)`` from unpacked ternary codes ``T`` (int8 ``[N, K]``)."""
+    if act not in ACT_MODES:
+        raise ValueError(f"act must be 'int8' or 'none', got {act!r}")
+    s = scale.float().reshape(-1)
+    if act == "int8":
+        q, inv = quantize_activations(x)
+        y = _integer_dot(q, codes) / inv * s
+    else:
+        y = (x.float() @ codes.float().T) * s
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype)
+
+
+def linear_i8(x, weight, scale, bias=None, act="int8"):
+    """Reference for ``torch.ops.ternary.linear_i8``."""
+    return linear_codes(x, weight, scale, bias, act)
+
+
+def linear_i2(x, weight, scale, out_features, bias=None, act="int8"):
+    """Reference for ``torch.ops.ternary.linear_i2``."""
+    return linear_codes(x, unpack_i2(weight, out_features), scale, bias, act)

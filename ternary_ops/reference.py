@@ -25,7 +25,10 @@ def quantize_activations(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     xf = x.float()
     if xf.shape[-1] == 0:
         return xf, torch.full((*xf.shape[:-1], 1), ACT_QMAX / ACT_EPS, device=x.device)
-    inv = ACT_QMAX / xf.abs().amax(dim=-1, keepdim=True).clamp(min=ACT_EPS)
+    amax = xf.abs().amax(dim=-1, keepdim=True).clamp(min=ACT_EPS)
+    # A true float32 division: `127.0 / tensor` would compute reciprocal(tensor) * 127, which
+    # rounds twice and can differ from the kernels' 127 / amax in the last bit.
+    inv = torch.full_like(amax, ACT_QMAX).div_(amax)
     q = torch.round(xf * inv).clamp_(-128, 127)
     return q, inv
 

@@ -17,7 +17,11 @@ ISA_FLAGS = {
     "_dotprod": ["-march=armv8.2-a+dotprod"],
     "_i8mm": ["-march=armv8.6-a+dotprod+i8mm"],
 }
-KERNEL_CFLAGS = ["-O3", "-std=c++17", "-fPIC", "-Wall", "-Wextra", "-fno-math-errno"]
+# -ffp-contract=off: GCC contracts a * b + c into one FMA across statements by default in C++
+# (always available on AArch64, and on x86 in -mfma units), which changes the rounding of the
+# epilogue `dot / inv * s + bias` and breaks bit-exactness with the reference.
+KERNEL_CFLAGS = ["-O3", "-std=c++17", "-fPIC", "-Wall", "-Wextra", "-fno-math-errno",
+                 "-ffp-contract=off"]
 
 # Sources every build has (torch-free).
 CORE_SOURCES = [CSRC / "cpu" / "portable.cpp", CSRC / "cpu" / "dispatch.cpp"]

@@ -1,0 +1,25 @@
+// neon_base.cpp: the "neon" kernel set, plain ARMv8-A Advanced SIMD (every AArch64 core), for
+// CPUs without dotprod (e.g. Cortex-A53/A72): SMULL/SMLAL into int16, SADALP into int32.
+#include "neon_common.h"
+#include "neon_kernels.h"
+
+namespace ternary::cpu::neon {
+namespace {
+
+// M = 1: 8 rows in flight (i2: 2 byte rows = 8 outputs). M > 1: 4 rows x 2 activation rows.
+template <class Wide, class Narrow>
+void linear_int8(const Problem& p, int64_t u0, int64_t u1) {
+  if (p.M == 1) run_int8<Wide, SmullDot, 1, SmullDot, 1>(p, u0, u1);
+  else run_int8<Narrow, SmullDot, 2, SmullDot, 1>(p, u0, u1);
+}
+
+}  // namespace
+
+const KernelSet& detail::baseline_set() {
+  static const KernelSet set{"neon", quantize_rows,
+                             linear_int8<I8Rows<8>, I8Rows<4>>, linear_none<false>,
+                             linear_int8<I2Rows<2, false>, I2Rows<1, false>>, linear_none<true>};
+  return set;
+}
+
+}  // namespace ternary::cpu::neon

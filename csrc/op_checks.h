@@ -24,7 +24,7 @@ inline const char* op_name(WeightFormat f) {
 inline ActMode parse_act(WeightFormat f, c10::string_view act) {
   if (act == "int8") return ActMode::Int8;
   if (act == "none") return ActMode::None;
-  TORCH_CHECK(false, op_name(f), ": act must be 'int8' or 'none', got '", std::string(act), "'");
+  TORCH_CHECK_VALUE(false, op_name(f), ": act must be 'int8' or 'none', got '", std::string(act), "'");
 }
 
 // Validates the arguments of linear_i8 / linear_i2 (out_features is ignored for i8).
@@ -34,40 +34,40 @@ inline LinearShape check_linear_args(WeightFormat f, const at::Tensor& x, const 
   const char* op = op_name(f);
   const ActMode mode = parse_act(f, act);
   const auto xt = x.scalar_type();
-  TORCH_CHECK(xt == at::kFloat || xt == at::kBFloat16 || xt == at::kHalf, op,
+  TORCH_CHECK_VALUE(xt == at::kFloat || xt == at::kBFloat16 || xt == at::kHalf, op,
               ": x must be float32, bfloat16 or float16, got ", xt);
-  TORCH_CHECK(x.dim() >= 1, op, ": x must have shape [..., K], got a 0-d tensor");
-  TORCH_CHECK(weight.dim() == 2, op, ": weight must be 2-D, got shape ", weight.sizes());
+  TORCH_CHECK_VALUE(x.dim() >= 1, op, ": x must have shape [..., K], got a 0-d tensor");
+  TORCH_CHECK_VALUE(weight.dim() == 2, op, ": weight must be 2-D, got shape ", weight.sizes());
   const int64_t K = x.size(-1);
   int64_t N;
   if (f == WeightFormat::I8) {
-    TORCH_CHECK(weight.scalar_type() == at::kChar, op, ": weight must be int8 (format i8), got ",
+    TORCH_CHECK_VALUE(weight.scalar_type() == at::kChar, op, ": weight must be int8 (format i8), got ",
                 weight.scalar_type());
     N = weight.size(0);
-    TORCH_CHECK(weight.size(1) == K, op, ": weight must have shape [N, K] with K = x.size(-1) = ",
+    TORCH_CHECK_VALUE(weight.size(1) == K, op, ": weight must have shape [N, K] with K = x.size(-1) = ",
                 K, ", got ", weight.sizes());
   } else {
-    TORCH_CHECK(weight.scalar_type() == at::kByte, op, ": weight must be uint8 (format i2), got ",
+    TORCH_CHECK_VALUE(weight.scalar_type() == at::kByte, op, ": weight must be uint8 (format i2), got ",
                 weight.scalar_type());
-    TORCH_CHECK(out_features >= 1, op, ": out_features must be >= 1, got ", out_features);
+    TORCH_CHECK_VALUE(out_features >= 1, op, ": out_features must be >= 1, got ", out_features);
     N = out_features;
-    TORCH_CHECK(weight.size(0) == i2_packed_rows(N) && weight.size(1) == K, op,
+    TORCH_CHECK_VALUE(weight.size(0) == i2_packed_rows(N) && weight.size(1) == K, op,
                 ": weight must have shape [ceil(out_features / 4), K] = [", i2_packed_rows(N),
                 ", ", K, "], got ", weight.sizes());
   }
-  TORCH_CHECK(scale.is_floating_point(), op, ": scale must be a floating tensor, got ",
+  TORCH_CHECK_VALUE(scale.is_floating_point(), op, ": scale must be a floating tensor, got ",
               scale.scalar_type());
-  TORCH_CHECK(scale.numel() == 1 || (scale.dim() == 1 && scale.size(0) == N), op,
+  TORCH_CHECK_VALUE(scale.numel() == 1 || (scale.dim() == 1 && scale.size(0) == N), op,
               ": scale must be a scalar or have shape [N] = [", N, "], got ", scale.sizes());
   if (bias.has_value()) {
-    TORCH_CHECK(bias->is_floating_point(), op, ": bias must be a floating tensor, got ",
+    TORCH_CHECK_VALUE(bias->is_floating_point(), op, ": bias must be a floating tensor, got ",
                 bias->scalar_type());
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == N, op, ": bias must have shape [N] = [", N,
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == N, op, ": bias must have shape [N] = [", N,
                 "], got ", bias->sizes());
   }
   const auto dev = x.device();
   auto same_device = [&](const at::Tensor& t, const char* what) {
-    TORCH_CHECK(t.device() == dev, op, ": all tensors must be on x's device (", dev, "), got ",
+    TORCH_CHECK_VALUE(t.device() == dev, op, ": all tensors must be on x's device (", dev, "), got ",
                 what, " on ", t.device());
   };
   same_device(weight, "weight");

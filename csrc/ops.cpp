@@ -139,7 +139,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "select_cpu_kernel",
       [](const std::string& name) {
         const bool ok = ternary::cpu::select_kernels(name == "auto" ? nullptr : name.c_str());
-        TORCH_CHECK(ok, "select_cpu_kernel: '", name, "' is not available here; expected 'auto' or one of the sets ternary_ops.cpu_kernels_available() lists");
+        TORCH_CHECK_VALUE(ok, "select_cpu_kernel: '", name, "' is not available here; expected 'auto' or one of the sets ternary_ops.cpu_kernels_available() lists");
       },
       "Force a CPU kernel set by name for this process ('auto' restores the default).");
   m.def("has_cuda", [] {

@@ -1,0 +1,129 @@
+"""opcheck, autograd (gradcheck) and torch.compile of converted models."""
+import pytest
+import torch
+from torch import nn
+
+import ternary_ops as tops
+from ternary_ops import reference
+
+from conftest import random_codes, random_scale
+
+FORMATS = ["i8", "i2"]
+
+
+def op_args(format, x, codes, scale, bias, act):
+    if format == "i2":
+        return torch.ops.ternary.linear_i2, (x, tops.pack_i2(codes), scale, codes.shape[0], bias, act)
+    return torch.ops.ternary.linear_i8, (x, codes, scale, bias, act)
+
+
+@pytest.mark.parametrize("format", FORMATS)
+@pytest.mark.parametrize("act", ["int8", "none"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_opcheck(format, act, dtype):
+    codes = random_codes(19, 33)
+    for x, bias, scale in [(torch.randn(4, 33, dtype=dtype), torch.randn(19, dtype=dtype),
+                            random_scale(19, True)),
+                           (torch.randn(2, 3, 33, dtype=dtype, requires_grad=True), None,
+                            random_scale(19, False)),
+                           (torch.randn(1, 33, dtype=dtype), None, random_scale(19, False))]:
+        op, args = op_args(format, x, codes, scale, bias, act)
+        torch.library.opcheck(op, args)
+
+
+@pytest.mark.parametrize("format", FORMATS)
+def test_gradcheck_act_none(format):
+    codes = random_codes(7, 11)
+    x = torch.randn(3, 11, dtype=torch.float64).float().requires_grad_()
+    bias = torch.randn(7, requires_grad=True)
+    scale = random_scale(7, True)
+    op, args = op_args(format, x, codes, scale, bias, "none")
+
+    def f(a, b):  # x and bias vary; weight, scale (and out_features) stay fixed
+        return op(a, *args[1:-2], b, "none")
+
+    # The op computes in float32, so gradcheck's float64 tolerances are loosened to match.
+    with pytest.warns(UserWarning, match="not a double precision"):
+        assert torch.autograd.gradcheck(f, (x, bias), eps=1e-2, atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize("format", FORMATS)
+def test_int8_backward_is_straight_through(format):
+    codes = random_codes(9, 21)
+    scale = random_scale(9, True)
+    x = torch.randn(2, 5, 21, requires_grad=True)
+    bias = torch.randn(9, requires_grad=True)
+    op, args = op_args(format, x, codes, scale, bias, "int8")
+    y = op(*args)
+    g = torch.randn_like(y)
+    y.backward(g)
+    dense = codes.float() * scale[:, None]
+    torch.testing.assert_close(x.grad, g @ dense)
+    torch.testing.assert_close(bias.grad, g.sum((0, 1)))
+
+
+def test_adapter_finetune_through_frozen_ternary_layer():
+    layer = tops.TernaryLinear.from_linear(nn.Linear(16, 8), act="none")
+    adapter = nn.Linear(16, 16)
+    opt = torch.optim.SGD(adapter.parameters(), lr=0.1)
+    x, target = torch.randn(32, 16), torch.randn(32, 8)
+    losses = []
+    for _ in range(20):
+        loss = ((layer(adapter(x)) - target) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    assert layer.weight.grad is None
+
+
+class Block(nn.Module):
+    def __init__(self, d=64, h=4):
+        super().__init__()
+        self.h = h
+        self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.up, self.down = nn.Linear(d, 4 * d - 3), nn.Linear(4 * d - 3, d, bias=False)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.h, d // self.h).unbind(2)
+        a = nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
+                                                       v.transpose(1, 2), is_causal=True)
+        x = x + self.proj(a.transpose(1, 2).reshape(b, t, d))
+        return x + self.down(nn.functional.gelu(self.up(self.norm2(x))))
+
+
+class TinyLM(nn.Module):
+    def __init__(self, vocab=97, d=64, layers=2):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d)
+        self.blocks = nn.ModuleList(Block(d) for _ in range(layers))
+        self.lm_head = nn.Linear(d, vocab, bias=False)
+
+    def forward(self, ids):
+        x = self.embed(ids)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.lm_head(x)
+
+
+@pytest.mark.parametrize("format,act", [("i2", "int8"), ("i8", "none")])
+def test_compile_fullgraph_converted_model(format, act):
+    torch._dynamo.reset()
+    model = TinyLM().eval()
+    summary = tops.convert(model, format=format, act=act)
+    assert summary.layers_replaced == 8 and summary.skipped == ["lm_head"]
+    ids = torch.randint(0, 97, (2, 11))
+    with torch.no_grad():
+        eager = model(ids)
+        explanation = torch._dynamo.explain(model)(ids)
+        assert explanation.graph_break_count == 0, explanation.break_reasons
+        compiled = torch.compile(model, fullgraph=True)
+        torch.testing.assert_close(compiled(ids), eager, rtol=1e-4, atol=1e-4)
+        # Dynamic shapes: another batch and length reuse the graph without errors.
+        compiled_dyn = torch.compile(model, fullgraph=True, dynamic=True)
+        for shape in [(1, 5), (3, 17)]:
+            ids2 = torch.randint(0, 97, shape)
+            torch.testing.assert_close(compiled_dyn(ids2), model(ids2), rtol=1e-4, atol=1e-4)

@@ -1,0 +1,224 @@
+"""TernaryLinear, convert, save/load and bad-input errors."""
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import ternary_ops as tops
+from ternary_ops import reference
+
+from conftest import random_codes
+
+
+def test_ternary_linear_from_linear_matches_reference():
+    lin = nn.Linear(65, 17)
+    for format in ("i2", "i8"):
+        for act in ("int8", "none"):
+            for gran in ("tensor", "channel"):
+                layer = tops.TernaryLinear.from_linear(lin, format=format, act=act,
+                                                       granularity=gran)
+                codes, scale = tops.quantize(lin.weight, gran)
+                x = torch.randn(3, 65)
+                want = reference.linear_codes(x, codes, scale, lin.bias, act)
+                torch.testing.assert_close(layer(x), want, rtol=1e-5, atol=1e-5)
+                assert layer.granularity == gran
+                assert torch.equal(layer.dequantize(), codes.float() * (
+                    scale if gran == "tensor" else scale[:, None]))
+
+
+def test_ternary_linear_buffers_repr_and_dtype_moves():
+    layer = tops.TernaryLinear(64, 10, format="i2", act="int8")
+    assert layer.weight.shape == (3, 64) and layer.weight.dtype == torch.uint8
+    assert set(layer.state_dict()) == {"weight", "weight_scale", "bias"}
+    r = repr(layer)
+    assert "format=i2" in r and "act=int8" in r and "weight_memory=196 B" in r
+    layer.to(torch.bfloat16)
+    assert layer.weight_scale.dtype == torch.float32 and layer.bias.dtype == torch.bfloat16
+    layer.half()
+    assert layer.weight_scale.dtype == torch.float32 and layer.weight.dtype == torch.uint8
+    y = layer(torch.randn(2, 64, dtype=torch.float16))
+    assert y.dtype == torch.float16
+    with pytest.raises(ValueError, match="format must be one of"):
+        tops.TernaryLinear(4, 4, format="i4")
+    with pytest.raises(ValueError, match="act must be one of"):
+        tops.TernaryLinear(4, 4, act="fp8")
+
+
+def test_state_dict_roundtrip_and_validation():
+    src = tops.TernaryLinear.from_linear(nn.Linear(33, 9), granularity="channel")
+    dst = tops.TernaryLinear(33, 9)  # per-tensor scale: loading adopts the saved granularity
+    sd = src.state_dict()
+    dst.load_state_dict(sd)
+    assert dst.granularity == "channel"
+    x = torch.randn(4, 33)
+    assert torch.equal(dst(x), src(x))
+    bad = {k: v.clone() for k, v in sd.items()}
+    bad["weight"][0, 0] = 0xFF
+    with pytest.raises(RuntimeError, match="invalid codes 0b11"):
+        tops.TernaryLinear(33, 9).load_state_dict(bad)
+    assert sd["weight"][0, 0] != 0xFF  # the caller's dict is untouched
+    wrong = dict(sd, weight=torch.zeros(9, 33, dtype=torch.int8))
+    with pytest.raises(RuntimeError, match=r"expected i2 weight torch.uint8 \[3, 33\]"):
+        tops.TernaryLinear(33, 9).load_state_dict(wrong)
+
+
+class Conv1D(nn.Module):
+    """Stand-in with the shape of Hugging Face's GPT-2 Conv1D (weight stored [in, out])."""
+
+    def __init__(self, nf, nx):
+        super().__init__()
+        self.nf = nf
+        self.weight = nn.Parameter(torch.randn(nx, nf) * 0.02)
+        self.bias = nn.Parameter(torch.zeros(nf))
+
+    def forward(self, x):
+        return x @ self.weight + self.bias
+
+
+def test_convert_defaults_exclude_filter_and_summary():
+    model = nn.Sequential()
+    model.add_module("a", nn.Linear(32, 64))
+    model.add_module("c", Conv1D(48, 64))
+    model.add_module("b", nn.Linear(48, 32))
+    model.add_module("lm_head", nn.Linear(32, 100))
+    x = torch.randn(2, 32)
+    summary = tops.convert(model)
+    assert summary.replaced == ["a", "c", "b"] and summary.skipped == ["lm_head"]
+    assert isinstance(model.c, tops.TernaryLinear) and model.c.in_features == 64
+    assert isinstance(model.lm_head, nn.Linear)
+    assert summary.bytes_before == 4 * (32 * 64 + 64 * 48 + 48 * 32)
+    assert summary.bytes_after == sum(getattr(model, n).weight_bytes() for n in "acb")
+    assert "converted 3 linear layers" in str(summary)
+    assert model(x).shape == (2, 100)
+
+    m2 = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8))
+    s2 = tops.convert(m2, exclude=["1"], filter=lambda name, mod: name != "2", format="i8")
+    assert s2.replaced == ["0"] and sorted(s2.skipped) == ["1", "2"]
+    assert m2[0].format == "i8"
+
+    m3 = nn.Sequential(*[nn.Linear(4, 4) for _ in range(3)])
+    s3 = tops.convert(m3, exclude=(), progress=True)
+    assert s3.layers_replaced == 3
+
+
+def test_convert_conv1d_matches_dense_direction():
+    conv = Conv1D(6, 5)
+    model = nn.Sequential(conv)
+    dense = conv.weight.detach().t().clone()
+    tops.convert(model, exclude=(), act="none")
+    codes, scale = tops.quantize(dense)
+    x = torch.randn(3, 5)
+    torch.testing.assert_close(model(x), x @ (codes.float() * scale).T, rtol=1e-5, atol=1e-5)
+
+
+def _model():
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Linear(40, 24), nn.GELU(), nn.Linear(24, 7, bias=False))
+
+
+def test_save_load_roundtrip(tmp_path):
+    model = _model()
+    tops.convert(model, exclude=(), granularity="channel")
+    model[0].act = "none"
+    path = tmp_path / "m.safetensors"
+    tops.save(model, path)
+    fresh = tops.load(path, _model())  # dense model: layers rebuilt from metadata
+    assert isinstance(fresh[0], tops.TernaryLinear) and fresh[0].act == "none"
+    assert fresh[2].bias is None and fresh[2].format == "i2"
+    x = torch.randn(3, 40)
+    assert torch.equal(fresh(x), model(x))
+    sd = tops.load(path)
+    assert sd["0.weight"].dtype == torch.uint8 and torch.equal(sd["0.weight"], model[0].weight)
+
+
+def test_save_tied_weights(tmp_path):
+    model = nn.Module()
+    model.emb = nn.Embedding(11, 8)
+    model.head = nn.Linear(8, 11, bias=False)
+    model.head.weight = model.emb.weight
+    tops.save(model, tmp_path / "t.safetensors")
+    sd = tops.load(tmp_path / "t.safetensors")
+    assert torch.equal(sd["head.weight"], sd["emb.weight"])
+
+
+def _rewrite(path, tensors=None, meta=None):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    with safe_open(str(path), "pt") as f:
+        t = {k: f.get_tensor(k) for k in f.keys()}
+        m = f.metadata()
+    if tensors:
+        t.update(tensors)
+    if meta:
+        info = json.loads(m["ternary_ops"])
+        meta(info)
+        m["ternary_ops"] = json.dumps(info)
+    save_file(t, str(path), metadata=m)
+
+
+def test_load_rejects_bad_files(tmp_path):
+    model = _model()
+    tops.convert(model, exclude=())
+    path = tmp_path / "m.safetensors"
+    tops.save(model, path)
+
+    corrupt = model[0].weight.clone()
+    corrupt[2, 5] = 0xFF
+    _rewrite(path, tensors={"0.weight": corrupt})
+    with pytest.raises(ValueError, match="layer '0': i2 weight has .* invalid codes"):
+        tops.load(path)
+
+    tops.save(model, path)
+    _rewrite(path, meta=lambda i: i["layers"]["0"].update(format="i4"))
+    with pytest.raises(ValueError, match="unknown format 'i4'"):
+        tops.load(path)
+
+    tops.save(model, path)
+    _rewrite(path, meta=lambda i: i["layers"]["0"].update(out_features=30))
+    with pytest.raises(ValueError, match=r"weight must be torch.uint8 \[8, 40\]"):
+        tops.load(path)
+
+    tops.save(model, path)
+    other = nn.Sequential(nn.Linear(40, 25), nn.GELU(), nn.Linear(25, 7, bias=False))
+    with pytest.raises(ValueError, match="40 -> 24 in the file but 40 -> 25 in the model"):
+        tops.load(path, other)
+
+    _rewrite(path, meta=lambda i: i.update(version=99))
+    with pytest.raises(ValueError, match="unsupported 'ternary_ops' metadata version 99"):
+        tops.load(path)
+
+
+# ---- bad input to the ops -------------------------------------------------------------------
+
+def test_op_errors_name_expected_and_got():
+    codes = random_codes(8, 16)
+    w2 = tops.pack_i2(codes)
+    s = torch.tensor(1.0)
+    x = torch.randn(2, 16)
+    i8, i2 = torch.ops.ternary.linear_i8, torch.ops.ternary.linear_i2
+    cases = [
+        (lambda: i8(x.int(), codes, s, None, "int8"), "x must be float32, bfloat16 or float16, got Int"),
+        (lambda: i8(x, codes.float(), s, None, "int8"), "weight must be int8 \\(format i8\\), got Float"),
+        (lambda: i8(torch.randn(2, 15), codes, s, None, "int8"), "K = x.size\\(-1\\) = 15, got \\[8, 16\\]"),
+        (lambda: i2(x, w2, s, 9, None, "int8"), "\\[ceil\\(out_features / 4\\), K\\] = \\[3, 16\\], got \\[2, 16\\]"),
+        (lambda: i2(x, codes, s, 8, None, "int8"), "weight must be uint8 \\(format i2\\), got Char"),
+        (lambda: i2(x, w2, torch.ones(3), 8, None, "int8"), "scale must be a scalar or have shape \\[N\\] = \\[8\\], got \\[3\\]"),
+        (lambda: i2(x, w2, s, 8, torch.ones(7), "int8"), "bias must have shape \\[N\\] = \\[8\\], got \\[7\\]"),
+        (lambda: i2(x, w2, s, 8, None, "fp8"), "act must be 'int8' or 'none', got 'fp8'"),
+        (lambda: i2(x, w2, s, 0, None, "int8"), "out_features must be >= 1, got 0"),
+        (lambda: i8(x, codes, torch.tensor(1), None, "int8"), "scale must be a floating tensor"),
+    ]
+    for call, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            call()
+
+
+def test_device_mismatch_error():
+    codes = random_codes(8, 16)
+    x = torch.empty(2, 16, device="meta")
+    with pytest.raises(ValueError, match=r"all tensors must be on x's device \(meta\), got weight on cpu"):
+        torch.ops.ternary.linear_i8(x, codes, torch.ones((), device="meta"), None, "int8")
+    with pytest.raises(ValueError, match=r"all tensors must be on x's device \(cpu\), got scale on meta"):
+        torch.ops.ternary.linear_i8(torch.randn(2, 16), codes, torch.ones((), device="meta"),
+                                    None, "int8")

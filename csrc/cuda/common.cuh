@@ -1,0 +1,125 @@
+// common.cuh: device helpers shared by the CUDA kernels (element types, exact epilogue
+// arithmetic, reductions, programmatic dependent launch). Torch-free.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels.h"
+
+namespace ternary::cuda {
+
+// setup.py builds with --use_fast_math, which would turn '/' into an approximate divide and
+// fuse multiply-adds: every step that must match the reference bit for bit spells out its
+// IEEE round-to-nearest intrinsic.
+__device__ __forceinline__ float epilogue_int8(int32_t dot, float inv, float s, const float* bias,
+                                               int64_t n) {
+  const float v = __fmul_rn(__fdiv_rn(__int2float_rn(dot), inv), s);
+  return bias ? __fadd_rn(v, bias[n]) : v;
+}
+
+__device__ __forceinline__ float epilogue_none(float dot, float s, const float* bias, int64_t n) {
+  const float v = __fmul_rn(dot, s);
+  return bias ? __fadd_rn(v, bias[n]) : v;
+}
+
+template <typename T>
+__device__ __forceinline__ float to_float(T v);
+template <>
+__device__ __forceinline__ float to_float<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) {
+  return __bfloat162float(v);
+}
+template <>
+__device__ __forceinline__ float to_float<__half>(__half v) { return __half2float(v); }
+
+template <typename T>
+__device__ __forceinline__ T from_float(float v);
+template <>
+__device__ __forceinline__ float from_float<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+template <>
+__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
+
+// Output stores pick the type at run time (a uniform branch): the integer kernels are the same
+// for every activation dtype, so they are not instantiated once per dtype.
+__device__ __forceinline__ void store_out(void* y, int64_t i, float v, DType d) {
+  if (d == DType::F32) {
+    static_cast<float*>(y)[i] = v;
+  } else if (d == DType::BF16) {
+    static_cast<__nv_bfloat16*>(y)[i] = __float2bfloat16_rn(v);
+  } else {
+    static_cast<__half*>(y)[i] = __float2half_rn(v);
+  }
+}
+
+__device__ __forceinline__ uint32_t word(const uint4& v, int i) {
+  return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
+
+// 16 weight bytes of one row starting at column k0 (zeros past K). VEC: K % 16 == 0 and the base
+// is 16-byte aligned, so a chunk is either wholly inside the row or wholly past it. Weights are
+// streamed once: evict-first loads keep them from displacing the activations in cache.
+template <bool VEC>
+__device__ __forceinline__ uint4 load_w16(const uint8_t* row, int64_t k0, int64_t K, bool valid) {
+  if (!valid || k0 >= K) return make_uint4(0, 0, 0, 0);
+  if constexpr (VEC) {
+    return __ldcs(reinterpret_cast<const uint4*>(row + k0));
+  } else {
+    uint32_t w[4] = {0, 0, 0, 0};
+#pragma unroll
+    for (int b = 0; b < 16; ++b)
+      if (k0 + b < K) w[b / 4] |= uint32_t(row[k0 + b]) << (8 * (b % 4));
+    return make_uint4(w[0], w[1], w[2], w[3]);
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ T warp_sum(T v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Programmatic dependent launch (sm_90+): the quantize stage lets the linear stage launch early;
+// the linear stage streams its first weights, then waits for the quantized activations.
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+// Whether launches on the current device may use programmatic dependent launch.
+bool pdl_enabled();
+
+template <typename... Params, typename... Args>
+cudaError_t launch(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream, bool pdl,
+                   Args&&... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = 0;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl ? 1 : 0;
+  return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
+}
+
+// The int8 tensor-core path for M > kGemvMaxM (mma_int8.cu).
+cudaError_t launch_mma_int8(const Linear& p, cudaStream_t stream, bool pdl);
+
+}  // namespace ternary::cuda

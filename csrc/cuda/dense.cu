@@ -1,0 +1,76 @@
+// dense.cu: act="none" for M > 8. Ternary weights are exact in every float type, so decoding
+// them to a dense [N, K] matrix in x's dtype and handing it to the library GEMM (float32
+// accumulation) computes exactly x @ T^T; the scale and bias follow in one elementwise pass.
+#include "common.cuh"
+
+namespace ternary::cuda {
+namespace {
+
+template <typename T>
+__global__ void dequantize_kernel(const Linear p, T* __restrict__ out) {
+  const int64_t total = p.N * p.K, R = units_of(true, p.N);
+  const auto* W = static_cast<const uint8_t*>(p.weight);
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    int w;
+    if (p.i2) {
+      const int64_t n = i / p.K, k = i % p.K;
+      w = int((W[(n % R) * p.K + k] >> (2 * (n / R))) & kI2CodeMask) - 1;  // ternary_format.h
+    } else {
+      w = static_cast<int8_t>(W[i]);
+    }
+    out[i] = from_float<T>(static_cast<float>(w));
+  }
+}
+
+template <typename T>
+__global__ void scale_bias_kernel(const Linear p, const T* __restrict__ acc) {
+  const int64_t total = p.M * p.N;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t n = i % p.N;
+    store_out(p.y, i, epilogue_none(to_float(acc[i]), p.scale[n * p.scale_stride], p.bias, n),
+              p.dtype);
+  }
+}
+
+dim3 grid_for(int64_t total) {
+  const int64_t blocks = (total + 255) / 256;
+  return dim3(static_cast<unsigned>(blocks < 65536 ? (blocks > 0 ? blocks : 1) : 65536));
+}
+
+}  // namespace
+
+cudaError_t dequantize(const Linear& p, void* dense, cudaStream_t stream) {
+  const dim3 grid = grid_for(p.N * p.K);
+  switch (p.dtype) {
+    case DType::F32:
+      dequantize_kernel<<<grid, 256, 0, stream>>>(p, static_cast<float*>(dense));
+      break;
+    case DType::BF16:
+      dequantize_kernel<<<grid, 256, 0, stream>>>(p, static_cast<__nv_bfloat16*>(dense));
+      break;
+    case DType::F16:
+      dequantize_kernel<<<grid, 256, 0, stream>>>(p, static_cast<__half*>(dense));
+      break;
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t scale_bias(const Linear& p, const void* acc, cudaStream_t stream) {
+  const dim3 grid = grid_for(p.M * p.N);
+  switch (p.dtype) {
+    case DType::F32:
+      scale_bias_kernel<<<grid, 256, 0, stream>>>(p, static_cast<const float*>(acc));
+      break;
+    case DType::BF16:
+      scale_bias_kernel<<<grid, 256, 0, stream>>>(p, static_cast<const __nv_bfloat16*>(acc));
+      break;
+    case DType::F16:
+      scale_bias_kernel<<<grid, 256, 0, stream>>>(p, static_cast<const __half*>(acc));
+      break;
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace ternary::cuda

@@ -1,0 +1,99 @@
+// ops_cuda.cpp: the CUDA glue for ternary::linear_i8 / linear_i2. Validates (op_checks.h),
+// allocates the output and the small act="int8" scratch through the caching allocator, and
+// launches the torch-free kernels (kernels.h) on the current stream. Nothing here synchronizes
+// with the host, so the ops can be captured in CUDA graphs.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "../op_checks.h"
+#include "kernels.h"
+
+namespace ternary {
+namespace {
+
+cuda::DType dtype_of(const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return cuda::DType::F32;
+    case at::kBFloat16: return cuda::DType::BF16;
+    default: return cuda::DType::F16;  // check_linear_args admits only these three
+  }
+}
+
+// float32, contiguous: t itself when it already is (the usual case: no copy, no allocation).
+at::Tensor as_f32(const at::Tensor& t) { return t.to(at::kFloat).contiguous(); }
+
+at::Tensor linear_cuda(WeightFormat f, const at::Tensor& x, const at::Tensor& weight,
+                       const at::Tensor& scale, int64_t out_features,
+                       const c10::optional<at::Tensor>& bias, c10::string_view act) {
+  const LinearShape s = check_linear_args(f, x, weight, scale, out_features, bias, act);
+  TORCH_CHECK(x.is_cuda(), op_name(f), ": the CUDA kernel got x on ", x.device());
+  const c10::cuda::CUDAGuard guard(x.device());
+  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+  out_shape.back() = s.N;
+  at::Tensor out = at::empty(out_shape, x.options());
+  if (s.M == 0) return out;
+
+  const at::Tensor x2 = x.reshape({s.M, s.K}).contiguous();
+  const at::Tensor w = weight.contiguous();
+  const at::Tensor sc = as_f32(scale.reshape({-1}));
+  const at::Tensor b = bias.has_value() ? as_f32(*bias) : at::Tensor();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+
+  cuda::Linear p;
+  p.M = s.M;
+  p.N = s.N;
+  p.K = s.K;
+  p.i2 = f == WeightFormat::I2;
+  p.weight = w.data_ptr();
+  p.scale = sc.data_ptr<float>();
+  p.scale_stride = sc.numel() == 1 ? 0 : 1;
+  p.bias = b.defined() ? b.data_ptr<float>() : nullptr;
+  p.x = x2.data_ptr();
+  p.y = out.data_ptr();
+  p.dtype = dtype_of(x);
+
+  if (s.act == ActMode::Int8) {
+    // One scratch block: q [M, q_ld(K)] int8, then inv [M] float32 and qsum [M] int32.
+    const int64_t qbytes = s.M * cuda::q_ld(s.K);
+    at::Tensor scratch = at::empty({qbytes + 8 * s.M}, x.options().dtype(at::kByte));
+    auto* base = scratch.data_ptr<uint8_t>();
+    p.q = reinterpret_cast<int8_t*>(base);
+    p.inv = reinterpret_cast<float*>(base + qbytes);
+    p.qsum = reinterpret_cast<int32_t*>(base + qbytes + 4 * s.M);
+    C10_CUDA_CHECK(cuda::quantize_rows(p, stream));
+    C10_CUDA_CHECK(cuda::linear_int8(p, stream));
+  } else if (s.M <= cuda::kGemvMaxM) {
+    C10_CUDA_CHECK(cuda::linear_none_gemv(p, stream));
+  } else {
+    at::Tensor dense = at::empty({s.N, s.K}, x.options());
+    C10_CUDA_CHECK(cuda::dequantize(p, dense.data_ptr(), stream));
+    const at::Tensor acc = at::mm(x2, dense.t());
+    C10_CUDA_CHECK(cuda::scale_bias(p, acc.data_ptr(), stream));
+  }
+  return out;
+}
+
+at::Tensor linear_i8_cuda(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
+                          const c10::optional<at::Tensor>& bias, c10::string_view act) {
+  return linear_cuda(WeightFormat::I8, x, weight, scale, 0, bias, act);
+}
+
+at::Tensor linear_i2_cuda(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
+                          int64_t out_features, const c10::optional<at::Tensor>& bias,
+                          c10::string_view act) {
+  return linear_cuda(WeightFormat::I2, x, weight, scale, out_features, bias, act);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ternary, CUDA, m) {
+  m.impl("linear_i8", &linear_i8_cuda);
+  m.impl("linear_i2", &linear_i2_cuda);
+}
+
+}  // namespace ternary

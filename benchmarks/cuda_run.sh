@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Build the extension with the CUDA backend, run the CUDA tests, then the benchmark, in one go.
+# Usage (on a machine with an NVIDIA GPU, a CUDA toolkit and a CUDA build of torch):
+#   benchmarks/cuda_run.sh [results-dir]        (default: build/cuda-results)
+# Writes build.log, test.log, bench.md, bench.json, bench_nopdl.md there.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUTDIR=${1:-${OUT:-build/cuda-results}}
+mkdir -p "$OUTDIR"
+export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+t0=$(date +%s)
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv | tee "$OUTDIR/gpu.txt"
+
+echo "=== build ($(($(date +%s) - t0))s)"
+MAX_JOBS=${MAX_JOBS:-16} $PY setup.py build_ext --inplace > "$OUTDIR/build.log" 2>&1
+rc=$?; tail -3 "$OUTDIR/build.log"
+[ $rc -eq 0 ] || { grep -E "error|Error" "$OUTDIR/build.log" | head -40; exit 1; }
+grep -A2 "mma_int8\|gemv" "$OUTDIR/build.log" | grep -E "registers|spill" | sort | uniq -c | head -5
+$PY -c "import ternary_ops as t; print('backends:', t.backends())" || exit 1
+
+echo "=== tests ($(($(date +%s) - t0))s)"
+$PY -m pytest -q -x tests/test_cuda.py 2>&1 | tee "$OUTDIR/test.log" | tail -15
+test_rc=${PIPESTATUS[0]}
+
+echo "=== benchmark ($(($(date +%s) - t0))s)"
+$PY benchmarks/cuda_bench.py --out "$OUTDIR/bench.md" --json "$OUTDIR/bench.json" > "$OUTDIR/bench.log" 2>&1
+bench_rc=$?
+TERNARY_OPS_CUDA_PDL=0 $PY benchmarks/cuda_bench.py --m 1 4 --acts int8 --tag "(PDL off)" \
+  --out "$OUTDIR/bench_nopdl.md" > "$OUTDIR/bench_nopdl.log" 2>&1
+grep -v "^|" "$OUTDIR/bench.log" | tail -n +3 | cut -c1-150
+echo "--- PDL off"
+grep -v "^|" "$OUTDIR/bench_nopdl.log" | grep "M=" | cut -c1-110
+echo "=== done ($(($(date +%s) - t0))s) tests rc=$test_rc bench rc=$bench_rc"

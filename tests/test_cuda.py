@@ -1,0 +1,193 @@
+"""CUDA kernels vs the reference (ternary_ops.reference, evaluated on the CPU).
+
+Skipped unless torch sees a GPU and the extension was built with the CUDA backend. act="int8"
+must match the reference bit for bit (integer dot, then the same float32 epilogue steps and the
+same final cast); act="none" to float rounding. The shapes cross every kernel boundary: the GEMV
+row counts (1, 2, 3-4, 5-8), the tensor-core tiles past 8 rows (16-, 32- and 64-row warp tiles),
+K and N that are multiples of no block size, and weights that are not 16-byte aligned.
+"""
+import pytest
+import torch
+
+import ternary_ops as tops
+from ternary_ops import reference
+
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available() or not tops.backends().get("cuda", False),
+    reason="needs a CUDA GPU and a CUDA build of ternary_ops")
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+# (M, N, K): odd sizes on purpose; M crosses the GEMV (<= 8) / mma (> 8) boundary.
+SHAPES = [(1, 1, 1), (1, 5, 7), (2, 3, 16), (3, 13, 33), (4, 64, 64), (5, 31, 100),
+          (8, 257, 1000), (9, 31, 65), (16, 100, 130), (17, 45, 64), (33, 129, 257),
+          (64, 300, 512), (130, 77, 4100), (1, 2560, 2560), (7, 1000, 4096)]
+
+
+def make_weight(fmt, n, k, gen, granularity):
+    codes = torch.randint(-1, 2, (n, k), generator=gen, dtype=torch.int8)
+    scale = (torch.rand((n,) if granularity == "channel" else (), generator=gen) + 0.5)
+    w = tops.pack_i2(codes) if fmt == "i2" else codes
+    return w, scale.float()
+
+
+def run_op(fmt, x, w, scale, n, bias, act):
+    if fmt == "i2":
+        return torch.ops.ternary.linear_i2(x, w, scale, n, bias, act)
+    return torch.ops.ternary.linear_i8(x, w, scale, bias, act)
+
+
+def run_ref(fmt, x, w, scale, n, bias, act):
+    cpu = lambda t: None if t is None else t.cpu()  # noqa: E731
+    if fmt == "i2":
+        return reference.linear_i2(cpu(x), cpu(w), cpu(scale), n, cpu(bias), act)
+    return reference.linear_i8(cpu(x), cpu(w), cpu(scale), cpu(bias), act)
+
+
+def check(out, ref, act, dtype, what):
+    out = out.cpu()
+    assert out.dtype == ref.dtype and out.shape == ref.shape, what
+    assert torch.isfinite(out).all(), what
+    if act == "int8":
+        if not torch.equal(out, ref):
+            bad = (out != ref).nonzero()[:5].tolist()
+            raise AssertionError(f"{what}: not bit-exact at {bad}: "
+                                 f"{out[tuple(zip(*bad))] if bad else ''} vs ref")
+    else:
+        o, r = out.double(), ref.double()
+        # The M > 8 path rounds the GEMM result to x's dtype before the scale: two roundings.
+        tol = {torch.float32: 1e-5, torch.bfloat16: 1.6e-2, torch.float16: 2e-3}[dtype]
+        err = ((o - r).norm() / r.norm().clamp(min=1e-30)).item()
+        assert err < tol, f"{what}: relative error {err:.3g} >= {tol}"
+
+
+@pytest.mark.parametrize("fmt", ["i2", "i8"])
+@pytest.mark.parametrize("act", ["int8", "none"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+def test_ops_match_reference(fmt, act, dtype):
+    gen = torch.Generator().manual_seed(hash((fmt, act, str(dtype))) % 2**31)
+    for i, (m, n, k) in enumerate(SHAPES):
+        gran = "channel" if i % 2 else "tensor"
+        w, scale = make_weight(fmt, n, k, gen, gran)
+        x = (torch.randn(m, k, generator=gen) * (0.1 + 3 * torch.rand(m, 1, generator=gen)))
+        x = x.to(dtype)
+        bias = torch.randn(n, generator=gen) if i % 3 == 0 else None
+        args = [t.cuda() if t is not None else None for t in (x, w, scale, bias)]
+        out = run_op(fmt, args[0], args[1], args[2], n, args[3], act)
+        torch.cuda.synchronize()
+        check(out, run_ref(fmt, x, w, scale, n, bias, act), act, dtype,
+              f"{fmt}/{act}/{dtype} M={m} N={n} K={k} {gran} bias={bias is not None}")
+
+
+@pytest.mark.parametrize("fmt", ["i2", "i8"])
+@pytest.mark.parametrize("act", ["int8", "none"])
+def test_every_row_count_and_tile(fmt, act):
+    """M = 1..12 and the tile boundaries of the mma path, one shape, fresh data each."""
+    gen = torch.Generator().manual_seed(7)
+    n, k = 203, 328
+    w, scale = make_weight(fmt, n, k, gen, "channel")
+    for m in list(range(1, 13)) + [15, 16, 31, 32, 63, 64, 65, 200]:
+        x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
+        out = run_op(fmt, x.cuda(), w.cuda(), scale.cuda(), n, None, act)
+        check(out, run_ref(fmt, x, w, scale, n, None, act), act, torch.bfloat16,
+              f"{fmt}/{act} M={m}")
+
+
+@pytest.mark.parametrize("fmt", ["i2", "i8"])
+@pytest.mark.parametrize("act", ["int8", "none"])
+def test_unaligned_and_strided(fmt, act):
+    """Weights at an odd address (scalar-load path), non-contiguous and 3-D x, M = 0."""
+    gen = torch.Generator().manual_seed(11)
+    n, k = 64, 256
+    w, scale = make_weight(fmt, n, k, gen, "tensor")
+    buf = torch.empty(w.numel() + 1, dtype=w.dtype, device="cuda")
+    w_odd = buf[1:].view(w.shape)
+    w_odd.copy_(w)
+    assert w_odd.data_ptr() % 16 != 0
+    for m in (1, 6, 40):
+        x = torch.randn(m, k, generator=gen)
+        out = run_op(fmt, x.cuda(), w_odd, scale.cuda(), n, None, act)
+        check(out, run_ref(fmt, x, w, scale, n, None, act), act, torch.float32, f"odd M={m}")
+    x3 = torch.randn(2, 3, 2 * k, generator=gen)[..., ::2]  # non-contiguous, 3-D
+    out = run_op(fmt, x3.cuda(), w.cuda(), scale.cuda(), n, None, act)
+    assert out.shape == (2, 3, n)
+    check(out, run_ref(fmt, x3, w, scale, n, None, act), act, torch.float32, "3-D strided")
+    x0 = torch.randn(0, k, device="cuda")
+    assert run_op(fmt, x0, w.cuda(), scale.cuda(), n, None, act).shape == (0, n)
+
+
+def test_extreme_activations_are_exact():
+    """Rows with huge, tiny and all-zero values: quantization clamps and rounds like the reference."""
+    gen = torch.Generator().manual_seed(3)
+    n, k = 96, 515
+    w, scale = make_weight("i2", n, k, gen, "channel")
+    x = torch.randn(6, k, generator=gen)
+    x[1] *= 1e30
+    x[2] *= 1e-30
+    x[3] = 0
+    x[4, ::7] = 0.5  # exact halves after scaling are common: round half to even
+    x[5] = torch.arange(k) % 255 - 127.0
+    for m in (6, 12):
+        xm = x.repeat(m // 6, 1)
+        out = run_op("i2", xm.cuda(), w.cuda(), scale.cuda(), n, None, "int8")
+        check(out, run_ref("i2", xm, w, scale, n, None, "int8"), "int8", torch.float32, "extreme")
+
+
+def test_bad_input_raises():
+    w = torch.zeros(4, 8, dtype=torch.int8)
+    x = torch.randn(2, 8, device="cuda")
+    with pytest.raises((ValueError, RuntimeError)):
+        torch.ops.ternary.linear_i8(x, w, torch.ones(()), None, "int8")  # weight on the CPU
+    with pytest.raises((ValueError, RuntimeError)):
+        torch.ops.ternary.linear_i8(x, w.cuda(), torch.ones((), device="cuda"), None, "int4")
+
+
+def _model(fmt, act):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 688), torch.nn.SiLU(),
+                                torch.nn.Linear(688, 256), torch.nn.SiLU(),
+                                torch.nn.Linear(256, 100))
+    tops.convert(model, format=fmt, act=act, exclude=())
+    return model.to("cuda", torch.bfloat16)
+
+
+@pytest.mark.parametrize("fmt,act", [("i2", "int8"), ("i8", "none")])
+def test_cuda_graph_capture(fmt, act):
+    model = _model(fmt, act)
+    assert isinstance(model[0], tops.TernaryLinear)
+    for m in (1, 32):
+        static_x = torch.randn(m, 256, device="cuda", dtype=torch.bfloat16)
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s), torch.no_grad():
+            for _ in range(2):
+                model(static_x)
+        torch.cuda.current_stream().wait_stream(s)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph), torch.no_grad():
+            static_y = model(static_x)
+        for _ in range(3):
+            x = torch.randn(m, 256, device="cuda", dtype=torch.bfloat16)
+            static_x.copy_(x)
+            graph.replay()
+            with torch.no_grad():
+                eager = model(x)
+            torch.cuda.synchronize()
+            if act == "int8":
+                assert torch.equal(static_y, eager)
+            else:
+                torch.testing.assert_close(static_y, eager, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("fmt,act", [("i2", "int8"), ("i8", "none")])
+def test_torch_compile(fmt, act):
+    model = _model(fmt, act)
+    compiled = torch.compile(model, fullgraph=True)
+    with torch.no_grad():
+        for m in (1, 5, 48):
+            x = torch.randn(m, 256, device="cuda", dtype=torch.bfloat16)
+            eager = model(x)
+            got = compiled(x)
+            if act == "int8":
+                assert torch.equal(got, eager)
+            else:
+                torch.testing.assert_close(got, eager, rtol=2e-2, atol=2e-2)

@@ -90,18 +90,20 @@ def _warn_fallback(op: str, device: torch.device) -> None:
                       "per device type.)", RuntimeWarning, stacklevel=3)
 
 
-@torch.library.impl("ternary::linear_i8", "CompositeExplicitAutograd")
 def _linear_i8_fallback(x, weight, scale, bias, act):
     _check_args("ternary.linear_i8", x, weight, scale, 0, bias, act)
     _warn_fallback("ternary.linear_i8", x.device)
     return reference.linear_i8(x, weight, scale, bias, act)
 
 
-@torch.library.impl("ternary::linear_i2", "CompositeExplicitAutograd")
 def _linear_i2_fallback(x, weight, scale, out_features, bias, act):
     _check_args("ternary.linear_i2", x, weight, scale, out_features, bias, act)
     _warn_fallback("ternary.linear_i2", x.device)
     return reference.linear_i2(x, weight, scale, out_features, bias, act)
+
+
+torch.library.impl("ternary::linear_i8", "CompositeExplicitAutograd", func=_linear_i8_fallback)
+torch.library.impl("ternary::linear_i2", "CompositeExplicitAutograd", func=_linear_i2_fallback)
 
 
 # ---- autograd: w.r.t. x and bias; weights are frozen -------------------------------------

@@ -169,3 +169,17 @@ def test_meta_and_fallback_device():
     out = torch.ops.ternary.linear_i2(torch.empty(3, 7, device="meta"), w.to("meta"),
                                       torch.ones((), device="meta"), 5, None, "int8")
     assert out.shape == (3, 5) and out.device.type == "meta"
+
+
+def test_env_var_forces_kernel_set():
+    import os
+    import subprocess
+    import sys
+    code = "import ternary_ops as t; print(t.cpu_kernel())"
+    env = dict(os.environ, TERNARY_OPS_KERNEL="portable")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "portable", out.stderr
+    env["TERNARY_OPS_KERNEL"] = "no_such_isa"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "TERNARY_OPS_KERNEL=no_such_isa is not available" in out.stderr

@@ -1,0 +1,301 @@
+"""The Metal kernels (csrc/metal/*.metal) executed on the CPU under emulation.
+
+No Apple GPU exists on our machines, so the exact .metal text is compiled as C++ against
+tests/metal_emu/metal_emu.h and every kernel instance runs over its grid with the threadgroup
+sizes, grids and threadgroup memory the MPS glue uses (csrc/metal/ternary_metal_config.h),
+threads of a group as fibers, barriers and simdgroup reductions real. What this proves: the
+kernels' indexing, tails, staging and arithmetic. act="int8" results must match the reference
+bit for bit (integer dots, then the float32 epilogue of DESIGN.md); act="none" to float
+rounding. What it does not prove: the Objective-C++ glue and the GPU itself (tests/test_mps.py,
+on a Mac).
+"""
+import ctypes
+import itertools
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+EMU = ROOT / "tests" / "metal_emu"
+METAL = ROOT / "csrc" / "metal"
+
+DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+SUFFIX = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
+MAX_SMEM = 32768  # maxThreadgroupMemoryLength of Apple GPUs
+
+
+@pytest.fixture(scope="session")
+def emu(tmp_path_factory):
+    cxx = os.environ.get("CXX", "g++")
+    if shutil.which(cxx) is None:
+        pytest.skip(f"no C++ compiler ({cxx}) to build the Metal emulation harness")
+    out = tmp_path_factory.mktemp("metal_emu") / "libmetal_emu.so"
+    cmd = [cxx, "-std=c++17", "-O2", "-fPIC", "-shared", "-fsigned-char",
+           "-fno-strict-aliasing", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror",
+           "-Wno-attributes", f"-I{EMU}", f"-I{METAL}", str(EMU / "harness.cpp"), "-o", str(out)]
+    subprocess.run(cmd, check=True)
+    lib = ctypes.CDLL(str(out))
+    lib.tmetal_kernel_name.restype = ctypes.c_char_p
+    L, P, I = ctypes.c_long, ctypes.c_void_p, ctypes.c_int
+    lib.tmetal_linear.argtypes = [I, I, I, I, L, L, L, P, P, L, P, I, I, P, I, P, ctypes.c_ulong,
+                                  ctypes.c_uint, ctypes.c_char_p, I, ctypes.c_char_p, I]
+    lib.tmetal_selftest.argtypes = [I, ctypes.c_char_p, I]
+    return lib
+
+
+# ---- formats and reference semantics (DESIGN.md), self-contained ----
+
+def pack_i2(t):
+    """int8 [N, K] in {-1,0,1} -> uint8 [ceil(N/4), K]: byte [j, k] holds rows j + r*R, bits 2r."""
+    n, k = t.shape
+    r = (n + 3) // 4
+    codes = torch.ones(4 * r, k, dtype=torch.int32)  # padding rows: code 01 (zero)
+    codes[:n] = t.to(torch.int32) + 1
+    packed = torch.zeros(r, k, dtype=torch.int32)
+    for b in range(4):
+        packed |= codes[b * r:(b + 1) * r] << (2 * b)
+    return packed.to(torch.uint8)
+
+
+def quantize_rows(x):
+    """act="int8": per-row inv = 127 / max|x| (clamped at 1e-5), q = round_half_even(x * inv)."""
+    xf = x.float()
+    amax = xf.abs().amax(dim=-1, keepdim=True).clamp(min=1e-5)
+    inv = torch.full_like(amax, 127.0) / amax  # a true division; 127.0 / t is reciprocal * 127
+    return torch.round(xf * inv).clamp(-128, 127), inv
+
+
+def reference(x, t, scale, bias, act):
+    """y in x's dtype. act="int8" is computed in the exact order of the kernels' epilogue."""
+    s = scale.float().reshape(-1)
+    if act == "int8":
+        q, inv = quantize_rows(x)
+        dot = (q.to(torch.int64) @ t.to(torch.int64).T).float()
+        y = dot / inv * s
+        if bias is not None:
+            y = y + bias.float()
+        return y.to(x.dtype)
+    y = (x.double() @ t.double().T) * s.double()
+    if bias is not None:
+        y = y + bias.double()
+    return y
+
+
+def make_case(gen, M, N, K, dtype, per_channel=True, bias_dtype=None, zero_frac=0.3):
+    t = torch.randint(-1, 2, (N, K), generator=gen, dtype=torch.int8)
+    t[torch.rand(N, K, generator=gen) < zero_frac] = 0
+    x = (torch.randn(M, K, generator=gen) * torch.rand(M, 1, generator=gen) * 4).to(dtype)
+    scale = (torch.rand(N if per_channel else (), generator=gen) + 0.5).float()
+    bias = None if bias_dtype is None else torch.randn(N, generator=gen).to(bias_dtype)
+    return x, t, scale, bias
+
+
+def run(emu, fmt, act, x, t, scale, bias, path=-1, max_smem=MAX_SMEM, w_shift=0, seed=1):
+    """Runs the kernel the MPS glue would pick (path -1) or a forced one (0 matvec, 1 matmul)."""
+    M, K = x.shape
+    N = t.shape[0]
+    w = (pack_i2(t) if fmt == "i2" else t).contiguous()
+    x = x.contiguous()
+    scale = scale.contiguous()
+    y = torch.empty(M, N, dtype=x.dtype)
+    used = ctypes.create_string_buffer(64)
+    err = ctypes.create_string_buffer(512)
+    rc = emu.tmetal_linear(
+        path, int(fmt == "i2"), int(act == "int8"), DTYPES[x.dtype], M, N, K,
+        x.data_ptr(), w.data_ptr(), w_shift, scale.data_ptr(), DTYPES[scale.dtype],
+        int(scale.numel() > 1 or scale.dim() == 1), None if bias is None else bias.data_ptr(),
+        DTYPES[bias.dtype] if bias is not None else 0, y.data_ptr(), max_smem, seed,
+        used, 64, err, 512)
+    assert rc == 0, err.value.decode()
+    return y, used.value.decode()
+
+
+def check(y, x, t, scale, bias, act):
+    ref = reference(x, t, scale, bias, act)
+    if act == "int8":
+        # Integer dots and the float32 epilogue are exact: bit for bit.
+        assert torch.equal(y.view(torch.int16 if y.dtype != torch.float32 else torch.int32),
+                           ref.view(torch.int16 if ref.dtype != torch.float32 else torch.int32)), (
+            f"max |diff| {(y.float() - ref.float()).abs().max().item()}")
+        return
+    s = scale.double().abs().reshape(-1)
+    bound = (x.double().abs() @ t.double().abs().T) * s  # scale of the accumulated terms
+    rel = {torch.float32: 2e-7, torch.float16: 2 ** -10, torch.bfloat16: 2 ** -7}[y.dtype]
+    tol = rel * ref.abs() + 1e-6 * bound + 1e-30
+    diff = (y.double() - ref).abs()
+    assert bool((diff <= tol).all()), f"max |diff| {diff.max().item()} (tol {tol.max().item()})"
+
+
+FORMATS = ["i2", "i8"]
+ACTS = ["int8", "none"]
+ALL_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+# N, K: ones, odd sizes around every block (16-byte chunks, 32 lanes x 16 = 512 per step, the
+# matmul's 32-wide tiles, i2's 4 rows per byte); K > 512 makes lanes loop.
+MV_SHAPES = [(1, 1), (3, 5), (5, 3), (17, 63), (63, 65), (65, 257), (257, 17), (33, 1040),
+             (7, 1041), (4, 16), (130, 48)]
+MM_SHAPES = [(1, 1), (3, 5), (17, 63), (65, 257), (257, 33), (5, 1041), (33, 32)]
+MS = [2, 5, 33]
+
+
+def test_kernel_table(emu):
+    names = {emu.tmetal_kernel_name(i).decode() for i in range(emu.tmetal_kernel_count())}
+    want = {f"ternary_{p}_{f}_{a}_{d}" for p, f, a, d in
+            itertools.product(["mv", "mm"], FORMATS, ACTS, ["f32", "f16", "bf16"])}
+    assert names == want
+    # Every instance is also declared to Metal under the same name.
+    src = (METAL / "ternary_linear.metal").read_text()
+    assert re.search(r"host_name\(TERNARY_STR\(ternary_##path##_##fmt##_##act##_##tname\)\)", src)
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=lambda d: SUFFIX[d])
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_matvec(emu, fmt, act, dtype):
+    gen = torch.Generator().manual_seed(hash((fmt, act, str(dtype))) % 2**31)
+    for i, (N, K) in enumerate(MV_SHAPES):
+        x, t, scale, bias = make_case(gen, 1, N, K, dtype, per_channel=i % 2 == 0,
+                                      bias_dtype=[None, dtype, torch.float32][i % 3])
+        y, used = run(emu, fmt, act, x, t, scale, bias, seed=i)
+        assert used == f"ternary_mv_{fmt}_{act}_{SUFFIX[dtype]}"
+        check(y, x, t, scale, bias, act)
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=lambda d: SUFFIX[d])
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_matmul(emu, fmt, act, dtype):
+    gen = torch.Generator().manual_seed(hash((fmt, act, str(dtype), "mm")) % 2**31)
+    for i, (N, K) in enumerate(MM_SHAPES):
+        M = MS[i % len(MS)]
+        x, t, scale, bias = make_case(gen, M, N, K, dtype, per_channel=i % 2 == 1,
+                                      bias_dtype=[dtype, None, torch.bfloat16][i % 3])
+        y, used = run(emu, fmt, act, x, t, scale, bias, seed=i)
+        assert used == f"ternary_mm_{fmt}_{act}_{SUFFIX[dtype]}"
+        check(y, x, t, scale, bias, act)
+
+
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_matmul_serves_m1(emu, fmt, act):
+    """The matmul kernel is correct at M = 1 too: it serves decode when K is too long to stage."""
+    gen = torch.Generator().manual_seed(7)
+    x, t, scale, bias = make_case(gen, 1, 37, 300, torch.float16, bias_dtype=torch.float16)
+    y, used = run(emu, fmt, act, x, t, scale, bias, path=1)
+    assert used.startswith("ternary_mm_")
+    check(y, x, t, scale, bias, act)
+
+
+@pytest.mark.parametrize("act,dtype,K,fits", [
+    ("int8", torch.float32, 32768 - 64, True),   # int8 codes: 1 byte per column
+    ("int8", torch.float32, 32768 - 63, False),
+    ("none", torch.float16, 16384 - 32, True),   # staged in x's dtype
+    ("none", torch.float16, 16384, False),
+    ("none", torch.float32, 8192 - 16, True),
+    ("none", torch.float32, 8192, False),
+])
+def test_long_k_decode_plan(emu, act, dtype, K, fits):
+    """M = 1 stages the row in threadgroup memory while it fits, else takes the matmul."""
+    gen = torch.Generator().manual_seed(K)
+    x, t, scale, bias = make_case(gen, 1, 3, K, dtype, bias_dtype=dtype)
+    y, used = run(emu, "i2", act, x, t, scale, bias)
+    assert used.startswith("ternary_mv_" if fits else "ternary_mm_")
+    check(y, x, t, scale, bias, act)
+
+
+@pytest.mark.parametrize("shift", [1, 4, 8, 15])
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_unaligned_weight_base(emu, fmt, shift):
+    """A weight view at an odd storage offset is read bytewise, not with 16-byte loads."""
+    assert emu.tmetal_aligned(0, 64) == 1 and emu.tmetal_aligned(shift, 64) == 0
+    assert emu.tmetal_aligned(0, 65) == 0
+    gen = torch.Generator().manual_seed(shift)
+    x, t, scale, bias = make_case(gen, 1, 21, 1024, torch.float32, bias_dtype=torch.float32)
+    for act in ACTS:
+        y, _ = run(emu, fmt, act, x, t, scale, bias, w_shift=shift)
+        check(y, x, t, scale, bias, act)
+
+
+@pytest.mark.parametrize("path", [0, 1])
+def test_scale_and_bias_dtypes(emu, path):
+    gen = torch.Generator().manual_seed(11)
+    M = 1 if path == 0 else 3
+    for sd, bd, per_channel in itertools.product(ALL_DTYPES, [None] + ALL_DTYPES, [False, True]):
+        x, t, scale, _ = make_case(gen, M, 9, 40, torch.float32, per_channel=per_channel)
+        scale = scale.to(sd)
+        bias = None if bd is None else torch.randn(9, generator=gen).to(bd)
+        for fmt in FORMATS:
+            y, _ = run(emu, fmt, "int8", x, t, scale, bias, path=path)
+            check(y, x, t, scale, bias, "int8")
+
+
+@pytest.mark.parametrize("path", [0, 1])
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_rounding_ties_and_zero_rows(emu, fmt, path):
+    """x * inv lands exactly on .5 (round half to even); an all-zero row uses the 1e-5 clamp."""
+    K = 40
+    row = torch.tensor([127.0] + [k + 0.5 for k in range(-20, 19)], dtype=torch.float32)
+    x = torch.stack([row, torch.zeros(K), -row]) if path == 1 else row[None]
+    gen = torch.Generator().manual_seed(3)
+    t = torch.randint(-1, 2, (6, K), generator=gen, dtype=torch.int8)
+    scale = torch.tensor(0.75)
+    bias = torch.randn(6, generator=gen)
+    q, _ = quantize_rows(x)
+    assert bool((q[0, 1:] != torch.trunc(x[0, 1:] + 0.5 * torch.sign(x[0, 1:]))).any())  # ties seen
+    y, _ = run(emu, fmt, "int8", x, t, scale, bias, path=path)
+    check(y, x, t, scale, bias, "int8")
+
+
+def test_seeds_and_thread_orders(emu):
+    """Fresh data and a different fiber order every run: results never depend on schedule."""
+    seed = int.from_bytes(os.urandom(4), "little")
+    gen = torch.Generator().manual_seed(seed)
+    for i in range(6):
+        M = [1, 1, 4, 2, 1, 9][i]
+        N, K = (int(v) for v in torch.randint(1, 300, (2,), generator=gen))
+        fmt, act = FORMATS[i % 2], ACTS[(i // 2) % 2]
+        dtype = ALL_DTYPES[i % 3]
+        x, t, scale, bias = make_case(gen, M, N, K, dtype, bias_dtype=dtype)
+        y, _ = run(emu, fmt, act, x, t, scale, bias, seed=seed + i)
+        check(y, x, t, scale, bias, act)
+
+
+def test_agrees_with_package_reference(emu):
+    """Same semantics as ternary_ops.reference, when the package provides it."""
+    tops = pytest.importorskip("ternary_ops")
+    ref = getattr(tops, "reference", None)
+    if ref is None or not hasattr(tops, "pack_i2"):
+        pytest.skip("ternary_ops.reference / pack_i2 not available in this build")
+    gen = torch.Generator().manual_seed(5)
+    for fmt, act, M in itertools.product(FORMATS, ACTS, [1, 3]):
+        x, t, scale, bias = make_case(gen, M, 23, 70, torch.float32, bias_dtype=torch.float32)
+        y, _ = run(emu, fmt, act, x, t, scale, bias)
+        if fmt == "i2":
+            assert torch.equal(tops.pack_i2(t), pack_i2(t))
+            want = ref.linear_i2(x, pack_i2(t), scale, t.shape[0], bias, act)
+        else:
+            want = ref.linear_i8(x, t, scale, bias, act)
+        torch.testing.assert_close(y, want.to(y.dtype), rtol=1e-5, atol=1e-4)
+
+
+# ---- the emulator itself: it must catch the bugs it exists to catch ----
+
+@pytest.mark.parametrize("case,expect", [
+    (0, ""),                          # simd_sum / simd_max / shuffles, barrier-correct exchange
+    (1, "barrier divergence"),        # a barrier only some threads reach
+    (2, "simdgroup divergence"),      # simd_sum in a branch taken by half the lanes
+    (3, "wrong result"),              # missing barrier between threadgroup write and read
+    (4, "threadgroup memory overrun"),
+])
+def test_emulator_catches_bugs(emu, case, expect):
+    err = ctypes.create_string_buffer(512)
+    rc = emu.tmetal_selftest(case, err, 512)
+    msg = err.value.decode()
+    if not expect:
+        assert rc == 0, msg
+    else:
+        assert rc != 0 and expect in msg, msg

@@ -218,6 +218,8 @@ int main(int argc, char** argv) {
   cases.push_back({5, 33, 2049, true, true, 1});
   cases.push_back({4, 31, 77, true, false, 2});
   cases.push_back({1, 1, 1, false, false, 0});
+  // K past 2^16: kernels that flush integer accumulators per K block (NEON) cross a block edge.
+  cases.push_back({3, 6, 70001, true, true, 1});
   for (int s = 0; s < available_kernel_count(); ++s)
     for (const Case& c : cases) check_case(available_kernel(s), c, rng);
   std::printf("%d passed, %d failed\n", g_checks - g_failures, g_failures);

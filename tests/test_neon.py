@@ -1,0 +1,107 @@
+"""The ops on arm64: they dispatch to the NEON kernel sets and match the reference.
+
+Meant for an arm64 machine; on x86 CI, tools/arm64/ci.sh runs this file inside an arm64 Debian
+chroot under qemu-user (about 300x slower than native, hence the small shapes). There,
+TERNARY_NEON_EXPECT names the set the dispatcher must pick for qemu's CPU (neon_i8mm).
+"""
+import os
+import platform
+
+import pytest
+import torch
+
+import ternary_ops as tops
+from ternary_ops import reference
+
+pytestmark = pytest.mark.skipif(
+    platform.machine().lower() not in ("aarch64", "arm64"),
+    reason="NEON kernels build and run only on arm64 (x86 CI runs this file in an arm64 chroot "
+           "through tools/arm64/ci.sh)")
+
+NEON_SETS = ("neon_i8mm", "neon_dotprod", "neon")
+
+# (M, N, K): decoding (M = 1) and prefill (M > 1, SMMLA blocks of 4 plus a tail) shapes with N, K
+# off every block size (8 rows, 16/64 columns), and the 1 x 1 x 1 corner.
+SHAPES = [(1, 67, 131), (5, 33, 200), (2, 9, 17), (1, 1, 1)]
+
+
+@pytest.fixture
+def neon_set(request):
+    name = request.param
+    if name not in tops.cpu_kernels_available():
+        pytest.skip(f"{name} needs CPU features this machine lacks")
+    tops.select_cpu_kernel(name)
+    try:
+        yield name
+    finally:
+        tops.select_cpu_kernel("auto")
+
+
+def test_dispatcher_picks_neon():
+    avail = tops.cpu_kernels_available()
+    assert "neon" in avail and avail[-1] == "portable", avail
+    expect = os.environ.get("TERNARY_NEON_EXPECT")
+    if expect:
+        assert tops.cpu_kernel() == expect, (tops.cpu_kernel(), avail)
+    else:
+        assert tops.cpu_kernel() in NEON_SETS
+
+
+def _case(m, n, k, per_channel, with_bias, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.randint(-1, 2, (n, k), generator=g, dtype=torch.int8)
+    scale = (torch.rand(n if per_channel else (), generator=g) + 0.05).float()
+    x = (torch.randn(m, k, generator=g) * 3).to(dtype)
+    bias = torch.randn(n, generator=g).to(dtype) if with_bias else None
+    return codes, scale, x, bias
+
+
+@pytest.mark.parametrize("neon_set", NEON_SETS, indirect=True)
+@pytest.mark.parametrize("fmt", ["i8", "i2"])
+def test_neon_matches_reference(neon_set, fmt):
+    assert tops.cpu_kernel() == neon_set
+    for i, (m, n, k) in enumerate(SHAPES):
+        for act in ("int8", "none"):
+            dtype = torch.bfloat16 if i == 1 else torch.float32
+            codes, scale, x, bias = _case(m, n, k, i % 2 == 0, i != 2, dtype, seed=100 * i + k)
+            want = reference.linear_codes(x, codes, scale, bias, act)
+            if fmt == "i8":
+                got = tops.linear_i8(x, codes, scale, bias, act)
+            else:
+                got = tops.linear_i2(x, tops.pack_i2(codes), scale, n, bias, act)
+            assert got.dtype == dtype and got.shape == (m, n)
+            tag = (neon_set, fmt, act, m, n, k)
+            if act == "int8":
+                assert torch.equal(got, want), (tag, (got.float() - want.float()).abs().max())
+            else:
+                tol = 1e-5 if dtype == torch.float32 else 1e-2
+                torch.testing.assert_close(got.float(), want.float(), rtol=tol, atol=tol * k ** 0.5,
+                                           msg=lambda s: f"{tag}: {s}")
+
+
+def test_int8_dot_exact_saturating():
+    # +-127/-128 activations with +-1 weights: every product at its largest; inv = 1 and s = 1,
+    # so the output is the integer dot itself.
+    n, k = 13, 300
+    g = torch.Generator().manual_seed(7)
+    codes = (torch.randint(0, 2, (n, k), generator=g) * 2 - 1).to(torch.int8)
+    x = (torch.randint(0, 2, (4, k), generator=g) * 254 - 127).float()
+    x[:, 1::7] = -128.0
+    x[:, 0] = 127.0
+    x = x.clamp(-127, 127)  # max |x| is 127, so inv = 1 exactly
+    want = (x.double() @ codes.double().T).float()
+    for fmt_out in (tops.linear_i8(x, codes, torch.tensor(1.0), None, "int8"),
+                    tops.linear_i2(x, tops.pack_i2(codes), torch.tensor(1.0), n, None, "int8")):
+        assert torch.equal(fmt_out, want)
+
+
+def test_ternary_linear_module_on_neon():
+    torch.manual_seed(3)
+    lin = torch.nn.Linear(40, 21)
+    x = torch.randn(3, 40)
+    for fmt in ("i2", "i8"):
+        mod = tops.TernaryLinear.from_linear(lin, format=fmt, act="int8")
+        got = mod(x)
+        codes = tops.unpack_i2(mod.weight, 21) if fmt == "i2" else mod.weight
+        want = reference.linear_codes(x, codes, mod.weight_scale, mod.bias, "int8")
+        assert torch.equal(got, want)

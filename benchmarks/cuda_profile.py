@@ -1,0 +1,72 @@
+"""Profiling helper for the CUDA kernels: the per-op floor in a CUDA graph (tiny shapes) and one
+call of a chosen configuration, to run under Nsight Compute:
+
+  python benchmarks/cuda_profile.py floor
+  ncu --section SpeedOfLight --section Occupancy --section WarpStateStats \
+      python benchmarks/cuda_profile.py one --n 14336 --k 4096 --m 1 --format i2 --act int8
+"""
+import argparse
+import statistics
+
+import torch
+
+import ternary_ops as tops
+
+
+def op(fmt, x, w, scale, n, act):
+    if fmt == "i2":
+        return torch.ops.ternary.linear_i2(x, w, scale, n, None, act)
+    return torch.ops.ternary.linear_i8(x, w, scale, None, act)
+
+
+def graph_time(fn, calls=64, replays=20):
+    fn()
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(calls):
+            fn()
+    g.replay()
+    ts = []
+    for _ in range(replays):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        b.synchronize()
+        ts.append(a.elapsed_time(b) * 1e3 / calls)
+    return statistics.median(ts)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("what", choices=["floor", "one"])
+    ap.add_argument("--n", type=int, default=14336)
+    ap.add_argument("--k", type=int, default=4096)
+    ap.add_argument("--m", type=int, default=1)
+    ap.add_argument("--format", default="i2")
+    ap.add_argument("--act", default="int8")
+    a = ap.parse_args()
+    if a.what == "floor":
+        x = torch.randn(1, 64, device="cuda", dtype=torch.bfloat16)
+        codes = torch.randint(-1, 2, (64, 64), dtype=torch.int8, device="cuda")
+        s = torch.ones((), device="cuda")
+        e = torch.empty(1, device="cuda")
+        print(f"empty-ish elementwise op per graph node: {graph_time(lambda: e.add_(1)):.2f} us")
+        for fmt in ("i2", "i8"):
+            w = tops.pack_i2(codes) if fmt == "i2" else codes
+            for act in ("int8", "none"):
+                t = graph_time(lambda: op(fmt, x, w, s, 64, act))
+                print(f"{fmt} act={act} 64x64 M=1 per op in a graph: {t:.2f} us")
+        return
+    x = torch.randn(a.m, a.k, device="cuda", dtype=torch.bfloat16)
+    codes = torch.randint(-1, 2, (a.n, a.k), dtype=torch.int8, device="cuda")
+    w = tops.pack_i2(codes) if a.format == "i2" else codes
+    s = torch.ones((), device="cuda")
+    for _ in range(3):
+        op(a.format, x, w, s, a.n, a.act)
+    torch.cuda.synchronize()
+
+
+if __name__ == "__main__":
+    main()

@@ -267,10 +267,12 @@ __global__ void __launch_bounds__(kThreads) gemv_none_kernel(const Linear p, boo
   }
 }
 
-// Threads per block: enough 16-byte chunks for every thread, in whole warps, at most kThreads.
+// Threads per block: at least two 16-byte chunks per thread (so the next chunk's loads overlap
+// the current one's decode, and smaller blocks fit the whole grid in one wave), whole warps,
+// at most kThreads.
 unsigned gemv_threads(int64_t K) {
   const int64_t chunks = (K + 15) / 16;
-  const int64_t t = (chunks + 31) / 32 * 32;
+  const int64_t t = (chunks / 2 + 31) / 32 * 32;
   return static_cast<unsigned>(t < 32 ? 32 : (t > kThreads ? kThreads : t));
 }
 

@@ -526,3 +526,53 @@ def load_pretrained(save_directory: Union[str, os.PathLike],
         keep.add(f"{prefix}.weight_scale" if prefix else "weight_scale")
     model = _finish_load(model, tensors, file, keep_dtype=keep, dtype=dtype)
     return model if device is None else model.to(device)
+
+
+# ---- synthetic checkpoints ------------------------------------------------------------------
+
+def save_random_bitnet(save_directory: Union[str, os.PathLike], config=None,
+                       linear_class: str = "bitlinear", seed: int = 0,
+                       dtype: torch.dtype = torch.bfloat16):
+    """Writes a random BitNet b1.58 checkpoint in Hugging Face's format, packed with
+    transformers' own packer: for examples and benchmarks without a download.
+
+    ``config``: a ``transformers.BitNetConfig`` (default: a small 4-layer model). Linear
+    weights are ``round(W / mean|W|)`` of a random init, packed ``uint8 [out/4, in]``, with
+    ``weight_scale`` in ``linear_class``'s convention. Returns the config.
+    """
+    transformers = _require_transformers()
+    from safetensors.torch import save_file
+    from transformers.integrations.bitnet import pack_weights
+
+    if linear_class not in LINEAR_CLASSES:
+        raise ValueError(f"linear_class must be one of {LINEAR_CLASSES}, got {linear_class!r}")
+    if config is None:
+        config = transformers.BitNetConfig(
+            vocab_size=1024, hidden_size=512, intermediate_size=1376, num_hidden_layers=4,
+            num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=512,
+            bos_token_id=1, eos_token_id=2, pad_token_id=0, initializer_range=0.05)
+    config = copy.deepcopy(config)
+    config.quantization_config = {"quant_method": "bitnet", "linear_class": linear_class,
+                                  "quantization_mode": "offline"}
+    config.dtype = dtype
+    torch.manual_seed(seed)
+    dense = transformers.BitNetForCausalLM(config)
+    state = {}
+    for name, p in dense.named_parameters():
+        module_name = name.rpartition(".")[0]
+        module = dense.get_submodule(module_name)
+        if (isinstance(module, nn.Linear) and name.endswith(".weight")
+                and module is not dense.get_output_embeddings()):
+            w = p.detach().float()
+            mean = w.abs().mean().clamp(min=1e-5)
+            codes = (w / mean).round().clamp(-1, 1).to(torch.int8)
+            state[name] = pack_weights(codes)
+            stored = 1.0 / mean if linear_class == "bitlinear" else mean
+            state[module_name + ".weight_scale"] = stored.reshape(1).to(dtype)
+        else:
+            state[name] = p.detach().to(dtype).contiguous()
+    path = os.fspath(save_directory)
+    os.makedirs(path, exist_ok=True)
+    config.save_pretrained(path)
+    save_file(state, os.path.join(path, CHECKPOINT_NAME), metadata={"format": "pt"})
+    return config

@@ -88,9 +88,10 @@ def main(argv=None):
 
     if args.compare or args.folder is None:
         from transformers import AutoModelForCausalLM
-        ref = AutoModelForCausalLM.from_pretrained(folder, dtype=model.dtype).eval()
-        # transformers' BitLinear wraps its quantization in torch.compile; eager is the same math
+        # transformers' BitNet layers wrap their quantization (and AutoBitLinear's unpacking) in
+        # torch.compile; eager is the same arithmetic without the compile time
         with torch._dynamo.config.patch(disable=True):
+            ref = AutoModelForCausalLM.from_pretrained(folder, dtype=model.dtype).eval()
             ref_tokens, ref_prefill, ref_decode = timed_generate(ref, ids, args.max_new_tokens)
         with torch.inference_mode(), torch._dynamo.config.patch(disable=True):
             want = ref(ids).logits.float()

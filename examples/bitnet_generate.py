@@ -12,6 +12,7 @@ whether the greedy generations agree.
 """
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -25,24 +26,28 @@ DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch
 
 
 def timed_generate(model, ids, new_tokens):
-    """Greedy generation with the KV cache; returns (tokens, prefill s, decode tokens/s)."""
-    kw = dict(do_sample=False, pad_token_id=0, min_new_tokens=new_tokens)
+    """Greedy decoding with the KV cache, one token per step (what ``generate`` does, timed
+    per step): returns (new tokens, prefill seconds, decode tokens/s from the median step)."""
     with torch.inference_mode():
         t0 = time.perf_counter()
-        model.generate(ids, max_new_tokens=1, **{**kw, "min_new_tokens": 1})
+        out = model(ids, use_cache=True)
         prefill = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        out = model.generate(ids, max_new_tokens=new_tokens, **kw)
-        total = time.perf_counter() - t0
-    decode = (new_tokens - 1) / max(total - prefill, 1e-9)
-    return out[0, ids.shape[1]:], prefill, decode
+        cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        tokens, steps = [token], []
+        for _ in range(new_tokens - 1):
+            t0 = time.perf_counter()
+            out = model(token, past_key_values=cache, use_cache=True)
+            token = out.logits[:, -1:].argmax(-1)
+            steps.append(time.perf_counter() - t0)
+            tokens.append(token)
+    return torch.cat(tokens, 1)[0], prefill, 1.0 / statistics.median(steps) if steps else 0.0
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("folder", nargs="?", help="BitNet checkpoint folder (default: synthetic)")
     p.add_argument("--prompt", default="The capital of France is")
-    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--max-new-tokens", type=int, default=32, help="at least 2")
     p.add_argument("--format", choices=("i2", "i8"), default="i2")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                    help="dtype of embeddings and norms (default: the config's)")
@@ -50,6 +55,8 @@ def main(argv=None):
     p.add_argument("--compare", action="store_true",
                    help="also run transformers' BitNet layers and compare generations")
     args = p.parse_args(argv)
+    if args.max_new_tokens < 2:
+        p.error("--max-new-tokens must be at least 2")
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = DTYPES[args.dtype] if args.dtype else None

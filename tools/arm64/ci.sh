@@ -4,6 +4,7 @@
 #   1. the native harness cross-compiled for aarch64 and run under qemu-user, once per CPU model:
 #      max (dotprod + i8mm) must pick neon_i8mm, neoverse-n1 (no i8mm) neon_dotprod, cortex-a53
 #      (no dotprod) neon; every available set must match the scalar definitions exactly;
+#      the same with clang (Apple's compiler family) under -cpu max;
 #   2. the native harness with AddressSanitizer + UBSan on the host;
 #   3. the whole extension in an arm64 Debian chroot (debootstrap, qemu binfmt): built there with
 #      setup.py (so setup.py's arm64 path is what is tested), then tests/test_neon.py.
@@ -74,6 +75,17 @@ show_result() {  # show_result RC LOG: the first failures and the closing lines,
 run_qemu_harness() {  # CPU EXPECTED_SET
   local log="$BUILD/harness-$1.log"
   qemu-aarch64-static -cpu "$1" "$BUILD/harness-aarch64" --expect "$2" "${SEED_ARGS[@]}" > "$log" 2>&1
+  show_result $? "$log"
+}
+
+# Apple's toolchain is clang: the same kernels built by clang (against the GCC cross sysroot)
+# must pass too (clang's own unrolling, FP contraction defaults and intrinsic headers).
+run_clang_harness() {
+  local log="$BUILD/harness-clang.log"
+  "$HOST_PY" "$ROOT/tools/build_harness.py" -o "$BUILD/harness-aarch64-clang" --arch aarch64 \
+    --cxx "clang++ --target=aarch64-linux-gnu --gcc-toolchain=/usr" --static >/dev/null || return 1
+  qemu-aarch64-static -cpu max "$BUILD/harness-aarch64-clang" --expect neon_i8mm \
+    "${SEED_ARGS[@]}" > "$log" 2>&1
   show_result $? "$log"
 }
 
@@ -182,6 +194,11 @@ if step "cross-compile the native harness for aarch64" build_cross_harness; then
     run_qemu_harness neoverse-n1 neon_dotprod
   step "harness under qemu -cpu cortex-a53 (no dotprod): expects neon" \
     run_qemu_harness cortex-a53 neon
+fi
+if command -v clang++ >/dev/null; then
+  step "harness built with clang, under qemu -cpu max: expects neon_i8mm" run_clang_harness
+else
+  echo "(no clang++ on this host: clang build of the harness not checked)"
 fi
 step "host harness with AddressSanitizer + UBSan" run_host_sanitized_harness
 if [ "${TERNARY_ARM64_SKIP_CHROOT:-0}" != 1 ]; then

@@ -90,7 +90,8 @@ def make_extension():
     isa_sources, simd_define = simd_backend()
     if simd_define and isa_sources:
         defines.append((simd_define, "1"))
-    cxx_flags = ["-O3", "-std=c++17", "-fno-math-errno"]
+    # No FMA contraction: the act="int8" epilogue must round like the reference, bit for bit.
+    cxx_flags = ["-O3", "-std=c++17", "-fno-math-errno", "-ffp-contract=off"]
     kwargs = dict(extra_compile_args={"cxx": cxx_flags}, include_dirs=[str(CSRC)])
 
     if IS_MACOS and any((CSRC / "metal").glob("*.mm")):
@@ -115,6 +116,8 @@ def make_extension():
     ext = ext_cls("ternary_ops._C", [str(s.relative_to(ROOT)) for s in sources],
                   define_macros=defines, **kwargs)
     ext.isa_sources = isa_sources
+    # setuptools relinks only when a listed source or dependency changed: list the ISA kernels.
+    ext.depends = sorted({str(d) for src in isa_sources for d in kernel_build.header_deps(src)})
     return ext
 
 

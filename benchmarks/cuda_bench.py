@@ -67,6 +67,39 @@ def time_rotating(fn, copies, l2_bytes, bytes_per_call, replays=30):
     return statistics.median(times), min(times)
 
 
+def graph_floor(calls=64, replays=20):
+    """Per-op time in a CUDA graph of back-to-back calls at a tiny shape (no bytes to speak of):
+    the fixed cost that bounds what a single op can reach at any shape."""
+    def per_call(fn):
+        fn()
+        torch.cuda.synchronize()
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            for _ in range(calls):
+                fn()
+        g.replay()
+        ts = []
+        for _ in range(replays):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            g.replay()
+            b.record()
+            b.synchronize()
+            ts.append(a.elapsed_time(b) * 1e3 / calls)
+        return statistics.median(ts)
+
+    e = torch.zeros(1, device="cuda")
+    x = torch.randn(1, 64, device="cuda", dtype=torch.bfloat16)
+    codes = torch.randint(-1, 2, (64, 64), dtype=torch.int8, device="cuda")
+    s = torch.ones((), device="cuda")
+    w2 = tops.pack_i2(codes)
+    out = {"elementwise add_ (1 kernel)": per_call(lambda: e.add_(1))}
+    for act in ("int8", "none"):
+        out[f"i2 64x64 M=1 act={act}"] = per_call(
+            lambda: torch.ops.ternary.linear_i2(x, w2, s, 64, None, act))  # noqa: B023
+    return out
+
+
 def n_copies(nbytes, l2_bytes):
     return max(3, math.ceil(4 * l2_bytes / max(nbytes, 1)))
 
@@ -92,6 +125,9 @@ def main():
             f"torch {torch.__version__}, CUDA {torch.version.cuda}, "
             f"PDL {'off' if os.environ.get('TERNARY_OPS_CUDA_PDL') == '0' else 'on'} {args.tag}\n"
             f"device-to-device copy bandwidth (read + write): {bw / 1e9:.0f} GB/s")
+    floor = graph_floor()
+    head += "  \nper-op floor in a CUDA graph (tiny shapes): " + ", ".join(
+        f"{k} {v:.2f} us" for k, v in floor.items())
     print(head, flush=True)
 
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -147,7 +183,7 @@ def main():
             f.write(table + "\n")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(head=head, copy_bw=bw, rows=rows), f, indent=1)
+            json.dump(dict(head=head, copy_bw=bw, floor_us=floor, rows=rows), f, indent=1)
     if not all(r["ok"] for r in rows):
         print("CORRECTNESS FAILURES:", [r for r in rows if not r["ok"]])
         sys.exit(1)

@@ -20,7 +20,9 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # (M, N, K): odd sizes on purpose; M crosses the GEMV (<= 8) / mma (> 8) boundary.
 SHAPES = [(1, 1, 1), (1, 5, 7), (2, 3, 16), (3, 13, 33), (4, 64, 64), (5, 31, 100),
           (8, 257, 1000), (9, 31, 65), (16, 100, 130), (17, 45, 64), (33, 129, 257),
-          (64, 300, 512), (130, 77, 4100), (1, 2560, 2560), (7, 1000, 4096)]
+          (64, 300, 512), (130, 77, 4100), (1, 2560, 2560), (7, 1000, 4096),
+          # act="int8" GEMV: quantized in the kernel up to M * K = 32768, pre-pass above it.
+          (2, 600, 16384), (8, 70, 4100), (1, 9, 33000)]
 
 
 def make_weight(fmt, n, k, gen, granularity):
@@ -113,6 +115,24 @@ def test_unaligned_and_strided(fmt, act):
     check(out, run_ref(fmt, x3, w, scale, n, None, act), act, torch.float32, "3-D strided")
     x0 = torch.randn(0, k, device="cuda")
     assert run_op(fmt, x0, w.cuda(), scale.cuda(), n, None, act).shape == (0, n)
+
+
+@pytest.mark.parametrize("fmt", ["i2", "i8"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+def test_gemv_x_alignment_and_paths(fmt, dtype):
+    """act="int8" GEMV: x at an address that forbids vector loads, K not a multiple of 4 or 16,
+    the in-kernel quantization and the pre-pass, more units than warps (several per warp)."""
+    gen = torch.Generator().manual_seed(5)
+    for m, n, k in [(1, 4100, 1000), (3, 37, 1001), (8, 64, 4096), (8, 33, 4097), (1, 5, 40000)]:
+        w, scale = make_weight(fmt, n, k, gen, "channel")
+        x = torch.randn(m, k, generator=gen).to(dtype)
+        buf = torch.empty(m * k + 1, dtype=dtype, device="cuda")
+        x_odd = buf[1:].view(m, k)
+        x_odd.copy_(x)
+        for xd in (x_odd, x.cuda()):
+            out = run_op(fmt, xd, w.cuda(), scale.cuda(), n, None, "int8")
+            check(out, run_ref(fmt, x, w, scale, n, None, "int8"), "int8", dtype,
+                  f"{fmt} M={m} N={n} K={k} x at {xd.data_ptr() % 16}")
 
 
 def test_extreme_activations_are_exact():

@@ -104,12 +104,12 @@ __device__ __forceinline__ void pdl_wait() {
 bool pdl_enabled();
 
 template <typename... Params, typename... Args>
-cudaError_t launch(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream, bool pdl,
-                   Args&&... args) {
+cudaError_t launch_smem(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+                        cudaStream_t stream, bool pdl, Args&&... args) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = block;
-  cfg.dynamicSmemBytes = 0;
+  cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
@@ -118,6 +118,15 @@ cudaError_t launch(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_
   cfg.numAttrs = pdl ? 1 : 0;
   return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
 }
+
+template <typename... Params, typename... Args>
+cudaError_t launch(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream, bool pdl,
+                   Args&&... args) {
+  return launch_smem(kernel, grid, block, 0, stream, pdl, std::forward<Args>(args)...);
+}
+
+// Streaming multiprocessors of the current device (cached per device).
+int device_sms();
 
 // The int8 tensor-core path for M > kGemvMaxM (mma_int8.cu).
 cudaError_t launch_mma_int8(const Linear& p, cudaStream_t stream, bool pdl);

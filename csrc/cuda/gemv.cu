@@ -1,11 +1,14 @@
 // gemv.cu: activation quantization and the M <= 8 (decode) kernels.
 //
-// The GEMV streams the packed weights once. A block owns RB weight "units" (i8: one output row;
-// i2: one byte row = four output rows j, j+R, j+2R, j+3R) and its threads stride over K in
-// 16-byte chunks, keeping the next chunk's loads in flight while decoding the current one. For
-// act="int8" the decode is free for i8 (the bytes are the weights) and two ALU ops per word for
-// i2: (w >> 2s) & 0x03030303 are the codes w+1 of row j+sR, dotted with q by __dp4a; the code
-// offset is removed once per output as sum(q). Partial sums meet in shared memory at the end.
+// act="int8" (gemv_int8_persistent_kernel): a persistent grid streams the packed weights once,
+// a warp per weight "unit" (i8: one output row; i2: one byte row = four output rows j, j+R,
+// j+2R, j+3R), 16-byte loads kept in flight a batch ahead. The decode is free for i8 (the bytes
+// are the weights) and two ALU ops per word for i2: (w >> 2s) & 0x03030303 are the codes w+1
+// of row j+sR, dotted with q by __dp4a; the code offset is removed once per output as sum(q).
+// For small M * K the kernel quantizes x itself (one launch per op); otherwise a per-row
+// pre-pass writes q. act="none" (gemv_none_kernel): blocks of RB units, threads striding over
+// K, float32 FMA on decoded weights, partial sums meeting in shared memory.
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
@@ -29,6 +32,19 @@ bool pdl_enabled() {
     major_of[dev] = major;
   }
   return major_of[dev] >= 9;
+}
+
+int device_sms() {
+  static int sms_of[64] = {0};  // per device, 0 = not yet read
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return 1;
+  if (sms_of[dev] == 0) {
+    int n = 0;
+    if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n < 1)
+      return 1;
+    sms_of[dev] = n;
+  }
+  return sms_of[dev];
 }
 
 namespace {
@@ -126,69 +142,222 @@ __device__ __forceinline__ int64_t out_row(int64_t u0, int r, int s, int64_t uni
   return n < N ? n : -1;
 }
 
-// act="int8", M <= MT rows (MT in {1, 2, 4, 8}; rows >= M are skipped).
-template <int MT, bool I2, bool VEC>
-__global__ void __launch_bounds__(kThreads) gemv_int8_dp4a_kernel(const Linear p) {
-  using C = GemvCfg<MT, I2>;
-  __shared__ int32_t red[(kThreads / 32) * C::NACC];
-  const int64_t units = units_of(I2, p.N);
-  const int64_t u0 = int64_t(blockIdx.x) * C::RB;
-  const int64_t K = p.K, ldq = q_ld(K), nchunks = (K + 15) / 16;
-  const auto* W = static_cast<const uint8_t*>(p.weight);
+// ---- act="int8", M <= 8: persistent dp4a GEMV ----------------------------------------------
+//
+// One block per SM (at most kPersistWarps warps), each warp owning whole weight units in turn
+// (unit u goes to warp u % total_warps, numbered warp-major so every block gets the same share).
+// A warp streams its unit in batches of B 16-byte chunks per lane (32 lanes x B x 16 bytes
+// contiguous), loading the next batch (of this unit or the next) before decoding the current
+// one, so 2 x B x 16 bytes per lane are in flight. No block barrier after the prologue: a
+// unit's sums meet in one warp reduction. Fused (small M * K): the prologue quantizes x into
+// shared memory once per block, exactly as quantize_rows_kernel does, so act="int8" is a single
+// launch; otherwise q / inv / qsum come from the pre-pass.
+constexpr int kPersistWarps = 16;
+
+template <int MT>
+struct PersistCfg {
+  // Chunks per lane per batch: 8 (256 bytes in flight per lane) while registers allow.
+  static constexpr int B = MT <= 2 ? 8 : (MT <= 4 ? 4 : 2);
+};
+
+// Four consecutive elements of row xr from column k as floats, zeros past K. vec: K % 4 == 0
+// and the row start is aligned to four elements, so one 8- or 16-byte load.
+__device__ __forceinline__ void load_x4v(const float* p, float (&v)[4]) {
+  const float4 t = *reinterpret_cast<const float4*>(p);
+  v[0] = t.x; v[1] = t.y; v[2] = t.z; v[3] = t.w;
+}
+__device__ __forceinline__ void load_x4v(const __nv_bfloat16* p, float (&v)[4]) {
+  const uint2 t = *reinterpret_cast<const uint2*>(p);
+  v[0] = __uint_as_float(t.x << 16); v[1] = __uint_as_float(t.x & 0xFFFF0000u);
+  v[2] = __uint_as_float(t.y << 16); v[3] = __uint_as_float(t.y & 0xFFFF0000u);
+}
+__device__ __forceinline__ void load_x4v(const __half* p, float (&v)[4]) {
+  const uint2 t = *reinterpret_cast<const uint2*>(p);
+  const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&t.x));
+  const float2 b = __half22float2(*reinterpret_cast<const __half2*>(&t.y));
+  v[0] = a.x; v[1] = a.y; v[2] = b.x; v[3] = b.y;
+}
+template <typename T>
+__device__ __forceinline__ void load_x4(const T* xr, int64_t k, int64_t K, bool vec, float (&v)[4]) {
+  if (vec && k + 4 <= K) {
+    load_x4v(xr + k, v);
+  } else {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) v[i] = k + i < K ? to_float(xr[k + i]) : 0.0f;
+  }
+}
+
+// q = clamp(rint(x * s), -128, 127) as the low byte of the result (quant1's value): adding
+// 1.5 * 2^23 rounds x * s (|x * s| <= 127 here) to an integer, half to even, like rintf, and
+// the clamp in that shifted domain keeps NaN -> -128 as fmaxf does in quant1. No F2I.
+__device__ __forceinline__ uint32_t quant_shifted(float x, float s) {
+  constexpr float kShift = 12582912.0f;
+  const float t = __fadd_rn(__fmul_rn(x, s), kShift);
+  return __float_as_uint(fminf(fmaxf(t, kShift - 128.0f), kShift + 127.0f));
+}
+__device__ __forceinline__ uint32_t quant_pack4(const float (&v)[4], float s) {
+  const uint32_t lo = __byte_perm(quant_shifted(v[0], s), quant_shifted(v[1], s), 0x0040);
+  const uint32_t hi = __byte_perm(quant_shifted(v[2], s), quant_shifted(v[3], s), 0x0040);
+  return __byte_perm(lo, hi, 0x5410);
+}
+
+template <int MT, bool I2, bool FUSED, bool VEC, typename T>
+__global__ void __launch_bounds__(kPersistWarps * 32, 1)
+    gemv_int8_persistent_kernel(const Linear p, bool xvec) {
+  constexpr int RPU = I2 ? kI2RowsPerByte : 1;
+  constexpr int B = PersistCfg<MT>::B;
+  extern __shared__ __align__(16) unsigned char smem_q[];  // FUSED: q [M][ldq]
+  __shared__ float red_f[kPersistWarps * MT];
+  __shared__ int32_t red_i[kPersistWarps * MT];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
   const int M = static_cast<int>(p.M);
+  const int64_t units = units_of(I2, p.N), K = p.K, ldq = q_ld(K), nchunks = (K + 15) / 16;
+  const int64_t nbatch = (nchunks + 32 * B - 1) / (32 * B);
+  const int64_t stride = int64_t(nwarps) * gridDim.x;
+  int64_t item = int64_t(warp) * gridDim.x + blockIdx.x, batch = 0;
+  const auto* W = static_cast<const uint8_t*>(p.weight);
 
-  int32_t acc[C::RB][C::RPU][MT];
+  auto load_batch = [&](uint4 (&w)[B], int64_t u, int64_t b) {
+    const bool ok = u < units;
+    const uint8_t* row = W + (ok ? u : 0) * K;
 #pragma unroll
-  for (int r = 0; r < C::RB; ++r)
-#pragma unroll
-    for (int s = 0; s < C::RPU; ++s)
-#pragma unroll
-      for (int m = 0; m < MT; ++m) acc[r][s][m] = 0;
+    for (int j = 0; j < B; ++j) w[j] = load_w16<VEC>(row, ((b * B + j) * 32 + lane) * 16, K, ok);
+  };
 
-  int64_t c = threadIdx.x;
-  uint4 w[C::RB];
+  uint4 cur[B], nxt[B];
+  float inv[MT];
+  int32_t qsum[MT];
+  const int8_t* q;
+  if constexpr (FUSED) {
+    // The predecessor may have written x (or anything else): wait before the first read. Then
+    // let the next kernel be scheduled; it waits for this one the same way.
+    pdl_wait();
+    pdl_launch_dependents();
+    load_batch(cur, item, 0);  // in flight during the quantization below
+    const T* X = static_cast<const T*>(p.x);
+    const int64_t groups = (K + 3) / 4;
+    float amax[MT];
 #pragma unroll
-  for (int r = 0; r < C::RB; ++r)
-    w[r] = load_w16<VEC>(W + (u0 + r) * K, c * 16, K, u0 + r < units);
-  pdl_wait();  // weights above need nothing from the quantize stage; q below does
-
-  for (; c < nchunks; c += blockDim.x) {
-    uint4 qv[MT];
+    for (int m = 0; m < MT; ++m) amax[m] = 0.0f;
+#pragma unroll 4
+    for (int64_t g = threadIdx.x; g < groups; g += blockDim.x)
 #pragma unroll
-    for (int m = 0; m < MT; ++m)
-      qv[m] = m < M ? __ldg(reinterpret_cast<const uint4*>(p.q + m * ldq + c * 16))
-                    : make_uint4(0, 0, 0, 0);
-    const int64_t cn = c + blockDim.x;
-    uint4 wn[C::RB];
-#pragma unroll
-    for (int r = 0; r < C::RB; ++r)
-      wn[r] = load_w16<VEC>(W + (u0 + r) * K, cn * 16, K, u0 + r < units);
-#pragma unroll
-    for (int r = 0; r < C::RB; ++r)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const uint32_t wd = word(w[r], i);
-#pragma unroll
-        for (int s = 0; s < C::RPU; ++s) {
-          const int a = I2 ? int((wd >> (2 * s)) & 0x03030303u) : int(wd);
-#pragma unroll
-          for (int m = 0; m < MT; ++m) acc[r][s][m] = __dp4a(a, int(word(qv[m], i)), acc[r][s][m]);
+      for (int m = 0; m < MT; ++m)
+        if (m < M) {
+          float v[4];
+          load_x4(X + m * K, 4 * g, K, xvec, v);
+          amax[m] = fmaxf(fmaxf(fmaxf(amax[m], fabsf(v[0])), fmaxf(fabsf(v[1]), fabsf(v[2]))),
+                          fabsf(v[3]));
         }
-      }
 #pragma unroll
-    for (int r = 0; r < C::RB; ++r) w[r] = wn[r];
+    for (int m = 0; m < MT; ++m) {
+      float a = amax[m];
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, o));
+      if (lane == 0) red_f[warp * MT + m] = a;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+      float a = 0.0f;
+      for (int w = 0; w < nwarps; ++w) a = fmaxf(a, red_f[w * MT + m]);
+      inv[m] = __fdiv_rn(kActQMax, fmaxf(a, kActEps));
+    }
+    int32_t part[MT];
+#pragma unroll
+    for (int m = 0; m < MT; ++m) part[m] = 0;
+    auto* qs = reinterpret_cast<uint32_t*>(smem_q);
+#pragma unroll 4
+    for (int64_t g = threadIdx.x; g < ldq / 4; g += blockDim.x)  // zeros past K
+#pragma unroll
+      for (int m = 0; m < MT; ++m)
+        if (m < M) {
+          float v[4];
+          load_x4(X + m * K, 4 * g, K, xvec, v);
+          const uint32_t wq = quant_pack4(v, inv[m]);
+          qs[m * (ldq / 4) + g] = wq;
+          part[m] = __dp4a(int(wq), 0x01010101, part[m]);
+        }
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+      const int32_t t = warp_sum(part[m]);
+      if (lane == 0) red_i[warp * MT + m] = t;
+    }
+    __syncthreads();  // q and the partial sums are complete
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+      int32_t t = 0;
+      for (int w = 0; w < nwarps; ++w) t += red_i[w * MT + m];
+      qsum[m] = t;
+    }
+    q = reinterpret_cast<const int8_t*>(smem_q);
+  } else {
+    // The predecessor is quantize_rows_kernel, which writes only q / inv / qsum: the weights
+    // can be requested before waiting for it.
+    load_batch(cur, item, 0);
+    pdl_wait();
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+      inv[m] = m < M ? p.inv[m] : 1.0f;
+      qsum[m] = m < M ? p.qsum[m] : 0;
+    }
+    q = p.q;
   }
 
-  int32_t total = block_sum_acc<C::NACC>(reinterpret_cast<int32_t(&)[C::NACC]>(acc), red);
-  if (threadIdx.x < C::NACC) {
-    const int i = threadIdx.x;
-    const int r = i / (C::RPU * MT), s = (i / MT) % C::RPU, m = i % MT;
-    const int64_t n = out_row<I2>(u0, r, s, units, p.N);
-    if (m < M && n >= 0) {
-      if (I2) total -= p.qsum[m];  // codes are w + 1
-      store_out(p.y, m * p.N + n,
-                epilogue_int8(total, p.inv[m], p.scale[n * p.scale_stride], p.bias, n), p.dtype);
+  int32_t acc[RPU][MT];
+#pragma unroll
+  for (int s = 0; s < RPU; ++s)
+#pragma unroll
+    for (int m = 0; m < MT; ++m) acc[s][m] = 0;
+
+  while (item < units) {
+    int64_t next_item = item, next_batch = batch + 1;
+    if (next_batch == nbatch) {
+      next_batch = 0;
+      next_item += stride;
     }
+    load_batch(nxt, next_item, next_batch);
+#pragma unroll
+    for (int j = 0; j < B; ++j) {
+      const int64_t c = (batch * B + j) * 32 + lane;
+      if (c < nchunks) {
+        uint4 qv[MT];
+#pragma unroll
+        for (int m = 0; m < MT; ++m) {
+          const auto* qp = reinterpret_cast<const uint4*>(q + m * ldq + c * 16);
+          qv[m] = m >= M ? make_uint4(0, 0, 0, 0) : (FUSED ? *qp : __ldg(qp));
+        }
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const uint32_t wd = word(cur[j], i);
+#pragma unroll
+          for (int s = 0; s < RPU; ++s) {
+            const int a = I2 ? int((wd >> (2 * s)) & 0x03030303u) : int(wd);
+#pragma unroll
+            for (int m = 0; m < MT; ++m) acc[s][m] = __dp4a(a, int(word(qv[m], i)), acc[s][m]);
+          }
+        }
+      }
+    }
+    if (next_batch == 0) {  // unit done: reduce over the warp, one lane per output
+#pragma unroll
+      for (int s = 0; s < RPU; ++s)
+#pragma unroll
+        for (int m = 0; m < MT; ++m) {
+          int32_t t = warp_sum(acc[s][m]);
+          acc[s][m] = 0;
+          const int64_t n = I2 ? item + s * units : item;
+          if (lane == s * MT + m && m < M && n < p.N) {
+            if (I2) t -= qsum[m];  // codes are w + 1
+            store_out(p.y, m * p.N + n,
+                      epilogue_int8(t, inv[m], p.scale[n * p.scale_stride], p.bias, n), p.dtype);
+          }
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < B; ++j) cur[j] = nxt[j];
+    item = next_item;
+    batch = next_batch;
   }
 }
 
@@ -276,22 +445,72 @@ unsigned gemv_threads(int64_t K) {
   return static_cast<unsigned>(t < 32 ? 32 : (t > kThreads ? kThreads : t));
 }
 
-template <int MT, bool I2>
+// Grid shape of the persistent GEMV: one block of kPersistWarps warps per SM by default;
+// TERNARY_OPS_CUDA_GEMV_GRID="<blocks per SM (1-2)>,<warps per block (1-16)>" overrides it,
+// for measuring other shapes.
+struct PersistGrid {
+  int blocks_per_sm = 1, max_warps = kPersistWarps;
+};
+PersistGrid persist_grid() {
+  static const PersistGrid g = [] {
+    PersistGrid r;
+    const char* v = std::getenv("TERNARY_OPS_CUDA_GEMV_GRID");
+    int b = 0, w = 0;
+    if (v && std::sscanf(v, "%d,%d", &b, &w) == 2 && b >= 1 && b <= 2 && w >= 1 &&
+        w <= kPersistWarps) {
+      r.blocks_per_sm = b;
+      r.max_warps = w;
+    }
+    return r;
+  }();
+  return g;
+}
+
+template <int MT, bool I2, bool FUSED, typename T>
 cudaError_t gemv_int8_mt(const Linear& p, cudaStream_t stream, bool pdl) {
-  using C = GemvCfg<MT, I2>;
   const int64_t units = units_of(I2, p.N);
-  const dim3 grid(static_cast<unsigned>((units + C::RB - 1) / C::RB));
+  // One block per SM while there is a unit for each of its warps; fewer warps per block when
+  // units are few, so small layers still spread over every SM.
+  const PersistGrid g = persist_grid();
+  const int64_t slots = int64_t(device_sms()) * g.blocks_per_sm;
+  const int64_t blocks = units < slots ? units : slots;
+  const int64_t warps = (units + blocks - 1) / blocks;
+  const dim3 grid(static_cast<unsigned>(blocks));
+  const dim3 block(static_cast<unsigned>(32 * (warps < g.max_warps ? warps : g.max_warps)));
+  const size_t smem = FUSED ? static_cast<size_t>(p.M * q_ld(p.K)) : 0;
   const bool vec = p.K % 16 == 0 && reinterpret_cast<uintptr_t>(p.weight) % 16 == 0;
-  auto* kernel = vec ? gemv_int8_dp4a_kernel<MT, I2, true> : gemv_int8_dp4a_kernel<MT, I2, false>;
-  return launch(kernel, grid, dim3(gemv_threads(p.K)), stream, pdl, p);
+  const bool xvec = p.K % 4 == 0 && reinterpret_cast<uintptr_t>(p.x) % (4 * sizeof(T)) == 0;
+  auto* kernel = vec ? gemv_int8_persistent_kernel<MT, I2, FUSED, true, T>
+                     : gemv_int8_persistent_kernel<MT, I2, FUSED, false, T>;
+  return launch_smem(kernel, grid, block, smem, stream, pdl, p, xvec);
+}
+
+template <int MT, bool I2, bool FUSED>
+cudaError_t gemv_int8_dtype(const Linear& p, cudaStream_t stream, bool pdl) {
+  if constexpr (!FUSED) {
+    return gemv_int8_mt<MT, I2, false, float>(p, stream, pdl);  // x is not read
+  } else {
+    switch (p.dtype) {
+      case DType::F32: return gemv_int8_mt<MT, I2, true, float>(p, stream, pdl);
+      case DType::BF16: return gemv_int8_mt<MT, I2, true, __nv_bfloat16>(p, stream, pdl);
+      case DType::F16: return gemv_int8_mt<MT, I2, true, __half>(p, stream, pdl);
+    }
+    return cudaErrorInvalidValue;
+  }
+}
+
+template <bool I2, bool FUSED>
+cudaError_t gemv_int8_rows(const Linear& p, cudaStream_t stream, bool pdl) {
+  if (p.M <= 1) return gemv_int8_dtype<1, I2, FUSED>(p, stream, pdl);
+  if (p.M <= 2) return gemv_int8_dtype<2, I2, FUSED>(p, stream, pdl);
+  if (p.M <= 4) return gemv_int8_dtype<4, I2, FUSED>(p, stream, pdl);
+  return gemv_int8_dtype<8, I2, FUSED>(p, stream, pdl);
 }
 
 template <bool I2>
 cudaError_t gemv_int8(const Linear& p, cudaStream_t stream, bool pdl) {
-  if (p.M <= 1) return gemv_int8_mt<1, I2>(p, stream, pdl);
-  if (p.M <= 2) return gemv_int8_mt<2, I2>(p, stream, pdl);
-  if (p.M <= 4) return gemv_int8_mt<4, I2>(p, stream, pdl);
-  return gemv_int8_mt<8, I2>(p, stream, pdl);
+  return int8_needs_scratch(p.M, p.K) ? gemv_int8_rows<I2, false>(p, stream, pdl)
+                                      : gemv_int8_rows<I2, true>(p, stream, pdl);
 }
 
 template <int MT, bool I2, typename T>
@@ -337,6 +556,10 @@ cudaError_t quantize_rows(const Linear& p, cudaStream_t stream) {
 cudaError_t linear_int8(const Linear& p, cudaStream_t stream) {
   if (p.M == 0) return cudaSuccess;
   const bool pdl = pdl_enabled();
+  if (int8_needs_scratch(p.M, p.K)) {
+    const cudaError_t e = quantize_rows(p, stream);
+    if (e != cudaSuccess) return e;
+  }
   if (p.M <= kGemvMaxM) return p.i2 ? gemv_int8<true>(p, stream, pdl) : gemv_int8<false>(p, stream, pdl);
   return launch_mma_int8(p, stream, pdl);
 }

@@ -40,11 +40,26 @@ struct Linear {
   int32_t* qsum = nullptr;
 };
 
-// act="int8" stage 1: per-row quantization of x into q / inv / qsum (one launch, M blocks).
+// Largest M served by the GEMV kernels.
+constexpr int64_t kGemvMaxM = 8;
+
+// Largest M * K whose act="int8" GEMV quantizes x inside the kernel (one launch, no scratch):
+// every block quantizes the whole of x into shared memory, so the cost grows with M * K.
+constexpr int64_t kFusedQuantMaxMK = 32768;
+
+// Whether act="int8" needs the q / inv / qsum scratch in Linear (false: the GEMV quantizes x
+// itself; the scratch pointers are not read).
+TERNARY_HD constexpr bool int8_needs_scratch(int64_t M, int64_t K) {
+  return !(M <= kGemvMaxM && M * K <= kFusedQuantMaxMK);
+}
+
+// act="int8" pre-pass: per-row quantization of x into q / inv / qsum (one launch, M blocks).
 cudaError_t quantize_rows(const Linear& p, cudaStream_t stream);
-// act="int8" stage 2: M <= 8 takes the dp4a GEMV, M > 8 the int8 tensor-core (mma.sync) tiles.
-// With programmatic dependent launch (sm_90+) stage 2 starts streaming weights while stage 1
-// finishes; TERNARY_OPS_CUDA_PDL=0 turns that off.
+// act="int8": M <= 8 takes the persistent dp4a GEMV, in one launch when x is small enough
+// (int8_needs_scratch false), else after the quantize pre-pass; M > 8 takes the pre-pass and
+// the int8 tensor-core (mma.sync) tiles. With programmatic dependent launch (sm_90+) a kernel
+// may be scheduled while its predecessor finishes and waits for it on the device;
+// TERNARY_OPS_CUDA_PDL=0 turns that off.
 cudaError_t linear_int8(const Linear& p, cudaStream_t stream);
 // act="none", M <= 8: float32-accumulating GEMV.
 cudaError_t linear_none_gemv(const Linear& p, cudaStream_t stream);
@@ -58,8 +73,5 @@ cudaError_t scale_bias(const Linear& p, const void* acc, cudaStream_t stream);
 TERNARY_HD constexpr int64_t units_of(bool i2, int64_t N) {
   return i2 ? (N + kI2RowsPerByte - 1) / kI2RowsPerByte : N;
 }
-
-// Largest M served by the GEMV kernels.
-constexpr int64_t kGemvMaxM = 8;
 
 }  // namespace ternary::cuda

@@ -58,14 +58,16 @@ at::Tensor linear_cuda(WeightFormat f, const at::Tensor& x, const at::Tensor& we
   p.dtype = dtype_of(x);
 
   if (s.act == ActMode::Int8) {
-    // One scratch block: q [M, q_ld(K)] int8, then inv [M] float32 and qsum [M] int32.
-    const int64_t qbytes = s.M * cuda::q_ld(s.K);
-    at::Tensor scratch = at::empty({qbytes + 8 * s.M}, x.options().dtype(at::kByte));
-    auto* base = scratch.data_ptr<uint8_t>();
-    p.q = reinterpret_cast<int8_t*>(base);
-    p.inv = reinterpret_cast<float*>(base + qbytes);
-    p.qsum = reinterpret_cast<int32_t*>(base + qbytes + 4 * s.M);
-    C10_CUDA_CHECK(cuda::quantize_rows(p, stream));
+    at::Tensor scratch;  // kept alive until the launches are queued
+    if (cuda::int8_needs_scratch(s.M, s.K)) {
+      // One block: q [M, q_ld(K)] int8, then inv [M] float32 and qsum [M] int32.
+      const int64_t qbytes = s.M * cuda::q_ld(s.K);
+      scratch = at::empty({qbytes + 8 * s.M}, x.options().dtype(at::kByte));
+      auto* base = scratch.data_ptr<uint8_t>();
+      p.q = reinterpret_cast<int8_t*>(base);
+      p.inv = reinterpret_cast<float*>(base + qbytes);
+      p.qsum = reinterpret_cast<int32_t*>(base + qbytes + 4 * s.M);
+    }
     C10_CUDA_CHECK(cuda::linear_int8(p, stream));
   } else if (s.M <= cuda::kGemvMaxM) {
     C10_CUDA_CHECK(cuda::linear_none_gemv(p, stream));

@@ -31,14 +31,15 @@ $PY benchmarks/cuda_bench.py ${BENCH_ARGS:-} --out "$OUTDIR/bench.md" --json "$O
 bench_rc=$?
 TERNARY_OPS_CUDA_PDL=0 $PY benchmarks/cuda_bench.py --m 1 4 --acts int8 --tag "(PDL off)" \
   ${NOPDL_ARGS:-} --out "$OUTDIR/bench_nopdl.md" > "$OUTDIR/bench_nopdl.log" 2>&1
-# GRID_SWEEP="2,8 1,8": i2 M=1/4 on the large shapes under other persistent-GEMV grid shapes.
+# GRID_SWEEP="2,8 1,16,1": i2 M=1/4 on the large shapes under other persistent-GEMV grid shapes
+# (blocks per SM, warps per block[, max warps per unit]; see persist_grid in csrc/cuda/gemv.cu).
 for g in ${GRID_SWEEP:-}; do
   TERNARY_OPS_CUDA_GEMV_GRID=$g $PY benchmarks/cuda_bench.py --shapes 14336x4096 4096x14336 \
     --m 1 4 --formats i2 --acts int8 --tag "(GEMV grid $g)" --out "$OUTDIR/sweep.md" \
-    > "$OUTDIR/sweep_${g/,/_}.log" 2>&1
+    > "$OUTDIR/sweep_${g//,/_}.log" 2>&1
 done
 grep -v "^|" "$OUTDIR/bench.log" | tail -n +3 | cut -c1-150
 echo "--- PDL off"
 grep -v "^|" "$OUTDIR/bench_nopdl.log" | grep "M=" | cut -c1-110
-for g in ${GRID_SWEEP:-}; do echo "--- GEMV grid $g"; grep "M=" "$OUTDIR/sweep_${g/,/_}.log" | grep -v "^|" | cut -c1-110; done
+for g in ${GRID_SWEEP:-}; do echo "--- GEMV grid $g"; grep "M=" "$OUTDIR/sweep_${g//,/_}.log" | grep -v "^|" | cut -c1-110; done
 echo "=== done ($(($(date +%s) - t0))s) tests rc=$test_rc bench rc=$bench_rc"

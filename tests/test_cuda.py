@@ -21,7 +21,8 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 SHAPES = [(1, 1, 1), (1, 5, 7), (2, 3, 16), (3, 13, 33), (4, 64, 64), (5, 31, 100),
           (8, 257, 1000), (9, 31, 65), (16, 100, 130), (17, 45, 64), (33, 129, 257),
           (64, 300, 512), (130, 77, 4100), (1, 2560, 2560), (7, 1000, 4096),
-          # act="int8" GEMV: quantized in the kernel up to M * K = 32768, pre-pass above it.
+          # act="int8" GEMV, M <= 2: quantized in the kernel up to M * K = 32768, pre-pass
+          # above it; M > 2: pre-pass and the block kernel.
           (2, 600, 16384), (8, 70, 4100), (1, 9, 33000)]
 
 
@@ -121,9 +122,11 @@ def test_unaligned_and_strided(fmt, act):
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
 def test_gemv_x_alignment_and_paths(fmt, dtype):
     """act="int8" GEMV: x at an address that forbids vector loads, K not a multiple of 4 or 16,
-    the in-kernel quantization and the pre-pass, more units than warps (several per warp)."""
+    the in-kernel quantization and the pre-pass, more units than warps (several per warp), the
+    block kernel (M > 2), and few long rows split over 2-4 warps (even and uneven batch counts)."""
     gen = torch.Generator().manual_seed(5)
-    for m, n, k in [(1, 4100, 1000), (3, 37, 1001), (8, 64, 4096), (8, 33, 4097), (1, 5, 40000)]:
+    for m, n, k in [(1, 4100, 1000), (3, 37, 1001), (8, 64, 4096), (8, 33, 4097), (1, 5, 40000),
+                    (1, 64, 14336), (2, 9, 9000), (2, 600, 20000), (4, 100, 3000)]:
         w, scale = make_weight(fmt, n, k, gen, "channel")
         x = torch.randn(m, k, generator=gen).to(dtype)
         buf = torch.empty(m * k + 1, dtype=dtype, device="cuda")

@@ -1,13 +1,12 @@
 // gemv.cu: activation quantization and the M <= 8 (decode) kernels.
 //
-// act="int8" (gemv_int8_persistent_kernel): a persistent grid streams the packed weights once,
-// a warp per weight "unit" (i8: one output row; i2: one byte row = four output rows j, j+R,
-// j+2R, j+3R), 16-byte loads kept in flight a batch ahead. The decode is free for i8 (the bytes
-// are the weights) and two ALU ops per word for i2: (w >> 2s) & 0x03030303 are the codes w+1
-// of row j+sR, dotted with q by __dp4a; the code offset is removed once per output as sum(q).
-// For small M * K the kernel quantizes x itself (one launch per op); otherwise a per-row
-// pre-pass writes q. act="none" (gemv_none_kernel): blocks of RB units, threads striding over
-// K, float32 FMA on decoded weights, partial sums meeting in shared memory.
+// act="int8": the packed weights are streamed once in 16-byte loads, per weight "unit" (i8: one
+// output row; i2: one byte row = four output rows j, j+R, j+2R, j+3R), decoded in registers and
+// dotted with the int8 activations by __dp4a (dot16). M <= 2: gemv_int8_persistent_kernel, a
+// persistent grid with one warp (or a few, for few long rows) per unit that, for small M * K,
+// quantizes x in its own prologue (one launch per op). 2 < M <= 8: the per-row quantize pre-pass,
+// then gemv_int8_block_kernel, blocks of RB units with threads striding over K. act="none"
+// (gemv_none_kernel): the same block layout, float32 FMA on decoded weights.
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -142,23 +141,125 @@ __device__ __forceinline__ int64_t out_row(int64_t u0, int r, int s, int64_t uni
   return n < N ? n : -1;
 }
 
-// ---- act="int8", M <= 8: persistent dp4a GEMV ----------------------------------------------
-//
-// One block per SM (at most kPersistWarps warps), each warp owning whole weight units in turn
-// (unit u goes to warp u % total_warps, numbered warp-major so every block gets the same share).
-// A warp streams its unit in batches of B 16-byte chunks per lane (32 lanes x B x 16 bytes
-// contiguous), loading the next batch (of this unit or the next) before decoding the current
-// one, so 2 x B x 16 bytes per lane are in flight. No block barrier after the prologue: a
-// unit's sums meet in one warp reduction. Fused (small M * K): the prologue quantizes x into
-// shared memory once per block, exactly as quantize_rows_kernel does, so act="int8" is a single
-// launch; otherwise q / inv / qsum come from the pre-pass.
-constexpr int kPersistWarps = 16;
+// ---- act="int8", M <= 8: decode, dot and epilogue shared by both GEMV kernels ---------------
 
-template <int MT>
-struct PersistCfg {
-  // Chunks per lane per batch: 8 (256 bytes in flight per lane) while registers allow.
-  static constexpr int B = MT <= 2 ? 8 : (MT <= 4 ? 4 : 2);
-};
+// q of rows m < M at 16-byte chunk c; zeros for the rows >= M that the tile rounds up to. SMEM:
+// q was quantized into shared memory by the kernel itself; else it is the pre-pass's output,
+// read through the read-only cache.
+template <int MT, bool SMEM>
+__device__ __forceinline__ void load_q16(const int8_t* q, int64_t ldq, int64_t c, int M,
+                                         uint4 (&qv)[MT]) {
+#pragma unroll
+  for (int m = 0; m < MT; ++m) {
+    const auto* qp = reinterpret_cast<const uint4*>(q + m * ldq + c * 16);
+    qv[m] = m >= M ? make_uint4(0, 0, 0, 0) : (SMEM ? *qp : __ldg(qp));
+  }
+}
+
+// acc[s][m] += 16-byte dot of unit output s with q row m. i8: the bytes are the weights. i2:
+// (w >> 2s) & 0x03030303 are the codes w + 1 of output s (row j + sR), two ALU ops per word;
+// the offset is removed once per output by store_int8.
+template <int MT, bool I2>
+__device__ __forceinline__ void dot16(const uint4& w, const uint4 (&qv)[MT],
+                                      int32_t (&acc)[I2 ? kI2RowsPerByte : 1][MT]) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const uint32_t wd = word(w, i);
+#pragma unroll
+    for (int s = 0; s < (I2 ? kI2RowsPerByte : 1); ++s) {
+      const int a = I2 ? int((wd >> (2 * s)) & 0x03030303u) : int(wd);
+#pragma unroll
+      for (int m = 0; m < MT; ++m) acc[s][m] = __dp4a(a, int(word(qv[m], i)), acc[s][m]);
+    }
+  }
+}
+
+// y[m, n] from the exact integer dot t of output n with q row m.
+template <bool I2>
+__device__ __forceinline__ void store_int8(const Linear& p, int m, int64_t n, int32_t t, float inv,
+                                           int32_t qsum) {
+  if (I2) t -= qsum;  // codes are w + 1
+  store_out(p.y, m * p.N + n, epilogue_int8(t, inv, p.scale[n * p.scale_stride], p.bias, n),
+            p.dtype);
+}
+
+// ---- act="int8", 2 < M <= 8: block GEMV after the quantize pre-pass ------------------------
+//
+// A block owns RB units and its threads stride over K in 16-byte chunks, keeping the next
+// chunk's loads in flight while decoding the current one; partial sums meet in shared memory at
+// the end. At M = 4 it beats the persistent kernel below on every i2 shape (measured on H100:
+// e.g. 14336x4096 17.2 vs 20.2 us): many small blocks keep more loads in flight than one
+// warp per unit with a batch of 4 chunks, and x is quantized once, not once per block.
+template <int MT, bool I2, bool VEC>
+__global__ void __launch_bounds__(kThreads) gemv_int8_block_kernel(const Linear p) {
+  using C = GemvCfg<MT, I2>;
+  __shared__ int32_t red[(kThreads / 32) * C::NACC];
+  const int64_t units = units_of(I2, p.N);
+  const int64_t u0 = int64_t(blockIdx.x) * C::RB;
+  const int64_t K = p.K, ldq = q_ld(K), nchunks = (K + 15) / 16;
+  const auto* W = static_cast<const uint8_t*>(p.weight);
+  const int M = static_cast<int>(p.M);
+
+  int32_t acc[C::RB][C::RPU][MT];
+#pragma unroll
+  for (int r = 0; r < C::RB; ++r)
+#pragma unroll
+    for (int s = 0; s < C::RPU; ++s)
+#pragma unroll
+      for (int m = 0; m < MT; ++m) acc[r][s][m] = 0;
+
+  int64_t c = threadIdx.x;
+  uint4 w[C::RB];
+#pragma unroll
+  for (int r = 0; r < C::RB; ++r)
+    w[r] = load_w16<VEC>(W + (u0 + r) * K, c * 16, K, u0 + r < units);
+  pdl_wait();  // weights above need nothing from the quantize pre-pass; q below does
+
+  for (; c < nchunks; c += blockDim.x) {
+    uint4 qv[MT];
+    load_q16<MT, false>(p.q, ldq, c, M, qv);
+    const int64_t cn = c + blockDim.x;
+    uint4 wn[C::RB];
+#pragma unroll
+    for (int r = 0; r < C::RB; ++r)
+      wn[r] = load_w16<VEC>(W + (u0 + r) * K, cn * 16, K, u0 + r < units);
+#pragma unroll
+    for (int r = 0; r < C::RB; ++r) dot16<MT, I2>(w[r], qv, acc[r]);
+#pragma unroll
+    for (int r = 0; r < C::RB; ++r) w[r] = wn[r];
+  }
+
+  const int32_t total = block_sum_acc<C::NACC>(reinterpret_cast<int32_t(&)[C::NACC]>(acc), red);
+  if (threadIdx.x < C::NACC) {
+    const int i = threadIdx.x;
+    const int r = i / (C::RPU * MT), s = (i / MT) % C::RPU, m = i % MT;
+    const int64_t n = out_row<I2>(u0, r, s, units, p.N);
+    if (m < M && n >= 0) store_int8<I2>(p, m, n, total, p.inv[m], p.qsum[m]);
+  }
+}
+
+// ---- act="int8", M <= 2: persistent dp4a GEMV ----------------------------------------------
+//
+// One block per SM (at most kPersistWarps warps). Warps form groups of `split` warps; a group
+// owns whole weight units in turn (unit u goes to group u % total_groups, numbered group-major
+// so every block gets the same share). A unit is streamed in batches of kPersistBatch 16-byte
+// chunks per lane (32 lanes x 8 x 16 bytes contiguous); warp `part` of a group takes batches
+// part, part + split, ... (split > 1 only when units are too few to give every warp slot one,
+// e.g. 4096x14336 i2: 1024 units for 132 x 16 warps). Each warp loads its next batch (of this
+// unit or the next) before decoding the current one, so 2 x 8 x 16 bytes per lane are in flight.
+// A unit's sums meet in one warp reduction, then (split > 1) in shared memory, added by the
+// group's first warp in part order behind a named barrier of the group: integer sums in a fixed
+// order, so results do not depend on the split. No block barrier after the prologue. Fused
+// (small M * K): the prologue quantizes x into shared memory once per block, exactly as
+// quantize_rows_kernel does, so act="int8" is a single launch; otherwise q / inv / qsum come
+// from the pre-pass.
+constexpr int kPersistWarps = 16;
+constexpr int kPersistMaxSplit = 4;
+constexpr int kPersistBatch = 8;
+
+__device__ __forceinline__ void named_barrier(int id, int threads) {
+  asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
+}
 
 // Four consecutive elements of row xr from column k as floats, zeros past K. vec: K % 4 == 0
 // and the row start is aligned to four elements, so one 8- or 16-byte load.
@@ -203,18 +304,21 @@ __device__ __forceinline__ uint32_t quant_pack4(const float (&v)[4], float s) {
 
 template <int MT, bool I2, bool FUSED, bool VEC, typename T>
 __global__ void __launch_bounds__(kPersistWarps * 32, 1)
-    gemv_int8_persistent_kernel(const Linear p, bool xvec) {
+    gemv_int8_persistent_kernel(const Linear p, bool xvec, int split) {
   constexpr int RPU = I2 ? kI2RowsPerByte : 1;
-  constexpr int B = PersistCfg<MT>::B;
+  constexpr int NOUT = RPU * MT;  // outputs per unit; lane i < NOUT holds output (i / MT, i % MT)
+  constexpr int B = kPersistBatch;
   extern __shared__ __align__(16) unsigned char smem_q[];  // FUSED: q [M][ldq]
   __shared__ float red_f[kPersistWarps * MT];
   __shared__ int32_t red_i[kPersistWarps * MT];
+  __shared__ int32_t red_split[2][kPersistWarps][NOUT];  // [unit parity][warp][output]
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
+  const int group = warp / split, part = warp % split, ngroups = nwarps / split;
   const int M = static_cast<int>(p.M);
   const int64_t units = units_of(I2, p.N), K = p.K, ldq = q_ld(K), nchunks = (K + 15) / 16;
-  const int64_t nbatch = (nchunks + 32 * B - 1) / (32 * B);
-  const int64_t stride = int64_t(nwarps) * gridDim.x;
-  int64_t item = int64_t(warp) * gridDim.x + blockIdx.x, batch = 0;
+  const int64_t nbatch = (nchunks + 32 * B - 1) / (32 * B);  // >= split (launcher)
+  const int64_t stride = int64_t(ngroups) * gridDim.x;
+  int64_t item = int64_t(group) * gridDim.x + blockIdx.x, batch = part;
   const auto* W = static_cast<const uint8_t*>(p.weight);
 
   auto load_batch = [&](uint4 (&w)[B], int64_t u, int64_t b) {
@@ -233,7 +337,7 @@ __global__ void __launch_bounds__(kPersistWarps * 32, 1)
     // let the next kernel be scheduled; it waits for this one the same way.
     pdl_wait();
     pdl_launch_dependents();
-    load_batch(cur, item, 0);  // in flight during the quantization below
+    load_batch(cur, item, batch);  // in flight during the quantization below
     const T* X = static_cast<const T*>(p.x);
     const int64_t groups = (K + 3) / 4;
     float amax[MT];
@@ -263,9 +367,9 @@ __global__ void __launch_bounds__(kPersistWarps * 32, 1)
       for (int w = 0; w < nwarps; ++w) a = fmaxf(a, red_f[w * MT + m]);
       inv[m] = __fdiv_rn(kActQMax, fmaxf(a, kActEps));
     }
-    int32_t part[MT];
+    int32_t part_sum[MT];
 #pragma unroll
-    for (int m = 0; m < MT; ++m) part[m] = 0;
+    for (int m = 0; m < MT; ++m) part_sum[m] = 0;
     auto* qs = reinterpret_cast<uint32_t*>(smem_q);
 #pragma unroll 4
     for (int64_t g = threadIdx.x; g < ldq / 4; g += blockDim.x)  // zeros past K
@@ -276,11 +380,11 @@ __global__ void __launch_bounds__(kPersistWarps * 32, 1)
           load_x4(X + m * K, 4 * g, K, xvec, v);
           const uint32_t wq = quant_pack4(v, inv[m]);
           qs[m * (ldq / 4) + g] = wq;
-          part[m] = __dp4a(int(wq), 0x01010101, part[m]);
+          part_sum[m] = __dp4a(int(wq), 0x01010101, part_sum[m]);
         }
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
-      const int32_t t = warp_sum(part[m]);
+      const int32_t t = warp_sum(part_sum[m]);
       if (lane == 0) red_i[warp * MT + m] = t;
     }
     __syncthreads();  // q and the partial sums are complete
@@ -294,7 +398,7 @@ __global__ void __launch_bounds__(kPersistWarps * 32, 1)
   } else {
     // The predecessor is quantize_rows_kernel, which writes only q / inv / qsum: the weights
     // can be requested before waiting for it.
-    load_batch(cur, item, 0);
+    load_batch(cur, item, batch);
     pdl_wait();
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
@@ -310,10 +414,12 @@ __global__ void __launch_bounds__(kPersistWarps * 32, 1)
 #pragma unroll
     for (int m = 0; m < MT; ++m) acc[s][m] = 0;
 
-  while (item < units) {
-    int64_t next_item = item, next_batch = batch + 1;
-    if (next_batch == nbatch) {
-      next_batch = 0;
+  int parity = 0;
+  while (item < units) {  // uniform over the group: its warps share item and the unit count
+    int64_t next_item = item, next_batch = batch + split;
+    const bool unit_done = next_batch >= nbatch;
+    if (unit_done) {
+      next_batch = part;
       next_item += stride;
     }
     load_batch(nxt, next_item, next_batch);
@@ -322,37 +428,44 @@ __global__ void __launch_bounds__(kPersistWarps * 32, 1)
       const int64_t c = (batch * B + j) * 32 + lane;
       if (c < nchunks) {
         uint4 qv[MT];
-#pragma unroll
-        for (int m = 0; m < MT; ++m) {
-          const auto* qp = reinterpret_cast<const uint4*>(q + m * ldq + c * 16);
-          qv[m] = m >= M ? make_uint4(0, 0, 0, 0) : (FUSED ? *qp : __ldg(qp));
-        }
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const uint32_t wd = word(cur[j], i);
-#pragma unroll
-          for (int s = 0; s < RPU; ++s) {
-            const int a = I2 ? int((wd >> (2 * s)) & 0x03030303u) : int(wd);
-#pragma unroll
-            for (int m = 0; m < MT; ++m) acc[s][m] = __dp4a(a, int(word(qv[m], i)), acc[s][m]);
-          }
-        }
+        load_q16<MT, FUSED>(q, ldq, c, M, qv);
+        dot16<MT, I2>(cur[j], qv, acc);
       }
     }
-    if (next_batch == 0) {  // unit done: reduce over the warp, one lane per output
+    if (unit_done) {
+      int32_t t = 0;  // lane i < NOUT: this warp's sum of output i
 #pragma unroll
       for (int s = 0; s < RPU; ++s)
 #pragma unroll
         for (int m = 0; m < MT; ++m) {
-          int32_t t = warp_sum(acc[s][m]);
+          const int32_t v = warp_sum(acc[s][m]);
           acc[s][m] = 0;
-          const int64_t n = I2 ? item + s * units : item;
-          if (lane == s * MT + m && m < M && n < p.N) {
-            if (I2) t -= qsum[m];  // codes are w + 1
-            store_out(p.y, m * p.N + n,
-                      epilogue_int8(t, inv[m], p.scale[n * p.scale_stride], p.bias, n), p.dtype);
-          }
+          if (lane == s * MT + m) t = v;
         }
+      if (split > 1) {
+        // Double-buffered by unit parity: a warp can only write this slot again after the next
+        // unit's barrier, which the reading warp reaches after its reads.
+        if (lane < NOUT) red_split[parity][warp][lane] = t;
+        named_barrier(1 + group, 32 * split);
+        if (part == 0 && lane < NOUT) {
+          t = 0;
+          for (int i = 0; i < split; ++i) t += red_split[parity][group * split + i][lane];
+        }
+        parity ^= 1;
+      }
+      const int s = lane / MT, m = lane % MT;
+      const int64_t n = I2 ? item + s * units : item;
+      if (part == 0 && lane < NOUT && m < M && n < p.N) {
+        float iv = inv[0];
+        int32_t qs = qsum[0];
+#pragma unroll
+        for (int i = 1; i < MT; ++i)  // register select, no local-memory indexing
+          if (m == i) {
+            iv = inv[i];
+            qs = qsum[i];
+          }
+        store_int8<I2>(p, m, n, t, iv, qs);
+      }
     }
 #pragma unroll
     for (int j = 0; j < B; ++j) cur[j] = nxt[j];
@@ -445,21 +558,23 @@ unsigned gemv_threads(int64_t K) {
   return static_cast<unsigned>(t < 32 ? 32 : (t > kThreads ? kThreads : t));
 }
 
-// Grid shape of the persistent GEMV: one block of kPersistWarps warps per SM by default;
-// TERNARY_OPS_CUDA_GEMV_GRID="<blocks per SM (1-2)>,<warps per block (1-16)>" overrides it,
-// for measuring other shapes.
+// Grid shape of the persistent GEMV: one block of up to kPersistWarps warps per SM, units split
+// over up to kPersistMaxSplit warps by default; TERNARY_OPS_CUDA_GEMV_GRID="<blocks per SM
+// (1-2)>,<warps per block (1-16)>[,<max warps per unit (1-4)>]" overrides it, for measuring
+// other shapes (e.g. "1,16,1": no split).
 struct PersistGrid {
-  int blocks_per_sm = 1, max_warps = kPersistWarps;
+  int blocks_per_sm = 1, max_warps = kPersistWarps, max_split = kPersistMaxSplit;
 };
 PersistGrid persist_grid() {
   static const PersistGrid g = [] {
     PersistGrid r;
     const char* v = std::getenv("TERNARY_OPS_CUDA_GEMV_GRID");
-    int b = 0, w = 0;
-    if (v && std::sscanf(v, "%d,%d", &b, &w) == 2 && b >= 1 && b <= 2 && w >= 1 &&
-        w <= kPersistWarps) {
+    int b = 0, w = 0, s = kPersistMaxSplit;
+    if (v && std::sscanf(v, "%d,%d,%d", &b, &w, &s) >= 2 && b >= 1 && b <= 2 && w >= 1 &&
+        w <= kPersistWarps && s >= 1 && s <= kPersistMaxSplit) {
       r.blocks_per_sm = b;
       r.max_warps = w;
+      r.max_split = s;
     }
     return r;
   }();
@@ -467,50 +582,61 @@ PersistGrid persist_grid() {
 }
 
 template <int MT, bool I2, bool FUSED, typename T>
-cudaError_t gemv_int8_mt(const Linear& p, cudaStream_t stream, bool pdl) {
+cudaError_t gemv_int8_persistent(const Linear& p, cudaStream_t stream, bool pdl) {
   const int64_t units = units_of(I2, p.N);
-  // One block per SM while there is a unit for each of its warps; fewer warps per block when
+  // One block per SM while there is a unit for each of its warps; fewer groups per block when
   // units are few, so small layers still spread over every SM.
   const PersistGrid g = persist_grid();
   const int64_t slots = int64_t(device_sms()) * g.blocks_per_sm;
   const int64_t blocks = units < slots ? units : slots;
-  const int64_t warps = (units + blocks - 1) / blocks;
+  const int64_t need = (units + blocks - 1) / blocks;
+  const int64_t groups = need < g.max_warps ? need : g.max_warps;
+  // Warps per unit: fill the idle warp slots, each warp at least one batch, fewest batches per
+  // warp (ties: fewer warps, fewer barriers).
+  const int64_t nbatch = ((p.K + 15) / 16 + 32 * kPersistBatch - 1) / (32 * kPersistBatch);
+  int split = 1;
+  for (int s = 2; s <= g.max_split && s <= nbatch && groups * s <= g.max_warps; ++s)
+    if ((nbatch + s - 1) / s < (nbatch + split - 1) / split) split = s;
   const dim3 grid(static_cast<unsigned>(blocks));
-  const dim3 block(static_cast<unsigned>(32 * (warps < g.max_warps ? warps : g.max_warps)));
+  const dim3 block(static_cast<unsigned>(32 * groups * split));
   const size_t smem = FUSED ? static_cast<size_t>(p.M * q_ld(p.K)) : 0;
   const bool vec = p.K % 16 == 0 && reinterpret_cast<uintptr_t>(p.weight) % 16 == 0;
   const bool xvec = p.K % 4 == 0 && reinterpret_cast<uintptr_t>(p.x) % (4 * sizeof(T)) == 0;
   auto* kernel = vec ? gemv_int8_persistent_kernel<MT, I2, FUSED, true, T>
                      : gemv_int8_persistent_kernel<MT, I2, FUSED, false, T>;
-  return launch_smem(kernel, grid, block, smem, stream, pdl, p, xvec);
+  return launch_smem(kernel, grid, block, smem, stream, pdl, p, xvec, split);
 }
 
-template <int MT, bool I2, bool FUSED>
-cudaError_t gemv_int8_dtype(const Linear& p, cudaStream_t stream, bool pdl) {
-  if constexpr (!FUSED) {
-    return gemv_int8_mt<MT, I2, false, float>(p, stream, pdl);  // x is not read
-  } else {
-    switch (p.dtype) {
-      case DType::F32: return gemv_int8_mt<MT, I2, true, float>(p, stream, pdl);
-      case DType::BF16: return gemv_int8_mt<MT, I2, true, __nv_bfloat16>(p, stream, pdl);
-      case DType::F16: return gemv_int8_mt<MT, I2, true, __half>(p, stream, pdl);
-    }
-    return cudaErrorInvalidValue;
+template <int MT, bool I2>
+cudaError_t gemv_int8_persistent_dtype(const Linear& p, cudaStream_t stream, bool pdl) {
+  if (int8_needs_scratch(p.M, p.K))
+    return gemv_int8_persistent<MT, I2, false, float>(p, stream, pdl);  // x is not read
+  switch (p.dtype) {
+    case DType::F32: return gemv_int8_persistent<MT, I2, true, float>(p, stream, pdl);
+    case DType::BF16: return gemv_int8_persistent<MT, I2, true, __nv_bfloat16>(p, stream, pdl);
+    case DType::F16: return gemv_int8_persistent<MT, I2, true, __half>(p, stream, pdl);
   }
+  return cudaErrorInvalidValue;
 }
 
-template <bool I2, bool FUSED>
-cudaError_t gemv_int8_rows(const Linear& p, cudaStream_t stream, bool pdl) {
-  if (p.M <= 1) return gemv_int8_dtype<1, I2, FUSED>(p, stream, pdl);
-  if (p.M <= 2) return gemv_int8_dtype<2, I2, FUSED>(p, stream, pdl);
-  if (p.M <= 4) return gemv_int8_dtype<4, I2, FUSED>(p, stream, pdl);
-  return gemv_int8_dtype<8, I2, FUSED>(p, stream, pdl);
+template <int MT, bool I2>
+cudaError_t gemv_int8_block(const Linear& p, cudaStream_t stream, bool pdl) {
+  using C = GemvCfg<MT, I2>;
+  const int64_t units = units_of(I2, p.N);
+  const dim3 grid(static_cast<unsigned>((units + C::RB - 1) / C::RB));
+  const bool vec = p.K % 16 == 0 && reinterpret_cast<uintptr_t>(p.weight) % 16 == 0;
+  auto* kernel = vec ? gemv_int8_block_kernel<MT, I2, true> : gemv_int8_block_kernel<MT, I2, false>;
+  return launch(kernel, grid, dim3(gemv_threads(p.K)), stream, pdl, p);
 }
 
+// M <= kPersistMaxM: persistent kernel; larger M: block kernel (after the pre-pass).
 template <bool I2>
 cudaError_t gemv_int8(const Linear& p, cudaStream_t stream, bool pdl) {
-  return int8_needs_scratch(p.M, p.K) ? gemv_int8_rows<I2, false>(p, stream, pdl)
-                                      : gemv_int8_rows<I2, true>(p, stream, pdl);
+  static_assert(kPersistMaxM == 2, "the persistent kernel is instantiated for M = 1 and 2");
+  if (p.M <= 1) return gemv_int8_persistent_dtype<1, I2>(p, stream, pdl);
+  if (p.M <= 2) return gemv_int8_persistent_dtype<2, I2>(p, stream, pdl);
+  if (p.M <= 4) return gemv_int8_block<4, I2>(p, stream, pdl);
+  return gemv_int8_block<8, I2>(p, stream, pdl);
 }
 
 template <int MT, bool I2, typename T>

@@ -43,21 +43,25 @@ struct Linear {
 // Largest M served by the GEMV kernels.
 constexpr int64_t kGemvMaxM = 8;
 
+// Largest M served by the persistent act="int8" GEMV; 2 < M <= kGemvMaxM takes the block GEMV
+// (faster there: measured on H100, benchmarks/CUDA_RESULTS.md).
+constexpr int64_t kPersistMaxM = 2;
+
 // Largest M * K whose act="int8" GEMV quantizes x inside the kernel (one launch, no scratch):
 // every block quantizes the whole of x into shared memory, so the cost grows with M * K.
 constexpr int64_t kFusedQuantMaxMK = 32768;
 
-// Whether act="int8" needs the q / inv / qsum scratch in Linear (false: the GEMV quantizes x
-// itself; the scratch pointers are not read).
+// Whether act="int8" needs the q / inv / qsum scratch in Linear (false: the persistent GEMV
+// quantizes x itself; the scratch pointers are not read).
 TERNARY_HD constexpr bool int8_needs_scratch(int64_t M, int64_t K) {
-  return !(M <= kGemvMaxM && M * K <= kFusedQuantMaxMK);
+  return !(M <= kPersistMaxM && M * K <= kFusedQuantMaxMK);
 }
 
 // act="int8" pre-pass: per-row quantization of x into q / inv / qsum (one launch, M blocks).
 cudaError_t quantize_rows(const Linear& p, cudaStream_t stream);
-// act="int8": M <= 8 takes the persistent dp4a GEMV, in one launch when x is small enough
-// (int8_needs_scratch false), else after the quantize pre-pass; M > 8 takes the pre-pass and
-// the int8 tensor-core (mma.sync) tiles. With programmatic dependent launch (sm_90+) a kernel
+// act="int8": M <= 2 takes the persistent dp4a GEMV, in one launch when x is small enough
+// (int8_needs_scratch false), else after the quantize pre-pass; 2 < M <= 8 the pre-pass and
+// the block dp4a GEMV; M > 8 the pre-pass and the int8 tensor-core (mma.sync) tiles. With programmatic dependent launch (sm_90+) a kernel
 // may be scheduled while its predecessor finishes and waits for it on the device;
 // TERNARY_OPS_CUDA_PDL=0 turns that off.
 cudaError_t linear_int8(const Linear& p, cudaStream_t stream);

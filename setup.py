@@ -36,6 +36,29 @@ def simd_backend():
     return kernel_build.simd_backend(MACHINE)
 
 
+def openmp_flags() -> list:
+    """-fopenmp for the glue, so at::parallel_for runs in parallel.
+
+    at::parallel_for (ATen/ParallelOpenMP.h) is an inline template whose OpenMP region exists
+    only when the including translation unit is compiled with -fopenmp; without it every op ran
+    on one thread. Compile-only: the GOMP_* calls resolve to the OpenMP runtime torch has
+    already loaded (linking -lgomp would load a second one). GCC only: clang emits calls to
+    LLVM's runtime (__kmpc_*), which torch's libgomp does not provide.
+    """
+    if IS_MACOS or os.environ.get("TERNARY_OPS_NO_OPENMP") == "1":
+        return []
+    import torch
+
+    if "OpenMP" not in torch.__config__.parallel_info():
+        return []
+    try:
+        ver = subprocess.run(shlex.split(os.environ.get("CXX", "c++")) + ["--version"],
+                             capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [] if "clang" in ver.lower() else ["-fopenmp"]
+
+
 def want_cuda() -> bool:
     if os.environ.get("TERNARY_OPS_NO_CUDA") == "1":
         return False
@@ -91,7 +114,7 @@ def make_extension():
     if simd_define and isa_sources:
         defines.append((simd_define, "1"))
     # No FMA contraction: the act="int8" epilogue must round like the reference, bit for bit.
-    cxx_flags = ["-O3", "-std=c++17", "-fno-math-errno", "-ffp-contract=off"]
+    cxx_flags = ["-O3", "-std=c++17", "-fno-math-errno", "-ffp-contract=off"] + openmp_flags()
     kwargs = dict(extra_compile_args={"cxx": cxx_flags}, include_dirs=[str(CSRC)])
 
     if IS_MACOS and any((CSRC / "metal").glob("*.mm")):

@@ -25,7 +25,9 @@ using Probe = const KernelSet* (*)();
 std::vector<const KernelSet*> detect() {
   const Probe probes[] = {
 #if defined(TERNARY_HAVE_X86)
+      x86::avx512_amx_kernels,
       x86::avx512_vnni_kernels,
+      x86::avxvnni_kernels,
       x86::avx2_kernels,
 #endif
 #if defined(TERNARY_HAVE_NEON)

@@ -1,0 +1,415 @@
+// avx2_impl.h: the 256-bit kernels, included by kernels_avx2.cpp (AVX2 + FMA: vpmaddubsw) and
+// kernels_avxvnni.cpp (TERNARY_X86_AVXVNNI: 256-bit vpdpbusd). Everything is in an anonymous
+// namespace (see x86_common.h); only the set getter named by TERNARY_X86_SET_FN is exported.
+//
+// int8 dots without saturation: vpmaddubsw multiplies unsigned codes 0..2 by signed int8
+// activations and adds pairs into int16, so a lane is at most 2 * 2 * 128 = 512 in magnitude;
+// int16 accumulators take 32 such steps (<= 16384) before vpmaddwd widens them into int32.
+#pragma once
+#include <immintrin.h>
+
+#include <type_traits>
+
+#include "x86_common.h"
+#include "x86_kernels.h"
+
+#define TERNARY_INLINE inline __attribute__((always_inline))
+#define TERNARY_LAMBDA_INLINE __attribute__((always_inline))
+// GCC 12 warns about its own _mm512_reduce_* intrinsics (a false positive).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+
+namespace ternary::cpu::x86 {
+namespace {
+
+TERNARY_INLINE int32_t hsum_epi32(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+  return _mm_cvtsi128_si32(s);
+}
+
+TERNARY_INLINE float hsum_ps(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+TERNARY_INLINE float hmax_ps(__m256 v) {
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_max_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// Loads n < 32 bytes zero-padded to 32 (AVX2 has no masked byte loads).
+TERNARY_INLINE __m256i load_tail32(const void* src, int64_t n) {
+  alignas(32) uint8_t buf[32] = {};
+  std::memcpy(buf, src, static_cast<size_t>(n));
+  return _mm256_load_si256(reinterpret_cast<const __m256i*>(buf));
+}
+TERNARY_INLINE __m128i load_tail8(const void* src, int64_t n) {
+  alignas(16) uint8_t buf[16] = {};
+  std::memcpy(buf, src, static_cast<size_t>(n));
+  return _mm_load_si128(reinterpret_cast<const __m128i*>(buf));
+}
+TERNARY_INLINE __m256i lane_mask(int64_t n) {  // first n of 8 dword lanes
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)),
+                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+// ---------------------------------------------------------------------------------------------
+void quantize_impl(const float* x, int64_t ldx, int64_t K, int64_t m0, int64_t m1, int8_t* q,
+                   int64_t ldq, float* inv, int32_t* sum) {
+  const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256 lo = _mm256_set1_ps(-128.0f), hi = _mm256_set1_ps(127.0f);
+  // Low byte of each dword (truncation, like the portable static_cast) into bytes 0-3 of each
+  // 128-bit lane, then both lanes' 4 bytes into the low 8 bytes.
+  const __m256i pick = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                                        0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+  const __m256i gather = _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0);
+  for (int64_t m = m0; m < m1; ++m) {
+    const float* xr = x + m * ldx;
+    int8_t* qr = q + m * ldq;
+    __m256 vmax0 = _mm256_setzero_ps(), vmax1 = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + 16 <= K; k += 16) {  // maxps returns the 2nd operand on NaN: NaN is ignored
+      vmax0 = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(xr + k), absmask), vmax0);
+      vmax1 = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(xr + k + 8), absmask), vmax1);
+    }
+    float amax = hmax_ps(_mm256_max_ps(vmax0, vmax1));
+    for (; k < K; ++k) {
+      const float a = __builtin_fabsf(xr[k]);
+      amax = amax < a ? a : amax;
+    }
+    const float s = quant_scale(amax);
+    const __m256 vs = _mm256_set1_ps(s);
+    __m256i acc = _mm256_setzero_si256();
+    for (k = 0; k + 8 <= K; k += 8) {
+      __m256 v = _mm256_mul_ps(_mm256_loadu_ps(xr + k), vs);
+      v = _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      v = _mm256_min_ps(hi, _mm256_max_ps(lo, v));  // keeps NaN, as the portable clamp
+      const __m256i c = _mm256_cvtps_epi32(v);
+      acc = _mm256_add_epi32(acc, c);
+      const __m256i b = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(c, pick), gather);
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(qr + k), _mm256_castsi256_si128(b));
+    }
+    int32_t total = hsum_epi32(acc) + quantize_tail(xr, k, K, s, qr);
+    if (ldq > K) std::memset(qr + K, 0, static_cast<size_t>(ldq - K));
+    inv[m] = s;
+    sum[m] = total;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// act="int8", i2.
+#if defined(TERNARY_X86_AVXVNNI)
+// vpdpbusd accumulates in int32 directly: planes may be scaled (4^s * code), undone at the end.
+constexpr int kPlaneShift[4] = {0, 2, 4, 2};
+TERNARY_INLINE void i2_planes(__m256i w, __m256i pl[4]) {
+  const __m256i m03 = _mm256_set1_epi8(0x03), m0c = _mm256_set1_epi8(0x0C),
+                m30 = _mm256_set1_epi8(0x30);
+  pl[0] = _mm256_and_si256(w, m03);
+  pl[1] = _mm256_and_si256(w, m0c);
+  pl[2] = _mm256_and_si256(w, m30);
+  pl[3] = _mm256_and_si256(_mm256_srli_epi16(w, 4), m0c);
+}
+// Accumulates in place (asm): with the intrinsic GCC 12 copies each accumulator through a
+// fresh register on every loop iteration. {vex}: the AVX-VNNI encoding, not AVX512-VNNI.
+TERNARY_INLINE __m256i dot_acc(__m256i acc, __m256i u8, __m256i s8) {
+  __asm__("%{vex%} vpdpbusd %2, %1, %0" : "+x"(acc) : "x"(u8), "x"(s8));
+  return acc;
+}
+constexpr int64_t kFlushSteps = int64_t(1) << 40;  // never: int32 accumulators
+#else
+// vpmaddubsw needs the plain codes 0..2 (int16 pair sums <= 512).
+constexpr int kPlaneShift[4] = {0, 0, 0, 0};
+TERNARY_INLINE void i2_planes(__m256i w, __m256i pl[4]) {
+  const __m256i m03 = _mm256_set1_epi8(0x03);
+  pl[0] = _mm256_and_si256(w, m03);
+  pl[1] = _mm256_and_si256(_mm256_srli_epi16(w, 2), m03);
+  pl[2] = _mm256_and_si256(_mm256_srli_epi16(w, 4), m03);
+  pl[3] = _mm256_and_si256(_mm256_srli_epi16(w, 6), m03);
+}
+// The add accumulates in place (asm): GCC 12 otherwise copies each accumulator every iteration.
+TERNARY_INLINE __m256i dot_acc(__m256i acc16, __m256i u8, __m256i s8) {
+  const __m256i prod = _mm256_maddubs_epi16(u8, s8);
+  __asm__("vpaddw %1, %0, %0" : "+x"(acc16) : "x"(prod));
+  return acc16;
+}
+constexpr int64_t kFlushSteps = 32;  // 32 * 512 = 16384 < 32767
+#endif
+
+// Widens int16 accumulators into int32 ones (AVX2) / adds int32 (VNNI).
+TERNARY_INLINE __m256i widen(__m256i acc) {
+#if defined(TERNARY_X86_AVXVNNI)
+  return acc;
+#else
+  return _mm256_madd_epi16(acc, _mm256_set1_epi16(1));
+#endif
+}
+
+template <int RB, int MB>
+void i2_int8_block(const Problem& p, const uint8_t* W, int64_t R, int64_t j, int64_t m) {
+  const int64_t K = p.K;
+  int32_t tot[RB][4][MB] = {};
+  for (int64_t kb = 0; kb < K; kb += kKBlock) {
+    const int64_t ke = min_of(K, kb + kKBlock);
+    __m256i acc32[RB][4][MB];
+    for (int rb = 0; rb < RB; ++rb)
+      for (int r = 0; r < 4; ++r)
+        for (int mb = 0; mb < MB; ++mb) acc32[rb][r][mb] = _mm256_setzero_si256();
+    // The partial chunk first (see kernels_avx512.cpp: GCC 12 otherwise copies accumulators
+    // on every iteration of the main loop).
+    const int64_t kmain = kb + (ke - kb) / 32 * 32;
+    int64_t k = kmain < ke ? kmain : kb;
+    bool tail_chunk = kmain < ke;
+    while (k < (tail_chunk ? ke : kmain)) {
+      const int64_t ce = tail_chunk ? ke : min_of(kmain, k + 32 * kFlushSteps);
+      __m256i acc[RB][4][MB];
+      for (int rb = 0; rb < RB; ++rb)
+        for (int r = 0; r < 4; ++r)
+          for (int mb = 0; mb < MB; ++mb) acc[rb][r][mb] = _mm256_setzero_si256();
+      auto step = [&](int64_t kk, bool tail) TERNARY_LAMBDA_INLINE {
+        __m256i qv[MB];
+        for (int mb = 0; mb < MB; ++mb)
+          qv[mb] = _mm256_loadu_si256(
+              reinterpret_cast<const __m256i*>(p.xq + (m + mb) * p.ldq + kk));
+        for (int rb = 0; rb < RB; ++rb) {
+          const uint8_t* src = W + (j + rb) * K + kk;
+          if (MB == 1) TERNARY_PREFETCH(src);
+          const __m256i w = tail ? load_tail32(src, ke - kk)
+                                 : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
+          __m256i pl[4];
+          i2_planes(w, pl);
+          for (int r = 0; r < 4; ++r)
+            for (int mb = 0; mb < MB; ++mb) acc[rb][r][mb] = dot_acc(acc[rb][r][mb], pl[r], qv[mb]);
+        }
+      };
+      if (tail_chunk) {
+        step(k, true);
+      } else {
+        for (; k < ce; k += 32) step(k, false);
+      }
+      for (int rb = 0; rb < RB; ++rb)
+        for (int r = 0; r < 4; ++r)
+          for (int mb = 0; mb < MB; ++mb)
+            acc32[rb][r][mb] = _mm256_add_epi32(acc32[rb][r][mb], widen(acc[rb][r][mb]));
+      if (tail_chunk) {
+        tail_chunk = false;
+        k = kb;
+      }
+    }
+    for (int rb = 0; rb < RB; ++rb)
+      for (int r = 0; r < 4; ++r)
+        for (int mb = 0; mb < MB; ++mb)
+          tot[rb][r][mb] += hsum_epi32(acc32[rb][r][mb]) >> kPlaneShift[r];
+  }
+  for (int rb = 0; rb < RB; ++rb)
+    for (int r = 0; r < 4; ++r) {
+      const int64_t n = j + rb + r * R;
+      if (n >= p.N) continue;
+      for (int mb = 0; mb < MB; ++mb)
+        p.y[(m + mb) * p.ldy + n] = epilogue_int8(p, m + mb, n, tot[rb][r][mb] - p.x_sum[m + mb]);
+    }
+}
+
+void i2_int8_impl(const Problem& p, int64_t j0, int64_t j1) {
+  const auto* W = static_cast<const uint8_t*>(p.weight);
+  const int64_t R = i2_packed_rows(p.N);
+  if (p.M == 1) {
+    for (int64_t j = j0; j < j1; ++j) i2_int8_block<1, 1>(p, W, R, j, 0);
+    return;
+  }
+  for (int64_t j = j0; j < j1; ++j) {
+    int64_t m = 0;
+    for (; m + 2 <= p.M; m += 2) i2_int8_block<1, 2>(p, W, R, j, m);
+    if (m < p.M) i2_int8_block<1, 1>(p, W, R, j, m);
+  }
+}
+
+// act="int8", i8: code = w + 1.
+template <int RB, int MB>
+void i8_int8_block(const Problem& p, const int8_t* W, int64_t n, int64_t m) {
+  const int64_t K = p.K;
+  const __m256i one = _mm256_set1_epi8(1);
+  __m256i acc32[RB][MB];
+  for (int rb = 0; rb < RB; ++rb)
+    for (int mb = 0; mb < MB; ++mb) acc32[rb][mb] = _mm256_setzero_si256();
+  const int64_t kmain = K / 32 * 32;  // partial chunk first (see i2_int8_block)
+  int64_t k = kmain < K ? kmain : 0;
+  bool tail_chunk = kmain < K;
+  while (k < (tail_chunk ? K : kmain)) {
+    const int64_t ce = tail_chunk ? K : min_of(kmain, k + 32 * kFlushSteps);
+    __m256i acc[RB][MB];
+    for (int rb = 0; rb < RB; ++rb)
+      for (int mb = 0; mb < MB; ++mb) acc[rb][mb] = _mm256_setzero_si256();
+    auto step = [&](int64_t kk, bool tail) TERNARY_LAMBDA_INLINE {
+      __m256i qv[MB];
+      for (int mb = 0; mb < MB; ++mb)
+        qv[mb] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.xq + (m + mb) * p.ldq + kk));
+      for (int rb = 0; rb < RB; ++rb) {
+        const int8_t* src = W + (n + rb) * K + kk;
+        if (MB == 1) TERNARY_PREFETCH(src);
+        // Zero-padded tail bytes are w = 0 (code 1) against zero activations.
+        const __m256i w = tail ? load_tail32(src, ce - kk)
+                               : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
+        const __m256i c = _mm256_add_epi8(w, one);
+        for (int mb = 0; mb < MB; ++mb) acc[rb][mb] = dot_acc(acc[rb][mb], c, qv[mb]);
+      }
+    };
+    if (tail_chunk) {
+      step(k, true);
+    } else {
+      for (; k < ce; k += 32) step(k, false);
+    }
+    for (int rb = 0; rb < RB; ++rb)
+      for (int mb = 0; mb < MB; ++mb) acc32[rb][mb] = _mm256_add_epi32(acc32[rb][mb], widen(acc[rb][mb]));
+    if (tail_chunk) {
+      tail_chunk = false;
+      k = 0;
+    }
+  }
+  for (int rb = 0; rb < RB; ++rb)
+    for (int mb = 0; mb < MB; ++mb)
+      p.y[(m + mb) * p.ldy + n + rb] =
+          epilogue_int8(p, m + mb, n + rb, hsum_epi32(acc32[rb][mb]) - p.x_sum[m + mb]);
+}
+
+void i8_int8_impl(const Problem& p, int64_t n0, int64_t n1) {
+  const auto* W = static_cast<const int8_t*>(p.weight);
+  int64_t n = n0;
+  if (p.M == 1) {
+    for (; n + 4 <= n1; n += 4) i8_int8_block<4, 1>(p, W, n, 0);
+    for (; n < n1; ++n) i8_int8_block<1, 1>(p, W, n, 0);
+    return;
+  }
+  auto rows = [&](int64_t nn, auto rb_tag) {
+    constexpr int RB = decltype(rb_tag)::value;
+    int64_t m = 0;
+    for (; m + 2 <= p.M; m += 2) i8_int8_block<RB, 2>(p, W, nn, m);
+    if (m < p.M) i8_int8_block<RB, 1>(p, W, nn, m);
+  };
+  for (; n + 2 <= n1; n += 2) rows(n, std::integral_constant<int, 2>());
+  for (; n < n1; ++n) rows(n, std::integral_constant<int, 1>());
+}
+
+// ---------------------------------------------------------------------------------------------
+// act="none", i2: 8 bytes -> 8 dwords; vpermps on the low 3 bits reads the float weight
+// ((i & 3) - 1) of the plane shifted down to bits 0-1; FMA in fp32.
+template <int RB, int MB>
+void i2_none_block(const Problem& p, const uint8_t* W, int64_t R, int64_t j, int64_t m) {
+  const int64_t K = p.K;
+  const __m256 t = _mm256_setr_ps(-1, 0, 1, 2, -1, 0, 1, 2);
+  __m256 acc[RB][4][MB];
+  for (int rb = 0; rb < RB; ++rb)
+    for (int r = 0; r < 4; ++r)
+      for (int mb = 0; mb < MB; ++mb) acc[rb][r][mb] = _mm256_setzero_ps();
+  auto step = [&](int64_t k, bool tail) TERNARY_LAMBDA_INLINE {
+    __m256 xv[MB];
+    for (int mb = 0; mb < MB; ++mb) {
+      const float* src = p.xf + (m + mb) * p.ldx + k;
+      xv[mb] = tail ? _mm256_maskload_ps(src, lane_mask(K - k)) : _mm256_loadu_ps(src);
+    }
+    for (int rb = 0; rb < RB; ++rb) {
+      const uint8_t* src = W + (j + rb) * K + k;
+      if (MB == 1) TERNARY_PREFETCH(src);
+      const __m128i b = tail ? load_tail8(src, K - k)
+                             : _mm_loadl_epi64(reinterpret_cast<const __m128i*>(src));
+      const __m256i v = _mm256_cvtepu8_epi32(b);
+      const __m256 f[4] = {_mm256_permutevar8x32_ps(t, v),
+                           _mm256_permutevar8x32_ps(t, _mm256_srli_epi32(v, 2)),
+                           _mm256_permutevar8x32_ps(t, _mm256_srli_epi32(v, 4)),
+                           _mm256_permutevar8x32_ps(t, _mm256_srli_epi32(v, 6))};
+      for (int r = 0; r < 4; ++r)
+        for (int mb = 0; mb < MB; ++mb) acc[rb][r][mb] = _mm256_fmadd_ps(f[r], xv[mb], acc[rb][r][mb]);
+    }
+  };
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8) step(k, false);
+  if (k < K) step(k, true);
+  for (int rb = 0; rb < RB; ++rb)
+    for (int r = 0; r < 4; ++r) {
+      const int64_t n = j + rb + r * R;
+      if (n >= p.N) continue;
+      for (int mb = 0; mb < MB; ++mb)
+        p.y[(m + mb) * p.ldy + n] = epilogue_none(p, n, hsum_ps(acc[rb][r][mb]));
+    }
+}
+
+void i2_none_impl(const Problem& p, int64_t j0, int64_t j1) {
+  const auto* W = static_cast<const uint8_t*>(p.weight);
+  const int64_t R = i2_packed_rows(p.N);
+  if (p.M == 1) {
+    int64_t j = j0;
+    for (; j + 2 <= j1; j += 2) i2_none_block<2, 1>(p, W, R, j, 0);
+    if (j < j1) i2_none_block<1, 1>(p, W, R, j, 0);
+    return;
+  }
+  for (int64_t j = j0; j < j1; ++j) {
+    int64_t m = 0;
+    for (; m + 2 <= p.M; m += 2) i2_none_block<1, 2>(p, W, R, j, m);
+    if (m < p.M) i2_none_block<1, 1>(p, W, R, j, m);
+  }
+}
+
+// act="none", i8: sign-extend 8 bytes to dwords, convert, FMA.
+template <int RB, int MB>
+void i8_none_block(const Problem& p, const int8_t* W, int64_t n, int64_t m) {
+  const int64_t K = p.K;
+  __m256 acc[RB][MB];
+  for (int rb = 0; rb < RB; ++rb)
+    for (int mb = 0; mb < MB; ++mb) acc[rb][mb] = _mm256_setzero_ps();
+  auto step = [&](int64_t k, bool tail) TERNARY_LAMBDA_INLINE {
+    __m256 xv[MB];
+    for (int mb = 0; mb < MB; ++mb) {
+      const float* src = p.xf + (m + mb) * p.ldx + k;
+      xv[mb] = tail ? _mm256_maskload_ps(src, lane_mask(K - k)) : _mm256_loadu_ps(src);
+    }
+    for (int rb = 0; rb < RB; ++rb) {
+      const int8_t* src = W + (n + rb) * K + k;
+      if (MB == 1) TERNARY_PREFETCH(src);
+      const __m128i b = tail ? load_tail8(src, K - k)
+                             : _mm_loadl_epi64(reinterpret_cast<const __m128i*>(src));
+      const __m256 wf = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
+      for (int mb = 0; mb < MB; ++mb) acc[rb][mb] = _mm256_fmadd_ps(wf, xv[mb], acc[rb][mb]);
+    }
+  };
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8) step(k, false);
+  if (k < K) step(k, true);
+  for (int rb = 0; rb < RB; ++rb)
+    for (int mb = 0; mb < MB; ++mb)
+      p.y[(m + mb) * p.ldy + n + rb] = epilogue_none(p, n + rb, hsum_ps(acc[rb][mb]));
+}
+
+void i8_none_impl(const Problem& p, int64_t n0, int64_t n1) {
+  const auto* W = static_cast<const int8_t*>(p.weight);
+  int64_t n = n0;
+  if (p.M == 1) {
+    for (; n + 8 <= n1; n += 8) i8_none_block<8, 1>(p, W, n, 0);
+    for (; n < n1; ++n) i8_none_block<1, 1>(p, W, n, 0);
+    return;
+  }
+  auto rows = [&](int64_t nn, auto rb_tag) {
+    constexpr int RB = decltype(rb_tag)::value;
+    int64_t m = 0;
+    for (; m + 2 <= p.M; m += 2) i8_none_block<RB, 2>(p, W, nn, m);
+    if (m < p.M) i8_none_block<RB, 1>(p, W, nn, m);
+  };
+  for (; n + 4 <= n1; n += 4) rows(n, std::integral_constant<int, 4>());
+  for (; n < n1; ++n) rows(n, std::integral_constant<int, 1>());
+}
+
+}  // namespace
+
+namespace detail {
+const KernelSet& TERNARY_X86_SET_FN() {
+  static const KernelSet set{TERNARY_X86_SET_NAME, quantize_impl, i8_int8_impl, i8_none_impl,
+                             i2_int8_impl, i2_none_impl};
+  return set;
+}
+}  // namespace detail
+
+}  // namespace ternary::cpu::x86

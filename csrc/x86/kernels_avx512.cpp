@@ -1,0 +1,398 @@
+// kernels_avx512.cpp: AVX-512 (F/BW/VL/DQ) + VNNI kernels. Built with the "_avx512" flags
+// (tools/kernel_build.py); runs only after the avx512_vnni probe accepted the CPU.
+//
+// act="int8": vpdpbusd multiplies unsigned codes (w + 1, in 0..2) by signed int8 activations
+// into int32 lanes, exact for any int8 input (no int16 intermediate); the activation sum is
+// subtracted once per output. For i2 the four code planes of a byte are isolated with masks
+// (plane r comes out as 4^s * code, undone exactly after the horizontal sum).
+// act="none": 16 bytes are widened to dwords once; vpermps looks the float weight up from a
+// 16-entry table by the code bits (two planes per table, no per-weight decode), then FMA.
+// M = 1 streams each weight byte once over several rows' accumulators; M > 1 keeps each
+// decoded weight vector in registers across a block of activation rows (register blocking).
+#include <immintrin.h>
+
+#include <type_traits>
+
+#include "avx512_internal.h"
+#include "x86_common.h"
+#include "x86_kernels.h"
+
+#define TERNARY_INLINE inline __attribute__((always_inline))
+#define TERNARY_LAMBDA_INLINE __attribute__((always_inline))
+// GCC 12 warns about its own _mm512_reduce_* intrinsics (a false positive).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+
+namespace ternary::cpu::x86 {
+namespace {
+
+// acc += dot(u8, s8). GCC 12's register allocator sometimes copies every accumulator through
+// a fresh register on each iteration around vpdpbusd (two extra moves per dot product); which
+// form avoids it depends on the loop, so each kernel uses the one that compiles clean (checked
+// by disassembly of the inner loops): the intrinsic, or asm that accumulates in place.
+TERNARY_INLINE __m512i dpbusd(__m512i acc, __m512i u8, __m512i s8) {
+  return _mm512_dpbusd_epi32(acc, u8, s8);
+}
+TERNARY_INLINE __m512i dpbusd_asm(__m512i acc, __m512i u8, __m512i s8) {
+  __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u8), "v"(s8));
+  return acc;
+}
+
+// Horizontal sums of accumulators, through memory and out of line: with _mm512_reduce_add_*
+// inlined on the loop's accumulators, GCC 12 copies every accumulator through a fresh register
+// on each iteration (two extra moves per vpdpbusd/FMA).
+__attribute__((noinline)) void hsum_epi32_n(const __m512i* v, int n, int32_t* out) {
+  for (int i = 0; i < n; ++i) out[i] = _mm512_reduce_add_epi32(_mm512_load_si512(v + i));
+}
+__attribute__((noinline)) void hsum_ps_n(const __m512* v, int n, float* out) {
+  for (int i = 0; i < n; ++i) out[i] = _mm512_reduce_add_ps(_mm512_load_ps(reinterpret_cast<const float*>(v + i)));
+}
+
+TERNARY_INLINE __mmask64 tail_mask64(int64_t n) {
+  return n >= 64 ? ~__mmask64(0) : ((__mmask64(1) << n) - 1);
+}
+TERNARY_INLINE __mmask16 tail_mask16(int64_t n) {
+  return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Quantization: bit-exact with the portable kernel (one float multiply, round half to even).
+
+void quantize_impl(const float* x, int64_t ldx, int64_t K, int64_t m0, int64_t m1, int8_t* q,
+                   int64_t ldq, float* inv, int32_t* sum) {
+  const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+  const __m512 lo = _mm512_set1_ps(-128.0f), hi = _mm512_set1_ps(127.0f);
+  for (int64_t m = m0; m < m1; ++m) {
+    const float* xr = x + m * ldx;
+    int8_t* qr = q + m * ldq;
+    // max(|x|) ignoring NaN like std::max(amax, |x|): vmaxps returns its second operand when
+    // either is NaN.
+    __m512 vmax0 = _mm512_setzero_ps(), vmax1 = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 32 <= K; k += 32) {
+      vmax0 = _mm512_max_ps(_mm512_and_ps(_mm512_loadu_ps(xr + k), absmask), vmax0);
+      vmax1 = _mm512_max_ps(_mm512_and_ps(_mm512_loadu_ps(xr + k + 16), absmask), vmax1);
+    }
+    for (; k < K; k += 16) {
+      const __m512 v = _mm512_maskz_loadu_ps(tail_mask16(K - k), xr + k);
+      vmax0 = _mm512_max_ps(_mm512_and_ps(v, absmask), vmax0);
+    }
+    const float s = quant_scale(_mm512_reduce_max_ps(_mm512_max_ps(vmax0, vmax1)));
+    const __m512 vs = _mm512_set1_ps(s);
+    __m512i acc = _mm512_setzero_si512();
+    for (k = 0; k < K; k += 16) {
+      const __mmask16 mk = tail_mask16(K - k);
+      __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, xr + k), vs);
+      v = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      // Operand order keeps NaN as NaN, like the portable clamp; cvt then gives INT_MIN and the
+      // truncating vpmovdb gives 0, as static_cast does there.
+      v = _mm512_min_ps(hi, _mm512_max_ps(lo, v));
+      const __m512i c = _mm512_cvtps_epi32(v);
+      acc = _mm512_add_epi32(acc, c);
+      _mm512_mask_cvtepi32_storeu_epi8(qr + k, mk, c);
+    }
+    if (ldq > K) std::memset(qr + K, 0, static_cast<size_t>(ldq - K));
+    inv[m] = s;
+    sum[m] = _mm512_reduce_add_epi32(acc);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// act="int8", i2. Plane r of a byte (bits 2r, 2r+1) as 4^shift * code with one and (plus one
+// shift for the top plane); kPlaneShift undoes the factor after the horizontal sum.
+constexpr int kPlaneShift[4] = {0, 2, 4, 2};
+
+TERNARY_INLINE void i2_planes(__m512i w, __m512i pl[4]) {
+  const __m512i m03 = _mm512_set1_epi8(0x03), m0c = _mm512_set1_epi8(0x0C),
+                m30 = _mm512_set1_epi8(0x30);
+  pl[0] = _mm512_and_si512(w, m03);
+  pl[1] = _mm512_and_si512(w, m0c);
+  pl[2] = _mm512_and_si512(w, m30);
+  pl[3] = _mm512_and_si512(_mm512_srli_epi16(w, 4), m0c);
+}
+
+// Byte rows j..j+RB-1 (each gives outputs j + r*R) times activation rows m..m+MB-1.
+template <int RB, int MB>
+void i2_int8_block(const Problem& p, const uint8_t* W, int64_t R, int64_t j, int64_t m) {
+  const int64_t K = p.K;
+  int32_t tot[RB][4][MB] = {};
+  for (int64_t kb = 0; kb < K; kb += kKBlock) {
+    const int64_t ke = min_of(K, kb + kKBlock);
+    __m512i acc[RB][4][MB];
+    for (int rb = 0; rb < RB; ++rb)
+      for (int r = 0; r < 4; ++r)
+        for (int mb = 0; mb < MB; ++mb) acc[rb][r][mb] = _mm512_setzero_si512();
+    auto step = [&](int64_t k, bool tail) TERNARY_LAMBDA_INLINE {
+      __m512i qv[MB];
+      for (int mb = 0; mb < MB; ++mb)
+        qv[mb] = _mm512_loadu_si512(p.xq + (m + mb) * p.ldq + k);  // padded: whole 64 bytes
+      for (int rb = 0; rb < RB; ++rb) {
+        const uint8_t* src = W + (j + rb) * K + k;
+        if (MB == 1) TERNARY_PREFETCH(src);
+        const __m512i w = tail ? _mm512_maskz_loadu_epi8(tail_mask64(ke - k), src)
+                               : _mm512_loadu_si512(src);
+        __m512i pl[4];
+        i2_planes(w, pl);
+        for (int r = 0; r < 4; ++r)
+          for (int mb = 0; mb < MB; ++mb)
+            acc[rb][r][mb] = dpbusd(acc[rb][r][mb], pl[r], qv[mb]);
+      }
+    };
+    // The partial chunk first: after the main loop, GCC 12 would copy every accumulator
+    // through a fresh register on each iteration (two extra moves per vpdpbusd).
+    const int64_t kmain = kb + (ke - kb) / 64 * 64;
+    if (kmain < ke) step(kmain, true);
+    for (int64_t k = kb; k < kmain; k += 64) step(k, false);
+    alignas(64) __m512i tmp[RB][4][MB];
+    int32_t sums[RB][4][MB];
+    for (int rb = 0; rb < RB; ++rb)
+      for (int r = 0; r < 4; ++r)
+        for (int mb = 0; mb < MB; ++mb) tmp[rb][r][mb] = acc[rb][r][mb];
+    hsum_epi32_n(&tmp[0][0][0], RB * 4 * MB, &sums[0][0][0]);
+    for (int rb = 0; rb < RB; ++rb)
+      for (int r = 0; r < 4; ++r)
+        for (int mb = 0; mb < MB; ++mb) tot[rb][r][mb] += sums[rb][r][mb] >> kPlaneShift[r];
+  }
+  for (int rb = 0; rb < RB; ++rb)
+    for (int r = 0; r < 4; ++r) {
+      const int64_t n = j + rb + r * R;
+      if (n >= p.N) continue;
+      for (int mb = 0; mb < MB; ++mb)
+        p.y[(m + mb) * p.ldy + n] = epilogue_int8(p, m + mb, n, tot[rb][r][mb] - p.x_sum[m + mb]);
+    }
+}
+
+void i2_int8_impl(const Problem& p, int64_t j0, int64_t j1) {
+  const auto* W = static_cast<const uint8_t*>(p.weight);
+  const int64_t R = i2_packed_rows(p.N);
+  if (p.M == 1) {
+    int64_t j = j0;
+    for (; j + 4 <= j1; j += 4) i2_int8_block<4, 1>(p, W, R, j, 0);
+    for (; j < j1; ++j) i2_int8_block<1, 1>(p, W, R, j, 0);
+    return;
+  }
+  // One byte row's K codes stay in L1 while every block of 4 activation rows passes over them.
+  for (int64_t j = j0; j < j1; ++j) {
+    int64_t m = 0;
+    for (; m + 4 <= p.M; m += 4) i2_int8_block<1, 4>(p, W, R, j, m);
+    switch (p.M - m) {
+      case 3: i2_int8_block<1, 3>(p, W, R, j, m); break;
+      case 2: i2_int8_block<1, 2>(p, W, R, j, m); break;
+      case 1: i2_int8_block<1, 1>(p, W, R, j, m); break;
+      default: break;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// act="int8", i8: code = w + 1 (vpaddb), vpdpbusd, minus the activation sum.
+template <int RB, int MB>
+void i8_int8_block(const Problem& p, const int8_t* W, int64_t n, int64_t m) {
+  const int64_t K = p.K;
+  const __m512i one = _mm512_set1_epi8(1);
+  __m512i acc[RB][MB];
+  for (int rb = 0; rb < RB; ++rb)
+    for (int mb = 0; mb < MB; ++mb) acc[rb][mb] = _mm512_setzero_si512();
+  auto step = [&](int64_t k, bool tail) TERNARY_LAMBDA_INLINE {
+    __m512i qv[MB];
+    for (int mb = 0; mb < MB; ++mb) qv[mb] = _mm512_loadu_si512(p.xq + (m + mb) * p.ldq + k);
+    for (int rb = 0; rb < RB; ++rb) {
+      const int8_t* src = W + (n + rb) * K + k;
+      if (MB == 1) TERNARY_PREFETCH(src);
+      // Masked-off bytes load as w = 0 (code 1) against zero activations: no contribution.
+      const __m512i w = tail ? _mm512_maskz_loadu_epi8(tail_mask64(K - k), src)
+                             : _mm512_loadu_si512(src);
+      const __m512i c = _mm512_add_epi8(w, one);
+      for (int mb = 0; mb < MB; ++mb) acc[rb][mb] = dpbusd_asm(acc[rb][mb], c, qv[mb]);
+    }
+  };
+  const int64_t kmain = K / 64 * 64;  // partial chunk first (see i2_int8_block)
+  if (kmain < K) step(kmain, true);
+  for (int64_t k = 0; k < kmain; k += 64) step(k, false);
+  alignas(64) __m512i tmp[RB][MB];
+  int32_t sums[RB][MB];
+  for (int rb = 0; rb < RB; ++rb)
+    for (int mb = 0; mb < MB; ++mb) tmp[rb][mb] = acc[rb][mb];
+  hsum_epi32_n(&tmp[0][0], RB * MB, &sums[0][0]);
+  for (int rb = 0; rb < RB; ++rb)
+    for (int mb = 0; mb < MB; ++mb)
+      p.y[(m + mb) * p.ldy + n + rb] = epilogue_int8(p, m + mb, n + rb, sums[rb][mb] - p.x_sum[m + mb]);
+}
+
+void i8_int8_impl(const Problem& p, int64_t n0, int64_t n1) {
+  const auto* W = static_cast<const int8_t*>(p.weight);
+  if (p.M == 1) {
+    int64_t n = n0;
+    for (; n + 8 <= n1; n += 8) i8_int8_block<8, 1>(p, W, n, 0);
+    for (; n < n1; ++n) i8_int8_block<1, 1>(p, W, n, 0);
+    return;
+  }
+  auto rows = [&](int64_t n, auto rb_tag) {
+    constexpr int RB = decltype(rb_tag)::value;
+    int64_t m = 0;
+    for (; m + 4 <= p.M; m += 4) i8_int8_block<RB, 4>(p, W, n, m);
+    switch (p.M - m) {
+      case 3: i8_int8_block<RB, 3>(p, W, n, m); break;
+      case 2: i8_int8_block<RB, 2>(p, W, n, m); break;
+      case 1: i8_int8_block<RB, 1>(p, W, n, m); break;
+      default: break;
+    }
+  };
+  int64_t n = n0;
+  for (; n + 4 <= n1; n += 4) rows(n, std::integral_constant<int, 4>());
+  for (; n < n1; ++n) rows(n, std::integral_constant<int, 1>());
+}
+
+// ---------------------------------------------------------------------------------------------
+// act="none", i2: 16 bytes -> 16 dwords; vpermps reads the float weight of planes 0/1 (table
+// t01 / t23 on bits 0-3) and of planes 2/3 (the same tables on bits 4-7); FMA in fp32.
+template <int RB, int MB>
+void i2_none_block(const Problem& p, const uint8_t* W, int64_t R, int64_t j, int64_t m) {
+  const int64_t K = p.K;
+  const __m512 t01 = _mm512_setr_ps(-1, 0, 1, 2, -1, 0, 1, 2, -1, 0, 1, 2, -1, 0, 1, 2);
+  const __m512 t23 = _mm512_setr_ps(-1, -1, -1, -1, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2);
+  __m512 acc[RB][4][MB];
+  for (int rb = 0; rb < RB; ++rb)
+    for (int r = 0; r < 4; ++r)
+      for (int mb = 0; mb < MB; ++mb) acc[rb][r][mb] = _mm512_setzero_ps();
+  auto step = [&](int64_t k, bool tail) TERNARY_LAMBDA_INLINE {
+    const __mmask16 mk = tail ? tail_mask16(K - k) : __mmask16(0xFFFF);
+    __m512 xv[MB];
+    for (int mb = 0; mb < MB; ++mb) {
+      const float* src = p.xf + (m + mb) * p.ldx + k;
+      xv[mb] = tail ? _mm512_maskz_loadu_ps(mk, src) : _mm512_loadu_ps(src);
+    }
+    for (int rb = 0; rb < RB; ++rb) {
+      const uint8_t* src = W + (j + rb) * K + k;
+      if (MB == 1) TERNARY_PREFETCH(src);
+      const __m128i b = tail ? _mm_maskz_loadu_epi8(mk, src)
+                             : _mm_loadu_si128(reinterpret_cast<const __m128i*>(src));
+      const __m512i v = _mm512_cvtepu8_epi32(b);
+      const __m512i v4 = _mm512_srli_epi32(v, 4);
+      const __m512 f[4] = {_mm512_permutexvar_ps(v, t01), _mm512_permutexvar_ps(v, t23),
+                           _mm512_permutexvar_ps(v4, t01), _mm512_permutexvar_ps(v4, t23)};
+      for (int r = 0; r < 4; ++r)
+        for (int mb = 0; mb < MB; ++mb) acc[rb][r][mb] = _mm512_fmadd_ps(f[r], xv[mb], acc[rb][r][mb]);
+    }
+  };
+  int64_t k = 0;
+  for (; k + 16 <= K; k += 16) step(k, false);
+  if (k < K) step(k, true);
+  alignas(64) __m512 tmp[RB][4][MB];
+  float sums[RB][4][MB];
+  for (int rb = 0; rb < RB; ++rb)
+    for (int r = 0; r < 4; ++r)
+      for (int mb = 0; mb < MB; ++mb) tmp[rb][r][mb] = acc[rb][r][mb];
+  hsum_ps_n(&tmp[0][0][0], RB * 4 * MB, &sums[0][0][0]);
+  for (int rb = 0; rb < RB; ++rb)
+    for (int r = 0; r < 4; ++r) {
+      const int64_t n = j + rb + r * R;
+      if (n >= p.N) continue;
+      for (int mb = 0; mb < MB; ++mb)
+        p.y[(m + mb) * p.ldy + n] = epilogue_none(p, n, sums[rb][r][mb]);
+    }
+}
+
+void i2_none_impl(const Problem& p, int64_t j0, int64_t j1) {
+  const auto* W = static_cast<const uint8_t*>(p.weight);
+  const int64_t R = i2_packed_rows(p.N);
+  if (p.M == 1) {
+    int64_t j = j0;
+    for (; j + 2 <= j1; j += 2) i2_none_block<2, 1>(p, W, R, j, 0);
+    if (j < j1) i2_none_block<1, 1>(p, W, R, j, 0);
+    return;
+  }
+  for (int64_t j = j0; j < j1; ++j) {
+    int64_t m = 0;
+    for (; m + 4 <= p.M; m += 4) i2_none_block<1, 4>(p, W, R, j, m);
+    switch (p.M - m) {
+      case 3: i2_none_block<1, 3>(p, W, R, j, m); break;
+      case 2: i2_none_block<1, 2>(p, W, R, j, m); break;
+      case 1: i2_none_block<1, 1>(p, W, R, j, m); break;
+      default: break;
+    }
+  }
+}
+
+// act="none", i8: sign-extend 16 bytes to dwords, convert, FMA.
+template <int RB, int MB>
+void i8_none_block(const Problem& p, const int8_t* W, int64_t n, int64_t m) {
+  const int64_t K = p.K;
+  __m512 acc[RB][MB];
+  for (int rb = 0; rb < RB; ++rb)
+    for (int mb = 0; mb < MB; ++mb) acc[rb][mb] = _mm512_setzero_ps();
+  auto step = [&](int64_t k, bool tail) TERNARY_LAMBDA_INLINE {
+    const __mmask16 mk = tail ? tail_mask16(K - k) : __mmask16(0xFFFF);
+    __m512 xv[MB];
+    for (int mb = 0; mb < MB; ++mb) {
+      const float* src = p.xf + (m + mb) * p.ldx + k;
+      xv[mb] = tail ? _mm512_maskz_loadu_ps(mk, src) : _mm512_loadu_ps(src);
+    }
+    for (int rb = 0; rb < RB; ++rb) {
+      const int8_t* src = W + (n + rb) * K + k;
+      if (MB == 1) TERNARY_PREFETCH(src);
+      const __m128i b = tail ? _mm_maskz_loadu_epi8(mk, src)
+                             : _mm_loadu_si128(reinterpret_cast<const __m128i*>(src));
+      const __m512 wf = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b));
+      for (int mb = 0; mb < MB; ++mb) acc[rb][mb] = _mm512_fmadd_ps(wf, xv[mb], acc[rb][mb]);
+    }
+  };
+  int64_t k = 0;
+  for (; k + 16 <= K; k += 16) step(k, false);
+  if (k < K) step(k, true);
+  alignas(64) __m512 tmp[RB][MB];
+  float sums[RB][MB];
+  for (int rb = 0; rb < RB; ++rb)
+    for (int mb = 0; mb < MB; ++mb) tmp[rb][mb] = acc[rb][mb];
+  hsum_ps_n(&tmp[0][0], RB * MB, &sums[0][0]);
+  for (int rb = 0; rb < RB; ++rb)
+    for (int mb = 0; mb < MB; ++mb)
+      p.y[(m + mb) * p.ldy + n + rb] = epilogue_none(p, n + rb, sums[rb][mb]);
+}
+
+void i8_none_impl(const Problem& p, int64_t n0, int64_t n1) {
+  const auto* W = static_cast<const int8_t*>(p.weight);
+  if (p.M == 1) {
+    int64_t n = n0;
+    for (; n + 8 <= n1; n += 8) i8_none_block<8, 1>(p, W, n, 0);
+    for (; n < n1; ++n) i8_none_block<1, 1>(p, W, n, 0);
+    return;
+  }
+  auto rows = [&](int64_t n, auto rb_tag) {
+    constexpr int RB = decltype(rb_tag)::value;
+    int64_t m = 0;
+    for (; m + 4 <= p.M; m += 4) i8_none_block<RB, 4>(p, W, n, m);
+    switch (p.M - m) {
+      case 3: i8_none_block<RB, 3>(p, W, n, m); break;
+      case 2: i8_none_block<RB, 2>(p, W, n, m); break;
+      case 1: i8_none_block<RB, 1>(p, W, n, m); break;
+      default: break;
+    }
+  };
+  int64_t n = n0;
+  for (; n + 4 <= n1; n += 4) rows(n, std::integral_constant<int, 4>());
+  for (; n < n1; ++n) rows(n, std::integral_constant<int, 1>());
+}
+
+}  // namespace
+
+namespace avx512 {
+void quantize(const float* x, int64_t ldx, int64_t K, int64_t m0, int64_t m1, int8_t* q,
+              int64_t ldq, float* inv, int32_t* sum) {
+  quantize_impl(x, ldx, K, m0, m1, q, ldq, inv, sum);
+}
+void i8_int8(const Problem& p, int64_t n0, int64_t n1) { i8_int8_impl(p, n0, n1); }
+void i8_none(const Problem& p, int64_t n0, int64_t n1) { i8_none_impl(p, n0, n1); }
+void i2_int8(const Problem& p, int64_t j0, int64_t j1) { i2_int8_impl(p, j0, j1); }
+void i2_none(const Problem& p, int64_t j0, int64_t j1) { i2_none_impl(p, j0, j1); }
+}  // namespace avx512
+
+namespace detail {
+const KernelSet& avx512_vnni_set() {
+  static const KernelSet set{"avx512_vnni", quantize_impl, i8_int8_impl, i8_none_impl,
+                             i2_int8_impl, i2_none_impl};
+  return set;
+}
+}  // namespace detail
+
+}  // namespace ternary::cpu::x86

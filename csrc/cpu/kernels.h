@@ -32,6 +32,20 @@ struct Problem {
   int64_t ldy = 0;
 };
 
+// The output epilogues every CPU kernel set uses, so act="int8" outputs are bit-identical across
+// sets (two statements: no compiler may fuse the bias add into an FMA). `static` gives each
+// translation unit its own copy: a copy built with one TU's ISA flags is never linked in place
+// of another's.
+static inline float epilogue_int8(const Problem& p, int64_t m, int64_t n, int32_t dot) {
+  float v = static_cast<float>(dot) / p.x_inv[m] * p.scale[n * p.scale_stride];
+  return p.bias ? v + p.bias[n] : v;
+}
+
+static inline float epilogue_none(const Problem& p, int64_t n, float dot) {
+  float v = dot * p.scale[n * p.scale_stride];
+  return p.bias ? v + p.bias[n] : v;
+}
+
 // Computes the outputs of "row units" [u0, u1): output rows for i8, byte rows for i2 (byte row
 // j gives outputs j, j+R, j+2R, j+3R that are < N). Threads call it on disjoint unit ranges.
 using LinearFn = void (*)(const Problem& p, int64_t u0, int64_t u1);

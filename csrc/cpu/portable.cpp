@@ -30,16 +30,6 @@ void quantize_rows(const float* x, int64_t ldx, int64_t K, int64_t m0, int64_t m
   }
 }
 
-inline float epilogue_int8(const Problem& p, int64_t m, int64_t n, int32_t dot) {
-  float v = static_cast<float>(dot) / p.x_inv[m] * p.scale[n * p.scale_stride];
-  return p.bias ? v + p.bias[n] : v;
-}
-
-inline float epilogue_none(const Problem& p, int64_t n, float dot) {
-  float v = dot * p.scale[n * p.scale_stride];
-  return p.bias ? v + p.bias[n] : v;
-}
-
 void i8_int8(const Problem& p, int64_t n0, int64_t n1) {
   const auto* W = static_cast<const int8_t*>(p.weight);
   for (int64_t n = n0; n < n1; ++n) {

@@ -145,18 +145,7 @@ inline void for_each_k16(int64_t k0, int64_t k1, Body&& body) {
   if (k < k1) body(k, k1 - k);
 }
 
-// ---------------------------------------------------------------------------------------------
-// Epilogues: the exact expressions of csrc/cpu/portable.cpp (two statements, so no compiler may
-// fuse the bias add), which makes int8-path outputs bit-identical to the portable set.
-// ---------------------------------------------------------------------------------------------
-inline float epilogue_int8(const Problem& p, int64_t m, int64_t n, int32_t dot) {
-  float v = static_cast<float>(dot) / p.x_inv[m] * p.scale[n * p.scale_stride];
-  return p.bias ? v + p.bias[n] : v;
-}
-inline float epilogue_none(const Problem& p, int64_t n, float dot) {
-  float v = dot * p.scale[n * p.scale_stride];
-  return p.bias ? v + p.bias[n] : v;
-}
+// The epilogues are epilogue_int8 / epilogue_none of csrc/cpu/kernels.h.
 
 // Integer dot kernels are structs with `template <class Src, int MB> static void dot(const Src&,
 // const int8_t* const q[MB], int64_t K, int64_t out[Src::kRows][MB])` writing the true dots

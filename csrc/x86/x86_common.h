@@ -14,17 +14,6 @@ namespace {
 template <typename T>
 inline T min_of(T a, T b) { return b < a ? b : a; }
 
-// The epilogues of the portable kernels, operation for operation (bit-exact outputs).
-inline float epilogue_int8(const Problem& p, int64_t m, int64_t n, int32_t dot) {
-  float v = static_cast<float>(dot) / p.x_inv[m] * p.scale[n * p.scale_stride];
-  return p.bias ? v + p.bias[n] : v;
-}
-
-inline float epilogue_none(const Problem& p, int64_t n, float dot) {
-  float v = dot * p.scale[n * p.scale_stride];
-  return p.bias ? v + p.bias[n] : v;
-}
-
 // Scalar quantization of x[k0, K) for one row, exactly as the portable kernel (for tails).
 // Returns the partial sum of the codes.
 inline int32_t quantize_tail(const float* xr, int64_t k0, int64_t K, float s, int8_t* qr) {

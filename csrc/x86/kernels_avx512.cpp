@@ -162,27 +162,9 @@ void i2_int8_block(const Problem& p, const uint8_t* W, int64_t R, int64_t j, int
     }
 }
 
-void i2_int8_impl(const Problem& p, int64_t j0, int64_t j1) {
-  const auto* W = static_cast<const uint8_t*>(p.weight);
-  const int64_t R = i2_packed_rows(p.N);
-  if (p.M == 1) {
-    int64_t j = j0;
-    for (; j + 4 <= j1; j += 4) i2_int8_block<4, 1>(p, W, R, j, 0);
-    for (; j < j1; ++j) i2_int8_block<1, 1>(p, W, R, j, 0);
-    return;
-  }
-  // One byte row's K codes stay in L1 while every block of 4 activation rows passes over them.
-  for (int64_t j = j0; j < j1; ++j) {
-    int64_t m = 0;
-    for (; m + 4 <= p.M; m += 4) i2_int8_block<1, 4>(p, W, R, j, m);
-    switch (p.M - m) {
-      case 3: i2_int8_block<1, 3>(p, W, R, j, m); break;
-      case 2: i2_int8_block<1, 2>(p, W, R, j, m); break;
-      case 1: i2_int8_block<1, 1>(p, W, R, j, m); break;
-      default: break;
-    }
-  }
-}
+TERNARY_X86_I2_BLOCK(I2Int8, i2_int8_block);
+// M > 1: one byte row's K codes stay in L1 while every block of 4 activation rows passes over them.
+void i2_int8_impl(const Problem& p, int64_t j0, int64_t j1) { tile_units<I2Int8, 4, 1, 4>(p, j0, j1); }
 
 // ---------------------------------------------------------------------------------------------
 // act="int8", i8: code = w + 1 (vpaddb), vpdpbusd, minus the activation sum.
@@ -219,29 +201,8 @@ void i8_int8_block(const Problem& p, const int8_t* W, int64_t n, int64_t m) {
       p.y[(m + mb) * p.ldy + n + rb] = epilogue_int8(p, m + mb, n + rb, sums[rb][mb] - p.x_sum[m + mb]);
 }
 
-void i8_int8_impl(const Problem& p, int64_t n0, int64_t n1) {
-  const auto* W = static_cast<const int8_t*>(p.weight);
-  if (p.M == 1) {
-    int64_t n = n0;
-    for (; n + 8 <= n1; n += 8) i8_int8_block<8, 1>(p, W, n, 0);
-    for (; n < n1; ++n) i8_int8_block<1, 1>(p, W, n, 0);
-    return;
-  }
-  auto rows = [&](int64_t n, auto rb_tag) {
-    constexpr int RB = decltype(rb_tag)::value;
-    int64_t m = 0;
-    for (; m + 4 <= p.M; m += 4) i8_int8_block<RB, 4>(p, W, n, m);
-    switch (p.M - m) {
-      case 3: i8_int8_block<RB, 3>(p, W, n, m); break;
-      case 2: i8_int8_block<RB, 2>(p, W, n, m); break;
-      case 1: i8_int8_block<RB, 1>(p, W, n, m); break;
-      default: break;
-    }
-  };
-  int64_t n = n0;
-  for (; n + 4 <= n1; n += 4) rows(n, std::integral_constant<int, 4>());
-  for (; n < n1; ++n) rows(n, std::integral_constant<int, 1>());
-}
+TERNARY_X86_I8_BLOCK(I8Int8, i8_int8_block);
+void i8_int8_impl(const Problem& p, int64_t n0, int64_t n1) { tile_units<I8Int8, 8, 4, 4>(p, n0, n1); }
 
 // ---------------------------------------------------------------------------------------------
 // act="none", i2: 16 bytes -> 16 dwords; vpermps reads the float weight of planes 0/1 (table
@@ -293,26 +254,8 @@ void i2_none_block(const Problem& p, const uint8_t* W, int64_t R, int64_t j, int
     }
 }
 
-void i2_none_impl(const Problem& p, int64_t j0, int64_t j1) {
-  const auto* W = static_cast<const uint8_t*>(p.weight);
-  const int64_t R = i2_packed_rows(p.N);
-  if (p.M == 1) {
-    int64_t j = j0;
-    for (; j + 2 <= j1; j += 2) i2_none_block<2, 1>(p, W, R, j, 0);
-    if (j < j1) i2_none_block<1, 1>(p, W, R, j, 0);
-    return;
-  }
-  for (int64_t j = j0; j < j1; ++j) {
-    int64_t m = 0;
-    for (; m + 4 <= p.M; m += 4) i2_none_block<1, 4>(p, W, R, j, m);
-    switch (p.M - m) {
-      case 3: i2_none_block<1, 3>(p, W, R, j, m); break;
-      case 2: i2_none_block<1, 2>(p, W, R, j, m); break;
-      case 1: i2_none_block<1, 1>(p, W, R, j, m); break;
-      default: break;
-    }
-  }
-}
+TERNARY_X86_I2_BLOCK(I2None, i2_none_block);
+void i2_none_impl(const Problem& p, int64_t j0, int64_t j1) { tile_units<I2None, 2, 1, 4>(p, j0, j1); }
 
 // act="none", i8: sign-extend 16 bytes to dwords, convert, FMA.
 template <int RB, int MB>
@@ -350,29 +293,8 @@ void i8_none_block(const Problem& p, const int8_t* W, int64_t n, int64_t m) {
       p.y[(m + mb) * p.ldy + n + rb] = epilogue_none(p, n + rb, sums[rb][mb]);
 }
 
-void i8_none_impl(const Problem& p, int64_t n0, int64_t n1) {
-  const auto* W = static_cast<const int8_t*>(p.weight);
-  if (p.M == 1) {
-    int64_t n = n0;
-    for (; n + 8 <= n1; n += 8) i8_none_block<8, 1>(p, W, n, 0);
-    for (; n < n1; ++n) i8_none_block<1, 1>(p, W, n, 0);
-    return;
-  }
-  auto rows = [&](int64_t n, auto rb_tag) {
-    constexpr int RB = decltype(rb_tag)::value;
-    int64_t m = 0;
-    for (; m + 4 <= p.M; m += 4) i8_none_block<RB, 4>(p, W, n, m);
-    switch (p.M - m) {
-      case 3: i8_none_block<RB, 3>(p, W, n, m); break;
-      case 2: i8_none_block<RB, 2>(p, W, n, m); break;
-      case 1: i8_none_block<RB, 1>(p, W, n, m); break;
-      default: break;
-    }
-  };
-  int64_t n = n0;
-  for (; n + 4 <= n1; n += 4) rows(n, std::integral_constant<int, 4>());
-  for (; n < n1; ++n) rows(n, std::integral_constant<int, 1>());
-}
+TERNARY_X86_I8_BLOCK(I8None, i8_none_block);
+void i8_none_impl(const Problem& p, int64_t n0, int64_t n1) { tile_units<I8None, 8, 4, 4>(p, n0, n1); }
 
 }  // namespace
 

@@ -5,6 +5,7 @@
 #pragma once
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "../cpu/kernels.h"
 
@@ -40,6 +41,55 @@ constexpr int64_t kKBlock = 65536;
 // hardware prefetchers alone (hot and cold, 2 threads, 4096x4096 i2), 512 best of 512-4096.
 constexpr int64_t kPrefetchBytes = 512;
 #define TERNARY_PREFETCH(p) _mm_prefetch(reinterpret_cast<const char*>(p) + kPrefetchBytes, _MM_HINT_T0)
+
+// Runs Block::run<RB, MB>(p, u, m) for MB = rem if 0 < rem <= MB, else nothing: the M tail.
+template <class Block, int RB, int MB>
+inline void run_m_tail(const Problem& p, int64_t u, int64_t m, int64_t rem) {
+  if constexpr (MB > 0) {
+    if (rem == MB) Block::template run<RB, MB>(p, u, m);
+    else run_m_tail<Block, RB, MB - 1>(p, u, m, rem);
+  }
+}
+
+// The tile walk every x86 kernel shares. Block is a struct with
+// `template <int RB, int MB> static void run(const Problem&, int64_t u, int64_t m)` computing RB
+// row units x MB activation rows. M = 1 (decode): tiles of RB1 units, then single units. M > 1:
+// tiles of RBM units x MBMax activation rows (each weight tile stays in L1 while the activation
+// rows pass over it), then the unit and row tails.
+template <class Block, int RB1, int RBM, int MBMax>
+inline void tile_units(const Problem& p, int64_t u0, int64_t u1) {
+  int64_t u = u0;
+  if (p.M == 1) {
+    for (; u + RB1 <= u1; u += RB1) Block::template run<RB1, 1>(p, u, 0);
+    for (; u < u1; ++u) Block::template run<1, 1>(p, u, 0);
+    return;
+  }
+  auto rows = [&](int64_t uu, auto rb_tag) {
+    constexpr int RB = decltype(rb_tag)::value;
+    int64_t m = 0;
+    for (; m + MBMax <= p.M; m += MBMax) Block::template run<RB, MBMax>(p, uu, m);
+    run_m_tail<Block, RB, MBMax - 1>(p, uu, m, p.M - m);
+  };
+  for (; u + RBM <= u1; u += RBM) rows(u, std::integral_constant<int, RBM>());
+  for (; u < u1; ++u) rows(u, std::integral_constant<int, 1>());
+}
+
+// Adapters from the kernels' block functions (weight pointer and, for i2, R passed in) to
+// tile_units' Block interface.
+#define TERNARY_X86_I2_BLOCK(Name, fn)                                                       \
+  struct Name {                                                                              \
+    template <int RB, int MB>                                                                \
+    static void run(const Problem& p, int64_t j, int64_t m) {                                \
+      fn<RB, MB>(p, static_cast<const uint8_t*>(p.weight), i2_packed_rows(p.N), j, m);       \
+    }                                                                                        \
+  }
+#define TERNARY_X86_I8_BLOCK(Name, fn)                                                       \
+  struct Name {                                                                              \
+    template <int RB, int MB>                                                                \
+    static void run(const Problem& p, int64_t n, int64_t m) {                                \
+      fn<RB, MB>(p, static_cast<const int8_t*>(p.weight), n, m);                             \
+    }                                                                                        \
+  }
 
 }  // namespace
 }  // namespace ternary::cpu::x86

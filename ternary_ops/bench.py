@@ -367,8 +367,20 @@ def main(argv=None) -> int:
     fmts = [f for f in args.formats.split(",") if f]
     acts = [a for a in args.act.split(",") if a]
     modes = [m for m in args.modes.split(",") if m]
+    dense_dtypes = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+                    "bf16": torch.bfloat16}
+    bad = [d for d in args.dense.split(",") if d and d not in dense_dtypes and d != "none"]
+    if bad:
+        raise SystemExit(f"--dense: expected a comma-separated subset of float32, bfloat16 (or "
+                         f"'none'), got {', '.join(bad)}")
     dense = [] if args.dense in ("", "none") else [
-        {"float32": torch.float32, "bfloat16": torch.bfloat16}[d] for d in args.dense.split(",")]
+        dense_dtypes[d] for d in args.dense.split(",") if d]
+    for name, values, allowed in (("--formats", fmts, ("i2", "i8")),
+                                  ("--act", acts, ("int8", "none")),
+                                  ("--modes", modes, ("hot", "cold"))):
+        if not values or any(v not in allowed for v in values):
+            raise SystemExit(f"{name}: expected a comma-separated subset of "
+                             f"{', '.join(allowed)}, got {','.join(values) or 'nothing'}")
 
     info = {
         "device": str(device), "device_name": device_name(device),

@@ -10,6 +10,7 @@ the same process and is the 100% mark for the weight GB/s.
 Usage: python benchmarks/cuda_bench.py [--m 1 4 16 128] [--formats i2 i8] [--out results.md]
 """
 import argparse
+import functools
 import json
 import math
 import os
@@ -21,6 +22,8 @@ import torch.nn.functional as F
 
 import ternary_ops as tops
 from ternary_ops import reference
+
+from cuda_profile import graph_time  # same directory: the scripts run as benchmarks/*.py
 
 SHAPES = [(2560, 2560), (6912, 2560), (2560, 6912), (4096, 4096), (14336, 4096), (4096, 14336)]
 
@@ -70,23 +73,7 @@ def time_rotating(fn, copies, l2_bytes, bytes_per_call, replays=30):
 def graph_floor(calls=64, replays=20):
     """Per-op time in a CUDA graph of back-to-back calls at a tiny shape (no bytes to speak of):
     the fixed cost that bounds what a single op can reach at any shape."""
-    def per_call(fn):
-        fn()
-        torch.cuda.synchronize()
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            for _ in range(calls):
-                fn()
-        g.replay()
-        ts = []
-        for _ in range(replays):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            g.replay()
-            b.record()
-            b.synchronize()
-            ts.append(a.elapsed_time(b) * 1e3 / calls)
-        return statistics.median(ts)
+    per_call = functools.partial(graph_time, calls=calls, replays=replays)
 
     e = torch.zeros(1, device="cuda")
     x = torch.randn(1, 64, device="cuda", dtype=torch.bfloat16)

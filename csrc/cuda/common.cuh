@@ -64,13 +64,15 @@ __device__ __forceinline__ uint32_t word(const uint4& v, int i) {
 }
 
 // 16 weight bytes of one row starting at column k0 (zeros past K). VEC: K % 16 == 0 and the base
-// is 16-byte aligned, so a chunk is either wholly inside the row or wholly past it. Weights are
-// streamed once: evict-first loads keep them from displacing the activations in cache.
-template <bool VEC>
+// is 16-byte aligned, so a chunk is either wholly inside the row or wholly past it. STREAM: the
+// weights are read once (GEMV), and evict-first loads keep them from displacing the
+// activations in cache; the tiled kernels re-read them from L2 and use plain loads.
+template <bool VEC, bool STREAM = true>
 __device__ __forceinline__ uint4 load_w16(const uint8_t* row, int64_t k0, int64_t K, bool valid) {
   if (!valid || k0 >= K) return make_uint4(0, 0, 0, 0);
   if constexpr (VEC) {
-    return __ldcs(reinterpret_cast<const uint4*>(row + k0));
+    const auto* p = reinterpret_cast<const uint4*>(row + k0);
+    return STREAM ? __ldcs(p) : __ldg(p);
   } else {
     uint32_t w[4] = {0, 0, 0, 0};
 #pragma unroll
@@ -100,6 +102,18 @@ __device__ __forceinline__ void pdl_wait() {
 #endif
 }
 
+// Asks L2 for `bytes` (a multiple of 16) from the 16-byte aligned p, without reading anything
+// into registers: L2 is the device's point of coherence, so this is safe before pdl_wait even
+// when the predecessor writes the same memory (the later loads still see its writes).
+__device__ __forceinline__ void prefetch_l2(const void* p, uint32_t bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
+#elif defined(__CUDA_ARCH__)
+  for (uint32_t o = 0; o < bytes; o += 128)
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(static_cast<const char*>(p) + o));
+#endif
+}
+
 // Whether launches on the current device may use programmatic dependent launch.
 bool pdl_enabled();
 
@@ -125,8 +139,9 @@ cudaError_t launch(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_
   return launch_smem(kernel, grid, block, 0, stream, pdl, std::forward<Args>(args)...);
 }
 
-// Streaming multiprocessors of the current device (cached per device).
+// Streaming multiprocessors and L2 bytes of the current device (cached per device).
 int device_sms();
+int64_t device_l2_bytes();
 
 // The int8 tensor-core path for M > kGemvMaxM (mma_int8.cu).
 cudaError_t launch_mma_int8(const Linear& p, cudaStream_t stream, bool pdl);

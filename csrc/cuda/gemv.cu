@@ -46,6 +46,18 @@ int device_sms() {
   return sms_of[dev];
 }
 
+int64_t device_l2_bytes() {
+  static int64_t l2_of[64] = {0};  // per device, 0 = not yet read
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return 0;
+  if (l2_of[dev] == 0) {
+    int n = 0;
+    if (cudaDeviceGetAttribute(&n, cudaDevAttrL2CacheSize, dev) != cudaSuccess || n < 1) return 0;
+    l2_of[dev] = n;
+  }
+  return l2_of[dev];
+}
+
 namespace {
 
 constexpr int kThreads = 256;
@@ -304,7 +316,7 @@ __device__ __forceinline__ uint32_t quant_pack4(const float (&v)[4], float s) {
 
 template <int MT, bool I2, bool FUSED, bool VEC, typename T>
 __global__ void __launch_bounds__(kPersistWarps * 32, 1)
-    gemv_int8_persistent_kernel(const Linear p, bool xvec, int split) {
+    gemv_int8_persistent_kernel(const Linear p, bool xvec, int split, int prefetch_units) {
   constexpr int RPU = I2 ? kI2RowsPerByte : 1;
   constexpr int NOUT = RPU * MT;  // outputs per unit; lane i < NOUT holds output (i / MT, i % MT)
   constexpr int B = kPersistBatch;
@@ -328,15 +340,25 @@ __global__ void __launch_bounds__(kPersistWarps * 32, 1)
     for (int j = 0; j < B; ++j) w[j] = load_w16<VEC>(row, ((b * B + j) * 32 + lane) * 16, K, ok);
   };
 
+  // The next kernel may be scheduled at once: it waits for this one before reading anything.
+  pdl_launch_dependents();
+  if constexpr (VEC) {
+    // Ask L2 for the block's first prefetch_units rows (unit blockIdx.x + j * gridDim.x, in
+    // the order the groups take them) before waiting on the predecessor: under PDL the
+    // weight stream starts during the predecessor's tail and this kernel's own prologue.
+    for (int64_t j = threadIdx.x; j < prefetch_units; j += blockDim.x) {
+      const int64_t u = blockIdx.x + j * gridDim.x;
+      if (u < units) prefetch_l2(W + u * K, static_cast<uint32_t>(K));
+    }
+  }
+
   uint4 cur[B], nxt[B];
   float inv[MT];
   int32_t qsum[MT];
   const int8_t* q;
   if constexpr (FUSED) {
-    // The predecessor may have written x (or anything else): wait before the first read. Then
-    // let the next kernel be scheduled; it waits for this one the same way.
+    // The predecessor may have written x (or anything else): wait before the first read.
     pdl_wait();
-    pdl_launch_dependents();
     load_batch(cur, item, batch);  // in flight during the quantization below
     const T* X = static_cast<const T*>(p.x);
     const int64_t groups = (K + 3) / 4;
@@ -565,6 +587,20 @@ unsigned gemv_threads(int64_t K) {
 struct PersistGrid {
   int blocks_per_sm = 1, max_warps = kPersistWarps, max_split = kPersistMaxSplit;
 };
+
+// Weight rows each persistent block asks L2 for before its prologue: all of its rows while
+// the grid's total stays within half the L2 (more would evict rows before they are read), at
+// least one. TERNARY_OPS_CUDA_PREFETCH=0 turns the prefetch off (for measuring it).
+int64_t prefetch_units_per_block(int64_t units, int64_t blocks, int64_t K) {
+  static const bool on = [] {
+    const char* v = std::getenv("TERNARY_OPS_CUDA_PREFETCH");
+    return !(v && std::strcmp(v, "0") == 0);
+  }();
+  if (!on || K > (int64_t(1) << 30)) return 0;
+  const int64_t own = (units + blocks - 1) / blocks;
+  const int64_t fit = device_l2_bytes() / 2 / (blocks * K);
+  return own < fit ? own : (fit > 1 ? fit : 1);
+}
 PersistGrid persist_grid() {
   static const PersistGrid g = [] {
     PersistGrid r;
@@ -604,7 +640,8 @@ cudaError_t gemv_int8_persistent(const Linear& p, cudaStream_t stream, bool pdl)
   const bool xvec = p.K % 4 == 0 && reinterpret_cast<uintptr_t>(p.x) % (4 * sizeof(T)) == 0;
   auto* kernel = vec ? gemv_int8_persistent_kernel<MT, I2, FUSED, true, T>
                      : gemv_int8_persistent_kernel<MT, I2, FUSED, false, T>;
-  return launch_smem(kernel, grid, block, smem, stream, pdl, p, xvec, split);
+  const int prefetch = static_cast<int>(prefetch_units_per_block(units, blocks, p.K));
+  return launch_smem(kernel, grid, block, smem, stream, pdl, p, xvec, split, prefetch);
 }
 
 template <int MT, bool I2>

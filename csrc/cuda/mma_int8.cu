@@ -8,16 +8,10 @@
 // the products pair up exactly as in the unpermuted sum. One 16-byte load of an i2 byte row is
 // four n8 tiles (its four 2-bit fields), decoded to codes w + 1 by one shift and mask per word;
 // sum(q) per row removes the offset in the epilogue.
-//
-// Block: 4 warps along n; warp tile 16 kMTiles (m) x 32 (n), kMTiles = 1, 2 or 4 chosen so the
-// grid fills the GPU. Activation tiles are re-read by the four
-// warps from L1; weights are read once per 64-row m block (from L2 after the first).
 #include "common.cuh"
 
 namespace ternary::cuda {
 namespace {
-
-constexpr int kWarps = 4;
 
 __device__ __forceinline__ void mma_s8(int32_t (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2,
                                        uint32_t a3, uint32_t b0, uint32_t b1) {
@@ -28,92 +22,112 @@ __device__ __forceinline__ void mma_s8(int32_t (&d)[4], uint32_t a0, uint32_t a1
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-// kMTiles m16 tiles per warp: the warp tile is (16 kMTiles) x 32, the block tile
-// (16 kMTiles) x 128 outputs.
+// Block: kKWarps warps on one 32-output n tile (i8: 32 rows; i2: 8 byte rows x 4 fields) and
+// 16 kMTiles rows of m; the warps take the 64-column k-steps in turn (warp w: steps w,
+// w + kKWarps, ...), loading the next step's weights before the current step's mma. Splitting
+// k inside the block keeps every SM busy when N / 32 * M / 16 tiles are few (a decoder layer at
+// M = 16 has 80-448 of them), and the partial sums meet in shared memory, added in warp order:
+// exact integers in a fixed order, so the result does not depend on the split.
+constexpr int kKWarps = 8;
+
 template <int kMTiles, bool I2, bool VEC>
-__global__ void __launch_bounds__(kWarps * 32) mma_int8_warp16mx32n_kernel(const Linear p) {
+__global__ void __launch_bounds__(kKWarps * 32) mma_int8_ksplit_kernel(const Linear p) {
   constexpr int kBM = 16 * kMTiles;
-  // Units (i8: output rows; i2: byte rows) per warp: 32 rows, or 8 byte rows x 4 fields.
-  constexpr int kUnitsPerWarp = I2 ? 8 : 32;
+  constexpr int kUnits = I2 ? 8 : 32;   // weight units per n tile
+  constexpr int kBLoads = I2 ? 1 : 4;   // 16-byte B loads per k-step: i2 one byte row, i8 one per n8
+  __shared__ int32_t red[kKWarps][16][32];  // [warp][accumulator nt * 4 + i][lane]
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const int64_t units = units_of(I2, p.N);
-  const int64_t unit0 = (int64_t(blockIdx.x) * kWarps + warp) * kUnitsPerWarp;
-  const int64_t K = p.K, ldq = q_ld(K), M = p.M;
+  const int64_t units = units_of(I2, p.N), K = p.K, ldq = q_ld(K), M = p.M;
+  const int64_t ksteps = (K + 63) / 64, ntiles = (units + kUnits - 1) / kUnits;
+  const int64_t mblocks = (M + kBM - 1) / kBM;
   const auto* W = static_cast<const uint8_t*>(p.weight);
 
-  // Rows of B this thread loads: i2 one byte row (its fields are the 4 n8 tiles), i8 one per tile.
-  constexpr int kBLoads = I2 ? 1 : 4;
-  const uint8_t* brow[kBLoads];
-  bool bvalid[kBLoads];
+  // The predecessor is the quantize pre-pass, which writes only q / inv / qsum (and was itself
+  // launched after everything before it finished): weights may be read before waiting for it.
+  for (int64_t nb = blockIdx.y; nb < ntiles; nb += gridDim.y) {
+    const int64_t unit0 = nb * kUnits;
+    const uint8_t* brow[kBLoads];
+    bool bvalid[kBLoads];
 #pragma unroll
-  for (int j = 0; j < kBLoads; ++j) {
-    const int64_t u = unit0 + j * 8 + g;
-    bvalid[j] = u < units;
-    brow[j] = W + (bvalid[j] ? u : 0) * K;
-  }
-  pdl_wait();
-
-  const int64_t mblocks = (M + kBM - 1) / kBM;
-  for (int64_t mb = blockIdx.y; mb < mblocks; mb += gridDim.y) {
-    const int64_t m0 = mb * kBM;
-    const int mtiles = static_cast<int>((M - m0 + 15) / 16 < kMTiles ? (M - m0 + 15) / 16 : kMTiles);
-    const int8_t* arow[kMTiles][2];
-    bool avalid[kMTiles][2];
-#pragma unroll
-    for (int mt = 0; mt < kMTiles; ++mt)
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int64_t m = m0 + mt * 16 + h * 8 + g;
-        avalid[mt][h] = m < M;
-        arow[mt][h] = p.q + (m < M ? m : 0) * ldq;
-      }
-
-    int32_t acc[kMTiles][4][4];
-#pragma unroll
-    for (int mt = 0; mt < kMTiles; ++mt)
-#pragma unroll
-      for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) acc[mt][nt][i] = 0;
-
-    for (int64_t k0 = 0; k0 < K; k0 += 64) {
-      const int64_t kc = k0 + 16 * t;
-      uint4 b[kBLoads];
-#pragma unroll
-      for (int j = 0; j < kBLoads; ++j) b[j] = load_w16<VEC>(brow[j], kc, K, bvalid[j]);
-      uint4 a[kMTiles][2];
+    for (int j = 0; j < kBLoads; ++j) {
+      const int64_t u = unit0 + j * 8 + g;
+      bvalid[j] = u < units;
+      brow[j] = W + (bvalid[j] ? u : 0) * K;
+    }
+    for (int64_t mb = blockIdx.x; mb < mblocks; mb += gridDim.x) {
+      const int64_t m0 = mb * kBM;
+      const int mtiles = static_cast<int>((M - m0 + 15) / 16 < kMTiles ? (M - m0 + 15) / 16 : kMTiles);
+      const int8_t* arow[kMTiles][2];
+      bool avalid[kMTiles][2];
 #pragma unroll
       for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
-        for (int h = 0; h < 2; ++h)
-          a[mt][h] = mt < mtiles && avalid[mt][h]
-                         ? __ldg(reinterpret_cast<const uint4*>(arow[mt][h] + kc))
-                         : make_uint4(0, 0, 0, 0);
-#pragma unroll
-      for (int nt = 0; nt < 4; ++nt) {
-        uint32_t bw[4];
-#pragma unroll
-        for (int i = 0; i < 4; ++i)
-          bw[i] = I2 ? (word(b[0], i) >> (2 * nt)) & 0x03030303u : word(b[I2 ? 0 : nt], i);
-#pragma unroll
-        for (int mt = 0; mt < kMTiles; ++mt) {
-          if (mt < mtiles) {
-            mma_s8(acc[mt][nt], a[mt][0].x, a[mt][1].x, a[mt][0].y, a[mt][1].y, bw[0], bw[1]);
-            mma_s8(acc[mt][nt], a[mt][0].z, a[mt][1].z, a[mt][0].w, a[mt][1].w, bw[2], bw[3]);
-          }
+        for (int h = 0; h < 2; ++h) {
+          const int64_t m = m0 + mt * 16 + h * 8 + g;
+          avalid[mt][h] = mt < mtiles && m < M;
+          arow[mt][h] = p.q + (avalid[mt][h] ? m : 0) * ldq;
         }
-      }
-    }
 
-    // Accumulator i of tile (mt, nt): row g (+8 for i >= 2), column 2t + (i & 1) of the n8 tile.
+      int32_t acc[kMTiles][4][4];
 #pragma unroll
-    for (int mt = 0; mt < kMTiles; ++mt)
+      for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
-      for (int nt = 0; nt < 4; ++nt)
+        for (int nt = 0; nt < 4; ++nt)
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const int64_t m = m0 + mt * 16 + g + (i >= 2 ? 8 : 0);
-          const int col = 2 * t + (i & 1);
+          for (int i = 0; i < 4; ++i) acc[mt][nt][i] = 0;
+
+      uint4 b[kBLoads];
+#pragma unroll
+      for (int j = 0; j < kBLoads; ++j)
+        b[j] = load_w16<VEC, false>(brow[j], warp * 64 + 16 * t, K, bvalid[j]);
+      pdl_wait();  // returns at once after the first time
+      for (int64_t ks = warp; ks < ksteps; ks += kKWarps) {
+        const int64_t kc = ks * 64 + 16 * t;
+        uint4 bn[kBLoads];
+#pragma unroll
+        for (int j = 0; j < kBLoads; ++j)
+          bn[j] = load_w16<VEC, false>(brow[j], kc + kKWarps * 64, K, bvalid[j]);
+        uint4 a[kMTiles][2];
+#pragma unroll
+        for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+          for (int h = 0; h < 2; ++h)
+            a[mt][h] = avalid[mt][h] ? __ldg(reinterpret_cast<const uint4*>(arow[mt][h] + kc))
+                                     : make_uint4(0, 0, 0, 0);
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+          uint32_t bw[4];
+#pragma unroll
+          for (int i = 0; i < 4; ++i)
+            bw[i] = I2 ? (word(b[0], i) >> (2 * nt)) & 0x03030303u : word(b[I2 ? 0 : nt], i);
+#pragma unroll
+          for (int mt = 0; mt < kMTiles; ++mt)
+            if (mt < mtiles) {
+              mma_s8(acc[mt][nt], a[mt][0].x, a[mt][1].x, a[mt][0].y, a[mt][1].y, bw[0], bw[1]);
+              mma_s8(acc[mt][nt], a[mt][0].z, a[mt][1].z, a[mt][0].w, a[mt][1].w, bw[2], bw[3]);
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < kBLoads; ++j) b[j] = bn[j];
+      }
+
+      // Accumulator i of tile (mt, nt) of lane (g, t): row g (+8 for i >= 2), column
+      // 2t + (i & 1) of the n8 tile. Each m16 tile's 8 x 512 partial sums meet in `red`.
+#pragma unroll
+      for (int mt = 0; mt < kMTiles; ++mt) {
+        if (mt >= mtiles) break;  // uniform over the block
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) red[warp][nt * 4 + i][lane] = acc[mt][nt][i];
+        __syncthreads();
+        for (int e = threadIdx.x; e < 16 * 32; e += blockDim.x) {
+          const int idx = e / 32, ln = e % 32, nt = idx / 4, i = idx % 4;
+          int32_t dot = 0;
+#pragma unroll
+          for (int w = 0; w < kKWarps; ++w) dot += red[w][idx][ln];
+          const int64_t m = m0 + mt * 16 + ln / 4 + (i >= 2 ? 8 : 0);
+          const int col = 2 * (ln % 4) + (i & 1);
           int64_t n;
           if (I2) {
             const int64_t u = unit0 + col;
@@ -122,53 +136,44 @@ __global__ void __launch_bounds__(kWarps * 32) mma_int8_warp16mx32n_kernel(const
             n = unit0 + nt * 8 + col;
           }
           if (m < M && n < p.N) {
-            const int32_t dot = I2 ? acc[mt][nt][i] - p.qsum[m] : acc[mt][nt][i];
+            if (I2) dot -= p.qsum[m];  // codes are w + 1
             store_out(p.y, m * p.N + n,
                       epilogue_int8(dot, p.inv[m], p.scale[n * p.scale_stride], p.bias, n),
                       p.dtype);
           }
         }
+        __syncthreads();
+      }
+    }
   }
 }
 
-int sm_count() {
-  static int count[64] = {0};
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return 1;
-  if (count[dev] == 0 &&
-      cudaDeviceGetAttribute(&count[dev], cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
-    count[dev] = 1;
-  return count[dev];
+template <int kMTiles, bool I2>
+cudaError_t launch_mt(const Linear& p, cudaStream_t stream, bool pdl) {
+  const int64_t units = units_of(p.i2, p.N);
+  const int64_t ntiles = (units + (I2 ? 8 : 32) - 1) / (I2 ? 8 : 32);
+  const int64_t mblocks = (p.M + 16 * kMTiles - 1) / (16 * kMTiles);
+  // m blocks along x, so the blocks sharing an n tile run together and share its weights in L2.
+  const dim3 grid(static_cast<unsigned>(mblocks < (int64_t(1) << 30) ? mblocks : int64_t(1) << 30),
+                  static_cast<unsigned>(ntiles < 65535 ? ntiles : 65535));
+  const bool vec = p.K % 16 == 0 && reinterpret_cast<uintptr_t>(p.weight) % 16 == 0;
+  const dim3 block(kKWarps * 32);
+  return vec ? launch(mma_int8_ksplit_kernel<kMTiles, I2, true>, grid, block, stream, pdl, p)
+             : launch(mma_int8_ksplit_kernel<kMTiles, I2, false>, grid, block, stream, pdl, p);
 }
 
 template <int kMTiles>
-cudaError_t launch_mt(const Linear& p, cudaStream_t stream, bool pdl) {
-  const int64_t units = units_of(p.i2, p.N);
-  const int64_t per_block = kWarps * (p.i2 ? 8 : 32);
-  const int64_t mblocks = (p.M + 16 * kMTiles - 1) / (16 * kMTiles);
-  const dim3 grid(static_cast<unsigned>((units + per_block - 1) / per_block),
-                  static_cast<unsigned>(mblocks < 65535 ? mblocks : 65535));
-  const bool vec = p.K % 16 == 0 && reinterpret_cast<uintptr_t>(p.weight) % 16 == 0;
-  const dim3 block(kWarps * 32);
-  if (p.i2)
-    return vec ? launch(mma_int8_warp16mx32n_kernel<kMTiles, true, true>, grid, block, stream, pdl, p)
-               : launch(mma_int8_warp16mx32n_kernel<kMTiles, true, false>, grid, block, stream, pdl, p);
-  return vec ? launch(mma_int8_warp16mx32n_kernel<kMTiles, false, true>, grid, block, stream, pdl, p)
-             : launch(mma_int8_warp16mx32n_kernel<kMTiles, false, false>, grid, block, stream, pdl, p);
+cudaError_t launch_mt_format(const Linear& p, cudaStream_t stream, bool pdl) {
+  return p.i2 ? launch_mt<kMTiles, true>(p, stream, pdl) : launch_mt<kMTiles, false>(p, stream, pdl);
 }
 
 }  // namespace
 
-// The largest warp tile (most reuse of each load) that still gives every SM two blocks; past
-// 16 rows, at least two m16 tiles.
+// The warp tile grows with M (more reuse of each weight load): 16, 32, then 64 rows.
 cudaError_t launch_mma_int8(const Linear& p, cudaStream_t stream, bool pdl) {
-  const int64_t units = units_of(p.i2, p.N);
-  const int64_t nblocks = (units + kWarps * (p.i2 ? 8 : 32) - 1) / (kWarps * (p.i2 ? 8 : 32));
-  const int64_t want = 2 * int64_t(sm_count());
-  auto blocks = [&](int64_t bm) { return nblocks * ((p.M + bm - 1) / bm); };
-  if (blocks(64) >= want) return launch_mt<4>(p, stream, pdl);
-  if (p.M > 16) return launch_mt<2>(p, stream, pdl);
-  return launch_mt<1>(p, stream, pdl);
+  if (p.M <= 16) return launch_mt_format<1>(p, stream, pdl);
+  if (p.M <= 32) return launch_mt_format<2>(p, stream, pdl);
+  return launch_mt_format<4>(p, stream, pdl);
 }
 
 }  // namespace ternary::cuda

@@ -24,6 +24,8 @@ SHAPES = [(1, 1, 1), (1, 5, 7), (2, 3, 16), (3, 13, 33), (4, 64, 64), (5, 31, 10
           # act="int8" GEMV, M <= 2: quantized in the kernel up to M * K = 32768, pre-pass
           # above it; M > 2: pre-pass and the block kernel.
           (2, 600, 16384), (8, 70, 4100), (1, 9, 33000),
+          # M * K >= 6144 and K % 4 == 0: x quantized from registers; K % 4 != 0: two passes.
+          (1, 3000, 8192), (2, 1000, 6000), (1, 500, 7001),
           # mma: many n tiles, k-steps not a multiple of the 8 k-split warps, M past 64.
           (20, 3001, 600), (100, 515, 1472)]
 

@@ -14,10 +14,14 @@ namespace ternary::cuda {
 // setup.py builds with --use_fast_math, which would turn '/' into an approximate divide and
 // fuse multiply-adds: every step that must match the reference bit for bit spells out its
 // IEEE round-to-nearest intrinsic.
+__device__ __forceinline__ float epilogue_int8(int32_t dot, float inv, float s, bool has_bias,
+                                               float b) {
+  const float v = __fmul_rn(__fdiv_rn(__int2float_rn(dot), inv), s);
+  return has_bias ? __fadd_rn(v, b) : v;
+}
 __device__ __forceinline__ float epilogue_int8(int32_t dot, float inv, float s, const float* bias,
                                                int64_t n) {
-  const float v = __fmul_rn(__fdiv_rn(__int2float_rn(dot), inv), s);
-  return bias ? __fadd_rn(v, bias[n]) : v;
+  return epilogue_int8(dot, inv, s, bias != nullptr, bias ? bias[n] : 0.0f);
 }
 
 __device__ __forceinline__ float epilogue_none(float dot, float s, const float* bias, int64_t n) {

@@ -268,6 +268,7 @@ __global__ void __launch_bounds__(kThreads) gemv_int8_block_kernel(const Linear 
 constexpr int kPersistWarps = 16;
 constexpr int kPersistMaxSplit = 4;
 constexpr int kPersistBatch = 8;
+constexpr int64_t kXRegsMinMK = 6144;
 
 __device__ __forceinline__ void named_barrier(int id, int threads) {
   asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
@@ -316,7 +317,8 @@ __device__ __forceinline__ uint32_t quant_pack4(const float (&v)[4], float s) {
 
 template <int MT, bool I2, bool FUSED, bool VEC, typename T>
 __global__ void __launch_bounds__(kPersistWarps * 32, 1)
-    gemv_int8_persistent_kernel(const Linear p, bool xvec, int split, int prefetch_units) {
+    gemv_int8_persistent_kernel(const Linear p, bool xvec, int split, int prefetch_units,
+                                bool weights_first, bool xregs) {
   constexpr int RPU = I2 ? kI2RowsPerByte : 1;
   constexpr int NOUT = RPU * MT;  // outputs per unit; lane i < NOUT holds output (i / MT, i % MT)
   constexpr int B = kPersistBatch;
@@ -352,58 +354,117 @@ __global__ void __launch_bounds__(kPersistWarps * 32, 1)
     }
   }
 
+  // Scale and bias of this lane's output of unit u (lane < NOUT of a group's first warp),
+  // loaded when the unit's first batch is, so the unit's epilogue waits for no load.
+  auto load_epilogue = [&](int64_t u, float& sc, float& bi) {
+    const int64_t n = I2 ? u + (lane / MT) * units : u;
+    const bool ok = part == 0 && lane < NOUT && u < units && n < p.N;
+    sc = ok ? p.scale[n * p.scale_stride] : 0.0f;
+    bi = ok && p.bias ? p.bias[n] : 0.0f;
+  };
+
   uint4 cur[B], nxt[B];
+  float sc_cur, bi_cur, sc_nxt = 0.0f, bi_nxt = 0.0f;
   float inv[MT];
   int32_t qsum[MT];
   const int8_t* q;
   if constexpr (FUSED) {
     // The predecessor may have written x (or anything else): wait before the first read.
     pdl_wait();
-    load_batch(cur, item, batch);  // in flight during the quantization below
+    // weights_first: the first batch is in flight during the quantization below; otherwise
+    // x is read first, so its loads do not queue behind the batch's (the L2 prefetch above
+    // keeps the weights moving meanwhile).
+    if (weights_first) load_batch(cur, item, batch);
     const T* X = static_cast<const T*>(p.x);
-    const int64_t groups = (K + 3) / 4;
+    const int64_t qgroups = ldq / 4;  // groups of 4 columns, zero past K
+    auto* qs = reinterpret_cast<uint32_t*>(smem_q);
     float amax[MT];
-#pragma unroll
-    for (int m = 0; m < MT; ++m) amax[m] = 0.0f;
-#pragma unroll 4
-    for (int64_t g = threadIdx.x; g < groups; g += blockDim.x)
-#pragma unroll
-      for (int m = 0; m < MT; ++m)
-        if (m < M) {
-          float v[4];
-          load_x4(X + m * K, 4 * g, K, xvec, v);
-          amax[m] = fmaxf(fmaxf(fmaxf(amax[m], fabsf(v[0])), fmaxf(fabsf(v[1]), fabsf(v[2]))),
-                          fabsf(v[3]));
-        }
-#pragma unroll
-    for (int m = 0; m < MT; ++m) {
-      float a = amax[m];
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, o));
-      if (lane == 0) red_f[warp * MT + m] = a;
-    }
-    __syncthreads();
-#pragma unroll
-    for (int m = 0; m < MT; ++m) {
-      float a = 0.0f;
-      for (int w = 0; w < nwarps; ++w) a = fmaxf(a, red_f[w * MT + m]);
-      inv[m] = __fdiv_rn(kActQMax, fmaxf(a, kActEps));
-    }
     int32_t part_sum[MT];
 #pragma unroll
-    for (int m = 0; m < MT; ++m) part_sum[m] = 0;
-    auto* qs = reinterpret_cast<uint32_t*>(smem_q);
-#pragma unroll 4
-    for (int64_t g = threadIdx.x; g < ldq / 4; g += blockDim.x)  // zeros past K
+    for (int m = 0; m < MT; ++m) {
+      amax[m] = 0.0f;
+      part_sum[m] = 0;
+    }
+    auto add_amax = [](float& a, const float (&v)[4]) {
+      a = fmaxf(fmaxf(fmaxf(a, fabsf(v[0])), fmaxf(fabsf(v[1]), fabsf(v[2]))), fabsf(v[3]));
+    };
+    // Block-wide amax of each row -> inv (exactly as quantize_rows_kernel).
+    auto reduce_amax = [&]() {
+#pragma unroll
+      for (int m = 0; m < MT; ++m) {
+        float a = amax[m];
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, o));
+        if (lane == 0) red_f[warp * MT + m] = a;
+      }
+      __syncthreads();
+#pragma unroll
+      for (int m = 0; m < MT; ++m) {
+        float a = 0.0f;
+        for (int w = 0; w < nwarps; ++w) a = fmaxf(a, red_f[w * MT + m]);
+        inv[m] = __fdiv_rn(kActQMax, fmaxf(a, kActEps));
+      }
+    };
+    auto store_q = [&](int m, int64_t g, const float (&v)[4]) {
+      const uint32_t wq = quant_pack4(v, inv[m]);
+      qs[m * qgroups + g] = wq;
+      part_sum[m] = __dp4a(int(wq), 0x01010101, part_sum[m]);
+    };
+    // x aligned (xvec) and at most kXRegs groups per thread: every load is issued at once, from
+    // an address that is always valid (a dummy in-range one where the group is past K or the
+    // row past M, its value replaced by zeros afterwards: no branch between the loads), and x
+    // is quantized from registers: one L2 round trip. Otherwise two passes over x.
+    constexpr int kXRegs = 16 / MT;
+    if (xvec && xregs && qgroups <= kXRegs * int64_t(blockDim.x)) {
+      const int64_t groups = K / 4;  // xvec: K % 4 == 0
+      float xv[MT][kXRegs][4];
 #pragma unroll
       for (int m = 0; m < MT; ++m)
-        if (m < M) {
-          float v[4];
-          load_x4(X + m * K, 4 * g, K, xvec, v);
-          const uint32_t wq = quant_pack4(v, inv[m]);
-          qs[m * (ldq / 4) + g] = wq;
-          part_sum[m] = __dp4a(int(wq), 0x01010101, part_sum[m]);
+#pragma unroll
+        for (int i = 0; i < kXRegs; ++i) {
+          const int64_t g = threadIdx.x + int64_t(i) * blockDim.x;
+          const bool ok = m < M && g < groups;
+          load_x4v(X + (ok ? m * K + 4 * g : 0), xv[m][i]);
         }
+#pragma unroll
+      for (int m = 0; m < MT; ++m)
+#pragma unroll
+        for (int i = 0; i < kXRegs; ++i) {
+          const int64_t g = threadIdx.x + int64_t(i) * blockDim.x;
+          const bool ok = m < M && g < groups;
+#pragma unroll
+          for (int e = 0; e < 4; ++e) xv[m][i][e] = ok ? xv[m][i][e] : 0.0f;
+          add_amax(amax[m], xv[m][i]);
+        }
+      reduce_amax();
+#pragma unroll
+      for (int m = 0; m < MT; ++m)
+#pragma unroll
+        for (int i = 0; i < kXRegs; ++i) {
+          const int64_t g = threadIdx.x + int64_t(i) * blockDim.x;
+          if (m < M && g < qgroups) store_q(m, g, xv[m][i]);
+        }
+    } else {
+#pragma unroll 4
+      for (int64_t g = threadIdx.x; g < qgroups; g += blockDim.x)
+#pragma unroll
+        for (int m = 0; m < MT; ++m)
+          if (m < M) {
+            float v[4];
+            load_x4(X + m * K, 4 * g, K, xvec, v);
+            add_amax(amax[m], v);
+          }
+      reduce_amax();
+#pragma unroll 4
+      for (int64_t g = threadIdx.x; g < qgroups; g += blockDim.x)
+#pragma unroll
+        for (int m = 0; m < MT; ++m)
+          if (m < M) {
+            float v[4];
+            load_x4(X + m * K, 4 * g, K, xvec, v);
+            store_q(m, g, v);
+          }
+    }
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
       const int32_t t = warp_sum(part_sum[m]);
@@ -417,6 +478,8 @@ __global__ void __launch_bounds__(kPersistWarps * 32, 1)
       qsum[m] = t;
     }
     q = reinterpret_cast<const int8_t*>(smem_q);
+    if (!weights_first) load_batch(cur, item, batch);
+    load_epilogue(item, sc_cur, bi_cur);
   } else {
     // The predecessor is quantize_rows_kernel, which writes only q / inv / qsum: the weights
     // can be requested before waiting for it.
@@ -427,6 +490,7 @@ __global__ void __launch_bounds__(kPersistWarps * 32, 1)
       inv[m] = m < M ? p.inv[m] : 1.0f;
       qsum[m] = m < M ? p.qsum[m] : 0;
     }
+    load_epilogue(item, sc_cur, bi_cur);
     q = p.q;
   }
 
@@ -445,6 +509,7 @@ __global__ void __launch_bounds__(kPersistWarps * 32, 1)
       next_item += stride;
     }
     load_batch(nxt, next_item, next_batch);
+    if (unit_done) load_epilogue(next_item, sc_nxt, bi_nxt);
 #pragma unroll
     for (int j = 0; j < B; ++j) {
       const int64_t c = (batch * B + j) * 32 + lane;
@@ -486,8 +551,12 @@ __global__ void __launch_bounds__(kPersistWarps * 32, 1)
             iv = inv[i];
             qs = qsum[i];
           }
-        store_int8<I2>(p, m, n, t, iv, qs);
+        if (I2) t -= qs;  // codes are w + 1
+        store_out(p.y, m * p.N + n, epilogue_int8(t, iv, sc_cur, p.bias != nullptr, bi_cur),
+                  p.dtype);
       }
+      sc_cur = sc_nxt;
+      bi_cur = bi_nxt;
     }
 #pragma unroll
     for (int j = 0; j < B; ++j) cur[j] = nxt[j];
@@ -641,7 +710,19 @@ cudaError_t gemv_int8_persistent(const Linear& p, cudaStream_t stream, bool pdl)
   auto* kernel = vec ? gemv_int8_persistent_kernel<MT, I2, FUSED, true, T>
                      : gemv_int8_persistent_kernel<MT, I2, FUSED, false, T>;
   const int prefetch = static_cast<int>(prefetch_units_per_block(units, blocks, p.K));
-  return launch_smem(kernel, grid, block, smem, stream, pdl, p, xvec, split, prefetch);
+  static const bool weights_first = [] {
+    const char* v = std::getenv("TERNARY_OPS_CUDA_GEMV_WEIGHTS_FIRST");
+    return v && std::strcmp(v, "1") == 0;
+  }();
+  // x in registers (one pass) pays off for larger x; on H100 it cost 0.3-1.2 us at M * K <=
+  // 4096 (benchmarks/CUDA_RESULTS.md). TERNARY_OPS_CUDA_GEMV_XREGS=0 / 1 forces it off / on.
+  static const int xregs_env = [] {
+    const char* v = std::getenv("TERNARY_OPS_CUDA_GEMV_XREGS");
+    return v && (v[0] == '0' || v[0] == '1') && v[1] == 0 ? v[0] - '0' : -1;
+  }();
+  const bool xregs = xregs_env >= 0 ? xregs_env == 1 : p.M * p.K >= kXRegsMinMK;
+  return launch_smem(kernel, grid, block, smem, stream, pdl, p, xvec, split, prefetch,
+                     weights_first, xregs);
 }
 
 template <int MT, bool I2>

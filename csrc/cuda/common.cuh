@@ -118,6 +118,84 @@ __device__ __forceinline__ void prefetch_l2(const void* p, uint32_t bytes) {
 #endif
 }
 
+// Timeline hooks for benchmarks/cuda_trace.cu, which defines TERNARY_CUDA_TRACE before
+// including the kernels; they compile to nothing otherwise. Per block, thread 0 records
+// %globaltimer (ns, comparable across SMs) and clock64 (cycles, this SM) at numbered points.
+#ifdef TERNARY_CUDA_TRACE
+constexpr int kTracePoints = 5;
+__device__ unsigned long long trace_buf[1 << 22];
+__device__ unsigned int trace_next;
+__device__ __forceinline__ unsigned long long trace_gtimer() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+#define TRACE_POINT(i, cond)                                        \
+  if (threadIdx.x == 0 && (cond)) {                                 \
+    trace_t_[2 * (i)] = trace_gtimer();                             \
+    trace_t_[2 * (i) + 1] = static_cast<unsigned long long>(clock64()); \
+  }
+#define TRACE_BEGIN                                 \
+  unsigned long long trace_t_[2 * kTracePoints] = {}; \
+  TRACE_POINT(0, true)
+#define TRACE_END                                                                        \
+  __syncthreads();                                                                       \
+  TRACE_POINT(kTracePoints - 1, true)                                                    \
+  if (threadIdx.x == 0) {                                                                \
+    unsigned long long* r = trace_buf + (2 * kTracePoints + 1) * atomicAdd(&trace_next, 1u); \
+    r[0] = blockIdx.x;                                                                   \
+    for (int i = 0; i < 2 * kTracePoints; ++i) r[1 + i] = trace_t_[i];                   \
+  }
+#else
+#define TRACE_BEGIN
+#define TRACE_POINT(i, cond)
+#define TRACE_END
+#endif
+
+// sm_90 bulk copies (TMA) into shared memory, completed on an mbarrier. Addresses are shared-
+// window (32-bit) addresses; a CTA's own shared memory is valid as the shared::cluster
+// destination also without a cluster launch.
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
+}
+// Makes initialized mbarriers visible to the bulk-copy (async) proxy; then a block barrier.
+__device__ __forceinline__ void mbar_init_fence() {
+  asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+}
+// Orders this thread's earlier generic-proxy shared-memory accesses (as made visible to it by
+// a block barrier) before its later bulk copies into the same memory.
+__device__ __forceinline__ void fence_proxy_async_smem() {
+  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+}
+// One arrival that also expects `bytes` of bulk copies, then the copy of `bytes` (a multiple of
+// 16, both addresses 16-byte aligned) from global src to shared dst, completing on bar.
+__device__ __forceinline__ void bulk_copy_g2s(uint32_t dst, const void* src, uint32_t bytes,
+                                              uint32_t bar) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes)
+               : "memory");
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::
+          "r"(dst), "l"(src), "r"(bytes), "r"(bar)
+      : "memory");
+}
+// Waits until the phase with the given parity of bar has completed.
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+  asm volatile(
+      "{\n"
+      ".reg .pred done;\n"
+      "WAIT:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra WAIT;\n"
+      "}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
+}
+#endif
+
 // Whether launches on the current device may use programmatic dependent launch.
 bool pdl_enabled();
 

@@ -270,6 +270,15 @@ constexpr int kPersistMaxSplit = 4;
 constexpr int kPersistBatch = 8;
 constexpr int64_t kXRegsMinMK = 6144;
 
+// Per-launch choices of the persistent GEMV (persist_opts below picks them).
+struct PersistOpts {
+  int split = 1;               // warps per unit
+  int prefetch_units = 0;      // weight rows per block asked of L2 up front (0: none)
+  bool xvec = false;           // x rows 4-element aligned, K % 4 == 0
+  bool xregs = false;          // quantize x from registers (one pass) when it fits
+  bool weights_first = false;  // first weight batch issued before x is read
+};
+
 __device__ __forceinline__ void named_barrier(int id, int threads) {
   asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
 }
@@ -315,18 +324,130 @@ __device__ __forceinline__ uint32_t quant_pack4(const float (&v)[4], float s) {
   return __byte_perm(lo, hi, 0x5410);
 }
 
+// x [M, K] (M <= MT) quantized by the whole block into q (shared memory, [M][q_ld(K)], zeros
+// past K), exactly as quantize_rows_kernel does; every thread gets inv and qsum of each row.
+// Ends with a block barrier. xvec: K % 4 == 0 and rows 4-element aligned; xregs: quantize from
+// registers when x fits (kXRegs groups of 4 per thread), else two passes over x.
+template <int MT, typename T>
+__device__ void quantize_x_block(const T* __restrict__ X, int M, int64_t K, bool xvec, bool xregs,
+                                 unsigned char* smem_q, float (&inv)[MT], int32_t (&qsum)[MT]) {
+  __shared__ float red_f[kPersistWarps * MT];
+  __shared__ int32_t red_i[kPersistWarps * MT];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
+  const int64_t ldq = q_ld(K);
+  const int64_t qgroups = ldq / 4;  // groups of 4 columns, zero past K
+  auto* qs = reinterpret_cast<uint32_t*>(smem_q);
+  float amax[MT];
+  int32_t part_sum[MT];
+#pragma unroll
+  for (int m = 0; m < MT; ++m) {
+    amax[m] = 0.0f;
+    part_sum[m] = 0;
+  }
+  auto add_amax = [](float& a, const float (&v)[4]) {
+    a = fmaxf(fmaxf(fmaxf(a, fabsf(v[0])), fmaxf(fabsf(v[1]), fabsf(v[2]))), fabsf(v[3]));
+  };
+  // Block-wide amax of each row -> inv (exactly as quantize_rows_kernel).
+  auto reduce_amax = [&]() {
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+      float a = amax[m];
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, o));
+      if (lane == 0) red_f[warp * MT + m] = a;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+      float a = 0.0f;
+      for (int w = 0; w < nwarps; ++w) a = fmaxf(a, red_f[w * MT + m]);
+      inv[m] = __fdiv_rn(kActQMax, fmaxf(a, kActEps));
+    }
+  };
+  auto store_q = [&](int m, int64_t g, const float (&v)[4]) {
+    const uint32_t wq = quant_pack4(v, inv[m]);
+    qs[m * qgroups + g] = wq;
+    part_sum[m] = __dp4a(int(wq), 0x01010101, part_sum[m]);
+  };
+  // x aligned (xvec) and at most kXRegs groups per thread: every load is issued at once, from
+  // an address that is always valid (a dummy in-range one where the group is past K or the
+  // row past M, its value replaced by zeros afterwards: no branch between the loads), and x
+  // is quantized from registers: one L2 round trip. Otherwise two passes over x.
+  constexpr int kXRegs = 16 / MT;
+  if (xvec && xregs && qgroups <= kXRegs * int64_t(blockDim.x)) {
+    const int64_t groups = K / 4;  // xvec: K % 4 == 0
+    float xv[MT][kXRegs][4];
+#pragma unroll
+    for (int m = 0; m < MT; ++m)
+#pragma unroll
+      for (int i = 0; i < kXRegs; ++i) {
+        const int64_t g = threadIdx.x + int64_t(i) * blockDim.x;
+        const bool ok = m < M && g < groups;
+        load_x4v(X + (ok ? m * K + 4 * g : 0), xv[m][i]);
+      }
+#pragma unroll
+    for (int m = 0; m < MT; ++m)
+#pragma unroll
+      for (int i = 0; i < kXRegs; ++i) {
+        const int64_t g = threadIdx.x + int64_t(i) * blockDim.x;
+        const bool ok = m < M && g < groups;
+#pragma unroll
+        for (int e = 0; e < 4; ++e) xv[m][i][e] = ok ? xv[m][i][e] : 0.0f;
+        add_amax(amax[m], xv[m][i]);
+      }
+    reduce_amax();
+#pragma unroll
+    for (int m = 0; m < MT; ++m)
+#pragma unroll
+      for (int i = 0; i < kXRegs; ++i) {
+        const int64_t g = threadIdx.x + int64_t(i) * blockDim.x;
+        if (m < M && g < qgroups) store_q(m, g, xv[m][i]);
+      }
+  } else {
+#pragma unroll 4
+    for (int64_t g = threadIdx.x; g < qgroups; g += blockDim.x)
+#pragma unroll
+      for (int m = 0; m < MT; ++m)
+        if (m < M) {
+          float v[4];
+          load_x4(X + m * K, 4 * g, K, xvec, v);
+          add_amax(amax[m], v);
+        }
+    reduce_amax();
+#pragma unroll 4
+    for (int64_t g = threadIdx.x; g < qgroups; g += blockDim.x)
+#pragma unroll
+      for (int m = 0; m < MT; ++m)
+        if (m < M) {
+          float v[4];
+          load_x4(X + m * K, 4 * g, K, xvec, v);
+          store_q(m, g, v);
+        }
+  }
+#pragma unroll
+  for (int m = 0; m < MT; ++m) {
+    const int32_t t = warp_sum(part_sum[m]);
+    if (lane == 0) red_i[warp * MT + m] = t;
+  }
+  __syncthreads();  // q and the partial sums are complete
+#pragma unroll
+  for (int m = 0; m < MT; ++m) {
+    int32_t t = 0;
+    for (int w = 0; w < nwarps; ++w) t += red_i[w * MT + m];
+    qsum[m] = t;
+  }
+}
+
 template <int MT, bool I2, bool FUSED, bool VEC, typename T>
 __global__ void __launch_bounds__(kPersistWarps * 32, 1)
-    gemv_int8_persistent_kernel(const Linear p, bool xvec, int split, int prefetch_units,
-                                bool weights_first, bool xregs) {
+    gemv_int8_persistent_kernel(const Linear p, const PersistOpts o) {
   constexpr int RPU = I2 ? kI2RowsPerByte : 1;
   constexpr int NOUT = RPU * MT;  // outputs per unit; lane i < NOUT holds output (i / MT, i % MT)
   constexpr int B = kPersistBatch;
   extern __shared__ __align__(16) unsigned char smem_q[];  // FUSED: q [M][ldq]
-  __shared__ float red_f[kPersistWarps * MT];
-  __shared__ int32_t red_i[kPersistWarps * MT];
   __shared__ int32_t red_split[2][kPersistWarps][NOUT];  // [unit parity][warp][output]
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
+  const int split = o.split;
   const int group = warp / split, part = warp % split, ngroups = nwarps / split;
   const int M = static_cast<int>(p.M);
   const int64_t units = units_of(I2, p.N), K = p.K, ldq = q_ld(K), nchunks = (K + 15) / 16;
@@ -342,13 +463,14 @@ __global__ void __launch_bounds__(kPersistWarps * 32, 1)
     for (int j = 0; j < B; ++j) w[j] = load_w16<VEC>(row, ((b * B + j) * 32 + lane) * 16, K, ok);
   };
 
+  TRACE_BEGIN
   // The next kernel may be scheduled at once: it waits for this one before reading anything.
   pdl_launch_dependents();
+  // Ask L2 for the block's first prefetch_units rows (unit blockIdx.x + j * gridDim.x, in the
+  // order the groups take them) before waiting on the predecessor: the weight stream starts
+  // during its tail and runs through this kernel's prologue.
   if constexpr (VEC) {
-    // Ask L2 for the block's first prefetch_units rows (unit blockIdx.x + j * gridDim.x, in
-    // the order the groups take them) before waiting on the predecessor: under PDL the
-    // weight stream starts during the predecessor's tail and this kernel's own prologue.
-    for (int64_t j = threadIdx.x; j < prefetch_units; j += blockDim.x) {
+    for (int64_t j = threadIdx.x; j < o.prefetch_units; j += blockDim.x) {
       const int64_t u = blockIdx.x + j * gridDim.x;
       if (u < units) prefetch_l2(W + u * K, static_cast<uint32_t>(K));
     }
@@ -371,114 +493,15 @@ __global__ void __launch_bounds__(kPersistWarps * 32, 1)
   if constexpr (FUSED) {
     // The predecessor may have written x (or anything else): wait before the first read.
     pdl_wait();
+    TRACE_POINT(1, true)
     // weights_first: the first batch is in flight during the quantization below; otherwise
     // x is read first, so its loads do not queue behind the batch's (the L2 prefetch above
     // keeps the weights moving meanwhile).
-    if (weights_first) load_batch(cur, item, batch);
-    const T* X = static_cast<const T*>(p.x);
-    const int64_t qgroups = ldq / 4;  // groups of 4 columns, zero past K
-    auto* qs = reinterpret_cast<uint32_t*>(smem_q);
-    float amax[MT];
-    int32_t part_sum[MT];
-#pragma unroll
-    for (int m = 0; m < MT; ++m) {
-      amax[m] = 0.0f;
-      part_sum[m] = 0;
-    }
-    auto add_amax = [](float& a, const float (&v)[4]) {
-      a = fmaxf(fmaxf(fmaxf(a, fabsf(v[0])), fmaxf(fabsf(v[1]), fabsf(v[2]))), fabsf(v[3]));
-    };
-    // Block-wide amax of each row -> inv (exactly as quantize_rows_kernel).
-    auto reduce_amax = [&]() {
-#pragma unroll
-      for (int m = 0; m < MT; ++m) {
-        float a = amax[m];
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, o));
-        if (lane == 0) red_f[warp * MT + m] = a;
-      }
-      __syncthreads();
-#pragma unroll
-      for (int m = 0; m < MT; ++m) {
-        float a = 0.0f;
-        for (int w = 0; w < nwarps; ++w) a = fmaxf(a, red_f[w * MT + m]);
-        inv[m] = __fdiv_rn(kActQMax, fmaxf(a, kActEps));
-      }
-    };
-    auto store_q = [&](int m, int64_t g, const float (&v)[4]) {
-      const uint32_t wq = quant_pack4(v, inv[m]);
-      qs[m * qgroups + g] = wq;
-      part_sum[m] = __dp4a(int(wq), 0x01010101, part_sum[m]);
-    };
-    // x aligned (xvec) and at most kXRegs groups per thread: every load is issued at once, from
-    // an address that is always valid (a dummy in-range one where the group is past K or the
-    // row past M, its value replaced by zeros afterwards: no branch between the loads), and x
-    // is quantized from registers: one L2 round trip. Otherwise two passes over x.
-    constexpr int kXRegs = 16 / MT;
-    if (xvec && xregs && qgroups <= kXRegs * int64_t(blockDim.x)) {
-      const int64_t groups = K / 4;  // xvec: K % 4 == 0
-      float xv[MT][kXRegs][4];
-#pragma unroll
-      for (int m = 0; m < MT; ++m)
-#pragma unroll
-        for (int i = 0; i < kXRegs; ++i) {
-          const int64_t g = threadIdx.x + int64_t(i) * blockDim.x;
-          const bool ok = m < M && g < groups;
-          load_x4v(X + (ok ? m * K + 4 * g : 0), xv[m][i]);
-        }
-#pragma unroll
-      for (int m = 0; m < MT; ++m)
-#pragma unroll
-        for (int i = 0; i < kXRegs; ++i) {
-          const int64_t g = threadIdx.x + int64_t(i) * blockDim.x;
-          const bool ok = m < M && g < groups;
-#pragma unroll
-          for (int e = 0; e < 4; ++e) xv[m][i][e] = ok ? xv[m][i][e] : 0.0f;
-          add_amax(amax[m], xv[m][i]);
-        }
-      reduce_amax();
-#pragma unroll
-      for (int m = 0; m < MT; ++m)
-#pragma unroll
-        for (int i = 0; i < kXRegs; ++i) {
-          const int64_t g = threadIdx.x + int64_t(i) * blockDim.x;
-          if (m < M && g < qgroups) store_q(m, g, xv[m][i]);
-        }
-    } else {
-#pragma unroll 4
-      for (int64_t g = threadIdx.x; g < qgroups; g += blockDim.x)
-#pragma unroll
-        for (int m = 0; m < MT; ++m)
-          if (m < M) {
-            float v[4];
-            load_x4(X + m * K, 4 * g, K, xvec, v);
-            add_amax(amax[m], v);
-          }
-      reduce_amax();
-#pragma unroll 4
-      for (int64_t g = threadIdx.x; g < qgroups; g += blockDim.x)
-#pragma unroll
-        for (int m = 0; m < MT; ++m)
-          if (m < M) {
-            float v[4];
-            load_x4(X + m * K, 4 * g, K, xvec, v);
-            store_q(m, g, v);
-          }
-    }
-#pragma unroll
-    for (int m = 0; m < MT; ++m) {
-      const int32_t t = warp_sum(part_sum[m]);
-      if (lane == 0) red_i[warp * MT + m] = t;
-    }
-    __syncthreads();  // q and the partial sums are complete
-#pragma unroll
-    for (int m = 0; m < MT; ++m) {
-      int32_t t = 0;
-      for (int w = 0; w < nwarps; ++w) t += red_i[w * MT + m];
-      qsum[m] = t;
-    }
+    if (o.weights_first) load_batch(cur, item, batch);
+    quantize_x_block<MT, T>(static_cast<const T*>(p.x), M, K, o.xvec, o.xregs, smem_q, inv, qsum);
     q = reinterpret_cast<const int8_t*>(smem_q);
-    if (!weights_first) load_batch(cur, item, batch);
+    TRACE_POINT(2, true)
+    if (!o.weights_first) load_batch(cur, item, batch);
     load_epilogue(item, sc_cur, bi_cur);
   } else {
     // The predecessor is quantize_rows_kernel, which writes only q / inv / qsum: the weights
@@ -520,6 +543,7 @@ __global__ void __launch_bounds__(kPersistWarps * 32, 1)
       }
     }
     if (unit_done) {
+      TRACE_POINT(3, trace_t_[6] == 0)  // thread 0's first unit is summed
       int32_t t = 0;  // lane i < NOUT: this warp's sum of output i
 #pragma unroll
       for (int s = 0; s < RPU; ++s)
@@ -563,6 +587,139 @@ __global__ void __launch_bounds__(kPersistWarps * 32, 1)
     item = next_item;
     batch = next_batch;
   }
+  TRACE_END
+}
+
+// ---- act="int8", M <= 2, sm_90+: weights streamed into shared memory by bulk copies -------
+//
+// The persistent GEMV above moves the weights through registers, so each lane has only so many
+// bytes in flight, and on H100 its first weight batch arrived ~4 us after x was quantized
+// (benchmarks/cuda_trace.cu). Here a block owns a contiguous range of units, one span of global
+// memory, and thread 0 asks the copy engine for it at once, in slots of R rows (R * K bytes)
+// through a ring of S slots of shared memory, each completing on its own mbarrier; the block
+// quantizes x meanwhile. All warps then consume the slots in order: a slot's R rows go to R
+// groups of nwarps / R warps, each warp a contiguous share of its row's 16-byte chunks, dotted
+// with q by dot16; a group's sums meet in shared memory (added in warp order: exact) behind one
+// block barrier per slot, after which thread 0 refills the slot with the rows S slots on.
+constexpr int kTmaWarps = 16;
+constexpr int kTmaMaxSlots = 16;
+constexpr int64_t kTmaSlotBytes = 16384;  // rows per slot: the most (a power of two) within this
+
+struct TmaPlan {
+  int rows_per_slot = 1;   // R, a power of two <= kTmaWarps
+  int slots = 0;           // S <= kTmaMaxSlots
+  int64_t q_bytes = 0;     // q [M][q_ld(K)] at the start of dynamic shared memory, then the slots
+  int64_t prefetch_bytes = 0;  // of the block's span, asked of L2 before pdl_wait
+  bool xvec = false, xregs = false;
+};
+
+template <int MT, bool I2, typename T>
+__global__ void __launch_bounds__(kTmaWarps * 32, 1)
+    gemv_int8_tma_kernel(const Linear p, const TmaPlan t) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  constexpr int RPU = I2 ? kI2RowsPerByte : 1;
+  constexpr int NOUT = RPU * MT;  // outputs per unit; lane i < NOUT holds output (i / MT, i % MT)
+  extern __shared__ __align__(128) unsigned char smem_tma[];
+  __shared__ __align__(8) uint64_t bar[kTmaMaxSlots];
+  __shared__ int32_t red[2][kTmaWarps][NOUT];  // [slot parity][warp][output]
+  TRACE_BEGIN
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
+  const int M = static_cast<int>(p.M), R = t.rows_per_slot, S = t.slots;
+  const int64_t units = units_of(I2, p.N), K = p.K, ldq = q_ld(K), nchunks = K / 16;
+  const int64_t u_begin = units * blockIdx.x / gridDim.x;
+  const int64_t u_end = units * (blockIdx.x + 1) / gridDim.x;
+  const int64_t nslots = (u_end - u_begin + R - 1) / R, slot_bytes = int64_t(R) * K;
+  const auto* W = static_cast<const uint8_t*>(p.weight);
+  unsigned char* slots = smem_tma + t.q_bytes;
+  auto issue = [&](int64_t i) {  // thread 0: the rows of slot i into ring slot i % S
+    const int64_t u0 = u_begin + i * R, rows = u_end - u0 < R ? u_end - u0 : R;
+    bulk_copy_g2s(smem_addr(slots + (i % S) * slot_bytes), W + u0 * K,
+                  static_cast<uint32_t>(rows * K), smem_addr(&bar[i % S]));
+  };
+
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < S; ++s) mbar_init(smem_addr(&bar[s]), 1);
+    mbar_init_fence();
+  }
+  pdl_launch_dependents();
+  // L2 may be asked before the predecessor is done (see prefetch_l2); shared memory may not.
+  for (int64_t o = int64_t(threadIdx.x) * slot_bytes; o < t.prefetch_bytes;
+       o += int64_t(blockDim.x) * slot_bytes) {
+    const int64_t n = t.prefetch_bytes - o < slot_bytes ? t.prefetch_bytes - o : slot_bytes;
+    prefetch_l2(W + u_begin * K + o, static_cast<uint32_t>(n));
+  }
+  __syncthreads();  // the mbarriers are initialized before anyone waits on them
+  pdl_wait();
+  TRACE_POINT(1, true)
+  if (threadIdx.x == 0)
+    for (int64_t i = 0; i < nslots && i < S; ++i) issue(i);
+
+  float inv[MT];
+  int32_t qsum[MT];
+  quantize_x_block<MT, T>(static_cast<const T*>(p.x), M, K, t.xvec, t.xregs, smem_tma, inv, qsum);
+  TRACE_POINT(2, true)
+  const int8_t* q = reinterpret_cast<const int8_t*>(smem_tma);
+
+  const int wpr = nwarps / R, r = warp / wpr, part = warp % wpr;  // row of the slot, share of it
+  const int64_t per = (nchunks + wpr - 1) / wpr, c_begin = part * per;
+  const int64_t c_end = c_begin + per < nchunks ? c_begin + per : nchunks;
+  const int s_out = lane / MT, m_out = lane % MT;
+  float iv = inv[0];
+  int32_t qs = qsum[0];
+#pragma unroll
+  for (int i = 1; i < MT; ++i)  // register select, no local-memory indexing
+    if (m_out == i) {
+      iv = inv[i];
+      qs = qsum[i];
+    }
+  for (int64_t i = 0; i < nslots; ++i) {
+    const int64_t u = u_begin + i * R + r;
+    const bool active = u < u_end;
+    const int64_t n = I2 ? u + s_out * units : u;
+    const bool leader = active && part == 0 && lane < NOUT && m_out < M && n < p.N;
+    // The epilogue's scale and bias are requested now and used after the slot's barrier.
+    const float sc = leader ? p.scale[n * p.scale_stride] : 0.0f;
+    const float bi = leader && p.bias ? p.bias[n] : 0.0f;
+    int32_t acc[RPU][MT];
+#pragma unroll
+    for (int s = 0; s < RPU; ++s)
+#pragma unroll
+      for (int m = 0; m < MT; ++m) acc[s][m] = 0;
+    mbar_wait(smem_addr(&bar[i % S]), static_cast<uint32_t>((i / S) & 1));
+    if (active) {
+      const unsigned char* row = slots + (i % S) * slot_bytes + int64_t(r) * K;
+      for (int64_t c = c_begin + lane; c < c_end; c += 32) {
+        uint4 qv[MT];
+        load_q16<MT, true>(q, ldq, c, M, qv);
+        dot16<MT, I2>(*reinterpret_cast<const uint4*>(row + c * 16), qv, acc);
+      }
+    }
+    int32_t tsum = 0;  // lane i < NOUT: this warp's sum of output i
+#pragma unroll
+    for (int s = 0; s < RPU; ++s)
+#pragma unroll
+      for (int m = 0; m < MT; ++m) {
+        const int32_t v = warp_sum(acc[s][m]);
+        if (lane == s * MT + m) tsum = v;
+      }
+    if (lane < NOUT) red[i & 1][warp][lane] = tsum;
+    __syncthreads();  // slot i % S is read and the partial sums are in
+    TRACE_POINT(3, i == 0)
+    if (threadIdx.x == 0 && i + S < nslots) {
+      fence_proxy_async_smem();
+      issue(i + S);
+    }
+    if (leader) {
+      int32_t dot = 0;
+      for (int j = 0; j < wpr; ++j) dot += red[i & 1][r * wpr + j][lane];
+      if (I2) dot -= qs;  // codes are w + 1
+      store_out(p.y, m_out * p.N + n, epilogue_int8(dot, iv, sc, p.bias != nullptr, bi), p.dtype);
+    }
+  }
+  TRACE_END
+#else
+  __trap();  // launched only on sm_90+ (gemv_int8_tma_plan)
+#endif
 }
 
 // The weight of byte b (0..3) of word wd as a float, without a (quarter-rate) int-to-float
@@ -657,19 +814,6 @@ struct PersistGrid {
   int blocks_per_sm = 1, max_warps = kPersistWarps, max_split = kPersistMaxSplit;
 };
 
-// Weight rows each persistent block asks L2 for before its prologue: all of its rows while
-// the grid's total stays within half the L2 (more would evict rows before they are read), at
-// least one. TERNARY_OPS_CUDA_PREFETCH=0 turns the prefetch off (for measuring it).
-int64_t prefetch_units_per_block(int64_t units, int64_t blocks, int64_t K) {
-  static const bool on = [] {
-    const char* v = std::getenv("TERNARY_OPS_CUDA_PREFETCH");
-    return !(v && std::strcmp(v, "0") == 0);
-  }();
-  if (!on || K > (int64_t(1) << 30)) return 0;
-  const int64_t own = (units + blocks - 1) / blocks;
-  const int64_t fit = device_l2_bytes() / 2 / (blocks * K);
-  return own < fit ? own : (fit > 1 ? fit : 1);
-}
 PersistGrid persist_grid() {
   static const PersistGrid g = [] {
     PersistGrid r;
@@ -684,6 +828,112 @@ PersistGrid persist_grid() {
     return r;
   }();
   return g;
+}
+
+// The persistent GEMV's choices, with switches for measuring them (read once):
+// TERNARY_OPS_CUDA_PREFETCH=0, TERNARY_OPS_CUDA_GEMV_XREGS=0 / 1
+// (default: M * K >= kXRegsMinMK), TERNARY_OPS_CUDA_GEMV_WEIGHTS_FIRST=1.
+// The prefetch covers all of a block's rows while the grid's total stays within half the L2
+// (more would evict rows before they are read), at least one row.
+PersistOpts persist_opts(const Linear& p, int64_t units, int64_t blocks, int split, bool x_aligned) {
+  struct Env {
+    int prefetch = 1, xregs = -1;  // prefetch 0: off; xregs -1: by M * K
+    bool weights_first = false;
+  };
+  static const Env env = [] {
+    Env e;
+    if (const char* v = std::getenv("TERNARY_OPS_CUDA_PREFETCH"))
+      e.prefetch = std::strcmp(v, "0") == 0 ? 0 : 1;
+    if (const char* v = std::getenv("TERNARY_OPS_CUDA_GEMV_XREGS"))
+      e.xregs = std::strcmp(v, "0") == 0 ? 0 : std::strcmp(v, "1") == 0 ? 1 : -1;
+    const char* w = std::getenv("TERNARY_OPS_CUDA_GEMV_WEIGHTS_FIRST");
+    e.weights_first = w && std::strcmp(w, "1") == 0;
+    return e;
+  }();
+  PersistOpts o;
+  o.split = split;
+  if (env.prefetch != 0 && p.K <= (int64_t(1) << 30)) {
+    const int64_t own = (units + blocks - 1) / blocks;
+    const int64_t fit = device_l2_bytes() / 2 / (blocks * p.K);
+    o.prefetch_units = static_cast<int>(own < fit ? own : (fit > 1 ? fit : 1));
+  }
+  o.xvec = p.K % 4 == 0 && x_aligned;
+  o.xregs = env.xregs >= 0 ? env.xregs == 1 : p.M * p.K >= kXRegsMinMK;
+  o.weights_first = env.weights_first;
+  return o;
+}
+
+int device_major() {
+  static int major_of[64] = {0};  // per device, 0 = not yet read
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return 0;
+  if (major_of[dev] == 0 &&
+      cudaDeviceGetAttribute(&major_of[dev], cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess)
+    return 0;
+  return major_of[dev];
+}
+
+int device_smem_optin() {
+  static int bytes_of[64] = {0};  // per device, 0 = not yet read
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return 0;
+  if (bytes_of[dev] == 0 &&
+      cudaDeviceGetAttribute(&bytes_of[dev], cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) !=
+          cudaSuccess)
+    return 0;
+  return bytes_of[dev];
+}
+
+// Whether the bulk-copy GEMV serves this fused problem, and its slots: sm_90+, whole 16-byte
+// weight chunks (K % 16 == 0, aligned), at least two slots in shared memory.
+// TERNARY_OPS_CUDA_GEMV_TMA=0 turns it off (for measuring the persistent GEMV instead).
+bool gemv_int8_tma_plan(const Linear& p, int64_t units, int64_t blocks, const PersistOpts& o,
+                        TmaPlan& t) {
+  static const bool on = [] {
+    const char* v = std::getenv("TERNARY_OPS_CUDA_GEMV_TMA");
+    return !(v && std::strcmp(v, "0") == 0);
+  }();
+  if (!on || device_major() < 9 || p.K % 16 != 0 ||
+      reinterpret_cast<uintptr_t>(p.weight) % 16 != 0)
+    return false;
+  int R = 1;
+  while (2 * R <= kTmaWarps && 2 * R * p.K <= kTmaSlotBytes) R *= 2;
+  const int64_t per_block = (units + blocks - 1) / blocks;
+  const int64_t q_bytes = (p.M * q_ld(p.K) + 127) / 128 * 128;
+  const int64_t budget = device_smem_optin() - q_bytes - 4096;  // 4 KiB: static shared memory
+  int64_t S = budget / (R * p.K);
+  const int64_t needed = (per_block + R - 1) / R;
+  if (S > kTmaMaxSlots) S = kTmaMaxSlots;
+  if (S > needed) S = needed < 2 ? 2 : needed;
+  if (S < 2 || S * R * p.K > budget) return false;
+  t.rows_per_slot = R;
+  t.slots = static_cast<int>(S);
+  t.q_bytes = q_bytes;
+  t.prefetch_bytes = o.prefetch_units > 0 ? (o.prefetch_units < per_block ? o.prefetch_units
+                                                                          : per_block) * p.K
+                                          : 0;
+  t.xvec = o.xvec;
+  t.xregs = o.xregs;
+  return true;
+}
+
+template <int MT, bool I2, typename T>
+cudaError_t gemv_int8_tma(const Linear& p, int64_t blocks, const TmaPlan& t, cudaStream_t stream,
+                          bool pdl) {
+  auto* kernel = gemv_int8_tma_kernel<MT, I2, T>;
+  static bool attr_set[64] = {false};  // per device: allow the opt-in shared memory size
+  int dev = 0;
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e != cudaSuccess) return e;
+  if (dev < 64 && !attr_set[dev]) {
+    e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             device_smem_optin() - 4096);
+    if (e != cudaSuccess) return e;
+    attr_set[dev] = true;
+  }
+  const size_t smem = static_cast<size_t>(t.q_bytes + int64_t(t.slots) * t.rows_per_slot * p.K);
+  return launch_smem(kernel, dim3(static_cast<unsigned>(blocks)), dim3(32 * kTmaWarps), smem,
+                     stream, pdl, p, t);
 }
 
 template <int MT, bool I2, bool FUSED, typename T>
@@ -706,23 +956,16 @@ cudaError_t gemv_int8_persistent(const Linear& p, cudaStream_t stream, bool pdl)
   const dim3 block(static_cast<unsigned>(32 * groups * split));
   const size_t smem = FUSED ? static_cast<size_t>(p.M * q_ld(p.K)) : 0;
   const bool vec = p.K % 16 == 0 && reinterpret_cast<uintptr_t>(p.weight) % 16 == 0;
-  const bool xvec = p.K % 4 == 0 && reinterpret_cast<uintptr_t>(p.x) % (4 * sizeof(T)) == 0;
   auto* kernel = vec ? gemv_int8_persistent_kernel<MT, I2, FUSED, true, T>
                      : gemv_int8_persistent_kernel<MT, I2, FUSED, false, T>;
-  const int prefetch = static_cast<int>(prefetch_units_per_block(units, blocks, p.K));
-  static const bool weights_first = [] {
-    const char* v = std::getenv("TERNARY_OPS_CUDA_GEMV_WEIGHTS_FIRST");
-    return v && std::strcmp(v, "1") == 0;
-  }();
-  // x in registers (one pass) pays off for larger x; on H100 it cost 0.3-1.2 us at M * K <=
-  // 4096 (benchmarks/CUDA_RESULTS.md). TERNARY_OPS_CUDA_GEMV_XREGS=0 / 1 forces it off / on.
-  static const int xregs_env = [] {
-    const char* v = std::getenv("TERNARY_OPS_CUDA_GEMV_XREGS");
-    return v && (v[0] == '0' || v[0] == '1') && v[1] == 0 ? v[0] - '0' : -1;
-  }();
-  const bool xregs = xregs_env >= 0 ? xregs_env == 1 : p.M * p.K >= kXRegsMinMK;
-  return launch_smem(kernel, grid, block, smem, stream, pdl, p, xvec, split, prefetch,
-                     weights_first, xregs);
+  const PersistOpts o = persist_opts(p, units, blocks, split,
+                                     reinterpret_cast<uintptr_t>(p.x) % (4 * sizeof(T)) == 0);
+  if constexpr (FUSED) {
+    TmaPlan t;
+    if (gemv_int8_tma_plan(p, units, blocks, o, t))
+      return gemv_int8_tma<MT, I2, T>(p, blocks, t, stream, pdl);
+  }
+  return launch_smem(kernel, grid, block, smem, stream, pdl, p, o);
 }
 
 template <int MT, bool I2>

@@ -152,50 +152,6 @@ __device__ __forceinline__ unsigned long long trace_gtimer() {
 #define TRACE_END
 #endif
 
-// sm_90 bulk copies (TMA) into shared memory, completed on an mbarrier. Addresses are shared-
-// window (32-bit) addresses; a CTA's own shared memory is valid as the shared::cluster
-// destination also without a cluster launch.
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
-}
-// Makes initialized mbarriers visible to the bulk-copy (async) proxy; then a block barrier.
-__device__ __forceinline__ void mbar_init_fence() {
-  asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-}
-// Orders this thread's earlier generic-proxy shared-memory accesses (as made visible to it by
-// a block barrier) before its later bulk copies into the same memory.
-__device__ __forceinline__ void fence_proxy_async_smem() {
-  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-}
-// One arrival that also expects `bytes` of bulk copies, then the copy of `bytes` (a multiple of
-// 16, both addresses 16-byte aligned) from global src to shared dst, completing on bar.
-__device__ __forceinline__ void bulk_copy_g2s(uint32_t dst, const void* src, uint32_t bytes,
-                                              uint32_t bar) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes)
-               : "memory");
-  asm volatile(
-      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::
-          "r"(dst), "l"(src), "r"(bytes), "r"(bar)
-      : "memory");
-}
-// Waits until the phase with the given parity of bar has completed.
-__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
-  asm volatile(
-      "{\n"
-      ".reg .pred done;\n"
-      "WAIT:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-      "@!done bra WAIT;\n"
-      "}\n" ::"r"(bar),
-      "r"(parity)
-      : "memory");
-}
-#endif
-
 // Whether launches on the current device may use programmatic dependent launch.
 bool pdl_enabled();
 

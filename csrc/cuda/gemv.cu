@@ -4,9 +4,9 @@
 // output row; i2: one byte row = four output rows j, j+R, j+2R, j+3R), decoded in registers and
 // dotted with the int8 activations by __dp4a (dot16). M <= 2: gemv_int8_persistent_kernel, a
 // persistent grid with one warp (or a few, for few long rows) per unit that, for small M * K,
-// quantizes x in its own prologue (one launch per op). 2 < M <= 8: the per-row quantize pre-pass,
-// then gemv_int8_block_kernel, blocks of RB units with threads striding over K. act="none"
-// (gemv_none_kernel): the same block layout, float32 FMA on decoded weights.
+// quantizes x in its own prologue (quantize_x_block; one launch per op). 2 < M <= 8: the per-row
+// quantize pre-pass, then gemv_int8_block_kernel, blocks of RB units with threads striding over
+// K. act="none" (gemv_none_kernel): the same block layout, float32 FMA on decoded weights.
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -264,7 +264,9 @@ __global__ void __launch_bounds__(kThreads) gemv_int8_block_kernel(const Linear 
 // order, so results do not depend on the split. No block barrier after the prologue. Fused
 // (small M * K): the prologue quantizes x into shared memory once per block, exactly as
 // quantize_rows_kernel does, so act="int8" is a single launch; otherwise q / inv / qsum come
-// from the pre-pass.
+// from the pre-pass. Before waiting on its predecessor (PDL), each block asks L2 for its weight
+// rows, so under back-to-back calls the stream starts during the previous call's tail; where
+// the remaining fixed time goes is measured by benchmarks/cuda_trace.cu (CUDA_RESULTS.md).
 constexpr int kPersistWarps = 16;
 constexpr int kPersistMaxSplit = 4;
 constexpr int kPersistBatch = 8;

@@ -19,10 +19,6 @@ __device__ __forceinline__ float epilogue_int8(int32_t dot, float inv, float s, 
   const float v = __fmul_rn(__fdiv_rn(__int2float_rn(dot), inv), s);
   return has_bias ? __fadd_rn(v, b) : v;
 }
-__device__ __forceinline__ float epilogue_int8(int32_t dot, float inv, float s, const float* bias,
-                                               int64_t n) {
-  return epilogue_int8(dot, inv, s, bias != nullptr, bias ? bias[n] : 0.0f);
-}
 
 __device__ __forceinline__ float epilogue_none(float dot, float s, const float* bias, int64_t n) {
   const float v = __fmul_rn(dot, s);
@@ -61,6 +57,21 @@ __device__ __forceinline__ void store_out(void* y, int64_t i, float v, DType d) 
   } else {
     static_cast<__half*>(y)[i] = __float2half_rn(v);
   }
+}
+
+// act="int8": y[m, n] from the exact integer dot t of output n with q row m, given s[n] and
+// bias[n] (0 without bias). i2 dots were taken with codes w + 1: qsum removes the offset.
+template <bool I2>
+__device__ __forceinline__ void store_int8(const Linear& p, int64_t m, int64_t n, int32_t t,
+                                           float inv, int32_t qsum, float s, float b) {
+  if (I2) t -= qsum;
+  store_out(p.y, m * p.N + n, epilogue_int8(t, inv, s, p.bias != nullptr, b), p.dtype);
+}
+__device__ __forceinline__ float scale_of(const Linear& p, int64_t n) {
+  return p.scale[n * p.scale_stride];
+}
+__device__ __forceinline__ float bias_of(const Linear& p, int64_t n) {
+  return p.bias ? p.bias[n] : 0.0f;
 }
 
 __device__ __forceinline__ uint32_t word(const uint4& v, int i) {

@@ -29,7 +29,7 @@ __global__ void scale_bias_kernel(const Linear p, const T* __restrict__ acc) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
        i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t n = i % p.N;
-    store_out(p.y, i, epilogue_none(to_float(acc[i]), p.scale[n * p.scale_stride], p.bias, n),
+    store_out(p.y, i, epilogue_none(to_float(acc[i]), scale_of(p, n), p.bias, n),
               p.dtype);
   }
 }

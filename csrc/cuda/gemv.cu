@@ -170,7 +170,7 @@ __device__ __forceinline__ void load_q16(const int8_t* q, int64_t ldq, int64_t c
 
 // acc[s][m] += 16-byte dot of unit output s with q row m. i8: the bytes are the weights. i2:
 // (w >> 2s) & 0x03030303 are the codes w + 1 of output s (row j + sR), two ALU ops per word;
-// the offset is removed once per output by store_int8.
+// the offset is removed once per output by store_int8 (common.cuh).
 template <int MT, bool I2>
 __device__ __forceinline__ void dot16(const uint4& w, const uint4 (&qv)[MT],
                                       int32_t (&acc)[I2 ? kI2RowsPerByte : 1][MT]) {
@@ -186,14 +186,6 @@ __device__ __forceinline__ void dot16(const uint4& w, const uint4 (&qv)[MT],
   }
 }
 
-// y[m, n] from the exact integer dot t of output n with q row m.
-template <bool I2>
-__device__ __forceinline__ void store_int8(const Linear& p, int m, int64_t n, int32_t t, float inv,
-                                           int32_t qsum) {
-  if (I2) t -= qsum;  // codes are w + 1
-  store_out(p.y, m * p.N + n, epilogue_int8(t, inv, p.scale[n * p.scale_stride], p.bias, n),
-            p.dtype);
-}
 
 // ---- act="int8", 2 < M <= 8: block GEMV after the quantize pre-pass ------------------------
 //
@@ -212,13 +204,7 @@ __global__ void __launch_bounds__(kThreads) gemv_int8_block_kernel(const Linear 
   const auto* W = static_cast<const uint8_t*>(p.weight);
   const int M = static_cast<int>(p.M);
 
-  int32_t acc[C::RB][C::RPU][MT];
-#pragma unroll
-  for (int r = 0; r < C::RB; ++r)
-#pragma unroll
-    for (int s = 0; s < C::RPU; ++s)
-#pragma unroll
-      for (int m = 0; m < MT; ++m) acc[r][s][m] = 0;
+  int32_t acc[C::RB][C::RPU][MT] = {};
 
   int64_t c = threadIdx.x;
   uint4 w[C::RB];
@@ -246,7 +232,8 @@ __global__ void __launch_bounds__(kThreads) gemv_int8_block_kernel(const Linear 
     const int i = threadIdx.x;
     const int r = i / (C::RPU * MT), s = (i / MT) % C::RPU, m = i % MT;
     const int64_t n = out_row<I2>(u0, r, s, units, p.N);
-    if (m < M && n >= 0) store_int8<I2>(p, m, n, total, p.inv[m], p.qsum[m]);
+    if (m < M && n >= 0)
+      store_int8<I2>(p, m, n, total, p.inv[m], p.qsum[m], scale_of(p, n), bias_of(p, n));
   }
 }
 
@@ -483,8 +470,8 @@ __global__ void __launch_bounds__(kPersistWarps * 32, 1)
   auto load_epilogue = [&](int64_t u, float& sc, float& bi) {
     const int64_t n = I2 ? u + (lane / MT) * units : u;
     const bool ok = part == 0 && lane < NOUT && u < units && n < p.N;
-    sc = ok ? p.scale[n * p.scale_stride] : 0.0f;
-    bi = ok && p.bias ? p.bias[n] : 0.0f;
+    sc = ok ? scale_of(p, n) : 0.0f;
+    bi = ok ? bias_of(p, n) : 0.0f;
   };
 
   uint4 cur[B], nxt[B];
@@ -519,11 +506,7 @@ __global__ void __launch_bounds__(kPersistWarps * 32, 1)
     q = p.q;
   }
 
-  int32_t acc[RPU][MT];
-#pragma unroll
-  for (int s = 0; s < RPU; ++s)
-#pragma unroll
-    for (int m = 0; m < MT; ++m) acc[s][m] = 0;
+  int32_t acc[RPU][MT] = {};
 
   int parity = 0;
   while (item < units) {  // uniform over the group: its warps share item and the unit count
@@ -577,9 +560,7 @@ __global__ void __launch_bounds__(kPersistWarps * 32, 1)
             iv = inv[i];
             qs = qsum[i];
           }
-        if (I2) t -= qs;  // codes are w + 1
-        store_out(p.y, m * p.N + n, epilogue_int8(t, iv, sc_cur, p.bias != nullptr, bi_cur),
-                  p.dtype);
+        store_int8<I2>(p, m, n, t, iv, qs, sc_cur, bi_cur);
       }
       sc_cur = sc_nxt;
       bi_cur = bi_nxt;
@@ -618,13 +599,7 @@ __global__ void __launch_bounds__(kThreads) gemv_none_kernel(const Linear p, boo
   const T* X = static_cast<const T*>(p.x);
   const int M = static_cast<int>(p.M);
 
-  float acc[C::RB][C::RPU][MT];
-#pragma unroll
-  for (int r = 0; r < C::RB; ++r)
-#pragma unroll
-    for (int s = 0; s < C::RPU; ++s)
-#pragma unroll
-      for (int m = 0; m < MT; ++m) acc[r][s][m] = 0.0f;
+  float acc[C::RB][C::RPU][MT] = {};
 
   for (int64_t c = threadIdx.x; c < nchunks; c += blockDim.x) {
     uint4 w[C::RB];
@@ -662,7 +637,7 @@ __global__ void __launch_bounds__(kThreads) gemv_none_kernel(const Linear p, boo
     const int r = i / (C::RPU * MT), s = (i / MT) % C::RPU, m = i % MT;
     const int64_t n = out_row<I2>(u0, r, s, units, p.N);
     if (m < M && n >= 0)
-      store_out(p.y, m * p.N + n, epilogue_none(total, p.scale[n * p.scale_stride], p.bias, n),
+      store_out(p.y, m * p.N + n, epilogue_none(total, scale_of(p, n), p.bias, n),
                 p.dtype);
   }
 }

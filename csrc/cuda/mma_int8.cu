@@ -68,13 +68,7 @@ __global__ void __launch_bounds__(kKWarps * 32) mma_int8_ksplit_kernel(const Lin
           arow[mt][h] = p.q + (avalid[mt][h] ? m : 0) * ldq;
         }
 
-      int32_t acc[kMTiles][4][4];
-#pragma unroll
-      for (int mt = 0; mt < kMTiles; ++mt)
-#pragma unroll
-        for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-          for (int i = 0; i < 4; ++i) acc[mt][nt][i] = 0;
+      int32_t acc[kMTiles][4][4] = {};
 
       uint4 b[kBLoads];
 #pragma unroll
@@ -136,10 +130,8 @@ __global__ void __launch_bounds__(kKWarps * 32) mma_int8_ksplit_kernel(const Lin
             n = unit0 + nt * 8 + col;
           }
           if (m < M && n < p.N) {
-            if (I2) dot -= p.qsum[m];  // codes are w + 1
-            store_out(p.y, m * p.N + n,
-                      epilogue_int8(dot, p.inv[m], p.scale[n * p.scale_stride], p.bias, n),
-                      p.dtype);
+            store_int8<I2>(p, m, n, dot, p.inv[m], I2 ? p.qsum[m] : 0,
+                           scale_of(p, n), bias_of(p, n));
           }
         }
         __syncthreads();

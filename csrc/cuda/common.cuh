@@ -129,6 +129,14 @@ __device__ __forceinline__ void prefetch_l2(const void* p, uint32_t bytes) {
 #endif
 }
 
+// Asks L2 for the 128-byte line holding p (one load-path request, no register written): the
+// per-line alternative to prefetch_l2, for spreading a prefetch over many threads.
+__device__ __forceinline__ void prefetch_l2_line(const void* p) {
+#ifdef __CUDA_ARCH__
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+#endif
+}
+
 // Timeline hooks for benchmarks/cuda_trace.cu, which defines TERNARY_CUDA_TRACE before
 // including the kernels; they compile to nothing otherwise. Per block, thread 0 records
 // %globaltimer (ns, comparable across SMs) and clock64 (cycles, this SM) at numbered points.

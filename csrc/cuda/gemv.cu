@@ -207,25 +207,27 @@ __global__ void __launch_bounds__(kThreads) gemv_int8_block_kernel(const Linear 
   int32_t acc[C::RB][C::RPU][MT] = {};
 
   int64_t c = threadIdx.x;
-  uint4 w[C::RB];
-#pragma unroll
-  for (int r = 0; r < C::RB; ++r)
-    w[r] = load_w16<VEC>(W + (u0 + r) * K, c * 16, K, u0 + r < units);
-  pdl_wait();  // weights above need nothing from the quantize pre-pass; q below does
-
-  for (; c < nchunks; c += blockDim.x) {
-    uint4 qv[MT];
-    load_q16<MT, false>(p.q, ldq, c, M, qv);
-    const int64_t cn = c + blockDim.x;
-    uint4 wn[C::RB];
+  auto load = [&](uint4 (&w)[C::RB], int64_t chunk) {
 #pragma unroll
     for (int r = 0; r < C::RB; ++r)
-      wn[r] = load_w16<VEC>(W + (u0 + r) * K, cn * 16, K, u0 + r < units);
+      w[r] = load_w16<VEC>(W + (u0 + r) * K, chunk * 16, K, u0 + r < units);
+  };
+  // Two register sets used in turn, no copy between them (see the persistent kernel's Stage).
+  uint4 wa[C::RB], wb[C::RB];
+  load(wa, c);
+  pdl_wait();  // weights above need nothing from the quantize pre-pass; q below does
+  auto step = [&](const uint4 (&w)[C::RB], uint4 (&wn)[C::RB]) {
+    uint4 qv[MT];
+    load_q16<MT, false>(p.q, ldq, c, M, qv);
+    load(wn, c + blockDim.x);
 #pragma unroll
     for (int r = 0; r < C::RB; ++r) dot16<MT, I2>(w[r], qv, acc[r]);
-#pragma unroll
-    for (int r = 0; r < C::RB; ++r) w[r] = wn[r];
-  }
+    c += blockDim.x;
+    return c < nchunks;
+  };
+  if (c < nchunks)
+    while (step(wa, wb) && step(wb, wa)) {
+    }
 
   const int32_t total = block_sum_acc<C::NACC>(reinterpret_cast<int32_t(&)[C::NACC]>(acc), red);
   if (threadIdx.x < C::NACC) {
@@ -263,9 +265,11 @@ constexpr int64_t kXRegsMinMK = 6144;
 struct PersistOpts {
   int split = 1;               // warps per unit
   int prefetch_units = 0;      // weight rows per block asked of L2 up front (0: none)
+  bool prefetch_lines = false;  // per 128-byte line from every thread, not one bulk op per row
   bool xvec = false;           // x rows 4-element aligned, K % 4 == 0
   bool xregs = false;          // quantize x from registers (one pass) when it fits
   bool weights_first = false;  // first weight batch issued before x is read
+  bool overlap = false;        // first weight batch issued once x's loads are (quantize_x_block)
 };
 
 __device__ __forceinline__ void named_barrier(int id, int threads) {
@@ -317,9 +321,10 @@ __device__ __forceinline__ uint32_t quant_pack4(const float (&v)[4], float s) {
 // past K), exactly as quantize_rows_kernel does; every thread gets inv and qsum of each row.
 // Ends with a block barrier. xvec: K % 4 == 0 and rows 4-element aligned; xregs: quantize from
 // registers when x fits (kXRegs groups of 4 per thread), else two passes over x.
-template <int MT, typename T>
+template <int MT, typename T, typename F>
 __device__ void quantize_x_block(const T* __restrict__ X, int M, int64_t K, bool xvec, bool xregs,
-                                 unsigned char* smem_q, float (&inv)[MT], int32_t (&qsum)[MT]) {
+                                 unsigned char* smem_q, float (&inv)[MT], int32_t (&qsum)[MT],
+                                 F&& x_requested) {
   __shared__ float red_f[kPersistWarps * MT];
   __shared__ int32_t red_i[kPersistWarps * MT];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
@@ -374,6 +379,7 @@ __device__ void quantize_x_block(const T* __restrict__ X, int M, int64_t K, bool
         const bool ok = m < M && g < groups;
         load_x4v(X + (ok ? m * K + 4 * g : 0), xv[m][i]);
       }
+    x_requested();
 #pragma unroll
     for (int m = 0; m < MT; ++m)
 #pragma unroll
@@ -403,6 +409,7 @@ __device__ void quantize_x_block(const T* __restrict__ X, int M, int64_t K, bool
           add_amax(amax[m], v);
         }
     reduce_amax();
+    x_requested();  // the second pass re-reads x from L1
 #pragma unroll 4
     for (int64_t g = threadIdx.x; g < qgroups; g += blockDim.x)
 #pragma unroll
@@ -427,6 +434,13 @@ __device__ void quantize_x_block(const T* __restrict__ X, int M, int64_t K, bool
   }
 }
 
+// One batch of a warp's weight stream in registers, with the epilogue values it needs.
+template <int B>
+struct Stage {
+  uint4 w[B];
+  float sc, bi;
+};
+
 template <int MT, bool I2, bool FUSED, bool VEC, typename T>
 __global__ void __launch_bounds__(kPersistWarps * 32, 1)
     gemv_int8_persistent_kernel(const Linear p, const PersistOpts o) {
@@ -445,11 +459,19 @@ __global__ void __launch_bounds__(kPersistWarps * 32, 1)
   int64_t item = int64_t(group) * gridDim.x + blockIdx.x, batch = part;
   const auto* W = static_cast<const uint8_t*>(p.weight);
 
-  auto load_batch = [&](uint4 (&w)[B], int64_t u, int64_t b) {
+  // A stage: batch b of unit u (16-byte chunks, zeros past K or past the last unit) and, when
+  // it is this warp's last batch of the unit, the scale and bias of its output (lane < NOUT of
+  // the group's first warp), so the unit's epilogue waits for no other load.
+  auto load_stage = [&](Stage<B>& st, int64_t u, int64_t b) {
     const bool ok = u < units;
     const uint8_t* row = W + (ok ? u : 0) * K;
 #pragma unroll
-    for (int j = 0; j < B; ++j) w[j] = load_w16<VEC>(row, ((b * B + j) * 32 + lane) * 16, K, ok);
+    for (int j = 0; j < B; ++j)
+      st.w[j] = load_w16<VEC>(row, ((b * B + j) * 32 + lane) * 16, K, ok);
+    const int64_t n = I2 ? u + (lane / MT) * units : u;
+    const bool epi = part == 0 && lane < NOUT && ok && n < p.N && b + split >= nbatch;
+    st.sc = epi ? scale_of(p, n) : 0.0f;
+    st.bi = epi ? bias_of(p, n) : 0.0f;
   };
 
   TRACE_BEGIN
@@ -459,23 +481,24 @@ __global__ void __launch_bounds__(kPersistWarps * 32, 1)
   // order the groups take them) before waiting on the predecessor: the weight stream starts
   // during its tail and runs through this kernel's prologue.
   if constexpr (VEC) {
-    for (int64_t j = threadIdx.x; j < o.prefetch_units; j += blockDim.x) {
-      const int64_t u = blockIdx.x + j * gridDim.x;
-      if (u < units) prefetch_l2(W + u * K, static_cast<uint32_t>(K));
+    if (o.prefetch_lines) {  // one 128-byte line per thread in turn, a row's lines together
+      const int64_t lines = (K + 127) / 128;
+      for (int64_t l = threadIdx.x; l < o.prefetch_units * lines; l += blockDim.x) {
+        const int64_t u = blockIdx.x + (l / lines) * gridDim.x;
+        if (u < units) prefetch_l2_line(W + u * K + (l % lines) * 128);
+      }
+    } else {
+      for (int64_t j = threadIdx.x; j < o.prefetch_units; j += blockDim.x) {
+        const int64_t u = blockIdx.x + j * gridDim.x;
+        if (u < units) prefetch_l2(W + u * K, static_cast<uint32_t>(K));
+      }
     }
   }
 
-  // Scale and bias of this lane's output of unit u (lane < NOUT of a group's first warp),
-  // loaded when the unit's first batch is, so the unit's epilogue waits for no load.
-  auto load_epilogue = [&](int64_t u, float& sc, float& bi) {
-    const int64_t n = I2 ? u + (lane / MT) * units : u;
-    const bool ok = part == 0 && lane < NOUT && u < units && n < p.N;
-    sc = ok ? scale_of(p, n) : 0.0f;
-    bi = ok ? bias_of(p, n) : 0.0f;
-  };
-
-  uint4 cur[B], nxt[B];
-  float sc_cur, bi_cur, sc_nxt = 0.0f, bi_nxt = 0.0f;
+  // Two stages of the stream, used in turn: a warp loads one while it sums the other. There is
+  // no copy from one to the other: a register copy would wait for the loads to land and hold
+  // back the next loads behind it (measured: one batch in flight instead of two).
+  Stage<B> sa, sb;
   float inv[MT];
   int32_t qsum[MT];
   const int8_t* q;
@@ -483,49 +506,50 @@ __global__ void __launch_bounds__(kPersistWarps * 32, 1)
     // The predecessor may have written x (or anything else): wait before the first read.
     pdl_wait();
     TRACE_POINT(1, true)
-    // weights_first: the first batch is in flight during the quantization below; otherwise
-    // x is read first, so its loads do not queue behind the batch's (the L2 prefetch above
-    // keeps the weights moving meanwhile).
-    if (o.weights_first) load_batch(cur, item, batch);
-    quantize_x_block<MT, T>(static_cast<const T*>(p.x), M, K, o.xvec, o.xregs, smem_q, inv, qsum);
+    // weights_first: the first batch is in flight during the quantization below; overlap: it
+    // is requested once x's loads are; otherwise x is read first, so its loads do not queue
+    // behind the batch's (the L2 prefetch above keeps the weights moving meanwhile).
+    if (o.weights_first) load_stage(sa, item, batch);
+    quantize_x_block<MT, T>(static_cast<const T*>(p.x), M, K, o.xvec, o.xregs, smem_q, inv, qsum,
+                            [&] {
+                              if (o.overlap) load_stage(sa, item, batch);
+                            });
     q = reinterpret_cast<const int8_t*>(smem_q);
     TRACE_POINT(2, true)
-    if (!o.weights_first) load_batch(cur, item, batch);
-    load_epilogue(item, sc_cur, bi_cur);
+    if (!o.weights_first && !o.overlap) load_stage(sa, item, batch);
   } else {
     // The predecessor is quantize_rows_kernel, which writes only q / inv / qsum: the weights
     // can be requested before waiting for it.
-    load_batch(cur, item, batch);
+    load_stage(sa, item, batch);
     pdl_wait();
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
       inv[m] = m < M ? p.inv[m] : 1.0f;
       qsum[m] = m < M ? p.qsum[m] : 0;
     }
-    load_epilogue(item, sc_cur, bi_cur);
     q = p.q;
   }
 
   int32_t acc[RPU][MT] = {};
-
   int parity = 0;
-  while (item < units) {  // uniform over the group: its warps share item and the unit count
+  // One step: request the warp's next batch into `next`, sum the batch in `cur`, and finish
+  // the unit if that was its last batch. False when the warp has nothing left.
+  auto step = [&](const Stage<B>& cur, Stage<B>& next) {
     int64_t next_item = item, next_batch = batch + split;
     const bool unit_done = next_batch >= nbatch;
     if (unit_done) {
       next_batch = part;
       next_item += stride;
     }
-    load_batch(nxt, next_item, next_batch);
-    if (unit_done) load_epilogue(next_item, sc_nxt, bi_nxt);
+    load_stage(next, next_item, next_batch);
+    // No per-chunk branch: a chunk past K has zero weight bytes (load_w16), which add nothing
+    // to the code dot whatever q holds, so its q index is only clamped in range. M == MT here.
 #pragma unroll
     for (int j = 0; j < B; ++j) {
       const int64_t c = (batch * B + j) * 32 + lane;
-      if (c < nchunks) {
-        uint4 qv[MT];
-        load_q16<MT, FUSED>(q, ldq, c, M, qv);
-        dot16<MT, I2>(cur[j], qv, acc);
-      }
+      uint4 qv[MT];
+      load_q16<MT, FUSED>(q, ldq, c < nchunks ? c : nchunks - 1, MT, qv);
+      dot16<MT, I2>(cur.w[j], qv, acc);
     }
     if (unit_done) {
       TRACE_POINT(3, trace_t_[6] == 0)  // thread 0's first unit is summed
@@ -551,7 +575,7 @@ __global__ void __launch_bounds__(kPersistWarps * 32, 1)
       }
       const int s = lane / MT, m = lane % MT;
       const int64_t n = I2 ? item + s * units : item;
-      if (part == 0 && lane < NOUT && m < M && n < p.N) {
+      if (part == 0 && lane < NOUT && n < p.N) {
         float iv = inv[0];
         int32_t qs = qsum[0];
 #pragma unroll
@@ -560,16 +584,16 @@ __global__ void __launch_bounds__(kPersistWarps * 32, 1)
             iv = inv[i];
             qs = qsum[i];
           }
-        store_int8<I2>(p, m, n, t, iv, qs, sc_cur, bi_cur);
+        store_int8<I2>(p, m, n, t, iv, qs, cur.sc, cur.bi);
       }
-      sc_cur = sc_nxt;
-      bi_cur = bi_nxt;
     }
-#pragma unroll
-    for (int j = 0; j < B; ++j) cur[j] = nxt[j];
     item = next_item;
     batch = next_batch;
-  }
+    return item < units;  // uniform over the group: its warps share item and the unit count
+  };
+  if (item < units)
+    while (step(sa, sb) && step(sb, sa)) {
+    }
   TRACE_END
 }
 
@@ -675,41 +699,54 @@ PersistGrid persist_grid() {
   return g;
 }
 
-// The persistent GEMV's choices, with switches for measuring them (read once):
-// TERNARY_OPS_CUDA_PREFETCH=0, TERNARY_OPS_CUDA_GEMV_XREGS=0 / 1
-// (default: M * K >= kXRegsMinMK), TERNARY_OPS_CUDA_GEMV_WEIGHTS_FIRST=1.
-// The prefetch covers all of a block's rows while the grid's total stays within half the L2
-// (more would evict rows before they are read), at least one row.
-PersistOpts persist_opts(const Linear& p, int64_t units, int64_t blocks, int split, bool x_aligned) {
-  struct Env {
-    int prefetch = 1, xregs = -1;  // prefetch 0: off; xregs -1: by M * K
-    bool weights_first = false;
-  };
-  static const Env env = [] {
-    Env e;
+// Switches of the persistent GEMV, for measuring its choices; persist_switches() reads them
+// from the environment once: TERNARY_OPS_CUDA_PREFETCH=0 / lines, TERNARY_OPS_CUDA_GEMV_XREGS=0 / 1
+// (default: M * K >= kXRegsMinMK), TERNARY_OPS_CUDA_GEMV_WEIGHTS_FIRST=1,
+// TERNARY_OPS_CUDA_GEMV_OVERLAP=0 / 1.
+struct PersistSwitches {
+  int prefetch = 1, xregs = -1;  // prefetch 0: off, 1: bulk, 2: per line; xregs -1: by M * K
+  bool weights_first = false, overlap = false;
+};
+
+const PersistSwitches& persist_switches() {
+  static const PersistSwitches env = [] {
+    PersistSwitches e;
     if (const char* v = std::getenv("TERNARY_OPS_CUDA_PREFETCH"))
-      e.prefetch = std::strcmp(v, "0") == 0 ? 0 : 1;
+      e.prefetch = std::strcmp(v, "0") == 0 ? 0 : std::strcmp(v, "lines") == 0 ? 2 : 1;
     if (const char* v = std::getenv("TERNARY_OPS_CUDA_GEMV_XREGS"))
       e.xregs = std::strcmp(v, "0") == 0 ? 0 : std::strcmp(v, "1") == 0 ? 1 : -1;
     const char* w = std::getenv("TERNARY_OPS_CUDA_GEMV_WEIGHTS_FIRST");
     e.weights_first = w && std::strcmp(w, "1") == 0;
+    if (const char* v = std::getenv("TERNARY_OPS_CUDA_GEMV_OVERLAP"))
+      e.overlap = std::strcmp(v, "1") == 0;
     return e;
   }();
+  return env;
+}
+
+// The persistent GEMV's choices for one launch. The prefetch covers all of a block's rows while
+// the grid's total stays within half the L2 (more would evict rows before they are read), at
+// least one row.
+PersistOpts persist_opts(const Linear& p, int64_t units, int64_t blocks, int split, bool x_aligned,
+                         const PersistSwitches& env) {
   PersistOpts o;
   o.split = split;
   if (env.prefetch != 0 && p.K <= (int64_t(1) << 30)) {
     const int64_t own = (units + blocks - 1) / blocks;
     const int64_t fit = device_l2_bytes() / 2 / (blocks * p.K);
     o.prefetch_units = static_cast<int>(own < fit ? own : (fit > 1 ? fit : 1));
+    o.prefetch_lines = env.prefetch == 2;
   }
   o.xvec = p.K % 4 == 0 && x_aligned;
   o.xregs = env.xregs >= 0 ? env.xregs == 1 : p.M * p.K >= kXRegsMinMK;
   o.weights_first = env.weights_first;
+  o.overlap = env.overlap && !o.weights_first;
   return o;
 }
 
 template <int MT, bool I2, bool FUSED, typename T>
-cudaError_t gemv_int8_persistent(const Linear& p, cudaStream_t stream, bool pdl) {
+cudaError_t gemv_int8_persistent(const Linear& p, cudaStream_t stream, bool pdl,
+                                 const PersistSwitches& sw = persist_switches()) {
   const int64_t units = units_of(I2, p.N);
   // One block per SM while there is a unit for each of its warps; fewer groups per block when
   // units are few, so small layers still spread over every SM.
@@ -731,7 +768,7 @@ cudaError_t gemv_int8_persistent(const Linear& p, cudaStream_t stream, bool pdl)
   auto* kernel = vec ? gemv_int8_persistent_kernel<MT, I2, FUSED, true, T>
                      : gemv_int8_persistent_kernel<MT, I2, FUSED, false, T>;
   const PersistOpts o = persist_opts(p, units, blocks, split,
-                                     reinterpret_cast<uintptr_t>(p.x) % (4 * sizeof(T)) == 0);
+                                     reinterpret_cast<uintptr_t>(p.x) % (4 * sizeof(T)) == 0, sw);
   return launch_smem(kernel, grid, block, smem, stream, pdl, p, o);
 }
 

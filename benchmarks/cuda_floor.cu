@@ -1,0 +1,322 @@
+// cuda_floor.cu: what a call of the M = 1 GEMV could cost at best, in the benchmark's setting
+// (a CUDA graph of back-to-back calls, each streaming its own copy of the weights from HBM).
+// A probe kernel with the persistent GEMV's layout (one warp per 4 KB weight row in turn, two
+// 4 KB batches in flight per warp, the i2 dp4a decode against q in shared memory) is timed with
+// and without each part of the real kernel's prologue: programmatic dependent launch, the
+// quantization of x after waiting on the predecessor, the L2 prefetch (bulk or per line), and,
+// as the ideal no real kernel may use, the first weight batch loaded before the wait.
+// Torch-free:
+//   nvcc -O3 -std=c++17 --use_fast_math -arch=sm_90 benchmarks/cuda_floor.cu -o cuda_floor
+//   ./cuda_floor [units of 4 KB per call ...]   (default 3584 = 14336x4096 i2, 14336 = i8)
+#include "../csrc/cuda/gemv.cu"
+#include "../csrc/cuda/mma_int8.cu"
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+using namespace ternary::cuda;
+
+#define CHECK(x)                                                                              \
+  do {                                                                                        \
+    cudaError_t e_ = (x);                                                                     \
+    if (e_ != cudaSuccess) {                                                                  \
+      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
+      std::exit(1);                                                                           \
+    }                                                                                         \
+  } while (0)
+
+enum Mode : int {
+  kPdl = 1,         // launched with PDL; lets the next call launch at once, waits before x
+  kXPhase = 2,      // quantizes x (quantize_x_block) after the wait, as the real kernel
+  kBulkPf = 4,      // cp.async.bulk.prefetch.L2 of the block's rows before the wait
+  kLinePf = 8,      // prefetch.global.L2 of every line of the block's rows before the wait
+  kEarlyLoads = 16,  // first batch loaded before the wait (unsafe in general: the ideal)
+  kXPf = 32,         // prefetch.global.L2 of x's lines before the wait
+  kReal = 64,        // the real kernel (i2, N = 4 * units, K = 4096) instead, switches below
+  kXThenLoads = 128,  // first batch issued once x's loads are, before x is used
+  kXTwoPass = 256     // x quantized in two passes (amax, then quantize) instead of from registers
+};
+
+constexpr int kRow = 4096;  // bytes per weight row (unit)
+constexpr int kB = kRow / (32 * 16);
+
+template <int THREADS, int MIN_BLOCKS>
+__global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
+    probe_kernel(const uint8_t* __restrict__ W, int64_t units, const __nv_bfloat16* x, int64_t xk,
+                 int32_t* out, int mode) {
+  extern __shared__ __align__(16) unsigned char smem_q[];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
+  const int64_t stride = int64_t(nwarps) * gridDim.x;
+  int64_t item = int64_t(warp) * gridDim.x + blockIdx.x;
+  auto load = [&](uint4 (&w)[kB], int64_t u) {
+    const bool ok = u < units;
+#pragma unroll
+    for (int j = 0; j < kB; ++j) w[j] = load_w16<true>(W + (ok ? u : 0) * kRow, (j * 32 + lane) * 16, kRow, ok);
+  };
+  TRACE_BEGIN
+  if (mode & kPdl) pdl_launch_dependents();
+  const int64_t own = (units + gridDim.x - 1) / gridDim.x;
+  if (mode & kBulkPf)
+    for (int64_t j = threadIdx.x; j < own; j += blockDim.x) {
+      const int64_t u = blockIdx.x + j * gridDim.x;
+      if (u < units) prefetch_l2(W + u * kRow, kRow);
+    }
+  if (mode & kLinePf)
+    for (int64_t l = threadIdx.x; l < own * (kRow / 128); l += blockDim.x) {
+      const int64_t u = blockIdx.x + (l / (kRow / 128)) * gridDim.x;
+      if (u < units) prefetch_l2_line(W + u * kRow + (l % (kRow / 128)) * 128);
+    }
+  if (mode & kXPf)
+    for (int64_t l = threadIdx.x; l < (2 * xk + 127) / 128; l += blockDim.x)
+      prefetch_l2_line(reinterpret_cast<const char*>(x) + 128 * l);
+  uint4 cur[kB], nxt[kB];
+  if (mode & kEarlyLoads) load(cur, item);
+  if (mode & kPdl) pdl_wait();
+  TRACE_POINT(1, true)
+  if (mode & kXPhase) {
+    float inv[1];
+    int32_t qsum[1];
+    quantize_x_block<1, __nv_bfloat16>(x, 1, xk, true, !(mode & kXTwoPass), smem_q, inv, qsum, [&] {
+      if (mode & kXThenLoads) load(cur, item);
+    });
+  } else {
+    for (int i = threadIdx.x; i < kRow / 4; i += blockDim.x)
+      reinterpret_cast<uint32_t*>(smem_q)[i] = 0x01010101u * (i & 3);
+    __syncthreads();
+  }
+  TRACE_POINT(2, true)
+  if (!(mode & (kEarlyLoads | kXThenLoads))) load(cur, item);
+  int32_t acc[ternary::kI2RowsPerByte][1] = {};
+  while (item < units) {
+    load(nxt, item + stride);
+#pragma unroll
+    for (int j = 0; j < kB; ++j) {
+      uint4 qv[1];
+      load_q16<1, true>(reinterpret_cast<const int8_t*>(smem_q), 0, j * 32 + lane, 1, qv);
+      dot16<1, true>(cur[j], qv, acc);
+    }
+    TRACE_POINT(3, trace_t_[6] == 0)
+#pragma unroll
+    for (int j = 0; j < kB; ++j) cur[j] = nxt[j];
+    item += stride;
+  }
+  const int32_t t = warp_sum(acc[0][0] + acc[1][0] + acc[2][0] + acc[3][0]);
+  if (lane == 0) out[blockIdx.x * nwarps + warp] = t;
+  TRACE_END
+}
+
+static double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+int main(int argc, char** argv) {
+  std::vector<int64_t> sizes;
+  for (int i = 1; i < argc; ++i) sizes.push_back(std::atoll(argv[i]));
+  if (sizes.empty()) sizes = {3584, 14336};
+  int l2 = 0, sms = 0, clk_khz = 0;
+  CHECK(cudaDeviceGetAttribute(&clk_khz, cudaDevAttrClockRate, 0));
+  const double ns_per_cycle = 1e6 / clk_khz;
+  (void)ns_per_cycle;
+  CHECK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, 0));
+  CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+  cudaStream_t s;
+  CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  cudaEvent_t e0, e1;
+  CHECK(cudaEventCreate(&e0));
+  CHECK(cudaEventCreate(&e1));
+
+  // Device-to-device copy bandwidth (bytes read + written), the reference for "% copy BW".
+  const size_t cbytes = size_t(1) << 30;
+  void *ca, *cb;
+  CHECK(cudaMalloc(&ca, cbytes));
+  CHECK(cudaMalloc(&cb, cbytes));
+  CHECK(cudaMemset(ca, 1, cbytes));
+  std::vector<double> ct;
+  for (int r = 0; r < 12; ++r) {
+    CHECK(cudaEventRecord(e0, s));
+    CHECK(cudaMemcpyAsync(cb, ca, cbytes, cudaMemcpyDeviceToDevice, s));
+    CHECK(cudaEventRecord(e1, s));
+    CHECK(cudaEventSynchronize(e1));
+    float ms = 0;
+    CHECK(cudaEventElapsedTime(&ms, e0, e1));
+    if (r >= 2) ct.push_back(ms);
+  }
+  const double copy_gbs = 2.0 * cbytes / (median(ct) * 1e-3) / 1e9;
+  CHECK(cudaFree(ca));
+  CHECK(cudaFree(cb));
+  std::printf("%d SMs, L2 %d MB, copy bandwidth %.0f GB/s\n", sms, l2 >> 20, copy_gbs);
+
+  // x: the largest K used, bf16, nonzero values.
+  const int64_t xk_max = 14336;
+  __nv_bfloat16 *x, *y;
+  int32_t* out;
+  float* scale;
+  CHECK(cudaMalloc(&x, 2 * xk_max));
+  std::vector<__nv_bfloat16> hx(xk_max);
+  for (int64_t k = 0; k < xk_max; ++k) hx[k] = __float2bfloat16(float((k * 37) % 101) - 50.0f);
+  CHECK(cudaMemcpy(x, hx.data(), 2 * xk_max, cudaMemcpyHostToDevice));
+  CHECK(cudaMalloc(&out, 4 * 132 * 64 * 4));
+  CHECK(cudaMalloc(&y, 2 * 4 * 16384));
+  CHECK(cudaMalloc(&scale, 4 * 4 * 16384));
+  CHECK(cudaMemset(scale, 0, 4 * 4 * 16384));
+
+  struct Config {
+    int64_t units;
+    int threads;
+    int64_t xk;  // probe: x's length; real kernel: K (N = 4 * units * 4096 / K)
+    int mode;
+    PersistSwitches sw;
+  };
+  std::vector<Config> configs;
+  const bool all = std::getenv("FLOOR_ALL") != nullptr;
+  if (all) {
+    const int base[] = {0,
+                        kPdl,
+                        kPdl | kBulkPf,
+                        kPdl | kLinePf,
+                        kPdl | kEarlyLoads,
+                        kPdl | kXPhase,
+                        kPdl | kXPhase | kBulkPf,
+                        kPdl | kXPhase | kLinePf,
+                        kPdl | kXPhase | kEarlyLoads};
+    for (const int64_t units : sizes)
+      for (const int threads : {512, 256})
+        for (const int mode : base) configs.push_back({units, threads, 4096, mode, {}});
+    // x's share: x of 64, 4096 and 14336 elements, x prefetched or not.
+    for (const int64_t xk : {64, 4096, 14336})
+      for (const int mode : {kPdl | kXPhase, kPdl | kXPhase | kBulkPf, kPdl | kXPhase | kXPf,
+                             kPdl | kXPhase | kBulkPf | kXPf})
+        configs.push_back({3584, 512, xk, mode, {}});
+  }
+  for (const int mode : {kPdl | kBulkPf, kPdl | kXPhase | kBulkPf, kPdl | kXPhase | kBulkPf | kXTwoPass,
+                         kPdl | kXPhase | kBulkPf | kXThenLoads, kPdl | kXPhase | kEarlyLoads})
+    configs.push_back({3584, 512, 4096, mode, {}});
+  // The real kernel on the same bytes, as 14336x4096 and 4096x14336, under its switches.
+  for (const int64_t k : {4096, 14336}) {
+    std::vector<PersistSwitches> sws(7);
+    sws[1].xregs = 1;
+    sws[2].xregs = 0, sws[2].overlap = true;
+    sws[3].xregs = 1, sws[3].overlap = true;
+    sws[4].xregs = 1, sws[4].overlap = true, sws[4].prefetch = 0;
+    sws[5].weights_first = true;
+    for (const auto& sw : sws) configs.push_back({3584, 512, k, kPdl | kReal, sw});
+  }
+
+  auto name = [](int m) {
+    if (m & kReal) return std::string("real kernel");
+    std::string r = m & kPdl ? "PDL" : "no PDL";
+    if (m & kXPhase) r += " + x";
+    if (m & kXTwoPass) r += " (two passes)";
+    if (m & kXPf) r += " + x pf";
+    if (m & kBulkPf) r += " + bulk pf";
+    if (m & kLinePf) r += " + line pf";
+    if (m & kEarlyLoads) r += " + loads before wait";
+    if (m & kXThenLoads) r += " + loads after x's";
+    return r;
+  };
+#ifdef TERNARY_CUDA_TRACE
+  std::printf("| units | MB | threads | x K | mode | us/call | GB/s | %% copy BW | wait / x / first / after x (ns) |\n"
+              "|---|---|---|---|---|---|---|---|---|\n");
+#else
+  std::printf("| units | MB | threads | x K | mode | us/call | GB/s | %% copy BW |\n"
+              "|---|---|---|---|---|---|---|---|\n");
+#endif
+  int64_t have = 0;
+  int copies = 0;
+  std::vector<uint8_t*> w;
+  for (const Config& cf : configs) {
+    const int64_t units = cf.units, bytes = units * kRow;
+    if (units != have) {
+      for (auto p : w) CHECK(cudaFree(p));
+      copies = static_cast<int>(std::max<int64_t>(2, 4 * int64_t(l2) / bytes + 1));
+      w.assign(copies, nullptr);
+      std::vector<uint8_t> hw(bytes);
+      for (int64_t i = 0; i < bytes; ++i) hw[i] = uint8_t((i * 2654435761u) >> 13);
+      for (auto& p : w) {
+        CHECK(cudaMalloc(&p, bytes));
+        CHECK(cudaMemcpy(p, hw.data(), bytes, cudaMemcpyHostToDevice));
+      }
+      have = units;
+    }
+    const int calls = 32;
+    const int mode = cf.mode;
+    const size_t smem = std::max<size_t>(kRow, q_ld(cf.xk));
+    auto launch_one = [&](int c) {
+      const dim3 grid(sms), block(cf.threads);
+      if (mode & kReal) {
+        Linear p;
+        p.M = 1; p.N = 4 * bytes / cf.xk; p.K = cf.xk; p.i2 = true; p.weight = w[c % copies];
+        p.scale = scale; p.scale_stride = 1; p.bias = nullptr; p.x = x; p.y = y;
+        p.dtype = DType::BF16;
+        const cudaError_t e = gemv_int8_persistent<1, true, true, __nv_bfloat16>(p, s, true, cf.sw);
+        CHECK(e);
+      } else if (cf.threads == 512) {
+        CHECK(launch_smem(probe_kernel<512, 1>, grid, block, smem, s, (mode & kPdl) != 0,
+                          w[c % copies], units, x, cf.xk, out, mode));
+      } else {
+        CHECK(launch_smem(probe_kernel<256, 2>, grid, block, smem, s, (mode & kPdl) != 0,
+                          w[c % copies], units, x, cf.xk, out, mode));
+      }
+    };
+    cudaGraph_t g;
+    cudaGraphExec_t ge;
+    CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+    for (int c = 0; c < calls; ++c) launch_one(c);
+    CHECK(cudaStreamEndCapture(s, &g));
+    CHECK(cudaGraphInstantiate(&ge, g, 0));
+    std::vector<double> t;
+    for (int r = 0; r < 25; ++r) {
+      CHECK(cudaEventRecord(e0, s));
+      CHECK(cudaGraphLaunch(ge, s));
+      CHECK(cudaEventRecord(e1, s));
+      CHECK(cudaEventSynchronize(e1));
+      float ms = 0;
+      CHECK(cudaEventElapsedTime(&ms, e0, e1));
+      if (r >= 5) t.push_back(1e3 * ms / calls);
+    }
+    CHECK(cudaGetLastError());
+    const double us = median(t);
+    std::string phases;
+#ifdef TERNARY_CUDA_TRACE
+    {  // one more replay, traced: per-block phase medians (ns), from clock64
+      const unsigned zero = 0;
+      CHECK(cudaMemcpyToSymbol(trace_next, &zero, sizeof zero));
+      CHECK(cudaGraphLaunch(ge, s));
+      CHECK(cudaStreamSynchronize(s));
+      unsigned n = 0;
+      CHECK(cudaMemcpyFromSymbol(&n, trace_next, sizeof n));
+      constexpr int R = 2 * kTracePoints + 1;
+      std::vector<unsigned long long> buf(size_t(n) * R);
+      CHECK(cudaMemcpyFromSymbol(buf.data(), trace_buf, buf.size() * 8));
+      std::vector<double> ph[4];
+      for (unsigned i = n / 4; i < n; ++i) {  // skip the first calls' blocks
+        const unsigned long long* r = &buf[size_t(i) * R];
+        auto cyc = [&](int a, int b) { return (double(r[2 + 2 * b]) - double(r[2 + 2 * a])) * ns_per_cycle; };
+        ph[0].push_back(cyc(0, 1));
+        ph[1].push_back(cyc(1, 2));
+        if (r[1 + 2 * 3]) ph[2].push_back(cyc(2, 3));
+        ph[3].push_back(cyc(2, 4));
+      }
+      char b[160];
+      std::snprintf(b, sizeof b, " %.0f / %.0f / %.0f / %.0f |", median(ph[0]), median(ph[1]),
+                    ph[2].empty() ? 0.0 : median(ph[2]), median(ph[3]));
+      phases = b;
+    }
+#endif
+    std::string label = name(mode);
+    if (mode & kReal)
+      label += " prefetch " + std::to_string(cf.sw.prefetch) + " xregs " + std::to_string(cf.sw.xregs) +
+               (cf.sw.overlap ? " overlap" : "") + (cf.sw.weights_first ? " weights first" : "");
+    std::printf("| %lld | %.1f | %d | %lld | %s | %.2f | %.0f | %.1f |%s\n", (long long)units,
+                bytes / 1e6, cf.threads, (long long)cf.xk, label.c_str(), us, bytes / us / 1e3,
+                100.0 * bytes / us / 1e3 / copy_gbs, phases.c_str());
+    CHECK(cudaGraphExecDestroy(ge));
+    CHECK(cudaGraphDestroy(g));
+  }
+  for (auto p : w) CHECK(cudaFree(p));
+  return 0;
+}

@@ -244,10 +244,12 @@ __global__ void __launch_bounds__(kThreads) gemv_int8_block_kernel(const Linear 
 // One block per SM (at most kPersistWarps warps). Warps form groups of `split` warps; a group
 // owns whole weight units in turn (unit u goes to group u % total_groups, numbered group-major
 // so every block gets the same share). A unit is streamed in batches of kPersistBatch 16-byte
-// chunks per lane (32 lanes x 8 x 16 bytes contiguous); warp `part` of a group takes batches
+// chunks per lane (32 lanes x 4 x 16 bytes contiguous); warp `part` of a group takes batches
 // part, part + split, ... (split > 1 only when units are too few to give every warp slot one,
 // e.g. 4096x14336 i2: 1024 units for 132 x 16 warps). Each warp loads its next batch (of this
-// unit or the next) before decoding the current one, so 2 x 8 x 16 bytes per lane are in flight.
+// unit or the next) before decoding the current one, so 2 x 4 x 16 bytes per lane are in flight
+// (2 x 8 measured 0.6 us slower on both large shapes: two stages of 8 did not fit the register
+// budget and the compiler split a stage's loads around the other's decode).
 // A unit's sums meet in one warp reduction, then (split > 1) in shared memory, added by the
 // group's first warp in part order behind a named barrier of the group: integer sums in a fixed
 // order, so results do not depend on the split. No block barrier after the prologue. Fused
@@ -258,7 +260,7 @@ __global__ void __launch_bounds__(kThreads) gemv_int8_block_kernel(const Linear 
 // the remaining fixed time goes is measured by benchmarks/cuda_trace.cu (CUDA_RESULTS.md).
 constexpr int kPersistWarps = 16;
 constexpr int kPersistMaxSplit = 4;
-constexpr int kPersistBatch = 8;
+constexpr int kPersistBatch = 4;
 constexpr int64_t kXRegsMinMK = 6144;
 
 // Per-launch choices of the persistent GEMV (persist_opts below picks them).

@@ -1,13 +1,16 @@
 // cuda_floor.cu: what a call of the M = 1 GEMV could cost at best, in the benchmark's setting
 // (a CUDA graph of back-to-back calls, each streaming its own copy of the weights from HBM).
 // A probe kernel with the persistent GEMV's layout (one warp per 4 KB weight row in turn, two
-// 4 KB batches in flight per warp, the i2 dp4a decode against q in shared memory) is timed with
-// and without each part of the real kernel's prologue: programmatic dependent launch, the
-// quantization of x after waiting on the predecessor, the L2 prefetch (bulk or per line), and,
-// as the ideal no real kernel may use, the first weight batch loaded before the wait.
-// Torch-free:
+// 4 KB batches in flight per warp, the i2 dp4a decode against q in shared memory, no epilogue)
+// is timed with and without each part of the real kernel's prologue: programmatic dependent
+// launch, the quantization of x after waiting on the predecessor, the L2 prefetch (bulk or per
+// line), and, as the ideal no real kernel may use, the first batch loaded before the wait. The
+// real kernel runs on the same bytes under its switches (PersistSwitches in gemv.cu).
+// Torch-free; results in benchmarks/CUDA_RESULTS.md:
 //   nvcc -O3 -std=c++17 --use_fast_math -arch=sm_90 benchmarks/cuda_floor.cu -o cuda_floor
-//   ./cuda_floor [units of 4 KB per call ...]   (default 3584 = 14336x4096 i2, 14336 = i8)
+//   [FLOOR_ALL=1] ./cuda_floor [4 KB rows per call ...]   (default 3584 = 14336x4096 i2 bytes;
+//   FLOOR_ALL adds the full probe matrix: both block sizes, x lengths, x prefetch)
+// Built with -DTERNARY_CUDA_TRACE it also prints per-block phase medians (as cuda_trace.cu).
 #include "../csrc/cuda/gemv.cu"
 #include "../csrc/cuda/mma_int8.cu"
 

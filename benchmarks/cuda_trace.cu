@@ -2,7 +2,7 @@
 // back-to-back calls (the benchmark's setting), from per-block timestamps the kernel records
 // when TERNARY_CUDA_TRACE is defined (see TRACE_* in csrc/cuda/common.cuh). Torch-free.
 //
-// Build and run on a CUDA machine (benchmarks/cuda_trace.sh does both):
+// Build and run on a CUDA machine:
 //   nvcc -O3 -std=c++17 --use_fast_math -arch=sm_90 benchmarks/cuda_trace.cu -o cuda_trace
 //   ./cuda_trace N K [i2|i8] [calls]
 // Prints, for the steady-state calls of the last replay, the median over calls of: the gap

@@ -13,6 +13,7 @@
 // Built with -DTERNARY_CUDA_TRACE it also prints per-block phase medians (as cuda_trace.cu).
 #include "../csrc/cuda/gemv.cu"
 #include "../csrc/cuda/mma_int8.cu"
+#include "cuda_harness.cuh"
 
 #include <algorithm>
 #include <cstdio>
@@ -21,15 +22,6 @@
 #include <vector>
 
 using namespace ternary::cuda;
-
-#define CHECK(x)                                                                              \
-  do {                                                                                        \
-    cudaError_t e_ = (x);                                                                     \
-    if (e_ != cudaSuccess) {                                                                  \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                           \
-    }                                                                                         \
-  } while (0)
 
 enum Mode : int {
   kPdl = 1,         // launched with PDL; lets the next call launch at once, waits before x
@@ -109,11 +101,6 @@ __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
   const int32_t t = warp_sum(acc[0][0] + acc[1][0] + acc[2][0] + acc[3][0]);
   if (lane == 0) out[blockIdx.x * nwarps + warp] = t;
   TRACE_END
-}
-
-static double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
 }
 
 int main(int argc, char** argv) {
@@ -286,15 +273,12 @@ int main(int argc, char** argv) {
     std::string phases;
 #ifdef TERNARY_CUDA_TRACE
     {  // one more replay, traced: per-block phase medians (ns), from clock64
-      const unsigned zero = 0;
-      CHECK(cudaMemcpyToSymbol(trace_next, &zero, sizeof zero));
+      trace_reset();
       CHECK(cudaGraphLaunch(ge, s));
       CHECK(cudaStreamSynchronize(s));
-      unsigned n = 0;
-      CHECK(cudaMemcpyFromSymbol(&n, trace_next, sizeof n));
-      constexpr int R = 2 * kTracePoints + 1;
-      std::vector<unsigned long long> buf(size_t(n) * R);
-      CHECK(cudaMemcpyFromSymbol(buf.data(), trace_buf, buf.size() * 8));
+      const std::vector<unsigned long long> buf = trace_read();
+      const unsigned n = static_cast<unsigned>(buf.size() / kTraceRecord);
+      constexpr int R = kTraceRecord;
       std::vector<double> ph[4];
       for (unsigned i = n / 4; i < n; ++i) {  // skip the first calls' blocks
         const unsigned long long* r = &buf[size_t(i) * R];

@@ -12,6 +12,7 @@
 #define TERNARY_CUDA_TRACE 1
 #include "../csrc/cuda/gemv.cu"
 #include "../csrc/cuda/mma_int8.cu"
+#include "cuda_harness.cuh"
 
 #include <algorithm>
 #include <cstdlib>
@@ -20,21 +21,6 @@
 #include <vector>
 
 using namespace ternary::cuda;
-
-#define CHECK(x)                                                                       \
-  do {                                                                                 \
-    cudaError_t e_ = (x);                                                              \
-    if (e_ != cudaSuccess) {                                                           \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-      return 1;                                                                        \
-    }                                                                                  \
-  } while (0)
-
-static double median(std::vector<double> v) {
-  if (v.empty()) return 0.0;
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
 
 int main(int argc, char** argv) {
   if (argc < 3) {
@@ -85,8 +71,7 @@ int main(int argc, char** argv) {
   CHECK(cudaGraphInstantiate(&ge, g, 0));
   for (int r = 0; r < 5; ++r) CHECK(cudaGraphLaunch(ge, s));
   CHECK(cudaStreamSynchronize(s));
-  const unsigned zero = 0;
-  CHECK(cudaMemcpyToSymbol(trace_next, &zero, sizeof zero));
+  trace_reset();
   cudaEvent_t e0, e1;
   CHECK(cudaEventCreate(&e0));
   CHECK(cudaEventCreate(&e1));
@@ -96,11 +81,9 @@ int main(int argc, char** argv) {
   CHECK(cudaStreamSynchronize(s));
   float ms = 0;
   CHECK(cudaEventElapsedTime(&ms, e0, e1));
-  unsigned n = 0;
-  CHECK(cudaMemcpyFromSymbol(&n, trace_next, sizeof n));
-  constexpr int R = 2 * kTracePoints + 1;
-  std::vector<unsigned long long> buf(size_t(n) * R);
-  CHECK(cudaMemcpyFromSymbol(buf.data(), trace_buf, buf.size() * 8));
+  const std::vector<unsigned long long> buf = trace_read();
+  const unsigned n = static_cast<unsigned>(buf.size() / kTraceRecord);
+  constexpr int R = kTraceRecord;
 
   // Blocks of one call: the grid size is the same for every call; records arrive in order of
   // block end, so group them by start time instead: sort by start, cut into calls.

@@ -117,23 +117,22 @@ __device__ __forceinline__ void pdl_wait() {
 #endif
 }
 
+// Asks L2 for the 128-byte line holding p (one load-path request, no register written): the
+// per-line alternative to prefetch_l2, for spreading a prefetch over many threads.
+__device__ __forceinline__ void prefetch_l2_line(const void* p) {
+#ifdef __CUDA_ARCH__
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+#endif
+}
+
 // Asks L2 for `bytes` (a multiple of 16) from the 16-byte aligned p, without reading anything
 // into registers: L2 is the device's point of coherence, so this is safe before pdl_wait even
 // when the predecessor writes the same memory (the later loads still see its writes).
 __device__ __forceinline__ void prefetch_l2(const void* p, uint32_t bytes) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
-#elif defined(__CUDA_ARCH__)
-  for (uint32_t o = 0; o < bytes; o += 128)
-    asm volatile("prefetch.global.L2 [%0];" ::"l"(static_cast<const char*>(p) + o));
-#endif
-}
-
-// Asks L2 for the 128-byte line holding p (one load-path request, no register written): the
-// per-line alternative to prefetch_l2, for spreading a prefetch over many threads.
-__device__ __forceinline__ void prefetch_l2_line(const void* p) {
-#ifdef __CUDA_ARCH__
-  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+#else
+  for (uint32_t o = 0; o < bytes; o += 128) prefetch_l2_line(static_cast<const char*>(p) + o);
 #endif
 }
 

@@ -401,26 +401,22 @@ __device__ void quantize_x_block(const T* __restrict__ X, int M, int64_t K, bool
         if (m < M && g < qgroups) store_q(m, g, xv[m][i]);
       }
   } else {
+    // Two passes over x, each calling f(m, g, four values of group g of row m).
+    auto each_x4 = [&](auto&& f) {
 #pragma unroll 4
-    for (int64_t g = threadIdx.x; g < qgroups; g += blockDim.x)
+      for (int64_t g = threadIdx.x; g < qgroups; g += blockDim.x)
 #pragma unroll
-      for (int m = 0; m < MT; ++m)
-        if (m < M) {
-          float v[4];
-          load_x4(X + m * K, 4 * g, K, xvec, v);
-          add_amax(amax[m], v);
-        }
+        for (int m = 0; m < MT; ++m)
+          if (m < M) {
+            float v[4];
+            load_x4(X + m * K, 4 * g, K, xvec, v);
+            f(m, g, v);
+          }
+    };
+    each_x4([&](int m, int64_t, const float (&v)[4]) { add_amax(amax[m], v); });
     reduce_amax();
     x_requested();  // the second pass re-reads x from L1
-#pragma unroll 4
-    for (int64_t g = threadIdx.x; g < qgroups; g += blockDim.x)
-#pragma unroll
-      for (int m = 0; m < MT; ++m)
-        if (m < M) {
-          float v[4];
-          load_x4(X + m * K, 4 * g, K, xvec, v);
-          store_q(m, g, v);
-        }
+    each_x4([&](int m, int64_t g, const float (&v)[4]) { store_q(m, g, v); });
   }
 #pragma unroll
   for (int m = 0; m < MT; ++m) {

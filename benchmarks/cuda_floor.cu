@@ -187,12 +187,10 @@ int main(int argc, char** argv) {
     configs.push_back({3584, 512, 4096, mode, {}});
   // The real kernel on the same bytes, as 14336x4096 and 4096x14336, under its switches.
   for (const int64_t k : {4096, 14336}) {
-    std::vector<PersistSwitches> sws(7);
-    sws[1].xregs = 1;
-    sws[2].xregs = 0, sws[2].overlap = true;
-    sws[3].xregs = 1, sws[3].overlap = true;
-    sws[4].xregs = 1, sws[4].overlap = true, sws[4].prefetch = 0;
-    sws[5].weights_first = true;
+    // The default, then other prefetch budgets per block (the whole share is 108 KB / 112 KB).
+    std::vector<PersistSwitches> sws(6);
+    const int64_t kb[] = {16, 24, 48, 64, 128};
+    for (int i = 1; i < 6; ++i) sws[i].prefetch_bytes = kb[i - 1] << 10;
     for (const auto& sw : sws) configs.push_back({3584, 512, k, kPdl | kReal, sw});
   }
 
@@ -297,7 +295,8 @@ int main(int argc, char** argv) {
     std::string label = name(mode);
     if (mode & kReal)
       label += " prefetch " + std::to_string(cf.sw.prefetch) + " xregs " + std::to_string(cf.sw.xregs) +
-               (cf.sw.overlap ? " overlap" : "") + (cf.sw.weights_first ? " weights first" : "");
+               (cf.sw.overlap ? " overlap" : "") + (cf.sw.weights_first ? " weights first" : "") +
+               " prefetch KB " + std::to_string(cf.sw.prefetch_bytes >> 10);
     std::printf("| %lld | %.1f | %d | %lld | %s | %.2f | %.0f | %.1f |%s\n", (long long)units,
                 bytes / 1e6, cf.threads, (long long)cf.xk, label.c_str(), us, bytes / us / 1e3,
                 100.0 * bytes / us / 1e3 / copy_gbs, phases.c_str());

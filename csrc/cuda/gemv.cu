@@ -262,6 +262,12 @@ constexpr int kPersistWarps = 16;
 constexpr int kPersistMaxSplit = 4;
 constexpr int kPersistBatch = 4;
 constexpr int64_t kXRegsMinMK = 6144;
+// Bytes per block asked of L2 before the wait. Enough to keep HBM busy through the wait and the
+// quantization of x (about 4 MB over 132 SMs, 1.4 us at 3 TB/s), no more: x's loads, issued
+// after the wait, queue behind whatever the prefetch still has in flight. Measured on H100
+// (benchmarks/cuda_floor.cu, i2 M=1): 14336x4096 8.31 us with the whole share (27 rows of 4
+// KB), 7.55 with 8 rows; 4096x14336 10.10 with all 8 rows of 14 KB, 9.43 with 2.
+constexpr int64_t kPersistPrefetchBytes = 32768;
 
 // Per-launch choices of the persistent GEMV (persist_opts below picks them).
 struct PersistOpts {
@@ -698,19 +704,24 @@ PersistGrid persist_grid() {
 }
 
 // Switches of the persistent GEMV, for measuring its choices; persist_switches() reads them
-// from the environment once: TERNARY_OPS_CUDA_PREFETCH=0 / lines, TERNARY_OPS_CUDA_GEMV_XREGS=0 / 1
+// from the environment once: TERNARY_OPS_CUDA_PREFETCH=0 / lines / <bytes per block> (bulk),
+// TERNARY_OPS_CUDA_GEMV_XREGS=0 / 1
 // (default: M * K >= kXRegsMinMK), TERNARY_OPS_CUDA_GEMV_WEIGHTS_FIRST=1,
 // TERNARY_OPS_CUDA_GEMV_OVERLAP=0 / 1.
 struct PersistSwitches {
   int prefetch = 1, xregs = -1;  // prefetch 0: off, 1: bulk, 2: per line; xregs -1: by M * K
   bool weights_first = false, overlap = false;
+  int64_t prefetch_bytes = kPersistPrefetchBytes;  // per block, see persist_opts
 };
 
 const PersistSwitches& persist_switches() {
   static const PersistSwitches env = [] {
     PersistSwitches e;
-    if (const char* v = std::getenv("TERNARY_OPS_CUDA_PREFETCH"))
+    if (const char* v = std::getenv("TERNARY_OPS_CUDA_PREFETCH")) {
       e.prefetch = std::strcmp(v, "0") == 0 ? 0 : std::strcmp(v, "lines") == 0 ? 2 : 1;
+      const long long b = std::atoll(v);
+      if (b > 0) e.prefetch_bytes = b;
+    }
     if (const char* v = std::getenv("TERNARY_OPS_CUDA_GEMV_XREGS"))
       e.xregs = std::strcmp(v, "0") == 0 ? 0 : std::strcmp(v, "1") == 0 ? 1 : -1;
     const char* w = std::getenv("TERNARY_OPS_CUDA_GEMV_WEIGHTS_FIRST");
@@ -722,9 +733,8 @@ const PersistSwitches& persist_switches() {
   return env;
 }
 
-// The persistent GEMV's choices for one launch. The prefetch covers all of a block's rows while
-// the grid's total stays within half the L2 (more would evict rows before they are read), at
-// least one row.
+// The persistent GEMV's choices for one launch. The prefetch asks L2 for a block's first rows,
+// up to kPersistPrefetchBytes (and the grid's total within half the L2, at least one row).
 PersistOpts persist_opts(const Linear& p, int64_t units, int64_t blocks, int split, bool x_aligned,
                          const PersistSwitches& env) {
   PersistOpts o;
@@ -733,6 +743,8 @@ PersistOpts persist_opts(const Linear& p, int64_t units, int64_t blocks, int spl
     const int64_t own = (units + blocks - 1) / blocks;
     const int64_t fit = device_l2_bytes() / 2 / (blocks * p.K);
     o.prefetch_units = static_cast<int>(own < fit ? own : (fit > 1 ? fit : 1));
+    const int64_t budget = env.prefetch_bytes / p.K;
+    if (budget < o.prefetch_units) o.prefetch_units = static_cast<int>(budget > 1 ? budget : 1);
     o.prefetch_lines = env.prefetch == 2;
   }
   o.xvec = p.K % 4 == 0 && x_aligned;

@@ -1,10 +1,10 @@
 """CUDA benchmark: ternary ops vs dense bf16 F.linear (and vs dequantize-then-cuBLAS) on LLM shapes.
 
 Each configuration is checked against ternary_ops.reference first (bit-exact for act="int8").
-Timing: a CUDA graph of `calls` back-to-back ops, each on a different weight copy (enough copies
-to exceed the L2 cache several times, so every call streams its weights from HBM, as a decoder
-does layer after layer); each replay is timed with CUDA events; the median replay over `calls`
-is the time per op. The device-to-device copy bandwidth (bytes read + written) is measured in
+Timing: a CUDA graph of >= 32 back-to-back ops, each on a different weight copy in turn (enough
+copies to exceed the L2 cache several times, so every call streams its weights from HBM, as a
+decoder does layer after layer); each replay is timed with CUDA events; the median replay over
+its number of calls is the time per op. The device-to-device copy bandwidth (bytes read + written) is measured in
 the same process and is the 100% mark for the weight GB/s.
 
 Usage: python benchmarks/cuda_bench.py [--m 1 4 16 128] [--formats i2 i8] [--out results.md]
@@ -45,8 +45,10 @@ def copy_bandwidth(nbytes=2 << 30, iters=20):
 
 
 def time_rotating(fn, copies, l2_bytes, bytes_per_call, replays=30):
-    """Median seconds per call of fn(copy) over a graph that cycles through `copies`."""
-    calls = max(len(copies), 8)
+    """Median seconds per call of fn(copy) over a graph that cycles through `copies`. At least
+    32 calls per graph, so the graph's own launch adds little to each call (a decoder runs its
+    layers back to back: the steady state is what counts)."""
+    calls = max(len(copies), 32)
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):

@@ -255,9 +255,10 @@ __global__ void __launch_bounds__(kThreads) gemv_int8_block_kernel(const Linear 
 // order, so results do not depend on the split. No block barrier after the prologue. Fused
 // (small M * K): the prologue quantizes x into shared memory once per block, exactly as
 // quantize_rows_kernel does, so act="int8" is a single launch; otherwise q / inv / qsum come
-// from the pre-pass. Before waiting on its predecessor (PDL), each block asks L2 for its weight
-// rows, so under back-to-back calls the stream starts during the previous call's tail; where
-// the remaining fixed time goes is measured by benchmarks/cuda_trace.cu (CUDA_RESULTS.md).
+// from the pre-pass. Before waiting on its predecessor (PDL), each block asks L2 for its first
+// weight rows (kPersistPrefetchBytes), so under back-to-back calls the stream starts during the
+// previous call's tail; where the remaining fixed time goes is measured by
+// benchmarks/cuda_trace.cu and benchmarks/cuda_floor.cu (CUDA_RESULTS.md).
 constexpr int kPersistWarps = 16;
 constexpr int kPersistMaxSplit = 4;
 constexpr int kPersistBatch = 4;
@@ -704,8 +705,8 @@ PersistGrid persist_grid() {
 }
 
 // Switches of the persistent GEMV, for measuring its choices; persist_switches() reads them
-// from the environment once: TERNARY_OPS_CUDA_PREFETCH=0 / lines / <bytes per block> (bulk),
-// TERNARY_OPS_CUDA_GEMV_XREGS=0 / 1
+// from the environment once: TERNARY_OPS_CUDA_PREFETCH=0 / lines,
+// TERNARY_OPS_CUDA_PREFETCH_BYTES=<bytes per block>, TERNARY_OPS_CUDA_GEMV_XREGS=0 / 1
 // (default: M * K >= kXRegsMinMK), TERNARY_OPS_CUDA_GEMV_WEIGHTS_FIRST=1,
 // TERNARY_OPS_CUDA_GEMV_OVERLAP=0 / 1.
 struct PersistSwitches {
@@ -717,8 +718,9 @@ struct PersistSwitches {
 const PersistSwitches& persist_switches() {
   static const PersistSwitches env = [] {
     PersistSwitches e;
-    if (const char* v = std::getenv("TERNARY_OPS_CUDA_PREFETCH")) {
+    if (const char* v = std::getenv("TERNARY_OPS_CUDA_PREFETCH"))
       e.prefetch = std::strcmp(v, "0") == 0 ? 0 : std::strcmp(v, "lines") == 0 ? 2 : 1;
+    if (const char* v = std::getenv("TERNARY_OPS_CUDA_PREFETCH_BYTES")) {
       const long long b = std::atoll(v);
       if (b > 0) e.prefetch_bytes = b;
     }

@@ -24,7 +24,7 @@ SHAPES = [(1, 1, 1), (1, 5, 7), (2, 3, 16), (3, 13, 33), (4, 64, 64), (5, 31, 10
           # act="int8" GEMV, M <= 2: quantized in the kernel up to M * K = 32768, pre-pass
           # above it; M > 2: pre-pass and the block kernel.
           (2, 600, 16384), (8, 70, 4100), (1, 9, 33000),
-          # M * K >= 6144 and K % 4 == 0: x quantized from registers; K % 4 != 0: two passes.
+          # K % 4 == 0 and x aligned: x quantized from registers where it fits; else two passes.
           (1, 3000, 8192), (2, 1000, 6000), (1, 500, 7001),
           # mma: many n tiles, k-steps not a multiple of the 8 k-split warps, M past 64.
           (20, 3001, 600), (100, 515, 1472)]
@@ -130,7 +130,9 @@ def test_gemv_x_alignment_and_paths(fmt, dtype):
     block kernel (M > 2), and few long rows split over 2-4 warps (even and uneven batch counts)."""
     gen = torch.Generator().manual_seed(5)
     for m, n, k in [(1, 4100, 1000), (3, 37, 1001), (8, 64, 4096), (8, 33, 4097), (1, 5, 40000),
-                    (1, 64, 14336), (2, 9, 9000), (2, 600, 20000), (4, 100, 3000)]:
+                    (1, 64, 14336), (2, 9, 9000), (2, 600, 20000), (4, 100, 3000),
+                    # x from registers, 16 and 4 groups of 4 per thread (i2; 8 and 2 for i8)
+                    (1, 1000, 14336), (1, 2000, 4096)]:
         w, scale = make_weight(fmt, n, k, gen, "channel")
         x = torch.randn(m, k, generator=gen).to(dtype)
         buf = torch.empty(m * k + 1, dtype=dtype, device="cuda")

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 
 #include "common.cuh"
 
@@ -262,7 +263,6 @@ __global__ void __launch_bounds__(kThreads) gemv_int8_block_kernel(const Linear 
 constexpr int kPersistWarps = 16;
 constexpr int kPersistMaxSplit = 4;
 constexpr int kPersistBatch = 4;
-constexpr int64_t kXRegsMinMK = 6144;
 // Bytes per block asked of L2 before the wait. Enough to keep HBM busy through the wait and the
 // quantization of x (about 4 MB over 132 SMs, 1.4 us at 3 TB/s), no more: x's loads, issued
 // after the wait, queue behind whatever the prefetch still has in flight. Measured on H100
@@ -377,14 +377,16 @@ __device__ void quantize_x_block(const T* __restrict__ X, int M, int64_t K, bool
   // (or rows past M) are not loaded, only zeroed: loading a dummy in-range address instead
   // sent up to 15 loads per thread to x's first line, from every block at once, and that one
   // L2 line cost ~1 us per call (H100: x of 64 elements took 2.4 us to quantize).
-  constexpr int kXRegs = 16 / MT;
-  if (xvec && xregs && qgroups <= kXRegs * int64_t(blockDim.x)) {
+  // NR groups per thread, the fewest that hold x: this code runs once per call, so its size is
+  // paid in instruction fetches (H100, 4096x14336 i2 M=1: NR = 16 9.07 us, NR = 8 8.78).
+  auto from_regs = [&](auto nr) {
+    constexpr int NR = decltype(nr)::value;
     const int64_t groups = K / 4;  // xvec: K % 4 == 0
-    float xv[MT][kXRegs][4];
+    float xv[MT][NR][4];
 #pragma unroll
     for (int m = 0; m < MT; ++m)
 #pragma unroll
-      for (int i = 0; i < kXRegs; ++i) {
+      for (int i = 0; i < NR; ++i) {
         const int64_t g = threadIdx.x + int64_t(i) * blockDim.x;
         if (m < M && g < groups) {
           load_x4v(X + m * K + 4 * g, xv[m][i]);
@@ -397,15 +399,28 @@ __device__ void quantize_x_block(const T* __restrict__ X, int M, int64_t K, bool
 #pragma unroll
     for (int m = 0; m < MT; ++m)
 #pragma unroll
-      for (int i = 0; i < kXRegs; ++i) add_amax(amax[m], xv[m][i]);
+      for (int i = 0; i < NR; ++i) add_amax(amax[m], xv[m][i]);
     reduce_amax();
 #pragma unroll
     for (int m = 0; m < MT; ++m)
 #pragma unroll
-      for (int i = 0; i < kXRegs; ++i) {
+      for (int i = 0; i < NR; ++i) {
         const int64_t g = threadIdx.x + int64_t(i) * blockDim.x;
         if (m < M && g < qgroups) store_q(m, g, xv[m][i]);
       }
+  };
+  constexpr int kXRegs = 16 / MT;  // most groups per thread held in registers
+  const int64_t per_thread = (qgroups + blockDim.x - 1) / blockDim.x;
+  if (xvec && xregs && per_thread <= kXRegs) {
+    if (per_thread <= 2) {
+      from_regs(std::integral_constant<int, 2>());
+    } else if (per_thread <= 4) {
+      from_regs(std::integral_constant<int, 4>());
+    } else if (kXRegs == 8 || per_thread <= 8) {
+      from_regs(std::integral_constant<int, 8>());
+    } else if constexpr (kXRegs > 8) {
+      from_regs(std::integral_constant<int, kXRegs>());
+    }
   } else {
     // Two passes over x, each calling f(m, g, four values of group g of row m).
     auto each_x4 = [&](auto&& f) {
@@ -706,10 +721,11 @@ PersistGrid persist_grid() {
 // Switches of the persistent GEMV, for measuring its choices; persist_switches() reads them
 // from the environment once: TERNARY_OPS_CUDA_PREFETCH=0 / lines,
 // TERNARY_OPS_CUDA_PREFETCH_BYTES=<bytes per block>, TERNARY_OPS_CUDA_GEMV_XREGS=0 / 1
-// (default: M * K >= kXRegsMinMK), TERNARY_OPS_CUDA_GEMV_WEIGHTS_FIRST=1,
+// (default 1: from registers wherever x fits), TERNARY_OPS_CUDA_GEMV_WEIGHTS_FIRST=1,
 // TERNARY_OPS_CUDA_GEMV_OVERLAP=0 / 1.
 struct PersistSwitches {
-  int prefetch = 1, xregs = -1;  // prefetch 0: off, 1: bulk, 2: per line; xregs -1: by M * K
+  int prefetch = 1;  // 0: off, 1: bulk, 2: per line
+  bool xregs = true;
   bool weights_first = false, overlap = false;
   int64_t prefetch_bytes = kPersistPrefetchBytes;  // per block, see persist_opts
 };
@@ -724,7 +740,7 @@ const PersistSwitches& persist_switches() {
       if (b > 0) e.prefetch_bytes = b;
     }
     if (const char* v = std::getenv("TERNARY_OPS_CUDA_GEMV_XREGS"))
-      e.xregs = std::strcmp(v, "0") == 0 ? 0 : std::strcmp(v, "1") == 0 ? 1 : -1;
+      e.xregs = std::strcmp(v, "0") != 0;
     const char* w = std::getenv("TERNARY_OPS_CUDA_GEMV_WEIGHTS_FIRST");
     e.weights_first = w && std::strcmp(w, "1") == 0;
     if (const char* v = std::getenv("TERNARY_OPS_CUDA_GEMV_OVERLAP"))
@@ -749,7 +765,7 @@ PersistOpts persist_opts(const Linear& p, int64_t units, int64_t blocks, int spl
     o.prefetch_lines = env.prefetch == 2;
   }
   o.xvec = p.K % 4 == 0 && x_aligned;
-  o.xregs = env.xregs >= 0 ? env.xregs == 1 : p.M * p.K >= kXRegsMinMK;
+  o.xregs = env.xregs;
   o.weights_first = env.weights_first;
   o.overlap = env.overlap && !o.weights_first;
   return o;

@@ -187,10 +187,16 @@ int main(int argc, char** argv) {
     configs.push_back({3584, 512, 4096, mode, {}});
   // The real kernel on the same bytes, as 14336x4096 and 4096x14336, under its switches.
   for (const int64_t k : {4096, 14336}) {
-    // The default, then other prefetch budgets per block (the whole share is 108 KB / 112 KB).
-    std::vector<PersistSwitches> sws(6);
-    const int64_t kb[] = {16, 24, 48, 64, 128};
-    for (int i = 1; i < 6; ++i) sws[i].prefetch_bytes = kb[i - 1] << 10;
+    // Prefetch budgets per block (the whole share is 108 KB / 112 KB), with and without the
+    // first weight batch issued as soon as x's loads are (overlap, the default; 32 KB too).
+    std::vector<PersistSwitches> sws;
+    for (const bool overlap : {false, true})
+      for (const int64_t kb : {16, 32, 64, 128}) {
+        PersistSwitches sw;
+        sw.prefetch_bytes = kb << 10;
+        sw.overlap = overlap;
+        sws.push_back(sw);
+      }
     for (const auto& sw : sws) configs.push_back({3584, 512, k, kPdl | kReal, sw});
   }
 

@@ -4,8 +4,8 @@ Each configuration is checked against ternary_ops.reference first (bit-exact for
 Timing: a CUDA graph of >= 32 back-to-back ops, each on a different weight copy in turn (enough
 copies to exceed the L2 cache several times, so every call streams its weights from HBM, as a
 decoder does layer after layer); each replay is timed with CUDA events; the median replay over
-its number of calls is the time per op. The device-to-device copy bandwidth (bytes read + written) is measured in
-the same process and is the 100% mark for the weight GB/s.
+its number of calls is the time per op. The device-to-device copy bandwidth (bytes read +
+written) is measured in the same process and is the 100% mark for the weight GB/s.
 
 Usage: python benchmarks/cuda_bench.py [--m 1 4 16 128] [--formats i2 i8] [--out results.md]
 """

@@ -266,8 +266,8 @@ constexpr int kPersistBatch = 4;
 // Bytes per block asked of L2 before the wait. Enough to keep HBM busy through the wait and the
 // quantization of x (about 4 MB over 132 SMs, 1.4 us at 3 TB/s), no more: x's loads, issued
 // after the wait, queue behind whatever the prefetch still has in flight. Measured on H100
-// (benchmarks/cuda_floor.cu, i2 M=1): 14336x4096 8.31 us with the whole share (27 rows of 4
-// KB), 7.55 with 8 rows; 4096x14336 10.10 with all 8 rows of 14 KB, 9.43 with 2.
+// (benchmarks/cuda_floor.cu, i2 M=1): 14336x4096 7.84 us with the whole share (27-28 rows of
+// 4 KB), 6.88 with 8 rows; 4096x14336 9.29 with all 8 rows of 14 KB, 7.94 with 2.
 constexpr int64_t kPersistPrefetchBytes = 32768;
 
 // Per-launch choices of the persistent GEMV (persist_opts below picks them).

@@ -16,48 +16,32 @@
 
 namespace ternary::cuda {
 
+// Attribute A of the current device, read once per device; `fallback` when it cannot be read
+// (or is below 1: every attribute read here is a positive count or version).
+template <cudaDeviceAttr A>
+int device_attr(int fallback) {
+  static int value_of[64] = {0};  // per device, 0 = not yet read
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return fallback;
+  if (value_of[dev] == 0) {
+    int v = 0;
+    if (cudaDeviceGetAttribute(&v, A, dev) != cudaSuccess || v < 1) return fallback;
+    value_of[dev] = v;
+  }
+  return value_of[dev];
+}
+
 bool pdl_enabled() {
   static const bool env_on = [] {
     const char* v = std::getenv("TERNARY_OPS_CUDA_PDL");
     return !(v && std::strcmp(v, "0") == 0);
   }();
-  if (!env_on) return false;
-  static int major_of[64] = {0};  // per device, 0 = not yet read
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return false;
-  if (major_of[dev] == 0) {
-    int major = 0;
-    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess)
-      return false;
-    major_of[dev] = major;
-  }
-  return major_of[dev] >= 9;
+  return env_on && device_attr<cudaDevAttrComputeCapabilityMajor>(0) >= 9;
 }
 
-int device_sms() {
-  static int sms_of[64] = {0};  // per device, 0 = not yet read
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return 1;
-  if (sms_of[dev] == 0) {
-    int n = 0;
-    if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n < 1)
-      return 1;
-    sms_of[dev] = n;
-  }
-  return sms_of[dev];
-}
+int device_sms() { return device_attr<cudaDevAttrMultiProcessorCount>(1); }
 
-int64_t device_l2_bytes() {
-  static int64_t l2_of[64] = {0};  // per device, 0 = not yet read
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return 0;
-  if (l2_of[dev] == 0) {
-    int n = 0;
-    if (cudaDeviceGetAttribute(&n, cudaDevAttrL2CacheSize, dev) != cudaSuccess || n < 1) return 0;
-    l2_of[dev] = n;
-  }
-  return l2_of[dev];
-}
+int64_t device_l2_bytes() { return device_attr<cudaDevAttrL2CacheSize>(0); }
 
 namespace {
 

@@ -256,12 +256,7 @@ int main(int argc, char** argv) {
                           w[c % copies], units, x, cf.xk, out, mode));
       }
     };
-    cudaGraph_t g;
-    cudaGraphExec_t ge;
-    CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
-    for (int c = 0; c < calls; ++c) launch_one(c);
-    CHECK(cudaStreamEndCapture(s, &g));
-    CHECK(cudaGraphInstantiate(&ge, g, 0));
+    const cudaGraphExec_t ge = capture_calls(s, calls, launch_one);
     std::vector<double> t;
     for (int r = 0; r < 25; ++r) {
       CHECK(cudaEventRecord(e0, s));
@@ -307,7 +302,6 @@ int main(int argc, char** argv) {
                 bytes / 1e6, cf.threads, (long long)cf.xk, label.c_str(), us, bytes / us / 1e3,
                 100.0 * bytes / us / 1e3 / copy_gbs, phases.c_str());
     CHECK(cudaGraphExecDestroy(ge));
-    CHECK(cudaGraphDestroy(g));
   }
   for (auto p : w) CHECK(cudaFree(p));
   return 0;

@@ -24,6 +24,19 @@ inline double median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
+// launch(c) for c = 0 .. calls - 1, back to back, captured on s into an executable graph.
+template <typename F>
+cudaGraphExec_t capture_calls(cudaStream_t s, int calls, F&& launch) {
+  cudaGraph_t g;
+  cudaGraphExec_t ge;
+  CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+  for (int c = 0; c < calls; ++c) launch(c);
+  CHECK(cudaStreamEndCapture(s, &g));
+  CHECK(cudaGraphInstantiate(&ge, g, 0));
+  CHECK(cudaGraphDestroy(g));  // the executable graph does not need it
+  return ge;
+}
+
 #ifdef TERNARY_CUDA_TRACE
 // Words per block record: the block index, then (globaltimer, clock64) per trace point.
 constexpr int kTraceRecord = 2 * ternary::cuda::kTracePoints + 1;

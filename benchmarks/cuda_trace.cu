@@ -63,12 +63,7 @@ int main(int argc, char** argv) {
   };
   CHECK(one(0));
   CHECK(cudaStreamSynchronize(s));
-  cudaGraph_t g;
-  cudaGraphExec_t ge;
-  CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
-  for (int c = 0; c < calls; ++c) CHECK(one(c));
-  CHECK(cudaStreamEndCapture(s, &g));
-  CHECK(cudaGraphInstantiate(&ge, g, 0));
+  const cudaGraphExec_t ge = capture_calls(s, calls, [&](int c) { CHECK(one(c)); });
   for (int r = 0; r < 5; ++r) CHECK(cudaGraphLaunch(ge, s));
   CHECK(cudaStreamSynchronize(s));
   trace_reset();

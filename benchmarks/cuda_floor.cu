@@ -32,7 +32,8 @@ enum Mode : int {
   kXPf = 32,         // prefetch.global.L2 of x's lines before the wait
   kReal = 64,        // the real kernel (i2, N = 4 * units, K = 4096) instead, switches below
   kXThenLoads = 128,  // first batch issued once x's loads are, before x is used
-  kXTwoPass = 256     // x quantized in two passes (amax, then quantize) instead of from registers
+  kXTwoPass = 256,    // x quantized in two passes (amax, then quantize) instead of from registers
+  kXSpread = 512      // every block reads its own copy of x (no two blocks read the same lines)
 };
 
 constexpr int kRow = 4096;  // bytes per weight row (unit)
@@ -43,6 +44,7 @@ __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
     probe_kernel(const uint8_t* __restrict__ W, int64_t units, const __nv_bfloat16* x, int64_t xk,
                  int32_t* out, int mode) {
   extern __shared__ __align__(16) unsigned char smem_q[];
+  if (mode & kXSpread) x += blockIdx.x * xk;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
   const int64_t stride = int64_t(nwarps) * gridDim.x;
   int64_t item = int64_t(warp) * gridDim.x + blockIdx.x;
@@ -74,9 +76,13 @@ __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
   if (mode & kXPhase) {
     float inv[1];
     int32_t qsum[1];
-    quantize_x_block<1, __nv_bfloat16>(x, 1, xk, true, !(mode & kXTwoPass), smem_q, inv, qsum, [&] {
-      if (mode & kXThenLoads) load(cur, item);
-    });
+    quantize_x_block<1, __nv_bfloat16>(x, 1, xk, true, !(mode & kXTwoPass), smem_q, inv, qsum,
+                                       [&](int phase) {
+                                         if (phase == kXLoadsIssued && (mode & kXThenLoads))
+                                           load(cur, item);
+                                         TRACE_POINT(4, phase == kXLanded)
+                                         TRACE_POINT(5, phase == kXScaled)
+                                       });
   } else {
     for (int i = threadIdx.x; i < kRow / 4; i += blockDim.x)
       reinterpret_cast<uint32_t*>(smem_q)[i] = 0x01010101u * (i & 3);
@@ -145,10 +151,12 @@ int main(int argc, char** argv) {
   __nv_bfloat16 *x, *y;
   int32_t* out;
   float* scale;
-  CHECK(cudaMalloc(&x, 2 * xk_max));
-  std::vector<__nv_bfloat16> hx(xk_max);
-  for (int64_t k = 0; k < xk_max; ++k) hx[k] = __float2bfloat16(float((k * 37) % 101) - 50.0f);
-  CHECK(cudaMemcpy(x, hx.data(), 2 * xk_max, cudaMemcpyHostToDevice));
+  // One copy per block (kXSpread reads copy blockIdx.x; the others read the first).
+  CHECK(cudaMalloc(&x, 2 * xk_max * sms));
+  std::vector<__nv_bfloat16> hx(xk_max * sms);
+  for (int64_t k = 0; k < xk_max * sms; ++k)
+    hx[k] = __float2bfloat16(float(((k % xk_max) * 37) % 101) - 50.0f);
+  CHECK(cudaMemcpy(x, hx.data(), 2 * xk_max * sms, cudaMemcpyHostToDevice));
   CHECK(cudaMalloc(&out, 4 * 132 * 64 * 4));
   CHECK(cudaMalloc(&y, 2 * 4 * 16384));
   CHECK(cudaMalloc(&scale, 4 * 4 * 16384));
@@ -176,10 +184,13 @@ int main(int argc, char** argv) {
     for (const int64_t units : sizes)
       for (const int threads : {512, 256})
         for (const int mode : base) configs.push_back({units, threads, 4096, mode, {}});
-    // x's share: x of 64, 4096 and 14336 elements, x prefetched or not.
+    // x's share: x of 64, 4096 and 14336 elements, x prefetched or not, x read by every block
+    // or one copy per block.
     for (const int64_t xk : {64, 4096, 14336})
       for (const int mode : {kPdl | kXPhase, kPdl | kXPhase | kBulkPf, kPdl | kXPhase | kXPf,
-                             kPdl | kXPhase | kBulkPf | kXPf})
+                             kPdl | kXPhase | kBulkPf | kXPf,
+                             kPdl | kXPhase | kBulkPf | kXThenLoads,
+                             kPdl | kXPhase | kBulkPf | kXThenLoads | kXSpread})
         configs.push_back({3584, 512, xk, mode, {}});
   }
   for (const int mode : {kPdl | kBulkPf, kPdl | kXPhase | kBulkPf, kPdl | kXPhase | kBulkPf | kXTwoPass,
@@ -210,11 +221,12 @@ int main(int argc, char** argv) {
     if (m & kLinePf) r += " + line pf";
     if (m & kEarlyLoads) r += " + loads before wait";
     if (m & kXThenLoads) r += " + loads after x's";
+    if (m & kXSpread) r += " + x per block";
     return r;
   };
 #ifdef TERNARY_CUDA_TRACE
-  std::printf("| units | MB | threads | x K | mode | us/call | GB/s | %% copy BW | wait / x / first / after x (ns) |\n"
-              "|---|---|---|---|---|---|---|---|---|\n");
+  std::printf("| units | MB | threads | x K | mode | us/call | GB/s | %% copy BW | wait / x / first / after x (ns) | x landed / amax reduced / q written (ns) |\n"
+              "|---|---|---|---|---|---|---|---|---|---|\n");
 #else
   std::printf("| units | MB | threads | x K | mode | us/call | GB/s | %% copy BW |\n"
               "|---|---|---|---|---|---|---|---|\n");
@@ -278,18 +290,24 @@ int main(int argc, char** argv) {
       const std::vector<unsigned long long> buf = trace_read();
       const unsigned n = static_cast<unsigned>(buf.size() / kTraceRecord);
       constexpr int R = kTraceRecord;
-      std::vector<double> ph[4];
+      std::vector<double> ph[7];
       for (unsigned i = n / 4; i < n; ++i) {  // skip the first calls' blocks
         const unsigned long long* r = &buf[size_t(i) * R];
         auto cyc = [&](int a, int b) { return (double(r[2 + 2 * b]) - double(r[2 + 2 * a])) * ns_per_cycle; };
         ph[0].push_back(cyc(0, 1));
         ph[1].push_back(cyc(1, 2));
         if (r[1 + 2 * 3]) ph[2].push_back(cyc(2, 3));
-        ph[3].push_back(cyc(2, 4));
+        ph[3].push_back(cyc(2, kTracePoints - 1));
+        if (r[1 + 2 * 4]) {  // x quantized: its loads landed, its scale known, q written
+          ph[4].push_back(cyc(1, 4));
+          ph[5].push_back(cyc(4, 5));
+          ph[6].push_back(cyc(5, 2));
+        }
       }
-      char b[160];
-      std::snprintf(b, sizeof b, " %.0f / %.0f / %.0f / %.0f |", median(ph[0]), median(ph[1]),
-                    ph[2].empty() ? 0.0 : median(ph[2]), median(ph[3]));
+      char b[200];
+      std::snprintf(b, sizeof b, " %.0f / %.0f / %.0f / %.0f | %.0f / %.0f / %.0f |", median(ph[0]),
+                    median(ph[1]), ph[2].empty() ? 0.0 : median(ph[2]), median(ph[3]),
+                    median(ph[4]), median(ph[5]), median(ph[6]));
       phases = b;
     }
 #endif

@@ -100,8 +100,8 @@ int main(int argc, char** argv) {
         wait.push_back(cyc(0, 1));
         quant.push_back(cyc(1, 2));
         if (r[1 + 2 * 3]) first.push_back(cyc(2, 3));
-        rest.push_back(cyc(2, 4));
-        total.push_back(cyc(0, 4));
+        rest.push_back(cyc(2, kTracePoints - 1));
+        total.push_back(cyc(0, kTracePoints - 1));
       }
     }
     if (c >= calls / 4) {

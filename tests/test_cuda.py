@@ -125,20 +125,26 @@ def test_unaligned_and_strided(fmt, act):
 @pytest.mark.parametrize("fmt", ["i2", "i8"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
 def test_gemv_x_alignment_and_paths(fmt, dtype):
-    """act="int8" GEMV: x at an address that forbids vector loads, K not a multiple of 4 or 16,
-    the in-kernel quantization and the pre-pass, more units than warps (several per warp), the
-    block kernel (M > 2), and few long rows split over 2-4 warps (even and uneven batch counts)."""
+    """act="int8" GEMV: x at an address that forbids vector loads or allows only 8-byte ones, K
+    not a multiple of 4, 8 or 16, the in-kernel quantization and the pre-pass, more units than
+    warps (several per warp), the block kernel (M > 2), and few long rows split over 2-4 warps
+    (even and uneven batch counts)."""
     gen = torch.Generator().manual_seed(5)
     for m, n, k in [(1, 4100, 1000), (3, 37, 1001), (8, 64, 4096), (8, 33, 4097), (1, 5, 40000),
                     (1, 64, 14336), (2, 9, 9000), (2, 600, 20000), (4, 100, 3000),
                     # x from registers, 16 and 4 groups of 4 per thread (i2; 8 and 2 for i8)
-                    (1, 1000, 14336), (1, 2000, 4096)]:
+                    (1, 1000, 14336), (1, 2000, 4096),
+                    # K % 4 == 0, K % 8 != 0: 2-byte x rows not 16-byte aligned (two passes)
+                    (1, 300, 1004), (2, 50, 2052)]:
         w, scale = make_weight(fmt, n, k, gen, "channel")
         x = torch.randn(m, k, generator=gen).to(dtype)
-        buf = torch.empty(m * k + 1, dtype=dtype, device="cuda")
-        x_odd = buf[1:].view(m, k)
-        x_odd.copy_(x)
-        for xd in (x_odd, x.cuda()):
+        # x shifted by 1 element, and by 4 (8 bytes for bf16 / half: 8-byte loads only)
+        shifted = []
+        for shift in (1, 4):
+            buf = torch.empty(m * k + shift, dtype=dtype, device="cuda")
+            shifted.append(buf[shift:].view(m, k))
+            shifted[-1].copy_(x)
+        for xd in (*shifted, x.cuda()):
             out = run_op(fmt, xd, w.cuda(), scale.cuda(), n, None, "int8")
             check(out, run_ref(fmt, x, w, scale, n, None, "int8"), "int8", dtype,
                   f"{fmt} M={m} N={n} K={k} x at {xd.data_ptr() % 16}")

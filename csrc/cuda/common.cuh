@@ -140,7 +140,7 @@ __device__ __forceinline__ void prefetch_l2(const void* p, uint32_t bytes) {
 // including the kernels; they compile to nothing otherwise. Per block, thread 0 records
 // %globaltimer (ns, comparable across SMs) and clock64 (cycles, this SM) at numbered points.
 #ifdef TERNARY_CUDA_TRACE
-constexpr int kTracePoints = 5;
+constexpr int kTracePoints = 7;  // 0-5 set by the kernels, 6: block end
 __device__ unsigned long long trace_buf[1 << 22];
 __device__ unsigned int trace_next;
 __device__ __forceinline__ unsigned long long trace_gtimer() {

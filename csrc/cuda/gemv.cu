@@ -260,7 +260,7 @@ struct PersistOpts {
   int prefetch_units = 0;      // weight rows per block asked of L2 up front (0: none)
   bool prefetch_lines = false;  // per 128-byte line from every thread, not one bulk op per row
   bool xvec = false;           // x rows 4-element aligned, K % 4 == 0
-  bool xregs = false;          // quantize x from registers (one pass) when it fits
+  bool xregs = false;          // from registers (one pass) when x fits: rows 16-byte aligned
   bool weights_first = false;  // first weight batch issued before x is read
   bool overlap = false;        // first weight batch issued once x's loads are (quantize_x_block)
 };
@@ -275,16 +275,29 @@ __device__ __forceinline__ void load_x4v(const float* p, float (&v)[4]) {
   const float4 t = *reinterpret_cast<const float4*>(p);
   v[0] = t.x; v[1] = t.y; v[2] = t.z; v[3] = t.w;
 }
-__device__ __forceinline__ void load_x4v(const __nv_bfloat16* p, float (&v)[4]) {
-  const uint2 t = *reinterpret_cast<const uint2*>(p);
+// Four 2-byte elements (8 bytes in t) as floats.
+__device__ __forceinline__ void unpack_x4(uint2 t, const __nv_bfloat16*, float (&v)[4]) {
   v[0] = __uint_as_float(t.x << 16); v[1] = __uint_as_float(t.x & 0xFFFF0000u);
   v[2] = __uint_as_float(t.y << 16); v[3] = __uint_as_float(t.y & 0xFFFF0000u);
 }
-__device__ __forceinline__ void load_x4v(const __half* p, float (&v)[4]) {
-  const uint2 t = *reinterpret_cast<const uint2*>(p);
+__device__ __forceinline__ void unpack_x4(uint2 t, const __half*, float (&v)[4]) {
   const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&t.x));
   const float2 b = __half22float2(*reinterpret_cast<const __half2*>(&t.y));
   v[0] = a.x; v[1] = a.y; v[2] = b.x; v[3] = b.y;
+}
+template <typename T>
+__device__ __forceinline__ void load_x4v(const T* p, float (&v)[4]) {
+  unpack_x4(*reinterpret_cast<const uint2*>(p), p, v);
+}
+// 16 bytes of x from the 16-byte aligned p: kGroupsPer16 groups of four elements.
+template <typename T>
+constexpr int kGroupsPer16 = 16 / (4 * static_cast<int>(sizeof(T)));
+__device__ __forceinline__ void load_x16(const float* p, float (&v)[1][4]) { load_x4v(p, v[0]); }
+template <typename T>
+__device__ __forceinline__ void load_x16(const T* p, float (&v)[2][4]) {
+  const uint4 t = *reinterpret_cast<const uint4*>(p);
+  unpack_x4(make_uint2(t.x, t.y), p, v[0]);
+  unpack_x4(make_uint2(t.z, t.w), p, v[1]);
 }
 template <typename T>
 __device__ __forceinline__ void load_x4(const T* xr, int64_t k, int64_t K, bool vec, float (&v)[4]) {
@@ -310,14 +323,21 @@ __device__ __forceinline__ uint32_t quant_pack4(const float (&v)[4], float s) {
   return __byte_perm(lo, hi, 0x5410);
 }
 
+// Points of quantize_x_block reported to its hook, in order: x is in registers (this thread's
+// part: its amax is taken); inv is known (block reduction done); and, first from registers,
+// last in two passes, x's loads are out.
+enum XPhase : int { kXLoadsIssued, kXLanded, kXScaled };
+
 // x [M, K] (M <= MT) quantized by the whole block into q (shared memory, [M][q_ld(K)], zeros
 // past K), exactly as quantize_rows_kernel does; every thread gets inv and qsum of each row.
-// Ends with a block barrier. xvec: K % 4 == 0 and rows 4-element aligned; xregs: quantize from
-// registers when x fits (kXRegs groups of 4 per thread), else two passes over x.
+// Ends with a block barrier. xvec: K % 4 == 0 and rows 4-element aligned; xregs: every row
+// 16-byte aligned, quantize from registers when x fits (kXRegs groups of 4 per thread); else
+// two passes over x. x_hook(phase) runs at each XPhase point: the GEMV requests its first
+// weights there, the trace build records the time.
 template <int MT, typename T, typename F>
 __device__ void quantize_x_block(const T* __restrict__ X, int M, int64_t K, bool xvec, bool xregs,
                                  unsigned char* smem_q, float (&inv)[MT], int32_t (&qsum)[MT],
-                                 F&& x_requested) {
+                                 F&& x_hook) {
   __shared__ float red_f[kPersistWarps * MT];
   __shared__ int32_t red_i[kPersistWarps * MT];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
@@ -356,46 +376,52 @@ __device__ void quantize_x_block(const T* __restrict__ X, int M, int64_t K, bool
     qs[m * qgroups + g] = wq;
     part_sum[m] = __dp4a(int(wq), 0x01010101, part_sum[m]);
   };
-  // x aligned (xvec) and at most kXRegs groups per thread: every load is issued at once and x
-  // is quantized from registers: one L2 round trip. Otherwise two passes over x. Groups past K
-  // (or rows past M) are not loaded, only zeroed: loading a dummy in-range address instead
-  // sent up to 15 loads per thread to x's first line, from every block at once, and that one
-  // L2 line cost ~1 us per call (H100: x of 64 elements took 2.4 us to quantize).
+  // xregs and at most kXRegs groups per thread: every load is issued at once and x is
+  // quantized from registers: one L2 round trip. Otherwise two passes over x. One 16-byte load
+  // per G = kGroupsPer16<T> groups (bf16 / half: two; 8-byte loads, twice as many, measured
+  // slower on H100: CUDA_RESULTS.md); thread t holds groups G * (t + j * blockDim.x) + h.
+  // Groups past K (or rows past M) are not loaded, only zeroed: loading a dummy in-range
+  // address instead sent up to 15 loads per thread to x's first line, from every block at once,
+  // and that one L2 line cost ~1 us per call (H100: x of 64 elements took 2.4 us to quantize).
   // NR groups per thread, the fewest that hold x: this code runs once per call, so its size is
   // paid in instruction fetches (H100, 4096x14336 i2 M=1: NR = 16 9.07 us, NR = 8 8.78).
+  constexpr int G = kGroupsPer16<T>;
+  auto group_of = [&](int i) { return G * (threadIdx.x + int64_t(i / G) * blockDim.x) + i % G; };
   auto from_regs = [&](auto nr) {
     constexpr int NR = decltype(nr)::value;
-    const int64_t groups = K / 4;  // xvec: K % 4 == 0
+    const int64_t groups = K / 4;  // xregs: K % (4 * G) == 0
     float xv[MT][NR][4];
 #pragma unroll
     for (int m = 0; m < MT; ++m)
 #pragma unroll
-      for (int i = 0; i < NR; ++i) {
-        const int64_t g = threadIdx.x + int64_t(i) * blockDim.x;
-        if (m < M && g < groups) {
-          load_x4v(X + m * K + 4 * g, xv[m][i]);
-        } else {
+      for (int i = 0; i < NR; i += G) {
+        const int64_t g = group_of(i);
+        float v[G][4] = {};
+        if (m < M && g < groups) load_x16(X + m * K + 4 * g, v);
 #pragma unroll
-          for (int e = 0; e < 4; ++e) xv[m][i][e] = 0.0f;
-        }
+        for (int h = 0; h < G; ++h)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) xv[m][i + h][e] = v[h][e];
       }
-    x_requested();
+    x_hook(kXLoadsIssued);
 #pragma unroll
     for (int m = 0; m < MT; ++m)
 #pragma unroll
       for (int i = 0; i < NR; ++i) add_amax(amax[m], xv[m][i]);
+    x_hook(kXLanded);
     reduce_amax();
+    x_hook(kXScaled);
 #pragma unroll
     for (int m = 0; m < MT; ++m)
 #pragma unroll
       for (int i = 0; i < NR; ++i) {
-        const int64_t g = threadIdx.x + int64_t(i) * blockDim.x;
+        const int64_t g = group_of(i);
         if (m < M && g < qgroups) store_q(m, g, xv[m][i]);
       }
   };
   constexpr int kXRegs = 16 / MT;  // most groups per thread held in registers
-  const int64_t per_thread = (qgroups + blockDim.x - 1) / blockDim.x;
-  if (xvec && xregs && per_thread <= kXRegs) {
+  const int64_t per_thread = (qgroups + G * blockDim.x - 1) / (G * blockDim.x) * G;
+  if (xregs && per_thread <= kXRegs) {
     if (per_thread <= 2) {
       from_regs(std::integral_constant<int, 2>());
     } else if (per_thread <= 4) {
@@ -419,8 +445,10 @@ __device__ void quantize_x_block(const T* __restrict__ X, int M, int64_t K, bool
           }
     };
     each_x4([&](int m, int64_t, const float (&v)[4]) { add_amax(amax[m], v); });
+    x_hook(kXLanded);
     reduce_amax();
-    x_requested();  // the second pass re-reads x from L1
+    x_hook(kXScaled);
+    x_hook(kXLoadsIssued);  // the second pass re-reads x from L1
     each_x4([&](int m, int64_t g, const float (&v)[4]) { store_q(m, g, v); });
   }
 #pragma unroll
@@ -514,8 +542,10 @@ __global__ void __launch_bounds__(kPersistWarps * 32, 1)
     // us); weights_first: before x's loads; neither: once q is ready.
     if (o.weights_first) load_stage(sa, item, batch);
     quantize_x_block<MT, T>(static_cast<const T*>(p.x), M, K, o.xvec, o.xregs, smem_q, inv, qsum,
-                            [&] {
-                              if (o.overlap) load_stage(sa, item, batch);
+                            [&](int phase) {
+                              if (phase == kXLoadsIssued && o.overlap) load_stage(sa, item, batch);
+                              TRACE_POINT(4, phase == kXLanded)
+                              TRACE_POINT(5, phase == kXScaled)
                             });
     q = reinterpret_cast<const int8_t*>(smem_q);
     TRACE_POINT(2, true)
@@ -736,7 +766,7 @@ const PersistSwitches& persist_switches() {
 
 // The persistent GEMV's choices for one launch. The prefetch asks L2 for a block's first rows,
 // up to kPersistPrefetchBytes (and the grid's total within half the L2, at least one row).
-PersistOpts persist_opts(const Linear& p, int64_t units, int64_t blocks, int split, bool x_aligned,
+PersistOpts persist_opts(const Linear& p, int64_t units, int64_t blocks, int split, int x_elem,
                          const PersistSwitches& env) {
   PersistOpts o;
   o.split = split;
@@ -748,8 +778,9 @@ PersistOpts persist_opts(const Linear& p, int64_t units, int64_t blocks, int spl
     if (budget < o.prefetch_units) o.prefetch_units = static_cast<int>(budget > 1 ? budget : 1);
     o.prefetch_lines = env.prefetch == 2;
   }
-  o.xvec = p.K % 4 == 0 && x_aligned;
-  o.xregs = env.xregs;
+  const auto xp = reinterpret_cast<uintptr_t>(p.x);
+  o.xvec = p.K % 4 == 0 && xp % (4 * x_elem) == 0;
+  o.xregs = env.xregs && p.K % (16 / x_elem) == 0 && xp % 16 == 0;  // rows 16-byte aligned
   o.weights_first = env.weights_first;
   o.overlap = env.overlap && !o.weights_first;
   return o;
@@ -779,7 +810,7 @@ cudaError_t gemv_int8_persistent(const Linear& p, cudaStream_t stream, bool pdl,
   auto* kernel = vec ? gemv_int8_persistent_kernel<MT, I2, FUSED, true, T>
                      : gemv_int8_persistent_kernel<MT, I2, FUSED, false, T>;
   const PersistOpts o = persist_opts(p, units, blocks, split,
-                                     reinterpret_cast<uintptr_t>(p.x) % (4 * sizeof(T)) == 0, sw);
+                                     static_cast<int>(sizeof(T)), sw);
   return launch_smem(kernel, grid, block, smem, stream, pdl, p, o);
 }
 

@@ -76,7 +76,7 @@ __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
   if (mode & kXPhase) {
     float inv[1];
     int32_t qsum[1];
-    quantize_x_block<1, __nv_bfloat16>(x, 1, xk, true, !(mode & kXTwoPass), smem_q, inv, qsum,
+    quantize_x_block<1, kXAnyPath, __nv_bfloat16>(x, 1, xk, true, !(mode & kXTwoPass), smem_q, inv, qsum,
                                        [&](int phase) {
                                          if (phase == kXLoadsIssued && (mode & kXThenLoads))
                                            load(cur, item);

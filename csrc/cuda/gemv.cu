@@ -309,13 +309,15 @@ __device__ __forceinline__ void load_x4(const T* xr, int64_t k, int64_t K, bool 
   }
 }
 
-// q = clamp(rint(x * s), -128, 127) as the low byte of the result (quant1's value): adding
-// 1.5 * 2^23 rounds x * s (|x * s| <= 127 here) to an integer, half to even, like rintf, and
-// the clamp in that shifted domain keeps NaN -> -128 as fmaxf does in quant1. No F2I.
+// q = clamp(rint(x * s), -128, 127) as the low byte of the result (quant1's value), for s =
+// 127 / max(amax, eps) with |x| <= amax: adding 1.5 * 2^23 rounds x * s to an integer, half to
+// even, like rintf. |x * s| <= 127 * (1 + 2^-24) rounds to at most 127 in magnitude, so only
+// NaN (x NaN, or x infinite and s = 0) needs the clamp: fmaxf sends it to -128 as quant1 does.
+// No F2I, no upper clamp.
 __device__ __forceinline__ uint32_t quant_shifted(float x, float s) {
   constexpr float kShift = 12582912.0f;
   const float t = __fadd_rn(__fmul_rn(x, s), kShift);
-  return __float_as_uint(fminf(fmaxf(t, kShift - 128.0f), kShift + 127.0f));
+  return __float_as_uint(fmaxf(t, kShift - 128.0f));
 }
 __device__ __forceinline__ uint32_t quant_pack4(const float (&v)[4], float s) {
   const uint32_t lo = __byte_perm(quant_shifted(v[0], s), quant_shifted(v[1], s), 0x0040);
@@ -380,10 +382,13 @@ __device__ void quantize_x_block(const T* __restrict__ X, int M, int64_t K, bool
       if (lane == 0) red_f[warp * MT + m] = a;
     }
     __syncthreads();
+    // Every warp combines the per-warp values in one load and a shuffle tree, not a loop of
+    // dependent shared-memory loads (this runs once per call, on the critical path).
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
-      float a = 0.0f;
-      for (int w = 0; w < nwarps; ++w) a = fmaxf(a, red_f[w * MT + m]);
+      float a = lane < nwarps ? red_f[lane * MT + m] : 0.0f;
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, o));
       inv[m] = __fdiv_rn(kActQMax, fmaxf(a, kActEps));
     }
   };
@@ -478,11 +483,7 @@ __device__ void quantize_x_block(const T* __restrict__ X, int M, int64_t K, bool
   }
   __syncthreads();  // q and the partial sums are complete
 #pragma unroll
-  for (int m = 0; m < MT; ++m) {
-    int32_t t = 0;
-    for (int w = 0; w < nwarps; ++w) t += red_i[w * MT + m];
-    qsum[m] = t;
-  }
+  for (int m = 0; m < MT; ++m) qsum[m] = warp_sum(lane < nwarps ? red_i[lane * MT + m] : 0);
 }
 
 // One batch of a warp's weight stream in registers, with the epilogue values it needs.

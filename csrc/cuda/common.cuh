@@ -103,6 +103,25 @@ __device__ __forceinline__ T warp_sum(T v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
 }
+// Integer sums and maxima of non-negative floats are one warp-reduction instruction on sm_80+
+// (exact in any order), not five dependent shuffles: they sit on the GEMV's once-per-call path.
+__device__ __forceinline__ int32_t warp_sum(int32_t v) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  return __reduce_add_sync(0xffffffffu, v);
+#else
+  return warp_sum<int32_t>(v);
+#endif
+}
+// v >= 0 or +inf (not NaN, not -0): such floats order as their bit patterns do.
+__device__ __forceinline__ float warp_max_nonneg(float v) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  return __uint_as_float(__reduce_max_sync(0xffffffffu, __float_as_uint(v)));
+#else
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+#endif
+}
 
 // Programmatic dependent launch (sm_90+): the quantize stage lets the linear stage launch early;
 // the linear stage streams its first weights, then waits for the quantized activations.

@@ -376,9 +376,7 @@ __device__ void quantize_x_block(const T* __restrict__ X, int M, int64_t K, bool
   auto reduce_amax = [&]() {
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
-      float a = amax[m];
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, o));
+      const float a = warp_max_nonneg(amax[m]);  // amax: max of |x| (fmaxf drops NaN)
       if (lane == 0) red_f[warp * MT + m] = a;
     }
     __syncthreads();
@@ -386,9 +384,7 @@ __device__ void quantize_x_block(const T* __restrict__ X, int M, int64_t K, bool
     // dependent shared-memory loads (this runs once per call, on the critical path).
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
-      float a = lane < nwarps ? red_f[lane * MT + m] : 0.0f;
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, o));
+      const float a = warp_max_nonneg(lane < nwarps ? red_f[lane * MT + m] : 0.0f);
       inv[m] = __fdiv_rn(kActQMax, fmaxf(a, kActEps));
     }
   };

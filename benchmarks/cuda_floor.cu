@@ -9,7 +9,7 @@
 // Torch-free; results in benchmarks/CUDA_RESULTS.md:
 //   nvcc -O3 -std=c++17 --use_fast_math -arch=sm_90 benchmarks/cuda_floor.cu -o cuda_floor
 //   [FLOOR_ALL=1] ./cuda_floor [4 KB rows per call ...]   (default 3584 = 14336x4096 i2 bytes;
-//   FLOOR_ALL adds the full probe matrix: both block sizes, x lengths, x prefetch)
+//   FLOOR_ALL adds the full probe matrix: both block sizes, x lengths, x prefetch, x per block)
 // Built with -DTERNARY_CUDA_TRACE it also prints per-block phase medians (as cuda_trace.cu).
 #include "../csrc/cuda/gemv.cu"
 #include "../csrc/cuda/mma_int8.cu"

@@ -76,13 +76,13 @@ __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
   if (mode & kXPhase) {
     float inv[1];
     int32_t qsum[1];
-    quantize_x_block<1, kXAnyPath, __nv_bfloat16>(x, 1, xk, true, !(mode & kXTwoPass), smem_q, inv, qsum,
-                                       [&](int phase) {
-                                         if (phase == kXLoadsIssued && (mode & kXThenLoads))
-                                           load(cur, item);
-                                         TRACE_POINT(4, phase == kXLanded)
-                                         TRACE_POINT(5, phase == kXScaled)
-                                       });
+    auto x_hook = [&](int phase) {
+      if (phase == kXLoadsIssued && (mode & kXThenLoads)) load(cur, item);
+      TRACE_POINT(4, phase == kXLanded)
+      TRACE_POINT(5, phase == kXScaled)
+    };
+    quantize_x_block<1, kXAnyPath, __nv_bfloat16>(x, 1, xk, true, !(mode & kXTwoPass), smem_q,
+                                                  inv, qsum, x_hook);
   } else {
     for (int i = threadIdx.x; i < kRow / 4; i += blockDim.x)
       reinterpret_cast<uint32_t*>(smem_q)[i] = 0x01010101u * (i & 3);

@@ -380,7 +380,7 @@ __device__ void quantize_x_block(const T* __restrict__ X, int M, int64_t K, bool
       if (lane == 0) red_f[warp * MT + m] = a;
     }
     __syncthreads();
-    // Every warp combines the per-warp values in one load and a shuffle tree, not a loop of
+    // Every warp combines the per-warp values by one load and one warp reduction, not a loop of
     // dependent shared-memory loads (this runs once per call, on the critical path).
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
@@ -396,7 +396,7 @@ __device__ void quantize_x_block(const T* __restrict__ X, int M, int64_t K, bool
   // xregs and at most kXRegs groups per thread: every load is issued at once and x is
   // quantized from registers: one L2 round trip. Otherwise two passes over x. One 16-byte load
   // per G = kGroupsPer16<T> groups (bf16 / half: two; 8-byte loads, twice as many, measured
-  // slower on H100: CUDA_RESULTS.md); thread t holds groups G * (t + j * blockDim.x) + h.
+  // slightly slower on H100: CUDA_RESULTS.md); thread t holds groups G * (t + j * blockDim.x) + h.
   // Groups past K (or rows past M) are not loaded, only zeroed: loading a dummy in-range
   // address instead sent up to 15 loads per thread to x's first line, from every block at once,
   // and that one L2 line cost ~1 us per call (H100: x of 64 elements took 2.4 us to quantize).
@@ -558,13 +558,13 @@ __global__ void __launch_bounds__(kPersistWarps * 32, 1)
     // flight while x is quantized, behind x's loads (H100, i2 M=1 14336x4096: 7.38 -> 6.88
     // us); weights_first: before x's loads; neither: once q is ready.
     if (o.weights_first) load_stage(sa, item, batch);
+    auto x_hook = [&](int phase) {
+      if (phase == kXLoadsIssued && o.overlap) load_stage(sa, item, batch);
+      TRACE_POINT(4, phase == kXLanded)
+      TRACE_POINT(5, phase == kXScaled)
+    };
     quantize_x_block<MT, XNR, T>(static_cast<const T*>(p.x), M, K, o.xvec, o.xregs, smem_q, inv,
-                                 qsum,
-                            [&](int phase) {
-                              if (phase == kXLoadsIssued && o.overlap) load_stage(sa, item, batch);
-                              TRACE_POINT(4, phase == kXLanded)
-                              TRACE_POINT(5, phase == kXScaled)
-                            });
+                                 qsum, x_hook);
     q = reinterpret_cast<const int8_t*>(smem_q);
     TRACE_POINT(2, true)
     if (!o.weights_first && !o.overlap) load_stage(sa, item, batch);

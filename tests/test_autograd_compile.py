@@ -109,6 +109,18 @@ class TinyLM(nn.Module):
         return self.lm_head(x)
 
 
+def assert_matches_eager(out, ref, act):
+    """act="none": float rounding only. act="int8" quantizes each layer's input, so a float
+    difference upstream (the compiled graph fuses the norms and residual adds differently) can
+    move one activation across a rounding boundary now and then: one quantization step, which
+    moves the outputs by about 1e-3 of their range (seen: 2.5e-3 at max |ref| ~2, in a few
+    percent of runs). Allow 1% of the range, far below what a wrong graph gives."""
+    if act == "none":
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    else:
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-2 * ref.abs().max().item())
+
+
 @pytest.mark.parametrize("format,act", [("i2", "int8"), ("i8", "none")])
 def test_compile_fullgraph_converted_model(format, act):
     torch._dynamo.reset()
@@ -121,9 +133,9 @@ def test_compile_fullgraph_converted_model(format, act):
         explanation = torch._dynamo.explain(model)(ids)
         assert explanation.graph_break_count == 0, explanation.break_reasons
         compiled = torch.compile(model, fullgraph=True)
-        torch.testing.assert_close(compiled(ids), eager, rtol=1e-4, atol=1e-4)
+        assert_matches_eager(compiled(ids), eager, act)
         # Dynamic shapes: another batch and length reuse the graph without errors.
         compiled_dyn = torch.compile(model, fullgraph=True, dynamic=True)
         for shape in [(1, 5), (3, 17)]:
             ids2 = torch.randint(0, 97, shape)
-            torch.testing.assert_close(compiled_dyn(ids2), model(ids2), rtol=1e-4, atol=1e-4)
+            assert_matches_eager(compiled_dyn(ids2), model(ids2), act)

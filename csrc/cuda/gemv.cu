@@ -341,6 +341,26 @@ TERNARY_HD constexpr int x_regs_groups(int64_t K, int64_t threads, int g, int mo
 // 4096x14336 7.95 -> 7.70 with one path per kernel).
 constexpr int kXTwoPasses = -1, kXAnyPath = 0;
 
+// Calls f(std::integral_constant<int, XNR>) with the x path for x_regs_groups' answer nr (most
+// 16 / MT): that register count, or kXTwoPasses when x does not fit (0). The one mapping used
+// by the launcher (which kernel) and by a kernel that picks its path at run time.
+#pragma nv_exec_check_disable
+template <int MT, typename F>
+TERNARY_HD void with_x_path(int nr, F&& f) {
+  switch (nr) {
+    case 2: f(std::integral_constant<int, 2>()); return;
+    case 4: f(std::integral_constant<int, 4>()); return;
+    case 8: f(std::integral_constant<int, 8>()); return;
+    case 16:
+      if constexpr (MT == 1) {
+        f(std::integral_constant<int, 16>());
+        return;
+      }
+      break;
+  }
+  f(std::integral_constant<int, kXTwoPasses>());
+}
+
 // Points of quantize_x_block reported to its hook, in order: x is in registers (this thread's
 // part: its amax is taken); inv is known (block reduction done); and, first from registers,
 // last in two passes, x's loads are out.
@@ -456,21 +476,18 @@ __device__ void quantize_x_block(const T* __restrict__ X, int M, int64_t K, bool
     x_hook(kXLoadsIssued);  // the second pass re-reads x from L1
     each_x4([&](int m, int64_t g, const float (&v)[4]) { store_q(m, g, v); });
   };
-  constexpr int kXRegs = 16 / MT;  // most groups per thread held in registers
-  if constexpr (XNR > 0) {
-    from_regs(std::integral_constant<int, XNR>());
-  } else if constexpr (XNR == kXTwoPasses) {
-    two_passes();
-  } else {
-    switch (xregs ? x_regs_groups(K, blockDim.x, G, kXRegs) : 0) {
-      case 2: from_regs(std::integral_constant<int, 2>()); break;
-      case 4: from_regs(std::integral_constant<int, 4>()); break;
-      case 8: from_regs(std::integral_constant<int, 8>()); break;
-      case 16:
-        if constexpr (kXRegs >= 16) from_regs(std::integral_constant<int, 16>());
-        break;
-      default: two_passes();
+  auto run = [&](auto path) {
+    if constexpr (decltype(path)::value > 0) {
+      from_regs(path);
+    } else {
+      two_passes();
     }
+  };
+  if constexpr (XNR != kXAnyPath) {
+    run(std::integral_constant<int, XNR>());
+  } else {
+    constexpr int kXRegs = 16 / MT;  // most groups per thread held in registers
+    with_x_path<MT>(xregs ? x_regs_groups(K, blockDim.x, G, kXRegs) : 0, run);
   }
 #pragma unroll
   for (int m = 0; m < MT; ++m) {
@@ -834,15 +851,12 @@ cudaError_t gemv_int8_persistent(const Linear& p, cudaStream_t stream, bool pdl,
     if constexpr (!FUSED) {
       return gemv_int8_persistent_kernel<MT, I2, false, true, T, kXAnyPath>;
     } else {
-      switch (o.xregs ? x_regs_groups(p.K, block.x, kGroupsPer16<T>, 16 / MT) : 0) {
-        case 2: return gemv_int8_persistent_kernel<MT, I2, true, true, T, 2>;
-        case 4: return gemv_int8_persistent_kernel<MT, I2, true, true, T, 4>;
-        case 8: return gemv_int8_persistent_kernel<MT, I2, true, true, T, 8>;
-        case 16:
-          if constexpr (MT == 1) return gemv_int8_persistent_kernel<MT, I2, true, true, T, 16>;
-          break;
-      }
-      return gemv_int8_persistent_kernel<MT, I2, true, true, T, kXTwoPasses>;
+      Kernel k = nullptr;
+      const int nr = o.xregs ? x_regs_groups(p.K, block.x, kGroupsPer16<T>, 16 / MT) : 0;
+      with_x_path<MT>(nr, [&](auto path) {
+        k = gemv_int8_persistent_kernel<MT, I2, true, true, T, decltype(path)::value>;
+      });
+      return k;
     }
   }();
   return launch_smem(kernel, grid, block, smem, stream, pdl, p, o);

@@ -8,8 +8,10 @@
 // real kernel runs on the same bytes under its switches (PersistSwitches in gemv.cu).
 // Torch-free; results in benchmarks/CUDA_RESULTS.md:
 //   nvcc -O3 -std=c++17 --use_fast_math -arch=sm_90 benchmarks/cuda_floor.cu -o cuda_floor
-//   [FLOOR_ALL=1] ./cuda_floor [4 KB rows per call ...]   (default 3584 = 14336x4096 i2 bytes;
-//   FLOOR_ALL adds the full probe matrix: both block sizes, x lengths, x prefetch, x per block)
+//   [FLOOR_ALL=1] [FLOOR_REAL=1] ./cuda_floor [4 KB rows per call ...]   (default 3584 and
+//   14336: 14336x4096 i2 bytes and four times that; the real kernel runs on each size that holds
+//   whole rows of its K. FLOOR_ALL adds the full probe matrix: both block sizes, x lengths, x
+//   prefetch, x per block; FLOOR_REAL runs only the real kernel with its default switches)
 // Built with -DTERNARY_CUDA_TRACE it also prints per-block phase medians (as cuda_trace.cu).
 #include "../csrc/cuda/gemv.cu"
 #include "../csrc/cuda/mma_int8.cu"
@@ -193,22 +195,29 @@ int main(int argc, char** argv) {
                              kPdl | kXPhase | kBulkPf | kXThenLoads | kXSpread})
         configs.push_back({3584, 512, xk, mode, {}});
   }
-  for (const int mode : {kPdl | kBulkPf, kPdl | kXPhase | kBulkPf, kPdl | kXPhase | kBulkPf | kXTwoPass,
-                         kPdl | kXPhase | kBulkPf | kXThenLoads, kPdl | kXPhase | kEarlyLoads})
-    configs.push_back({3584, 512, 4096, mode, {}});
+  // FLOOR_REAL=1: only the real kernel with its default switches (for A/B runs and profilers).
+  const bool real_only = std::getenv("FLOOR_REAL") != nullptr;
+  if (!real_only)
+    for (const int mode : {kPdl | kBulkPf, kPdl | kXPhase | kBulkPf, kPdl | kXPhase | kBulkPf | kXTwoPass,
+                           kPdl | kXPhase | kBulkPf | kXThenLoads, kPdl | kXPhase | kEarlyLoads})
+      configs.push_back({3584, 512, 4096, mode, {}});
   // The real kernel on the same bytes, as 14336x4096 and 4096x14336, under its switches.
   for (const int64_t k : {4096, 14336}) {
     // Prefetch budgets per block (the whole share is 108 KB / 112 KB), with and without the
     // first weight batch issued as soon as x's loads are (overlap, the default; 32 KB too).
     std::vector<PersistSwitches> sws;
+    if (real_only) sws.push_back({});
     for (const bool overlap : {false, true})
       for (const int64_t kb : {16, 32, 64, 128}) {
+        if (real_only) break;
         PersistSwitches sw;
         sw.prefetch_bytes = kb << 10;
         sw.overlap = overlap;
         sws.push_back(sw);
       }
-    for (const auto& sw : sws) configs.push_back({3584, 512, k, kPdl | kReal, sw});
+    for (const int64_t units : sizes)  // sizes that hold whole rows of K (N = 4 * bytes / K)
+      if (units * kRow % k == 0)
+        for (const auto& sw : sws) configs.push_back({units, 512, k, kPdl | kReal, sw});
   }
 
   auto name = [](int m) {

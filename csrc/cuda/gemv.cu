@@ -573,7 +573,10 @@ __global__ void __launch_bounds__(kPersistWarps * 32, 1)
     TRACE_POINT(1, true)
     // overlap (default): the first batch is requested as soon as x's loads are, so it is in
     // flight while x is quantized, behind x's loads (H100, i2 M=1 14336x4096: 7.38 -> 6.88
-    // us); weights_first: before x's loads; neither: once q is ready.
+    // us); weights_first: before x's loads; neither: once q is ready. x's loads (from L2) and
+    // this batch's (from HBM) must stay on separate scoreboards, or x's quantization waits for
+    // the batch: the compiler decides that, so check the SASS after any change here
+    // (CUDA_RESULTS.md, "Why small code changes move the time").
     if (o.weights_first) load_stage(sa, item, batch);
     auto x_hook = [&](int phase) {
       if (phase == kXLoadsIssued && o.overlap) load_stage(sa, item, batch);

@@ -47,20 +47,16 @@ namespace {
 
 constexpr int kThreads = 256;
 
-template <typename T>
-__device__ float block_max(float v, float* red) {
-  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 16));
-  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 8));
-  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 4));
-  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
-  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
-  const int warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
-  if (threadIdx.x % 32 == 0) red[warp] = v;
+// Block-wide maximum of v >= 0 (warp_max_nonneg's domain), returned to every thread; `red`
+// holds one value per warp and may be reused after the call.
+__device__ float block_max_nonneg(float v, float* red) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
+  v = warp_max_nonneg(v);
+  if (lane == 0) red[warp] = v;
   __syncthreads();
-  float r = 0.0f;
-  for (int i = 0; i < nwarps; ++i) r = fmaxf(r, red[i]);
+  v = warp_max_nonneg(lane < nwarps ? red[lane] : 0.0f);
   __syncthreads();
-  return r;
+  return v;
 }
 
 __device__ __forceinline__ int quant1(float x, float s) {
@@ -81,7 +77,7 @@ __global__ void __launch_bounds__(kThreads) quantize_rows_kernel(const T* __rest
   const T* xr = x + m * K;
   float amax = 0.0f;
   for (int64_t k = threadIdx.x; k < K; k += blockDim.x) amax = fmaxf(amax, fabsf(to_float(xr[k])));
-  amax = block_max<T>(amax, red);
+  amax = block_max_nonneg(amax, red);  // amax: max of |x| (fmaxf drops NaN)
   const float s = __fdiv_rn(kActQMax, fmaxf(amax, kActEps));
   int8_t* qr = q + m * ldq;
   int32_t total = 0;

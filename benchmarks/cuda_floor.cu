@@ -206,15 +206,16 @@ int main(int argc, char** argv) {
     // Prefetch budgets per block (the whole share is 108 KB / 112 KB), with and without the
     // first weight batch issued as soon as x's loads are (overlap, the default; 32 KB too).
     std::vector<PersistSwitches> sws;
-    if (real_only) sws.push_back({});
-    for (const bool overlap : {false, true})
-      for (const int64_t kb : {16, 32, 64, 128}) {
-        if (real_only) break;
-        PersistSwitches sw;
-        sw.prefetch_bytes = kb << 10;
-        sw.overlap = overlap;
-        sws.push_back(sw);
-      }
+    if (real_only)
+      sws.push_back({});
+    else
+      for (const bool overlap : {false, true})
+        for (const int64_t kb : {16, 32, 64, 128}) {
+          PersistSwitches sw;
+          sw.prefetch_bytes = kb << 10;
+          sw.overlap = overlap;
+          sws.push_back(sw);
+        }
     for (const int64_t units : sizes)  // sizes that hold whole rows of K (N = 4 * bytes / K)
       if (units * kRow % k == 0)
         for (const auto& sw : sws) configs.push_back({units, 512, k, kPdl | kReal, sw});

@@ -134,6 +134,8 @@ def test_gemv_x_alignment_and_paths(fmt, dtype):
                     (1, 64, 14336), (2, 9, 9000), (2, 600, 20000), (4, 100, 3000),
                     # x from registers, 16 and 4 groups of 4 per thread (i2; 8 and 2 for i8)
                     (1, 1000, 14336), (1, 2000, 4096),
+                    # the pre-pass (M > 2) from registers, 8 and 16 groups per thread
+                    (3, 40, 12000), (4, 24, 30000),
                     # K % 4 == 0, K % 8 != 0: 2-byte x rows not 16-byte aligned (two passes)
                     (1, 300, 1004), (2, 50, 2052)]:
         w, scale = make_weight(fmt, n, k, gen, "channel")

@@ -47,58 +47,6 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// Block-wide maximum of v >= 0 (warp_max_nonneg's domain), returned to every thread; `red`
-// holds one value per warp and may be reused after the call.
-__device__ float block_max_nonneg(float v, float* red) {
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
-  v = warp_max_nonneg(v);
-  if (lane == 0) red[warp] = v;
-  __syncthreads();
-  v = warp_max_nonneg(lane < nwarps ? red[lane] : 0.0f);
-  __syncthreads();
-  return v;
-}
-
-__device__ __forceinline__ int quant1(float x, float s) {
-  // rintf rounds half to even, like torch.round; the product is one IEEE multiply.
-  return static_cast<int>(fminf(fmaxf(rintf(__fmul_rn(x, s)), -128.0f), 127.0f));
-}
-
-// One block per row: amax, inv = 127 / max(amax, 1e-5), q (zero-padded to q_ld(K)), sum(q).
-template <typename T>
-__global__ void __launch_bounds__(kThreads) quantize_rows_kernel(const T* __restrict__ x, int64_t K,
-                                                                 int8_t* __restrict__ q,
-                                                                 float* __restrict__ inv,
-                                                                 int32_t* __restrict__ qsum) {
-  pdl_launch_dependents();
-  __shared__ float red[32];
-  __shared__ int32_t reds[32];
-  const int64_t m = blockIdx.x, ldq = q_ld(K);
-  const T* xr = x + m * K;
-  float amax = 0.0f;
-  for (int64_t k = threadIdx.x; k < K; k += blockDim.x) amax = fmaxf(amax, fabsf(to_float(xr[k])));
-  amax = block_max_nonneg(amax, red);  // amax: max of |x| (fmaxf drops NaN)
-  const float s = __fdiv_rn(kActQMax, fmaxf(amax, kActEps));
-  int8_t* qr = q + m * ldq;
-  int32_t total = 0;
-  for (int64_t k = 4 * int64_t(threadIdx.x); k < ldq; k += 4 * int64_t(blockDim.x)) {
-    int v[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) v[i] = k + i < K ? quant1(to_float(xr[k + i]), s) : 0;
-    total += v[0] + v[1] + v[2] + v[3];
-    *reinterpret_cast<char4*>(qr + k) = make_char4(v[0], v[1], v[2], v[3]);
-  }
-  total = warp_sum(total);
-  if (threadIdx.x % 32 == 0) reds[threadIdx.x / 32] = total;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    int32_t t = 0;
-    for (int i = 0; i < int(blockDim.x / 32); ++i) t += reds[i];
-    inv[m] = s;
-    qsum[m] = t;
-  }
-}
-
 // Units per block and outputs per unit: keeps RB * RPU * MT accumulators at <= 32 registers.
 // The float path (act="none") decodes per weight, so it takes half as many units.
 template <int MT, bool I2, bool FLOAT = false>
@@ -234,8 +182,8 @@ __global__ void __launch_bounds__(kThreads) gemv_int8_block_kernel(const Linear 
 // A unit's sums meet in one warp reduction, then (split > 1) in shared memory, added by the
 // group's first warp in part order behind a named barrier of the group: integer sums in a fixed
 // order, so results do not depend on the split. No block barrier after the prologue. Fused
-// (small M * K): the prologue quantizes x into shared memory once per block, exactly as
-// quantize_rows_kernel does, so act="int8" is a single launch; otherwise q / inv / qsum come
+// (small M * K): the prologue quantizes x into shared memory once per block (quantize_x_block,
+// which the pre-pass runs too), so act="int8" is a single launch; otherwise q / inv / qsum come
 // from the pre-pass. Before waiting on its predecessor (PDL), each block asks L2 for its first
 // weight rows (kPersistPrefetchBytes), so under back-to-back calls the stream starts during the
 // previous call's tail; where the remaining fixed time goes is measured by
@@ -305,11 +253,11 @@ __device__ __forceinline__ void load_x4(const T* xr, int64_t k, int64_t K, bool 
   }
 }
 
-// q = clamp(rint(x * s), -128, 127) as the low byte of the result (quant1's value), for s =
+// q = clamp(rint(x * s), -128, 127) (DESIGN.md) as the low byte of the result, for s =
 // 127 / max(amax, eps) with |x| <= amax: adding 1.5 * 2^23 rounds x * s to an integer, half to
 // even, like rintf. |x * s| <= 127 * (1 + 2^-24) rounds to at most 127 in magnitude, so only
-// NaN (x NaN, or x infinite and s = 0) needs the clamp: fmaxf sends it to -128 as quant1 does.
-// No F2I, no upper clamp.
+// NaN (x NaN, or x infinite and s = 0) needs the clamp: fmaxf sends it to -128 (the reference
+// gives NaN no defined q). No F2I, no upper clamp.
 __device__ __forceinline__ uint32_t quant_shifted(float x, float s) {
   constexpr float kShift = 12582912.0f;
   const float t = __fadd_rn(__fmul_rn(x, s), kShift);
@@ -362,8 +310,8 @@ TERNARY_HD void with_x_path(int nr, F&& f) {
 // last in two passes, x's loads are out.
 enum XPhase : int { kXLoadsIssued, kXLanded, kXScaled };
 
-// x [M, K] (M <= MT) quantized by the whole block into q (shared memory, [M][q_ld(K)], zeros
-// past K), exactly as quantize_rows_kernel does; every thread gets inv and qsum of each row.
+// x [M, K] (M <= MT) quantized by the whole block into q ([M][q_ld(K)], zeros past K: shared
+// memory in the fused GEMV, global in the pre-pass); every thread gets inv and qsum of each row.
 // Ends with a block barrier. xvec: K % 4 == 0 and rows 4-element aligned; xregs: every row
 // 16-byte aligned, quantize from registers when x fits (kXRegs groups of 4 per thread); else
 // two passes over x. x_hook(phase) runs at each XPhase point: the GEMV requests its first
@@ -388,7 +336,7 @@ __device__ void quantize_x_block(const T* __restrict__ X, int M, int64_t K, bool
   auto add_amax = [](float& a, const float (&v)[4]) {
     a = fmaxf(fmaxf(fmaxf(a, fabsf(v[0])), fmaxf(fabsf(v[1]), fabsf(v[2]))), fabsf(v[3]));
   };
-  // Block-wide amax of each row -> inv (exactly as quantize_rows_kernel).
+  // Block-wide amax of each row -> inv.
   auto reduce_amax = [&]() {
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
@@ -733,6 +681,53 @@ __global__ void __launch_bounds__(kThreads) gemv_none_kernel(const Linear p, boo
   }
 }
 
+// act="int8" pre-pass, for the shapes the fused GEMV does not quantize itself: one block per row
+// of x runs the fused kernel's own quantize_x_block (so both paths give the same q), q straight
+// to global memory. It waits for its predecessor (x may be that kernel's output) before letting
+// its dependent start: the dependent may read its weights before its own wait (the non-fused
+// persistent GEMV does), and those must not be read while an earlier kernel may still write them.
+template <typename T, int XNR>
+__global__ void __launch_bounds__(kPersistWarps * 32)
+    quantize_rows_kernel(const Linear p, const bool xvec, const bool xregs) {
+  pdl_wait();
+  pdl_launch_dependents();
+  const int64_t m = blockIdx.x;
+  float inv[1];
+  int32_t qsum[1];
+  quantize_x_block<1, XNR, T>(static_cast<const T*>(p.x) + m * p.K, 1, p.K, xvec, xregs,
+                              reinterpret_cast<unsigned char*>(p.q + m * q_ld(p.K)), inv, qsum,
+                              [](int) {});
+  if (threadIdx.x == 0) {
+    p.inv[m] = inv[0];
+    p.qsum[m] = qsum[0];
+  }
+}
+
+// How quantize_x_block may read x [*, K] at p.x (x_elem-byte elements): xvec, K % 4 == 0 and
+// rows 4-element aligned; xregs (where `regs` allows it), rows 16-byte aligned: from registers
+// where x fits.
+struct XAccess {
+  bool vec = false, regs = false;
+};
+XAccess x_access(const Linear& p, int x_elem, bool regs) {
+  const auto xp = reinterpret_cast<uintptr_t>(p.x);
+  return {p.K % 4 == 0 && xp % (4 * x_elem) == 0,
+          regs && p.K % (16 / x_elem) == 0 && xp % 16 == 0};
+}
+
+template <typename T>
+cudaError_t quantize_rows_dtype(const Linear& p, cudaStream_t stream) {
+  const dim3 block(kPersistWarps * 32);
+  const XAccess xa = x_access(p, static_cast<int>(sizeof(T)), true);
+  const int nr = xa.regs ? x_regs_groups(p.K, block.x, kGroupsPer16<T>, 16) : 0;
+  cudaError_t e = cudaErrorInvalidValue;
+  with_x_path<1>(nr, [&](auto path) {
+    e = launch(quantize_rows_kernel<T, decltype(path)::value>, dim3(static_cast<unsigned>(p.M)),
+               block, stream, pdl_enabled(), p, xa.vec, xa.regs);
+  });
+  return e;
+}
+
 // Threads per block: at least two 16-byte chunks per thread (so the next chunk's loads overlap
 // the current one's decode, and smaller blocks fit the whole grid in one wave), whole warps,
 // at most kThreads.
@@ -812,9 +807,9 @@ PersistOpts persist_opts(const Linear& p, int64_t units, int64_t blocks, int spl
     if (budget < o.prefetch_units) o.prefetch_units = static_cast<int>(budget > 1 ? budget : 1);
     o.prefetch_lines = env.prefetch == 2;
   }
-  const auto xp = reinterpret_cast<uintptr_t>(p.x);
-  o.xvec = p.K % 4 == 0 && xp % (4 * x_elem) == 0;
-  o.xregs = env.xregs && p.K % (16 / x_elem) == 0 && xp % 16 == 0;  // rows 16-byte aligned
+  const XAccess xa = x_access(p, x_elem, env.xregs);
+  o.xvec = xa.vec;
+  o.xregs = xa.regs;
   o.weights_first = env.weights_first;
   o.overlap = env.overlap && !o.weights_first;
   return o;
@@ -915,22 +910,12 @@ cudaError_t gemv_none(const Linear& p, cudaStream_t stream) {
 
 cudaError_t quantize_rows(const Linear& p, cudaStream_t stream) {
   if (p.M == 0) return cudaSuccess;
-  const dim3 grid(static_cast<unsigned>(p.M));
   switch (p.dtype) {
-    case DType::F32:
-      quantize_rows_kernel<<<grid, kThreads, 0, stream>>>(static_cast<const float*>(p.x), p.K, p.q,
-                                                          p.inv, p.qsum);
-      break;
-    case DType::BF16:
-      quantize_rows_kernel<<<grid, kThreads, 0, stream>>>(
-          static_cast<const __nv_bfloat16*>(p.x), p.K, p.q, p.inv, p.qsum);
-      break;
-    case DType::F16:
-      quantize_rows_kernel<<<grid, kThreads, 0, stream>>>(static_cast<const __half*>(p.x), p.K,
-                                                          p.q, p.inv, p.qsum);
-      break;
+    case DType::F32: return quantize_rows_dtype<float>(p, stream);
+    case DType::BF16: return quantize_rows_dtype<__nv_bfloat16>(p, stream);
+    case DType::F16: return quantize_rows_dtype<__half>(p, stream);
   }
-  return cudaGetLastError();
+  return cudaErrorInvalidValue;
 }
 
 cudaError_t linear_int8(const Linear& p, cudaStream_t stream) {

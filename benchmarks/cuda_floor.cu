@@ -204,7 +204,7 @@ int main(int argc, char** argv) {
   // The real kernel on the same bytes, as 14336x4096 and 4096x14336, under its switches.
   for (const int64_t k : {4096, 14336}) {
     // Prefetch budgets per block (the whole share is 108 KB / 112 KB), with and without the
-    // first weight batch issued as soon as x's loads are (overlap, the default; 32 KB too).
+    // first weight batch issued once x has landed (overlap, the default; 32 KB too).
     std::vector<PersistSwitches> sws;
     if (real_only)
       sws.push_back({});

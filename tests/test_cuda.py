@@ -169,6 +169,32 @@ def test_extreme_activations_are_exact():
         check(out, run_ref("i2", xm, w, scale, n, None, "int8"), "int8", torch.float32, "extreme")
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+def test_nonfinite_activations_agree_across_paths(dtype):
+    """x holding infinities and NaN (which the reference maps to NaN rows and the kernels to
+    q = -128): every act="int8" path gives the same output, whether x is quantized from
+    registers (aligned x, which then takes the NaN clamp) or in two passes (x shifted by one
+    element, always clamped), in the fused GEMV (M <= 2) or the pre-pass (M = 4). Rows without
+    them still match the reference."""
+    gen = torch.Generator().manual_seed(11)
+    for m, n, k in [(1, 64, 4096), (2, 40, 1024), (4, 40, 4096)]:
+        w, scale = make_weight("i2", n, k, gen, "channel")
+        for bad in (float("nan"), float("inf"), -float("inf")):
+            x = torch.randn(m, k, generator=gen).to(dtype)
+            x[0, (7 * torch.arange(5)) % k] = bad
+            buf = torch.empty(m * k + 1, dtype=dtype, device="cuda")
+            shifted = buf[1:].view(m, k)
+            shifted.copy_(x)
+            args = (w.cuda(), scale.cuda(), n, None, "int8")
+            aligned = torch.ops.ternary.linear_i2(x.cuda(), *args).cpu()
+            two_pass = torch.ops.ternary.linear_i2(shifted, *args).cpu()
+            torch.testing.assert_close(aligned, two_pass, rtol=0, atol=0, equal_nan=True,
+                                       msg=lambda e: f"{dtype} M={m} K={k} x has {bad}: {e}")
+            if m > 1:
+                check(aligned[1:], run_ref("i2", x[1:], w, scale, n, None, "int8"), "int8", dtype,
+                      f"{dtype} M={m} K={k}: finite rows next to a row with {bad}")
+
+
 def test_bad_input_raises():
     w = torch.zeros(4, 8, dtype=torch.int8)
     x = torch.randn(2, 8, device="cuda")

@@ -206,7 +206,7 @@ struct PersistOpts {
   bool xvec = false;           // x rows 4-element aligned, K % 4 == 0
   bool xregs = false;          // from registers (one pass) when x fits: rows 16-byte aligned
   bool weights_first = false;  // first weight batch issued before x is read
-  bool overlap = false;        // first weight batch issued once x's loads are (quantize_x_block)
+  bool overlap = false;        // first weight batch issued once x has landed (quantize_x_block)
 };
 
 __device__ __forceinline__ void named_barrier(int id, int threads) {
@@ -236,12 +236,44 @@ __device__ __forceinline__ void load_x4v(const T* p, float (&v)[4]) {
 // 16 bytes of x from the 16-byte aligned p: kGroupsPer16 groups of four elements.
 template <typename T>
 constexpr int kGroupsPer16 = 16 / (4 * static_cast<int>(sizeof(T)));
-__device__ __forceinline__ void load_x16(const float* p, float (&v)[1][4]) { load_x4v(p, v[0]); }
+__device__ __forceinline__ void unpack_x16(uint4 t, const float*, float (&v)[1][4]) {
+  v[0][0] = __uint_as_float(t.x); v[0][1] = __uint_as_float(t.y);
+  v[0][2] = __uint_as_float(t.z); v[0][3] = __uint_as_float(t.w);
+}
 template <typename T>
-__device__ __forceinline__ void load_x16(const T* p, float (&v)[2][4]) {
-  const uint4 t = *reinterpret_cast<const uint4*>(p);
+__device__ __forceinline__ void unpack_x16(uint4 t, const T* p, float (&v)[2][4]) {
   unpack_x4(make_uint2(t.x, t.y), p, v[0]);
   unpack_x4(make_uint2(t.z, t.w), p, v[1]);
+}
+
+// Largest magnitude among the elements of x in the 16 bytes t, as bit patterns: a float's
+// magnitude (sign bit cleared) orders as its bits, for every IEEE width. acc holds one maximum
+// per element slot (4-byte x: one; 2-byte: two, in the halves). sm_90 does each max.u16x2 /
+// max.u32 in one instruction; on earlier GPUs the intrinsics are emulated.
+__device__ __forceinline__ uint32_t max_abs_bits16(uint32_t acc, uint4 t, const float*) {
+  constexpr uint32_t m = 0x7FFFFFFFu;
+  return __vimax3_u32(__vimax3_u32(acc, t.x & m, t.y & m), t.z & m, t.w & m);
+}
+template <typename T>
+__device__ __forceinline__ uint32_t max_abs_bits16(uint32_t acc, uint4 t, const T*) {
+  constexpr uint32_t m = 0x7FFF7FFFu;
+  return __vimax3_u16x2(__vimax3_u16x2(acc, t.x & m, t.y & m), t.z & m, t.w & m);
+}
+// The magnitude max_abs_bits16 accumulated in acc as a float; false when it is infinite or NaN
+// (an all-ones exponent), where it is not the maximum the quantization needs.
+__device__ __forceinline__ bool abs_bits_value(uint32_t acc, const float*, float& v) {
+  v = __uint_as_float(acc);
+  return acc < 0x7F800000u;
+}
+__device__ __forceinline__ bool abs_bits_value(uint32_t acc, const __nv_bfloat16*, float& v) {
+  const uint32_t h = max(acc >> 16, acc & 0xFFFFu);
+  v = __uint_as_float(h << 16);
+  return h < 0x7F80u;
+}
+__device__ __forceinline__ bool abs_bits_value(uint32_t acc, const __half*, float& v) {
+  const uint32_t h = max(acc >> 16, acc & 0xFFFFu);
+  v = __half2float(__ushort_as_half(static_cast<unsigned short>(h)));
+  return h < 0x7C00u;
 }
 template <typename T>
 __device__ __forceinline__ void load_x4(const T* xr, int64_t k, int64_t K, bool vec, float (&v)[4]) {
@@ -256,16 +288,21 @@ __device__ __forceinline__ void load_x4(const T* xr, int64_t k, int64_t K, bool 
 // q = clamp(rint(x * s), -128, 127) (DESIGN.md) as the low byte of the result, for s =
 // 127 / max(amax, eps) with |x| <= amax: adding 1.5 * 2^23 rounds x * s to an integer, half to
 // even, like rintf. |x * s| <= 127 * (1 + 2^-24) rounds to at most 127 in magnitude, so only
-// NaN (x NaN, or x infinite and s = 0) needs the clamp: fmaxf sends it to -128 (the reference
-// gives NaN no defined q). No F2I, no upper clamp.
+// NaN (x NaN, or x infinite and s = 0) needs the clamp (kNaN): fmaxf sends it to -128 (the
+// reference gives NaN no defined q). Without it NaN gives -1, so kNaN = false is only for x known
+// to be finite. No F2I, no upper clamp.
+template <bool kNaN>
 __device__ __forceinline__ uint32_t quant_shifted(float x, float s) {
   constexpr float kShift = 12582912.0f;
   const float t = __fadd_rn(__fmul_rn(x, s), kShift);
-  return __float_as_uint(fmaxf(t, kShift - 128.0f));
+  return __float_as_uint(kNaN ? fmaxf(t, kShift - 128.0f) : t);
 }
+template <bool kNaN = true>
 __device__ __forceinline__ uint32_t quant_pack4(const float (&v)[4], float s) {
-  const uint32_t lo = __byte_perm(quant_shifted(v[0], s), quant_shifted(v[1], s), 0x0040);
-  const uint32_t hi = __byte_perm(quant_shifted(v[2], s), quant_shifted(v[3], s), 0x0040);
+  const uint32_t lo =
+      __byte_perm(quant_shifted<kNaN>(v[0], s), quant_shifted<kNaN>(v[1], s), 0x0040);
+  const uint32_t hi =
+      __byte_perm(quant_shifted<kNaN>(v[2], s), quant_shifted<kNaN>(v[3], s), 0x0040);
   return __byte_perm(lo, hi, 0x5410);
 }
 
@@ -336,14 +373,15 @@ __device__ void quantize_x_block(const T* __restrict__ X, int M, int64_t K, bool
   auto add_amax = [](float& a, const float (&v)[4]) {
     a = fmaxf(fmaxf(fmaxf(a, fabsf(v[0])), fmaxf(fabsf(v[1]), fabsf(v[2]))), fabsf(v[3]));
   };
-  // Block-wide amax of each row -> inv.
-  auto reduce_amax = [&]() {
+  // Block-wide amax of each row -> inv. Returns whether any thread passed nonfinite (x holds
+  // an infinity or NaN), by the same barrier.
+  auto reduce_amax = [&](bool nonfinite) {
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
       const float a = warp_max_nonneg(amax[m]);  // amax: max of |x| (fmaxf drops NaN)
       if (lane == 0) red_f[warp * MT + m] = a;
     }
-    __syncthreads();
+    const bool any_nonfinite = __syncthreads_or(nonfinite);
     // Every warp combines the per-warp values by one load and one warp reduction, not a loop of
     // dependent shared-memory loads (this runs once per call, on the critical path).
 #pragma unroll
@@ -351,6 +389,7 @@ __device__ void quantize_x_block(const T* __restrict__ X, int M, int64_t K, bool
       const float a = warp_max_nonneg(lane < nwarps ? red_f[lane * MT + m] : 0.0f);
       inv[m] = __fdiv_rn(kActQMax, fmaxf(a, kActEps));
     }
+    return any_nonfinite;
   };
   auto store_q = [&](int m, int64_t g, const float (&v)[4]) {
     const uint32_t wq = quant_pack4(v, inv[m]);
@@ -371,34 +410,71 @@ __device__ void quantize_x_block(const T* __restrict__ X, int M, int64_t K, bool
   auto from_regs = [&](auto nr) {
     constexpr int NR = decltype(nr)::value;
     const int64_t groups = K / 4;  // xregs: K % (4 * G) == 0
-    float xv[MT][NR][4];
+    uint4 xr[MT][NR / G];  // x as loaded: converted to float only to be quantized
 #pragma unroll
     for (int m = 0; m < MT; ++m)
 #pragma unroll
       for (int i = 0; i < NR; i += G) {
         const int64_t g = group_of(i);
-        float v[G][4] = {};
-        if (m < M && g < groups) load_x16(X + m * K + 4 * g, v);
-#pragma unroll
-        for (int h = 0; h < G; ++h)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) xv[m][i + h][e] = v[h][e];
+        xr[m][i / G] = m < M && g < groups ? *reinterpret_cast<const uint4*>(X + m * K + 4 * g)
+                                           : make_uint4(0, 0, 0, 0);
       }
     x_hook(kXLoadsIssued);
+    // amax from the bit patterns (no conversion; one instruction per 2-6 elements on sm_90).
+    // Where this thread's x holds an infinity or NaN, its amax is taken again from floats, as
+    // the two-pass path takes it (fmaxf drops NaN), and the block quantizes with the NaN clamp.
+    bool nonfinite = false;
 #pragma unroll
-    for (int m = 0; m < MT; ++m)
+    for (int m = 0; m < MT; ++m) {
+      uint32_t bits = 0;
 #pragma unroll
-      for (int i = 0; i < NR; ++i) add_amax(amax[m], xv[m][i]);
-    x_hook(kXLanded);
-    reduce_amax();
-    x_hook(kXScaled);
+      for (int j = 0; j < NR / G; ++j) bits = max_abs_bits16(bits, xr[m][j], X);
+      if (!abs_bits_value(bits, X, amax[m])) {
+        nonfinite = true;
+        amax[m] = 0.0f;
 #pragma unroll
-    for (int m = 0; m < MT; ++m)
+        for (int j = 0; j < NR / G; ++j) {
+          float v[G][4];
+          unpack_x16(xr[m][j], X, v);
 #pragma unroll
-      for (int i = 0; i < NR; ++i) {
-        const int64_t g = group_of(i);
-        if (m < M && g < qgroups) store_q(m, g, xv[m][i]);
+          for (int h = 0; h < G; ++h) add_amax(amax[m], v[h]);
+        }
       }
+    }
+    x_hook(kXLanded);
+    const bool clamp_nan = reduce_amax(nonfinite);
+    x_hook(kXScaled);
+    // The G groups of one load are adjacent in q: one store of 4 * G bytes (G = 2: a warp's
+    // 4-byte stores would hit every other word, two per bank). g is a multiple of G, and so are
+    // qgroups and the row starts (q_ld: whole 16 bytes), so a run is wholly inside or past q.
+    auto write_q = [&](auto nan_clamp) {
+#pragma unroll
+      for (int m = 0; m < MT; ++m)
+#pragma unroll
+        for (int i = 0; i < NR; i += G) {
+          const int64_t g = group_of(i);
+          if (m < M && g < qgroups) {
+            float v[G][4];
+            unpack_x16(xr[m][i / G], X, v);
+            uint32_t wq[G];
+#pragma unroll
+            for (int h = 0; h < G; ++h) {
+              wq[h] = quant_pack4<decltype(nan_clamp)::value>(v[h], inv[m]);
+              part_sum[m] = __dp4a(int(wq[h]), 0x01010101, part_sum[m]);
+            }
+            if constexpr (G == 2) {
+              *reinterpret_cast<uint2*>(qs + m * qgroups + g) = make_uint2(wq[0], wq[1]);
+            } else {
+              qs[m * qgroups + g] = wq[0];
+            }
+          }
+        }
+    };
+    if (clamp_nan) {
+      write_q(std::true_type());
+    } else {
+      write_q(std::false_type());
+    }
   };
   // Two passes over x, each calling f(m, g, four values of group g of row m).
   auto two_passes = [&] {
@@ -415,7 +491,7 @@ __device__ void quantize_x_block(const T* __restrict__ X, int M, int64_t K, bool
     };
     each_x4([&](int m, int64_t, const float (&v)[4]) { add_amax(amax[m], v); });
     x_hook(kXLanded);
-    reduce_amax();
+    reduce_amax(false);  // store_q clamps NaN whatever x holds
     x_hook(kXScaled);
     x_hook(kXLoadsIssued);  // the second pass re-reads x from L1
     each_x4([&](int m, int64_t g, const float (&v)[4]) { store_q(m, g, v); });
@@ -515,15 +591,16 @@ __global__ void __launch_bounds__(kPersistWarps * 32, 1)
     // The predecessor may have written x (or anything else): wait before the first read.
     pdl_wait();
     TRACE_POINT(1, true)
-    // overlap (default): the first batch is requested as soon as x's loads are, so it is in
-    // flight while x is quantized, behind x's loads (H100, i2 M=1 14336x4096: 7.38 -> 6.88
-    // us); weights_first: before x's loads; neither: once q is ready. x's loads (from L2) and
-    // this batch's (from HBM) must stay on separate scoreboards, or x's quantization waits for
-    // the batch: the compiler decides that, so check the SASS after any change here
-    // (CUDA_RESULTS.md, "Why small code changes move the time").
+    // overlap (default): the first batch is requested once this thread's x has landed (its
+    // amax taken), so it is in flight through the block reduction and the quantization;
+    // weights_first: before x's loads; neither: once q is ready. Requesting it as soon as x's
+    // loads were out gained up to 0.1 us on small shapes, but only where the compiler happened
+    // to put x's loads and the batch's on separate scoreboards; where it did not, x's
+    // quantization waited for the batch's HBM loads (+1.1 us). After x has landed, nothing of x
+    // is left to wait for (CUDA_RESULTS.md, "Why small code changes move the time").
     if (o.weights_first) load_stage(sa, item, batch);
     auto x_hook = [&](int phase) {
-      if (phase == kXLoadsIssued && o.overlap) load_stage(sa, item, batch);
+      if (phase == kXLanded && o.overlap) load_stage(sa, item, batch);
       TRACE_POINT(4, phase == kXLanded)
       TRACE_POINT(5, phase == kXScaled)
     };

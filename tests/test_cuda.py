@@ -26,8 +26,9 @@ SHAPES = [(1, 1, 1), (1, 5, 7), (2, 3, 16), (3, 13, 33), (4, 64, 64), (5, 31, 10
           (2, 600, 16384), (8, 70, 4100), (1, 9, 33000),
           # K % 4 == 0 and x aligned: x quantized from registers where it fits; else two passes.
           (1, 3000, 8192), (2, 1000, 6000), (1, 500, 7001),
-          # mma: many n tiles, k-steps not a multiple of the 8 k-split warps, M past 64.
-          (20, 3001, 600), (100, 515, 1472)]
+          # mma: many n tiles, k-steps not a multiple of the 8 k-split warps, M past 64; more n
+          # tiles than SMs (one step in flight) and fewer (four or two, m16 and m32 tiles).
+          (20, 3001, 600), (100, 515, 1472), (12, 4500, 200), (24, 4500, 130)]
 
 
 def make_weight(fmt, n, k, gen, granularity):

@@ -8,6 +8,8 @@
 // the products pair up exactly as in the unpermuted sum. One 16-byte load of an i2 byte row is
 // four n8 tiles (its four 2-bit fields), decoded to codes w + 1 by one shift and mask per word;
 // sum(q) per row removes the offset in the epilogue.
+#include <type_traits>
+
 #include "common.cuh"
 
 namespace ternary::cuda {
@@ -24,13 +26,13 @@ __device__ __forceinline__ void mma_s8(int32_t (&d)[4], uint32_t a0, uint32_t a1
 
 // Block: kKWarps warps on one 32-output n tile (i8: 32 rows; i2: 8 byte rows x 4 fields) and
 // 16 kMTiles rows of m; the warps take the 64-column k-steps in turn (warp w: steps w,
-// w + kKWarps, ...), loading the next step's weights before the current step's mma. Splitting
+// w + kKWarps, ...), with kDepth steps in flight (launch_mt picks it). Splitting
 // k inside the block keeps every SM busy when N / 32 * M / 16 tiles are few (a decoder layer at
 // M = 16 has 80-448 of them), and the partial sums meet in shared memory, added in warp order:
 // exact integers in a fixed order, so the result does not depend on the split.
 constexpr int kKWarps = 8;
 
-template <int kMTiles, bool I2, bool VEC>
+template <int kMTiles, int kDepth, bool I2, bool VEC>
 __global__ void __launch_bounds__(kKWarps * 32) mma_int8_ksplit_kernel(const Linear p) {
   constexpr int kBM = 16 * kMTiles;
   constexpr int kUnits = I2 ? 8 : 32;   // weight units per n tile
@@ -42,8 +44,9 @@ __global__ void __launch_bounds__(kKWarps * 32) mma_int8_ksplit_kernel(const Lin
   const int64_t mblocks = (M + kBM - 1) / kBM;
   const auto* W = static_cast<const uint8_t*>(p.weight);
 
-  // The predecessor is the quantize pre-pass, which writes only q / inv / qsum (and was itself
-  // launched after everything before it finished): weights may be read before waiting for it.
+  // The predecessor is the quantize pre-pass, which writes only q / inv / qsum and lets this
+  // kernel start only once everything before it has finished: weights may be read before
+  // waiting for it.
   for (int64_t nb = blockIdx.y; nb < ntiles; nb += gridDim.y) {
     const int64_t unit0 = nb * kUnits;
     const uint8_t* brow[kBLoads];
@@ -69,40 +72,77 @@ __global__ void __launch_bounds__(kKWarps * 32) mma_int8_ksplit_kernel(const Lin
         }
 
       int32_t acc[kMTiles][4][4] = {};
-
-      uint4 b[kBLoads];
-#pragma unroll
-      for (int j = 0; j < kBLoads; ++j)
-        b[j] = load_w16<VEC, false>(brow[j], warp * 64 + 16 * t, K, bvalid[j]);
-      pdl_wait();  // returns at once after the first time
-      for (int64_t ks = warp; ks < ksteps; ks += kKWarps) {
-        const int64_t kc = ks * 64 + 16 * t;
-        uint4 bn[kBLoads];
-#pragma unroll
-        for (int j = 0; j < kBLoads; ++j)
-          bn[j] = load_w16<VEC, false>(brow[j], kc + kKWarps * 64, K, bvalid[j]);
-        uint4 a[kMTiles][2];
-#pragma unroll
-        for (int mt = 0; mt < kMTiles; ++mt)
-#pragma unroll
-          for (int h = 0; h < 2; ++h)
-            a[mt][h] = avalid[mt][h] ? __ldg(reinterpret_cast<const uint4*>(arow[mt][h] + kc))
-                                     : make_uint4(0, 0, 0, 0);
+      // One k-step: the weights bs (kBLoads 16-byte loads) against q rows as (m16 tiles).
+      auto mma_step = [&](const uint4 (&bs)[kBLoads], const uint4 (&as)[kMTiles][2]) {
 #pragma unroll
         for (int nt = 0; nt < 4; ++nt) {
           uint32_t bw[4];
 #pragma unroll
           for (int i = 0; i < 4; ++i)
-            bw[i] = I2 ? (word(b[0], i) >> (2 * nt)) & 0x03030303u : word(b[I2 ? 0 : nt], i);
+            bw[i] = I2 ? (word(bs[0], i) >> (2 * nt)) & 0x03030303u : word(bs[I2 ? 0 : nt], i);
 #pragma unroll
           for (int mt = 0; mt < kMTiles; ++mt)
             if (mt < mtiles) {
-              mma_s8(acc[mt][nt], a[mt][0].x, a[mt][1].x, a[mt][0].y, a[mt][1].y, bw[0], bw[1]);
-              mma_s8(acc[mt][nt], a[mt][0].z, a[mt][1].z, a[mt][0].w, a[mt][1].w, bw[2], bw[3]);
+              mma_s8(acc[mt][nt], as[mt][0].x, as[mt][1].x, as[mt][0].y, as[mt][1].y, bw[0], bw[1]);
+              mma_s8(acc[mt][nt], as[mt][0].z, as[mt][1].z, as[mt][0].w, as[mt][1].w, bw[2], bw[3]);
             }
         }
+      };
+      auto load_b = [&](uint4 (&bs)[kBLoads], int64_t ks) {  // past K: zeros, nothing loaded
 #pragma unroll
-        for (int j = 0; j < kBLoads; ++j) b[j] = bn[j];
+        for (int j = 0; j < kBLoads; ++j)
+          bs[j] = load_w16<VEC, false>(brow[j], ks * 64 + 16 * t, K, bvalid[j]);
+      };
+      auto load_a = [&](uint4 (&as)[kMTiles][2], int64_t ks, bool in_k) {  // in_k: ks < ksteps
+#pragma unroll
+        for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+          for (int h = 0; h < 2; ++h)
+            as[mt][h] = avalid[mt][h] && in_k
+                            ? __ldg(reinterpret_cast<const uint4*>(arow[mt][h] + ks * 64 + 16 * t))
+                            : make_uint4(0, 0, 0, 0);
+      };
+
+      if constexpr (kDepth == 1) {
+        // The next step's weights are requested before this step's mma; q is loaded per step.
+        uint4 b[kBLoads];
+        load_b(b, warp);
+        pdl_wait();  // returns at once after the first time
+        for (int64_t ks = warp; ks < ksteps; ks += kKWarps) {
+          uint4 bn[kBLoads];
+          load_b(bn, ks + kKWarps);
+          uint4 a[kMTiles][2];
+          load_a(a, ks, true);
+          mma_step(b, a);
+#pragma unroll
+          for (int j = 0; j < kBLoads; ++j) b[j] = bn[j];
+        }
+      } else {
+        // kDepth steps in flight, weights (HBM) and q (L2) both: step ks + kDepth * kKWarps
+        // is requested once step ks is summed. The loop is unrolled by kDepth so that each
+        // stage keeps its registers (the copy above waits for the next step's loads to land,
+        // so only one step is ever in flight there, and q's L2 round trip precedes each step).
+        uint4 b[kDepth][kBLoads];
+        uint4 a[kDepth][kMTiles][2];
+#pragma unroll
+        for (int s = 0; s < kDepth; ++s) load_b(b[s], warp + s * kKWarps);
+        pdl_wait();
+#pragma unroll
+        for (int s = 0; s < kDepth; ++s) {
+          const int64_t ks = warp + s * kKWarps;
+          load_a(a[s], ks, ks < ksteps);
+        }
+        for (int64_t ks0 = warp; ks0 < ksteps; ks0 += kDepth * kKWarps) {
+#pragma unroll
+          for (int s = 0; s < kDepth; ++s) {
+            const int64_t ks = ks0 + s * kKWarps;
+            if (ks >= ksteps) break;  // uniform over the warp
+            mma_step(b[s], a[s]);
+            const int64_t next = ks + kDepth * kKWarps;
+            load_b(b[s], next);
+            load_a(a[s], next, next < ksteps);
+          }
+        }
       }
 
       // Accumulator i of tile (mt, nt) of lane (g, t): row g (+8 for i >= 2), column
@@ -140,6 +180,11 @@ __global__ void __launch_bounds__(kKWarps * 32) mma_int8_ksplit_kernel(const Lin
   }
 }
 
+// Steps in flight: one (the next step's weights) where the grid has more blocks than SMs, since
+// there resident blocks hide each other's latency and more registers per thread would cost
+// occupancy; otherwise four (one m16 tile) or two (two), weights and q both. H100, i2 M = 16:
+// 4096x14336 26.2 -> 18.9 us, 2560x6912 14.8 -> 9.5 (80-128 blocks); deep with 448 blocks
+// (14336x4096): 12.3 -> 15.9. Four m16 tiles spill at two steps: one step always.
 template <int kMTiles, bool I2>
 cudaError_t launch_mt(const Linear& p, cudaStream_t stream, bool pdl) {
   const int64_t units = units_of(p.i2, p.N);
@@ -150,8 +195,16 @@ cudaError_t launch_mt(const Linear& p, cudaStream_t stream, bool pdl) {
                   static_cast<unsigned>(ntiles < 65535 ? ntiles : 65535));
   const bool vec = p.K % 16 == 0 && reinterpret_cast<uintptr_t>(p.weight) % 16 == 0;
   const dim3 block(kKWarps * 32);
-  return vec ? launch(mma_int8_ksplit_kernel<kMTiles, I2, true>, grid, block, stream, pdl, p)
-             : launch(mma_int8_ksplit_kernel<kMTiles, I2, false>, grid, block, stream, pdl, p);
+  auto go = [&](auto depth) {
+    constexpr int D = decltype(depth)::value;
+    return vec ? launch(mma_int8_ksplit_kernel<kMTiles, D, I2, true>, grid, block, stream, pdl, p)
+               : launch(mma_int8_ksplit_kernel<kMTiles, D, I2, false>, grid, block, stream, pdl, p);
+  };
+  if constexpr (kMTiles <= 2) {
+    if (int64_t(grid.x) * grid.y <= device_sms())
+      return go(std::integral_constant<int, kMTiles == 1 ? 4 : 2>());
+  }
+  return go(std::integral_constant<int, 1>());
 }
 
 template <int kMTiles>

@@ -183,7 +183,7 @@ __global__ void __launch_bounds__(kKWarps * 32) mma_int8_ksplit_kernel(const Lin
 // Steps in flight: one (the next step's weights) where the grid has more blocks than SMs, since
 // there resident blocks hide each other's latency and more registers per thread would cost
 // occupancy; otherwise four (one m16 tile) or two (two), weights and q both. H100, i2 M = 16:
-// 4096x14336 26.2 -> 18.9 us, 2560x6912 14.8 -> 9.5 (80-128 blocks); deep with 448 blocks
+// 4096x14336 26.4 -> 18.3 us, 2560x6912 14.8 -> 9.0 (80-128 blocks); deep with 448 blocks
 // (14336x4096): 12.3 -> 15.9. Four m16 tiles spill at two steps: one step always.
 template <int kMTiles, bool I2>
 cudaError_t launch_mt(const Linear& p, cudaStream_t stream, bool pdl) {

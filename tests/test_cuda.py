@@ -196,6 +196,27 @@ def test_nonfinite_activations_agree_across_paths(dtype):
                       f"{dtype} M={m} K={k}: finite rows next to a row with {bad}")
 
 
+@pytest.mark.parametrize("act,m", [("none", 16), ("none", 100), ("int8", 1), ("int8", 2)])
+def test_no_allocation_beyond_the_output(act, m):
+    """act="none" past the GEMV with 16-bit x (tensor-core tiles on weights decoded in registers)
+    and the fused act="int8" GEMV allocate nothing but the output: no dense copy of the weights,
+    no scratch."""
+    gen = torch.Generator().manual_seed(13)
+    n, k = 2048, 4096
+    w, scale = make_weight("i2", n, k, gen, "channel")
+    w, scale = w.cuda(), scale.cuda()
+    x = torch.randn(m, k, generator=gen).to(torch.bfloat16).cuda()
+    ref = run_ref("i2", x, w, scale, n, None, act)
+    check(run_op("i2", x, w, scale, n, None, act), ref, act, torch.bfloat16, f"{act} M={m}")
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    out = run_op("i2", x, w, scale, n, None, act)
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - base
+    assert extra <= out.numel() * out.element_size(), f"{act} M={m}: {extra} bytes allocated"
+
+
 def test_bad_input_raises():
     w = torch.zeros(4, 8, dtype=torch.int8)
     x = torch.randn(2, 8, device="cuda")

@@ -71,6 +71,11 @@ cudaError_t linear_none_gemv(const Linear& p, cudaStream_t stream);
 // then y = acc * s[n] (+ bias[n]) from that GEMM's output acc [M, N] (dtype) into p.y.
 cudaError_t dequantize(const Linear& p, void* dense, cudaStream_t stream);
 cudaError_t scale_bias(const Linear& p, const void* acc, cudaStream_t stream);
+// act="none", M > 8, bfloat16 / half x: 16-bit tensor-core tiles on weights decoded in
+// registers (mma_float.cu), where linear_none_mma_ok: K % 8 == 0, x 16-byte and the weights
+// 8-byte aligned, i2 or M <= 32. Otherwise (and for float32 x) the dense helpers above.
+bool linear_none_mma_ok(const Linear& p);
+cudaError_t linear_none_mma(const Linear& p, cudaStream_t stream);
 
 // Weight units: output rows for i8, byte rows (four outputs each) for i2. ternary_format.h's
 // helpers are host-only constexpr; these are the same arithmetic for device code.

@@ -71,6 +71,8 @@ at::Tensor linear_cuda(WeightFormat f, const at::Tensor& x, const at::Tensor& we
     C10_CUDA_CHECK(cuda::linear_int8(p, stream));
   } else if (s.M <= cuda::kGemvMaxM) {
     C10_CUDA_CHECK(cuda::linear_none_gemv(p, stream));
+  } else if (cuda::linear_none_mma_ok(p)) {
+    C10_CUDA_CHECK(cuda::linear_none_mma(p, stream));
   } else {
     at::Tensor dense = at::empty({s.N, s.K}, x.options());
     C10_CUDA_CHECK(cuda::dequantize(p, dense.data_ptr(), stream));

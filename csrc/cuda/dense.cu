@@ -1,4 +1,5 @@
-// dense.cu: act="none" for M > 8. Ternary weights are exact in every float type, so decoding
+// dense.cu: act="none" for M > 8 where mma_float.cu does not apply (float32 x, unaligned x or
+// weights, K % 8 != 0, i8 past 32 rows). Ternary weights are exact in every float type, so decoding
 // them to a dense [N, K] matrix in x's dtype and handing it to the library GEMM (float32
 // accumulation) computes exactly x @ T^T; the scale and bias follow in one elementwise pass.
 #include "common.cuh"

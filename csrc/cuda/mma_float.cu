@@ -1,7 +1,7 @@
 // mma_float.cu: act="none" for M > 8 with bfloat16 / half x, on tensor cores (mma.sync
 // m16n8k16, 16-bit x 16-bit -> float32, sm_80+). The weights are decoded in registers to
 // exact -1 / 0 / +1 in x's type, so the products are exact and the sum is float32: no dense
-// copy of the weights is made (float32 x keeps that path: dense.cu).
+// copy of the weights is made (linear_none_mma_ok says where; elsewhere dense.cu does that).
 //
 // The layout follows mma_int8.cu: a block is kKWarps warps on one 32-output n tile and 16
 // kMTiles rows of m; the warps take the k-steps (32 columns) in turn and their partial sums
@@ -54,7 +54,7 @@ template <int kMTiles, bool I2, typename T>
 __global__ void __launch_bounds__(kKWarps * 32) mma_float_ksplit_kernel(const Linear p) {
   constexpr int kBM = 16 * kMTiles;
   constexpr int kUnits = I2 ? 8 : 32;  // weight units per n tile
-  constexpr int kBLoads = I2 ? 1 : 4;  // 8-byte weight loads per k-step: i2 1 byte row, i8 1 per n8
+  constexpr int kBLoads = I2 ? 1 : 4;  // 8-byte weight loads per step: i2 a byte row, i8 one per n8
   __shared__ float red[kKWarps][16][32];  // [warp][accumulator nt * 4 + i][lane]
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int64_t units = units_of(I2, p.N), K = p.K, M = p.M;

@@ -3,15 +3,15 @@
 // exact -1 / 0 / +1 in x's type, so the products are exact and the sum is float32: no dense
 // copy of the weights is made (linear_none_mma_ok says where; elsewhere dense.cu does that).
 //
-// The layout follows mma_int8.cu: a block is kKWarps warps on one 32-output n tile and 16
-// kMTiles rows of m; the warps take the k-steps (32 columns) in turn and their partial sums
-// meet in shared memory, added in warp order. Within a step each thread loads 8 contiguous
+// The layout is mma_int8.cu's (mma_tile.cuh): a block is kKWarps warps on one 32-output n tile
+// and 16 kMTiles rows of m; the warps take the k-steps (32 columns) in turn and their partial
+// sums meet in shared memory, added in warp order. Within a step each thread loads 8 contiguous
 // columns (k0 + 8t .. +8, t = lane % 4) of its x rows and weight rows and uses them as the
 // k-slots {2t, 2t+1, 2t+8, 2t+9} of two k16 steps; x and the weights agree on that
 // permutation, so the products pair up as in the unpermuted sum.
 #include <type_traits>
 
-#include "common.cuh"
+#include "mma_tile.cuh"
 
 namespace ternary::cuda {
 namespace {
@@ -47,8 +47,6 @@ __device__ __forceinline__ uint32_t weights16x2(uint32_t c, bool hi) {
   // selector nibbles: code0, 4 + code0, code1, 4 + code1 (codes < 4, so no carries)
   return __byte_perm(kLo, kHi, pair * 0x11u + 0x4040u);
 }
-
-constexpr int kKWarps = 8;
 
 template <int kMTiles, bool I2, typename T>
 __global__ void __launch_bounds__(kKWarps * 32) mma_float_ksplit_kernel(const Linear p) {
@@ -143,34 +141,14 @@ __global__ void __launch_bounds__(kKWarps * 32) mma_float_ksplit_kernel(const Li
         for (int j = 0; j < kBLoads; ++j) b[j] = bn[j];
       }
 
-      // Accumulator i of tile (mt, nt) of lane (g, t): row g (+8 for i >= 2), column
-      // 2t + (i & 1) of the n8 tile. Each m16 tile's partial sums meet in `red`.
 #pragma unroll
       for (int mt = 0; mt < kMTiles; ++mt) {
         if (mt >= mtiles) break;  // uniform over the block
-#pragma unroll
-        for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-          for (int i = 0; i < 4; ++i) red[warp][nt * 4 + i][lane] = acc[mt][nt][i];
-        __syncthreads();
-        for (int e = threadIdx.x; e < 16 * 32; e += blockDim.x) {
-          const int idx = e / 32, ln = e % 32, nt = idx / 4, i = idx % 4;
-          float dot = 0.0f;
-#pragma unroll
-          for (int w = 0; w < kKWarps; ++w) dot += red[w][idx][ln];
-          const int64_t m = m0 + mt * 16 + ln / 4 + (i >= 2 ? 8 : 0);
-          const int col = 2 * (ln % 4) + (i & 1);
-          int64_t n;
-          if (I2) {
-            const int64_t u = unit0 + col;
-            n = u < units ? u + nt * units : p.N;
-          } else {
-            n = unit0 + nt * 8 + col;
-          }
-          if (m < M && n < p.N)
-            store_out(p.y, m * p.N + n, epilogue_none(dot, scale_of(p, n), p.bias, n), p.dtype);
-        }
-        __syncthreads();
+        sum_warps_and_store<I2>(red, acc[mt], p, m0 + mt * 16, unit0,
+                                [&](int64_t m, int64_t n, float dot) {
+                                  store_out(p.y, m * p.N + n,
+                                            epilogue_none(dot, scale_of(p, n), p.bias, n), p.dtype);
+                                });
       }
     }
   }
@@ -178,13 +156,8 @@ __global__ void __launch_bounds__(kKWarps * 32) mma_float_ksplit_kernel(const Li
 
 template <int kMTiles, bool I2, typename T>
 cudaError_t launch_float_mt(const Linear& p, cudaStream_t stream, bool pdl) {
-  const int64_t units = units_of(I2, p.N);
-  const int64_t ntiles = (units + (I2 ? 8 : 32) - 1) / (I2 ? 8 : 32);
-  const int64_t mblocks = (p.M + 16 * kMTiles - 1) / (16 * kMTiles);
-  const dim3 grid(static_cast<unsigned>(mblocks < (int64_t(1) << 30) ? mblocks : int64_t(1) << 30),
-                  static_cast<unsigned>(ntiles < 65535 ? ntiles : 65535));
-  return launch(mma_float_ksplit_kernel<kMTiles, I2, T>, grid, dim3(kKWarps * 32), stream, pdl,
-                p);
+  return launch(mma_float_ksplit_kernel<kMTiles, I2, T>, mma_grid<kMTiles>(p),
+                dim3(kKWarps * 32), stream, pdl, p);
 }
 
 template <bool I2, typename T>

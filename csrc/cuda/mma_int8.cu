@@ -10,7 +10,7 @@
 // sum(q) per row removes the offset in the epilogue.
 #include <type_traits>
 
-#include "common.cuh"
+#include "mma_tile.cuh"
 
 namespace ternary::cuda {
 namespace {
@@ -24,13 +24,11 @@ __device__ __forceinline__ void mma_s8(int32_t (&d)[4], uint32_t a0, uint32_t a1
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-// Block: kKWarps warps on one 32-output n tile (i8: 32 rows; i2: 8 byte rows x 4 fields) and
-// 16 kMTiles rows of m; the warps take the 64-column k-steps in turn (warp w: steps w,
-// w + kKWarps, ...), with kDepth steps in flight (launch_mt picks it). Splitting
-// k inside the block keeps every SM busy when N / 32 * M / 16 tiles are few (a decoder layer at
-// M = 16 has 80-448 of them), and the partial sums meet in shared memory, added in warp order:
-// exact integers in a fixed order, so the result does not depend on the split.
-constexpr int kKWarps = 8;
+// Block (mma_tile.cuh): kKWarps warps on one 32-output n tile and 16 kMTiles rows of m; the
+// warps take the 64-column k-steps in turn (warp w: steps w, w + kKWarps, ...), with kDepth
+// steps in flight (launch_mt picks it). Splitting k inside the block keeps every SM busy when
+// N / 32 * M / 16 tiles are few (a decoder layer at M = 16 has 80-448 of them); the partial
+// sums meet in shared memory (sum_warps_and_store).
 
 template <int kMTiles, int kDepth, bool I2, bool VEC>
 __global__ void __launch_bounds__(kKWarps * 32) mma_int8_ksplit_kernel(const Linear p) {
@@ -145,36 +143,14 @@ __global__ void __launch_bounds__(kKWarps * 32) mma_int8_ksplit_kernel(const Lin
         }
       }
 
-      // Accumulator i of tile (mt, nt) of lane (g, t): row g (+8 for i >= 2), column
-      // 2t + (i & 1) of the n8 tile. Each m16 tile's 8 x 512 partial sums meet in `red`.
 #pragma unroll
       for (int mt = 0; mt < kMTiles; ++mt) {
         if (mt >= mtiles) break;  // uniform over the block
-#pragma unroll
-        for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-          for (int i = 0; i < 4; ++i) red[warp][nt * 4 + i][lane] = acc[mt][nt][i];
-        __syncthreads();
-        for (int e = threadIdx.x; e < 16 * 32; e += blockDim.x) {
-          const int idx = e / 32, ln = e % 32, nt = idx / 4, i = idx % 4;
-          int32_t dot = 0;
-#pragma unroll
-          for (int w = 0; w < kKWarps; ++w) dot += red[w][idx][ln];
-          const int64_t m = m0 + mt * 16 + ln / 4 + (i >= 2 ? 8 : 0);
-          const int col = 2 * (ln % 4) + (i & 1);
-          int64_t n;
-          if (I2) {
-            const int64_t u = unit0 + col;
-            n = u < units ? u + nt * units : p.N;
-          } else {
-            n = unit0 + nt * 8 + col;
-          }
-          if (m < M && n < p.N) {
-            store_int8<I2>(p, m, n, dot, p.inv[m], I2 ? p.qsum[m] : 0,
-                           scale_of(p, n), bias_of(p, n));
-          }
-        }
-        __syncthreads();
+        sum_warps_and_store<I2>(red, acc[mt], p, m0 + mt * 16, unit0,
+                                [&](int64_t m, int64_t n, int32_t dot) {
+                                  store_int8<I2>(p, m, n, dot, p.inv[m], I2 ? p.qsum[m] : 0,
+                                                 scale_of(p, n), bias_of(p, n));
+                                });
       }
     }
   }
@@ -187,12 +163,7 @@ __global__ void __launch_bounds__(kKWarps * 32) mma_int8_ksplit_kernel(const Lin
 // (14336x4096): 12.3 -> 15.9. Four m16 tiles spill at two steps: one step always.
 template <int kMTiles, bool I2>
 cudaError_t launch_mt(const Linear& p, cudaStream_t stream, bool pdl) {
-  const int64_t units = units_of(p.i2, p.N);
-  const int64_t ntiles = (units + (I2 ? 8 : 32) - 1) / (I2 ? 8 : 32);
-  const int64_t mblocks = (p.M + 16 * kMTiles - 1) / (16 * kMTiles);
-  // m blocks along x, so the blocks sharing an n tile run together and share its weights in L2.
-  const dim3 grid(static_cast<unsigned>(mblocks < (int64_t(1) << 30) ? mblocks : int64_t(1) << 30),
-                  static_cast<unsigned>(ntiles < 65535 ? ntiles : 65535));
+  const dim3 grid = mma_grid<kMTiles>(p);
   const bool vec = p.K % 16 == 0 && reinterpret_cast<uintptr_t>(p.weight) % 16 == 0;
   const dim3 block(kKWarps * 32);
   auto go = [&](auto depth) {

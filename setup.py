@@ -108,7 +108,7 @@ class BuildExt(cpp_extension.BuildExtension):
 
 
 def make_extension():
-    sources = [CSRC / "ops.cpp"] + kernel_build.CORE_SOURCES
+    sources = [CSRC / "ops.cpp", CSRC / "aten" / "ops_cpu.cpp"] + kernel_build.CORE_SOURCES
     defines = []
     isa_sources, simd_define = simd_backend()
     if simd_define and isa_sources:
@@ -117,15 +117,15 @@ def make_extension():
     cxx_flags = ["-O3", "-std=c++17", "-fno-math-errno", "-ffp-contract=off"] + openmp_flags()
     kwargs = dict(extra_compile_args={"cxx": cxx_flags}, include_dirs=[str(CSRC)])
 
-    if IS_MACOS and any((CSRC / "metal").glob("*.mm")):
+    if IS_MACOS:
         embed_metal_sources()
-        sources += sorted((CSRC / "metal").glob("*.mm"))
+        sources.append(CSRC / "aten" / "ops_mps.mm")
         defines.append(("TERNARY_HAVE_MPS", "1"))
         kwargs["extra_link_args"] = ["-framework", "Metal", "-framework", "Foundation"]
         kwargs["extra_compile_args"]["cxx"] = cxx_flags + ["-fobjc-arc"]
 
     if want_cuda():
-        sources += sorted((CSRC / "cuda").glob("*.cu")) + sorted((CSRC / "cuda").glob("*.cpp"))
+        sources += sorted((CSRC / "cuda").glob("*.cu")) + [CSRC / "aten" / "ops_cuda.cpp"]
         defines.append(("TERNARY_HAVE_CUDA", "1"))
         arch = os.environ.get("TORCH_CUDA_ARCH_LIST")
         if not arch:

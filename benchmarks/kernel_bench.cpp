@@ -122,7 +122,7 @@ int main(int argc, char** argv) {
           const int64_t M = std::atoll(mstr.c_str());
           std::vector<float> x(M * K), y(M * N), scale(1, 0.5f), inv(M);
           for (auto& v : x) v = float(int(rng() % 2001) - 1000) / 100.0f;
-          const int64_t ldq = padded_k(K);
+          const int64_t ldq = act_padded_k(K);
           std::vector<int8_t> q(M * ldq);
           std::vector<int32_t> sum(M);
           for (const auto& act : split(acts)) {

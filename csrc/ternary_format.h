@@ -1,7 +1,23 @@
-// ternary_format.h: the weight formats, defined once for every backend (C++, CUDA, harnesses).
-// See DESIGN.md. No torch headers here: kernels and test harnesses include this alone.
+// ternary_format.h: the weight formats and the activation constants, defined once for every
+// backend: host C++ (the glue, the CPU tier, harnesses), CUDA device code, the Metal source
+// (setup.py prepends this file to the embedded .metal text) and the Metal emulator.
+// See docs/DESIGN.md. No torch headers and no standard library beyond fixed-width integers.
 #pragma once
+
+#if defined(__METAL_VERSION__)
+#include <metal_stdlib>
+// Metal keeps program-scope constants in the constant address space.
+#define TERNARY_FORMAT_CONST constant constexpr
+#define TERNARY_FORMAT_FN inline constexpr
+#else
 #include <cstdint>
+#define TERNARY_FORMAT_CONST inline constexpr
+#if defined(__CUDACC__)
+#define TERNARY_FORMAT_FN __host__ __device__ inline constexpr
+#else
+#define TERNARY_FORMAT_FN inline constexpr
+#endif
+#endif
 
 namespace ternary {
 
@@ -10,27 +26,40 @@ namespace ternary {
 // i2 (2-bit packed, Hugging Face BitNet layout): uint8 [R, K] with R = ceil(N / 4).
 // Byte [j, k] holds output rows j, j+R, j+2R, j+3R of column k in bit pairs 0-1, 2-3, 4-5, 6-7.
 // A code is w + 1: 00 = -1, 01 = 0, 10 = +1, 11 invalid. Padding rows (n >= N) hold code 01.
-constexpr int kI2RowsPerByte = 4;
-constexpr int kI2BitsPerCode = 2;
-constexpr uint8_t kI2CodeMask = 0x3;
-constexpr uint8_t kI2CodeZero = 0x1;    // the code of w = 0
-constexpr uint8_t kI2CodeInvalid = 0x3;
-constexpr uint8_t kI2ZeroByte = 0x55;   // four zero codes: what padding bytes hold
+TERNARY_FORMAT_CONST int kI2RowsPerByte = 4;
+TERNARY_FORMAT_CONST int kI2BitsPerCode = 2;
+TERNARY_FORMAT_CONST uint8_t kI2CodeMask = 0x3;
+TERNARY_FORMAT_CONST uint8_t kI2CodeZero = 0x1;     // the code of w = 0
+TERNARY_FORMAT_CONST uint8_t kI2CodeInvalid = 0x3;
+TERNARY_FORMAT_CONST uint8_t kI2ZeroByte = 0x55;    // four zero codes: what padding bytes hold
+// Kernels decode four bytes at once: (word >> i2_shift) & kI2CodeMaskX4 gives one code per byte.
+TERNARY_FORMAT_CONST uint32_t kI2CodeMaskX4 = 0x03030303u;
 
-constexpr int64_t i2_packed_rows(int64_t n) { return (n + kI2RowsPerByte - 1) / kI2RowsPerByte; }
+// Byte rows of an i2 tensor with n output rows (the "units" of i2 kernels: one byte row feeds
+// four outputs). Any integer type, so 32-bit device code needs no casts.
+template <typename I>
+TERNARY_FORMAT_FN I i2_packed_rows(I n) { return (n + kI2RowsPerByte - 1) / kI2RowsPerByte; }
 
 // The code of output row n sits in byte row (n % R) at bit pair (n / R).
-constexpr int64_t i2_byte_row(int64_t n, int64_t R) { return n % R; }
-constexpr int i2_shift(int64_t n, int64_t R) { return static_cast<int>(n / R) * kI2BitsPerCode; }
+template <typename I>
+TERNARY_FORMAT_FN I i2_byte_row(I n, I R) { return n % R; }
+template <typename I>
+TERNARY_FORMAT_FN int i2_shift(I n, I R) { return static_cast<int>(n / R) * kI2BitsPerCode; }
 
 // Decode one code to its weight. Codes 0..2 map to -1..+1.
-constexpr int i2_decode(uint8_t byte, int shift) {
+TERNARY_FORMAT_FN int i2_decode(uint8_t byte, int shift) {
   return static_cast<int>((byte >> shift) & kI2CodeMask) - 1;
 }
 
-// act="int8": activations are quantized per row to int8 with inv = 127 / max|x|
-// (max clamped below at kActEps), q = round_half_even(x * inv) clamped to [-128, 127].
-constexpr float kActQMax = 127.0f;
-constexpr float kActEps = 1e-5f;
+// act="int8": activations are quantized per row to int8 with inv = kActQMax / max|x| (max
+// clamped below at kActEps), q = round_half_even(x * inv) clamped to [-128, 127].
+TERNARY_FORMAT_CONST float kActQMax = 127.0f;
+TERNARY_FORMAT_CONST float kActEps = 1e-5f;
+
+// Quantized activation rows are zero-padded to a multiple of kActPad columns, so SIMD and GPU
+// kernels may read q (never the weights) in whole 64-byte steps past K.
+TERNARY_FORMAT_CONST int kActPad = 64;
+template <typename I>
+TERNARY_FORMAT_FN I act_padded_k(I K) { return (K + kActPad - 1) / kActPad * kActPad; }
 
 }  // namespace ternary

@@ -304,7 +304,7 @@ def test_emulator_catches_bugs(emu, case, expect):
 # ---- the Objective-C++ glue: type-checked against minimal SDK stand-ins (never run here) ----
 
 def test_glue_typechecks(tmp_path):
-    """clang parses and type-checks csrc/metal/ternary_mps.mm (ARC, blocks, the torch/mps.h API,
+    """clang parses and type-checks csrc/aten/ops_mps.mm (ARC, blocks, the torch/mps.h API,
     op_checks.h) against tests/metal_emu/sdk_stubs, both math-mode branches. Proves syntax and
     API use only: the stubs declare what Apple's SDK does, nothing is linked or run."""
     clang = shutil.which(os.environ.get("OBJCXX", "clang++"))
@@ -313,7 +313,8 @@ def test_glue_typechecks(tmp_path):
     from torch.utils import cpp_extension
 
     text = "\n".join(p.read_text() for p in sorted(METAL.glob("*.metal")))
-    (tmp_path / "metal_source.h").write_text(  # what setup.py generates on macOS
+    (tmp_path / "metal").mkdir()
+    (tmp_path / "metal" / "metal_source.h").write_text(  # what setup.py generates on macOS
         '#pragma once\nstatic const char* kTernaryMetalSource = R"TERNARY_METAL(\n'
         f'{text}\n)TERNARY_METAL";\n')
     base = [clang, "-fsyntax-only", "-x", "objective-c++", "-std=c++17", "-fobjc-arc", "-fblocks",
@@ -322,6 +323,6 @@ def test_glue_typechecks(tmp_path):
             f"-I{tmp_path}", f"-I{ROOT / 'csrc'}"]
     base += [f"-I{p}" for p in cpp_extension.include_paths()]
     for extra in ([], ["-D__MAC_15_0=150000", "-D__MAC_OS_X_VERSION_MAX_ALLOWED=150000"]):
-        r = subprocess.run(base + extra + [str(METAL / "ternary_mps.mm")], capture_output=True,
-                           text=True)
+        r = subprocess.run(base + extra + [str(ROOT / "csrc" / "aten" / "ops_mps.mm")],
+                           capture_output=True, text=True)
         assert r.returncode == 0, r.stderr[-4000:]

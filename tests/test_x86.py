@@ -244,7 +244,7 @@ int main() {
     const KernelSet& ks = available_kernel(s);
     for (const Case& c : cases)
       for (int pattern = 0; pattern < 5; ++pattern) {
-        const int64_t ldq = padded_k(c.K), R = i2_packed_rows(c.N);
+        const int64_t ldq = act_padded_k(c.K), R = i2_packed_rows(c.N);
         std::vector<int8_t> w8(c.N * c.K), q(c.M * ldq, 0);
         std::uniform_int_distribution<int> bit(0, 1), tri(-1, 1), any(-128, 127);
         for (auto& v : w8)

@@ -8,11 +8,6 @@
 
 namespace ternary::cpu {
 
-// Quantized activation rows are padded with zeros to a multiple of this many columns, so SIMD
-// kernels may read q (not weights) in whole 64-byte chunks past K.
-constexpr int64_t kActPad = 64;
-constexpr int64_t padded_k(int64_t K) { return (K + kActPad - 1) / kActPad * kActPad; }
-
 // One linear problem: y[m, n] = s[n] * sum_k T[n, k] * a[m, k] (+ bias[n]).
 struct Problem {
   int64_t M = 0, N = 0, K = 0;
@@ -20,7 +15,7 @@ struct Problem {
   const float* scale = nullptr;  // s[n] = scale[n * scale_stride]
   int64_t scale_stride = 0;      // 0 (per tensor) or 1 (per output row)
   const float* bias = nullptr;   // [N] or nullptr
-  // act="int8": q [M, ldq] int8 (ldq = padded_k(K), zero past K), per-row inv and sum of q.
+  // act="int8": q [M, ldq] int8 (ldq = act_padded_k(K), zero past K), per-row inv and sum of q.
   const int8_t* xq = nullptr;
   const float* x_inv = nullptr;
   const int32_t* x_sum = nullptr;

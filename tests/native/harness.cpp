@@ -100,7 +100,7 @@ struct Run {
 // Runs one kernel set on one case, splitting units into uneven chunks like threads would.
 Run run_set(const KernelSet& ks, const Case& c, const Data& d, bool i2, bool int8_act) {
   Run r;
-  const int64_t ldq = padded_k(c.K);
+  const int64_t ldq = act_padded_k(c.K);
   Problem p;
   p.M = c.M; p.N = c.N; p.K = c.K;
   p.weight = i2 ? static_cast<const void*>(d.w2.data()) : static_cast<const void*>(d.w8.data());
@@ -150,7 +150,7 @@ void check_case(const KernelSet& ks, const Case& c, std::mt19937& rng) {
         CHECK(got.inv == want.inv, "%s inv scales differ", tag);
         CHECK(got.sum == want.sum, "%s activation sums differ", tag);
         // Exactness of the integer dot: recover it from the kernel's float output with scale 1.
-        const auto dots = scalar_dots(c, d, want.q, padded_k(c.K));
+        const auto dots = scalar_dots(c, d, want.q, act_padded_k(c.K));
         int bad = 0;
         for (int64_t m = 0; m < c.M; ++m)
           for (int64_t n = 0; n < c.N; ++n) {

@@ -1,7 +1,7 @@
-// ternary_mps.mm: the MPS glue for ternary::linear_i8 / linear_i2 (built on macOS only).
+// ops_mps.mm: the MPS glue for ternary::linear_i8 / linear_i2 (built on macOS only).
 //
-// Validates (op_checks.h), allocates the output, and encodes one compute dispatch on PyTorch's
-// own MPS command buffer through the public torch/mps.h API. Nothing here commits or waits:
+// Validates and allocates the output (linear_frame.h), and encodes one compute dispatch on
+// PyTorch's own MPS command buffer through the public torch/mps.h API. Nothing here commits or waits:
 // the dispatch rides in the command buffer PyTorch commits anyway, so a model's layers batch
 // into few command buffers (per-op commit + wait is what made Metal slower than the CPU).
 // No buffer is created per call: the kernels read the tensors' own MTLBuffers at their byte
@@ -22,9 +22,9 @@
 #include <unordered_map>
 #include <vector>
 
-#include "../op_checks.h"
-#include "metal_source.h"
-#include "ternary_metal_config.h"
+#include "aten/linear_frame.h"
+#include "metal/metal_source.h"
+#include "metal/ternary_metal_config.h"
 
 namespace ternary {
 namespace {
@@ -138,20 +138,19 @@ at::Tensor as_kernel_vector(const at::Tensor& t) {
 at::Tensor linear_mps(WeightFormat f, const at::Tensor& x, const at::Tensor& weight,
                       const at::Tensor& scale, int64_t out_features,
                       const c10::optional<at::Tensor>& bias, c10::string_view act) {
-  const LinearShape s = check_linear_args(f, x, weight, scale, out_features, bias, act);
-  TORCH_CHECK(x.is_mps(), op_name(f), ": the MPS kernel got x on ", x.device());
-  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
-  out_shape.back() = s.N;
-  at::Tensor out = at::empty(out_shape, x.options());
-  if (s.M == 0 || s.N == 0) return out;
+  LinearCall c =
+      prepare_linear(f, c10::DeviceType::MPS, x, weight, scale, out_features, bias, act);
+  if (c.empty()) return c.out;
+  const LinearShape& s = c.shape;
+  const at::Tensor& out = c.out;
   const int64_t units = f == WeightFormat::I2 ? i2_packed_rows(s.N) : s.N;
   TORCH_CHECK_VALUE(s.M < (int64_t(1) << 31) && s.N < (int64_t(1) << 31) &&
                         s.K < (int64_t(1) << 31),
                     op_name(f), ": M, N and K must each be below 2^31 on MPS");
 
   // Views with unit stride along K are read in place; anything else is made contiguous.
-  const at::Tensor x2 = x.reshape({s.M, s.K}).contiguous();
-  const at::Tensor w = weight.contiguous();
+  const at::Tensor x2 = c.x2d.contiguous();
+  const at::Tensor& w = c.weight;
   const at::Tensor sc = as_kernel_vector(scale);
   const at::Tensor b = bias.has_value() ? as_kernel_vector(*bias) : sc;  // bound, unread
 
@@ -204,22 +203,11 @@ at::Tensor linear_mps(WeightFormat f, const at::Tensor& x, const at::Tensor& wei
   return out;
 }
 
-at::Tensor linear_i8_mps(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
-                         const c10::optional<at::Tensor>& bias, c10::string_view act) {
-  return linear_mps(WeightFormat::I8, x, weight, scale, 0, bias, act);
-}
-
-at::Tensor linear_i2_mps(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
-                         int64_t out_features, const c10::optional<at::Tensor>& bias,
-                         c10::string_view act) {
-  return linear_mps(WeightFormat::I2, x, weight, scale, out_features, bias, act);
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(ternary, MPS, m) {
-  m.impl("linear_i8", &linear_i8_mps);
-  m.impl("linear_i2", &linear_i2_mps);
+  m.impl("linear_i8", &linear_i8_entry<linear_mps>);
+  m.impl("linear_i2", &linear_i2_entry<linear_mps>);
 }
 
 }  // namespace ternary

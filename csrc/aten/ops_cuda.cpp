@@ -1,4 +1,4 @@
-// ops_cuda.cpp: the CUDA glue for ternary::linear_i8 / linear_i2. Validates (op_checks.h),
+// ops_cuda.cpp: the CUDA glue for ternary::linear_i8 / linear_i2. Validates (linear_frame.h),
 // allocates the output and the small act="int8" scratch through the caching allocator, and
 // launches the torch-free kernels (kernels.h) on the current stream. Nothing here synchronizes
 // with the host, so the ops can be captured in CUDA graphs.
@@ -10,8 +10,8 @@
 
 #include <vector>
 
-#include "../op_checks.h"
-#include "kernels.h"
+#include "aten/linear_frame.h"
+#include "cuda/kernels.h"
 
 namespace ternary {
 namespace {
@@ -30,16 +30,13 @@ at::Tensor as_f32(const at::Tensor& t) { return t.to(at::kFloat).contiguous(); }
 at::Tensor linear_cuda(WeightFormat f, const at::Tensor& x, const at::Tensor& weight,
                        const at::Tensor& scale, int64_t out_features,
                        const c10::optional<at::Tensor>& bias, c10::string_view act) {
-  const LinearShape s = check_linear_args(f, x, weight, scale, out_features, bias, act);
-  TORCH_CHECK(x.is_cuda(), op_name(f), ": the CUDA kernel got x on ", x.device());
-  const c10::cuda::CUDAGuard guard(x.device());
-  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
-  out_shape.back() = s.N;
-  at::Tensor out = at::empty(out_shape, x.options());
-  if (s.M == 0) return out;
-
-  const at::Tensor x2 = x.reshape({s.M, s.K}).contiguous();
-  const at::Tensor w = weight.contiguous();
+  LinearCall c =
+      prepare_linear(f, c10::DeviceType::CUDA, x, weight, scale, out_features, bias, act);
+  if (c.empty()) return c.out;
+  const c10::cuda::CUDAGuard guard(x.device());  // the launches go to x's device's stream
+  const LinearShape& s = c.shape;
+  const at::Tensor& out = c.out;
+  const at::Tensor x2 = c.x2d.contiguous();
   const at::Tensor sc = as_f32(scale.reshape({-1}));
   const at::Tensor b = bias.has_value() ? as_f32(*bias) : at::Tensor();
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -49,7 +46,7 @@ at::Tensor linear_cuda(WeightFormat f, const at::Tensor& x, const at::Tensor& we
   p.N = s.N;
   p.K = s.K;
   p.i2 = f == WeightFormat::I2;
-  p.weight = w.data_ptr();
+  p.weight = c.weight.data_ptr();
   p.scale = sc.data_ptr<float>();
   p.scale_stride = sc.numel() == 1 ? 0 : 1;
   p.bias = b.defined() ? b.data_ptr<float>() : nullptr;
@@ -82,22 +79,11 @@ at::Tensor linear_cuda(WeightFormat f, const at::Tensor& x, const at::Tensor& we
   return out;
 }
 
-at::Tensor linear_i8_cuda(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
-                          const c10::optional<at::Tensor>& bias, c10::string_view act) {
-  return linear_cuda(WeightFormat::I8, x, weight, scale, 0, bias, act);
-}
-
-at::Tensor linear_i2_cuda(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
-                          int64_t out_features, const c10::optional<at::Tensor>& bias,
-                          c10::string_view act) {
-  return linear_cuda(WeightFormat::I2, x, weight, scale, out_features, bias, act);
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(ternary, CUDA, m) {
-  m.impl("linear_i8", &linear_i8_cuda);
-  m.impl("linear_i2", &linear_i2_cuda);
+  m.impl("linear_i8", &linear_i8_entry<linear_cuda>);
+  m.impl("linear_i2", &linear_i2_entry<linear_cuda>);
 }
 
 }  // namespace ternary

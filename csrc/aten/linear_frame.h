@@ -1,0 +1,70 @@
+// linear_frame.h: the frame every device's glue runs in (CPU, CUDA, MPS), so validation, the
+// output's shape and dtype, and the empty cases are decided once. A backend's glue is then
+// only "stage the inputs, launch the kernels":
+//
+//   at::Tensor linear_cuda(WeightFormat f, <op args>) {
+//     LinearCall c = prepare_linear(f, c10::DeviceType::CUDA, <op args>);
+//     if (c.empty()) return c.out;
+//     ... kernels write c.out ...
+//     return c.out;
+//   }
+//   m.impl("linear_i8", &linear_i8_entry<linear_cuda>);
+#pragma once
+#include <ATen/ATen.h>
+
+#include <vector>
+
+#include "aten/op_checks.h"
+
+namespace ternary {
+
+struct LinearCall {
+  LinearShape shape;  // M (all leading dims of x), N, K, act
+  at::Tensor out;     // x.shape[:-1] + [N], x's dtype and device, uninitialised
+  at::Tensor x2d;     // x viewed (or copied, if it cannot be viewed) as [M, K]
+  at::Tensor weight;  // contiguous
+  // Nothing to compute: M = 0 or N = 0 (out has no elements).
+  bool empty() const { return out.numel() == 0; }
+};
+
+// Validates the arguments (op_checks.h), checks that x lives on the device the glue serves,
+// and allocates the output.
+inline LinearCall prepare_linear(WeightFormat f, c10::DeviceType device, const at::Tensor& x,
+                                 const at::Tensor& weight, const at::Tensor& scale,
+                                 int64_t out_features, const c10::optional<at::Tensor>& bias,
+                                 c10::string_view act) {
+  LinearCall c;
+  c.shape = check_linear_args(f, x, weight, scale, out_features, bias, act);
+  TORCH_CHECK(x.device().type() == device, op_name(f), ": the ", c10::DeviceTypeName(device),
+              " kernel got x on ", x.device());
+  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+  out_shape.back() = c.shape.N;
+  c.out = at::empty(out_shape, x.options());
+  if (c.empty()) return c;
+  c.x2d = x.reshape({c.shape.M, c.shape.K});
+  c.weight = weight.contiguous();
+  return c;
+}
+
+// A backend's implementation of both ops: linear(format, x, weight, scale, out_features, bias,
+// act), out_features being ignored for i8.
+using LinearImpl = at::Tensor (*)(WeightFormat, const at::Tensor&, const at::Tensor&,
+                                  const at::Tensor&, int64_t, const c10::optional<at::Tensor>&,
+                                  c10::string_view);
+
+// The op entry points with the schemas' signatures (csrc/ops.cpp), for TORCH_LIBRARY_IMPL.
+template <LinearImpl Impl>
+at::Tensor linear_i8_entry(const at::Tensor& x, const at::Tensor& weight,
+                           const at::Tensor& scale, const c10::optional<at::Tensor>& bias,
+                           c10::string_view act) {
+  return Impl(WeightFormat::I8, x, weight, scale, 0, bias, act);
+}
+
+template <LinearImpl Impl>
+at::Tensor linear_i2_entry(const at::Tensor& x, const at::Tensor& weight,
+                           const at::Tensor& scale, int64_t out_features,
+                           const c10::optional<at::Tensor>& bias, c10::string_view act) {
+  return Impl(WeightFormat::I2, x, weight, scale, out_features, bias, act);
+}
+
+}  // namespace ternary

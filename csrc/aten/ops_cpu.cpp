@@ -1,0 +1,101 @@
+// ops_cpu.cpp: the CPU glue. Stages activations as float32 rows and splits output rows over
+// at::parallel_for; the arithmetic lives in the torch-free kernel sets behind
+// cpu::selected_kernels() (csrc/cpu/).
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "aten/linear_frame.h"
+#include "cpu/kernels.h"
+
+namespace ternary {
+namespace {
+
+// Per-thread scratch that only grows: no heap allocation per call once warm.
+template <typename T>
+T* scratch(std::vector<T>& buf, int64_t n) {
+  if (static_cast<int64_t>(buf.size()) < n) buf.resize(static_cast<size_t>(n));
+  return buf.data();
+}
+
+struct Scratch {
+  std::vector<float> xf, y, scale, bias, inv;
+  std::vector<int8_t> q;
+  std::vector<int32_t> sum;
+};
+thread_local Scratch tls;
+
+// float32 contiguous view of t's data: t itself when it already is, else a copy into buf.
+const float* as_float(const at::Tensor& t, std::vector<float>& buf) {
+  if (t.scalar_type() == at::kFloat && t.is_contiguous()) return t.data_ptr<float>();
+  float* dst = scratch(buf, t.numel());
+  at::from_blob(dst, t.sizes(), at::kFloat).copy_(t);
+  return dst;
+}
+
+// Row units each thread gets at least: enough work (~64K MACs) to pay for a task.
+int64_t grain_for(int64_t units, int64_t work_per_unit) {
+  const int64_t target = int64_t(1) << 16;
+  const int64_t g = target / std::max<int64_t>(work_per_unit, 1);
+  return std::min(std::max<int64_t>(g, 1), std::max<int64_t>(units, 1));
+}
+
+at::Tensor linear_cpu(WeightFormat f, const at::Tensor& x, const at::Tensor& weight,
+                      const at::Tensor& scale, int64_t out_features,
+                      const c10::optional<at::Tensor>& bias, c10::string_view act) {
+  LinearCall c =
+      prepare_linear(f, c10::DeviceType::CPU, x, weight, scale, out_features, bias, act);
+  if (c.empty()) return c.out;
+  const LinearShape& s = c.shape;
+  at::Tensor& out = c.out;
+  const cpu::KernelSet& ks = cpu::selected_kernels();
+
+  cpu::Problem p;
+  p.M = s.M;
+  p.N = s.N;
+  p.K = s.K;
+  p.weight = c.weight.data_ptr();
+  p.scale = as_float(scale.reshape({-1}), tls.scale);
+  p.scale_stride = scale.numel() == 1 ? 0 : 1;
+  p.bias = bias.has_value() ? as_float(*bias, tls.bias) : nullptr;
+  const float* xf = as_float(c.x2d, tls.xf);
+  const bool direct_out = out.scalar_type() == at::kFloat;
+  p.y = direct_out ? out.data_ptr<float>() : scratch(tls.y, s.M * s.N);
+  p.ldy = s.N;
+
+  cpu::LinearFn fn;
+  if (s.act == ActMode::Int8) {
+    p.ldq = act_padded_k(s.K);
+    int8_t* q = scratch(tls.q, s.M * p.ldq);
+    float* inv = scratch(tls.inv, s.M);
+    int32_t* sum = scratch(tls.sum, s.M);
+    at::parallel_for(0, s.M, grain_for(s.M, s.K), [&](int64_t m0, int64_t m1) {
+      ks.quantize(xf, s.K, s.K, m0, m1, q, p.ldq, inv, sum);
+    });
+    p.xq = q;
+    p.x_inv = inv;
+    p.x_sum = sum;
+    fn = f == WeightFormat::I8 ? ks.i8_int8 : ks.i2_int8;
+  } else {
+    p.xf = xf;
+    p.ldx = s.K;
+    fn = f == WeightFormat::I8 ? ks.i8_none : ks.i2_none;
+  }
+  const int64_t units = f == WeightFormat::I8 ? s.N : i2_packed_rows(s.N);
+  const int64_t rows_per_unit = f == WeightFormat::I8 ? 1 : kI2RowsPerByte;
+  at::parallel_for(0, units, grain_for(units, s.M * s.K * rows_per_unit),
+                   [&](int64_t u0, int64_t u1) { fn(p, u0, u1); });
+
+  if (!direct_out) out.view({s.M, s.N}).copy_(at::from_blob(p.y, {s.M, s.N}, at::kFloat));
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ternary, CPU, m) {
+  m.impl("linear_i8", &linear_i8_entry<linear_cpu>);
+  m.impl("linear_i2", &linear_i2_entry<linear_cpu>);
+}
+
+}  // namespace ternary

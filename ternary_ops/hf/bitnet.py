@@ -178,16 +178,23 @@ def from_pretrained_bitnet(path_or_model, format: str = "i2", act: str = "int8",
     return model if device is None else model.to(device)
 
 
-
 def save_random_bitnet(save_directory: Union[str, os.PathLike], config=None,
                        linear_class: str = "bitlinear", seed: int = 0,
-                       dtype: torch.dtype = torch.bfloat16):
+                       dtype: torch.dtype = torch.bfloat16, quantization_mode: str = "offline",
+                       use_rms_norm: bool = False, rms_norm_eps: float = 1e-6,
+                       packed: bool = True):
     """Writes a random BitNet b1.58 checkpoint in Hugging Face's format, packed with
-    transformers' own packer: for examples and benchmarks without a download.
+    transformers' own packer: for examples, benchmarks and tests without a download.
 
-    ``config``: a ``transformers.BitNetConfig`` (default: a small 4-layer model). Linear
-    weights are ``round(W / mean|W|)`` of a random init, packed ``uint8 [out/4, in]``, with
-    ``weight_scale`` in ``linear_class``'s convention. Returns the config.
+    ``config``: a ``transformers.BitNetConfig`` (default: a small 4-layer model); its
+    ``quantization_config`` is made of ``linear_class``, ``quantization_mode``,
+    ``use_rms_norm`` and ``rms_norm_eps``. Linear weights (all but the output embedding) are
+    ``round(W / mean|W|)`` of a random init, packed ``uint8 [out/4, in]`` (dense ternary values
+    with ``packed=False``), with ``weight_scale`` in ``linear_class``'s convention; with
+    ``quantization_mode="online"`` they are stored unquantized, without a scale. Linear biases
+    (``config.attention_bias``) are random ``0.1 * N(0, 1)``; ``use_rms_norm`` adds each linear
+    layer's input RMSNorm weight, random ``1 + 0.2 * N(0, 1)``. Every tensor but the packed
+    weights is stored in ``dtype``. Returns the config.
     """
     transformers = require_transformers()
     from safetensors.torch import save_file
@@ -195,6 +202,9 @@ def save_random_bitnet(save_directory: Union[str, os.PathLike], config=None,
 
     if linear_class not in LINEAR_CLASSES:
         raise ValueError(f"linear_class must be one of {LINEAR_CLASSES}, got {linear_class!r}")
+    if quantization_mode not in ("offline", "online"):
+        raise ValueError(f"quantization_mode must be 'offline' or 'online', got "
+                         f"{quantization_mode!r}")
     if config is None:
         config = transformers.BitNetConfig(
             vocab_size=1024, hidden_size=512, intermediate_size=1376, num_hidden_layers=4,
@@ -202,24 +212,31 @@ def save_random_bitnet(save_directory: Union[str, os.PathLike], config=None,
             bos_token_id=1, eos_token_id=2, pad_token_id=0, initializer_range=0.05)
     config = copy.deepcopy(config)
     config.quantization_config = {"quant_method": "bitnet", "linear_class": linear_class,
-                                  "quantization_mode": "offline"}
+                                  "quantization_mode": quantization_mode,
+                                  "use_rms_norm": use_rms_norm, "rms_norm_eps": rms_norm_eps}
     config.dtype = dtype
     torch.manual_seed(seed)
     dense = transformers.BitNetForCausalLM(config)
+    out_emb = dense.get_output_embeddings()
     state = {}
-    for name, p in dense.named_parameters():
-        module_name = name.rpartition(".")[0]
-        module = dense.get_submodule(module_name)
-        if (isinstance(module, nn.Linear) and name.endswith(".weight")
-                and module is not dense.get_output_embeddings()):
-            w = p.detach().float()
-            mean = w.abs().mean().clamp(min=WEIGHT_QUANT_EPS)
-            codes = (w / mean).round().clamp(-1, 1).to(torch.int8)
-            state[name] = pack_weights(codes)
-            stored = 1.0 / mean if linear_class == "bitlinear" else mean
-            state[module_name + ".weight_scale"] = stored.reshape(1).to(dtype)
-        else:
-            state[name] = p.detach().to(dtype).contiguous()
+    for name, module in dense.named_modules():
+        if not isinstance(module, nn.Linear) or module is out_emb:
+            for key, p in module.named_parameters(recurse=False):
+                state[f"{name}.{key}" if name else key] = p.detach().to(dtype).contiguous()
+            continue
+        if module.bias is not None:
+            state[name + ".bias"] = (torch.randn(module.out_features) * 0.1).to(dtype)
+        if use_rms_norm:
+            state[name + ".rms_norm.weight"] = (1 + 0.2 * torch.randn(module.in_features)).to(dtype)
+        w = module.weight.detach().float()
+        if quantization_mode == "online":
+            state[name + ".weight"] = w.to(dtype).contiguous()
+            continue
+        mean = w.abs().mean().clamp(min=WEIGHT_QUANT_EPS)
+        codes = (w / mean).round().clamp(-1, 1)
+        state[name + ".weight"] = pack_weights(codes.to(torch.int8)) if packed else codes.to(dtype)
+        stored = 1.0 / mean if linear_class == "bitlinear" else mean
+        state[name + ".weight_scale"] = stored.reshape(1).to(dtype)
     path = os.fspath(save_directory)
     os.makedirs(path, exist_ok=True)
     config.save_pretrained(path)

@@ -4,8 +4,8 @@
     summary = tops.convert(model)          # nn.Linear -> TernaryLinear, in place
     tops.save(model, "model.safetensors")
 
-Ops: ``torch.ops.ternary.linear_i8`` and ``torch.ops.ternary.linear_i2`` (see DESIGN.md for
-the formats and semantics); ``ternary_ops.reference`` holds their plain-torch definitions.
+Ops: ``torch.ops.ternary.linear_i8`` and ``torch.ops.ternary.linear_i2`` (see docs/DESIGN.md
+for the formats and semantics); ``ternary_ops.reference`` holds their plain-torch definitions.
 """
 from . import reference
 from .convert import DEFAULT_EXCLUDE, ConvertSummary, convert

@@ -1,6 +1,6 @@
 """Ternary weight formats in plain torch: quantize, pack, unpack, validate.
 
-The formats (DESIGN.md, csrc/ternary_format.h):
+The formats (docs/DESIGN.md; the constants below are csrc/ternary_format.h's for the native code):
 
 * ``i8``: int8 ``[N, K]``, each byte -1, 0 or +1.
 * ``i2``: uint8 ``[ceil(N/4), K]``; byte ``[j, k]`` holds rows ``j, j+R, j+2R, j+3R``
@@ -15,12 +15,28 @@ import torch
 
 FORMATS = ("i8", "i2")
 GRANULARITIES = ("tensor", "channel")
-ROWS_PER_BYTE = 4
+
+# i2 packing
+ROWS_PER_BYTE = 4          # output rows per byte
+I2_BITS_PER_CODE = 2
+I2_CODE_MASK = 0b11
+I2_CODE_ZERO = 0b01        # the code of w = 0 (code = w + 1); padding rows hold it
+I2_CODE_INVALID = 0b11
+I2_ZERO_BYTE = 0x55        # four zero codes: an all-zero i2 weight
+
+# act="int8": inv = ACT_QMAX / max|x_row|.clamp(min=ACT_EPS)
+ACT_QMAX = 127.0
+ACT_EPS = 1e-5
 
 
 def packed_rows(out_features: int) -> int:
     """Rows of the i2 packed tensor for ``out_features`` outputs: ``ceil(N / 4)``."""
     return (out_features + ROWS_PER_BYTE - 1) // ROWS_PER_BYTE
+
+
+def _i2_plane(packed: torch.Tensor, i: int) -> torch.Tensor:
+    """The codes of bit pair ``i`` of every byte: output rows ``i*R .. i*R + R - 1``."""
+    return (packed >> (I2_BITS_PER_CODE * i)) & I2_CODE_MASK
 
 
 def check_format(format: str) -> str:
@@ -59,17 +75,20 @@ def pack_i2(codes: torch.Tensor) -> torch.Tensor:
     n, k = codes.shape
     r = packed_rows(n)
     padded = torch.zeros(ROWS_PER_BYTE * r, k, dtype=torch.uint8, device=codes.device)
-    padded[:n] = (codes + 1).to(torch.uint8)
-    padded[n:] = 1  # padding rows hold the zero code
+    padded[:n] = (codes + I2_CODE_ZERO).to(torch.uint8)
+    padded[n:] = I2_CODE_ZERO  # padding rows hold the zero code
     planes = padded.view(ROWS_PER_BYTE, r, k)
-    return planes[0] | (planes[1] << 2) | (planes[2] << 4) | (planes[3] << 6)
+    packed = planes[0]
+    for i in range(1, ROWS_PER_BYTE):
+        packed = packed | (planes[i] << (I2_BITS_PER_CODE * i))
+    return packed
 
 
 def unpack_i2(packed: torch.Tensor, out_features: int) -> torch.Tensor:
     """Unpacks i2 ``uint8 [ceil(N/4), K]`` into ternary int8 ``[N, K]``."""
     _check_i2_shape(packed, out_features)
-    planes = [(packed >> (2 * i)) & 3 for i in range(ROWS_PER_BYTE)]
-    return (torch.cat(planes, dim=0)[:out_features].to(torch.int8) - 1)
+    planes = [_i2_plane(packed, i) for i in range(ROWS_PER_BYTE)]
+    return (torch.cat(planes, dim=0)[:out_features].to(torch.int8) - I2_CODE_ZERO)
 
 
 def dequantize(weight: torch.Tensor, scale: torch.Tensor, format: str,
@@ -112,8 +131,7 @@ def validate_weight(weight: torch.Tensor, format: str,
         return
     _check_i2_shape(weight, out_features)
     for plane in range(ROWS_PER_BYTE):
-        codes = (weight >> (2 * plane)) & 3
-        bad = codes == 3
+        bad = _i2_plane(weight, plane) == I2_CODE_INVALID
         if bool(bad.any()):
             j, k = (int(i) for i in bad.nonzero()[0])
             raise ValueError(f"i2 weight has {int(bad.sum())} invalid codes 0b11 in bit pair "
@@ -122,7 +140,7 @@ def validate_weight(weight: torch.Tensor, format: str,
     r = weight.shape[0]
     pad_rows = torch.arange(ROWS_PER_BYTE * r, device=weight.device) >= out_features
     if bool(pad_rows.any()):
-        planes = torch.cat([(weight >> (2 * i)) & 3 for i in range(ROWS_PER_BYTE)], dim=0)
-        if bool((planes[pad_rows] != 1).any()):
+        planes = torch.cat([_i2_plane(weight, i) for i in range(ROWS_PER_BYTE)], dim=0)
+        if bool((planes[pad_rows] != I2_CODE_ZERO).any()):
             raise ValueError(f"i2 weight padding rows (>= out_features={out_features}) must "
                              "hold the zero code 0b01")

@@ -3,12 +3,15 @@
 The file is a plain safetensors file: the state dict's tensors (weights stay packed) plus one
 metadata entry, ``"ternary_ops"``, a JSON object recording each ternary layer's format, act and
 shapes, so a load can rebuild the layers and refuse files that do not fit.
+
+:func:`read_tensors` and :func:`read_metadata` are the package's safetensors readers (also for
+the Hugging Face checkpoints :mod:`ternary_ops.hf` loads).
 """
 from __future__ import annotations
 
 import json
 import os
-from typing import Dict, Optional, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -61,14 +64,37 @@ def save(model_or_state: Union[nn.Module, Dict[str, torch.Tensor]], path: Union[
     save_file(tensors, os.fspath(path), metadata=meta)
 
 
-def _read(path) -> Tuple[Dict[str, torch.Tensor], dict]:
+_Path = Union[str, os.PathLike]
+
+
+def read_metadata(path: _Path) -> Dict[str, str]:
+    """The metadata of a safetensors file (its header only: no tensor data is read)."""
     from safetensors import safe_open
 
-    tensors = {}
     with safe_open(os.fspath(path), framework="pt", device="cpu") as f:
-        raw = (f.metadata() or {}).get(METADATA_KEY)
-        for k in f.keys():
-            tensors[k] = f.get_tensor(k)
+        return dict(f.metadata() or {})
+
+
+def read_tensors(paths: Union[_Path, Sequence[_Path]]) -> Dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file, or of several (the shards of one checkpoint), on the
+    CPU, by name."""
+    from safetensors import safe_open
+
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    tensors = {}
+    for path in paths:
+        with safe_open(os.fspath(path), framework="pt", device="cpu") as f:
+            for key in f.keys():
+                tensors[key] = f.get_tensor(key)
+    return tensors
+
+
+def _read(path) -> Tuple[Dict[str, torch.Tensor], dict]:
+    """The tensors of a file written by :func:`save` (aliases restored) and its checked
+    ``METADATA_KEY`` entry."""
+    raw = read_metadata(path).get(METADATA_KEY)
+    tensors = read_tensors(path)
     if raw is None:
         return tensors, {"version": FORMAT_VERSION, "layers": {}, "aliases": {}}
     try:

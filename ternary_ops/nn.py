@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from . import ops  # noqa: F401  (registers fake kernels and autograd)
-from .formats import check_format, packed_rows, quantize, pack_i2, validate_weight, dequantize
+from .formats import (GRANULARITIES, I2_ZERO_BYTE, check_format, dequantize, pack_i2,
+                      packed_rows, quantize, validate_weight)
 from .reference import ACT_MODES
 
 
@@ -54,10 +55,10 @@ class TernaryLinear(nn.Module):
         self.out_features = out_features
         self.format = check_format(format)
         self.act = _check_act(act)
-        if granularity not in ("tensor", "channel"):
+        if granularity not in GRANULARITIES:
             raise ValueError(f"granularity must be 'tensor' or 'channel', got {granularity!r}")
         if format == "i2":
-            weight = torch.full((packed_rows(out_features), in_features), 0x55,
+            weight = torch.full((packed_rows(out_features), in_features), I2_ZERO_BYTE,
                                 dtype=torch.uint8, device=device)
         else:
             weight = torch.zeros(out_features, in_features, dtype=torch.int8, device=device)

@@ -1,4 +1,4 @@
-"""Reference semantics of the ternary ops in plain torch ops (DESIGN.md, "Op semantics").
+"""Reference semantics of the ternary ops in plain torch (docs/DESIGN.md, "Op semantics").
 
 Ground truth for every kernel's tests, and the implementation used on devices that have no
 native kernel. Runs on any device torch supports.
@@ -9,11 +9,9 @@ from typing import Optional, Tuple
 
 import torch
 
-from .formats import unpack_i2
+from .formats import ACT_EPS, ACT_QMAX, unpack_i2
 
 ACT_MODES = ("int8", "none")
-ACT_QMAX = 127.0
-ACT_EPS = 1e-5
 
 
 def quantize_activations(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -35,48 +35,24 @@ def greedy(model, ids=PROMPT, **kw):
 
 # ---- BitNet checkpoints ---------------------------------------------------------------------
 
-def bitnet_config(**quant):
-    cfg = transformers.BitNetConfig(
+def bitnet_config(bias=False):
+    return transformers.BitNetConfig(
         vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
         bos_token_id=1, eos_token_id=2, pad_token_id=0, initializer_range=0.1,
-        attention_bias=quant.pop("bias", False))
-    cfg.quantization_config = {"quant_method": "bitnet", **quant}
-    return cfg
+        attention_bias=bias)
 
 
 def write_bitnet_checkpoint(path, seed, linear_class="bitlinear", mode="offline",
                             use_rms_norm=False, bias=False, packed=True):
-    """A tiny random BitNet model in Hugging Face's checkpoint format, built with
-    transformers' own packer: quantized linear weights ``round(W / mean|W|)`` packed uint8
-    (or dense ternary values), ``weight_scale`` as the convention of ``linear_class`` wants
-    (``bitlinear``: 1/mean|W|, divided by; ``autobitlinear``: mean|W|, multiplied by)."""
-    torch.manual_seed(seed)
-    quant = dict(linear_class=linear_class, quantization_mode=mode, use_rms_norm=use_rms_norm,
-                 rms_norm_eps=1e-5)
-    cfg = bitnet_config(bias=bias, **quant)
-    dense = transformers.BitNetForCausalLM(cfg)
-    state = {}
-    for name, module in dense.named_modules():
-        if not isinstance(module, torch.nn.Linear) or name == "lm_head":
-            for key, t in module.named_parameters(recurse=False):
-                state[f"{name}.{key}" if name else key] = t.detach().contiguous()
-            continue
-        w = module.weight.detach().float()
-        if module.bias is not None:
-            state[name + ".bias"] = torch.randn(module.out_features) * 0.1
-        if use_rms_norm:
-            state[name + ".rms_norm.weight"] = 1 + 0.2 * torch.randn(module.in_features)
-        if mode == "online":
-            state[name + ".weight"] = w.contiguous()
-            continue
-        mean = w.abs().mean().clamp(min=1e-5)
-        codes = (w / mean).round().clamp(-1, 1)
-        state[name + ".weight"] = pack_weights(codes.to(torch.int8)) if packed else codes
-        stored = 1.0 / mean if linear_class == "bitlinear" else mean
-        state[name + ".weight_scale"] = stored.reshape(1)
-    cfg.save_pretrained(path)
-    save_file(state, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+    """A tiny random float32 BitNet model in Hugging Face's checkpoint format, written by
+    ``save_random_bitnet`` (transformers' own packer): quantized linear weights
+    ``round(W / mean|W|)`` packed uint8 (or dense ternary values), ``weight_scale`` as the
+    convention of ``linear_class`` wants (``bitlinear``: 1/mean|W|, divided by;
+    ``autobitlinear``: mean|W|, multiplied by); random biases and RMSNorm weights."""
+    tops_hf.save_random_bitnet(path, bitnet_config(bias), linear_class=linear_class, seed=seed,
+                               dtype=torch.float32, quantization_mode=mode,
+                               use_rms_norm=use_rms_norm, rms_norm_eps=1e-5, packed=packed)
     return path
 
 

@@ -1,4 +1,4 @@
-"""The x86 SIMD kernel sets (csrc/x86): each one forced in turn and checked through the op
+"""The x86 SIMD kernel sets (csrc/cpu/x86): each one forced in turn and checked through the op
 against the torch reference (bit-exact for act="int8"), the dispatcher's choice, the
 TERNARY_OPS_KERNEL override, and the torch-free native harness plus a kernel-level int8 edge
 test (activations -128/+127 fed straight to the kernels, past the K accumulation block).

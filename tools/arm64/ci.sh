@@ -164,7 +164,7 @@ sync_sources() {
 
 build_in_chroot() {
   # --force: setuptools decides whether to relink from ops.cpp and the core sources alone, so a
-  # change confined to csrc/neon/*.cpp would leave a stale module; ninja and setup.py's ISA
+  # change confined to csrc/cpu/neon/*.cpp would leave a stale module; ninja and setup.py's ISA
   # objects stay incremental either way.
   in_chroot "python3 setup.py -q build_ext --inplace --force > /tmp/ternary-build.log 2>&1 ||
              { tail -n 40 /tmp/ternary-build.log; exit 1; }; echo \"compiler runs: \$(grep -c '^c++\|^\[[0-9]' /tmp/ternary-build.log)\""

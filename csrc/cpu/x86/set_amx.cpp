@@ -1,4 +1,4 @@
-// kernels_amx.cpp: the avx512_amx set. act="int8" with M >= kAmxMinM runs on AMX-INT8 tiles
+// cpu/x86/set_amx.cpp: the avx512_amx set. act="int8" with M >= kAmxMinM runs on AMX-INT8 tiles
 // (TDPBSUD: signed int8 activations x unsigned codes 0..2, int32 accumulation, exact); all
 // other paths (M = 1 decode, act="none", quantization) are the avx512_vnni kernels. Built with
 // the "_amx" flags (AVX-512 + AMX-TILE/AMX-INT8).
@@ -12,9 +12,9 @@
 #include <cstddef>
 #include <vector>
 
-#include "avx512_internal.h"
-#include "x86_common.h"
-#include "x86_kernels.h"
+#include "cpu/x86/avx512.h"
+#include "cpu/x86/common.h"
+#include "cpu/x86/sets.h"
 
 #define TERNARY_INLINE inline __attribute__((always_inline))
 #define TERNARY_LAMBDA_INLINE __attribute__((always_inline))
@@ -25,8 +25,8 @@
 namespace ternary::cpu::x86 {
 namespace {
 
-// Below this many activation rows the AVX-512 VNNI kernels win (at M = 4 by 1.2x (i2) and
-// 1.7x (i8); AMX wins from M = 8, single thread, 4096x4096).
+// Below this many activation rows the AVX-512 VNNI kernels are faster than the tiles
+// (docs/perf-notes.md).
 constexpr int64_t kAmxMinM = 8;
 constexpr int64_t kTileBytes = 1024;  // 16 rows x 64 bytes
 
@@ -83,7 +83,7 @@ TERNARY_INLINE void transpose16x16(__m512i r[16]) {
 
 // K is processed in chunks of this many 64-column tiles (partial sums live in memory between
 // chunks): the i2 code planes of one chunk (4 x 8 KB) stay in L1, where they are written and
-// then reloaded by every block of activation rows. 8 beat 16 and 32 by 1.7-2x at M = 16.
+// then reloaded by every block of activation rows (8 rather than 16 or 32: docs/perf-notes.md).
 constexpr int64_t kChunkTiles = 8;
 
 // B tiles: every activation row block (16 rows, zero rows past M) x every k-tile, in VNNI

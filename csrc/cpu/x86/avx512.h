@@ -1,7 +1,9 @@
-// avx512_internal.h: the AVX-512 VNNI kernels, shared by the avx512_vnni and avx512_amx sets
-// (defined in kernels_avx512.cpp; call only on CPUs the avx512_vnni probe accepts).
+// cpu/x86/avx512.h: declarations of the AVX-512 VNNI kernels that set_amx.cpp reuses.
+//
+// Defined in set_avx512.cpp (the avx512_vnni set); the avx512_amx set calls them for every path
+// its tiles do not take. Call only on CPUs the avx512_vnni probe accepts.
 #pragma once
-#include "../cpu/kernels.h"
+#include "cpu/kernels.h"
 
 namespace ternary::cpu::x86::avx512 {
 void quantize(const float* x, int64_t ldx, int64_t K, int64_t m0, int64_t m1, int8_t* q,

@@ -1,5 +1,5 @@
-// neon_common.h: building blocks shared by the NEON kernel sets (neon_base.cpp,
-// neon_dotprod.cpp, neon_i8mm.cpp). Everything is in an anonymous namespace on purpose: each
+// cpu/neon/common.h: building blocks shared by the NEON kernel sets (set_base.cpp,
+// set_dotprod.cpp, set_i8mm.cpp). Everything is in an anonymous namespace on purpose: each
 // translation unit is compiled with a different -march, and a shared (inline, external linkage)
 // copy could be merged by the linker into the one built for the newest ISA, which would then run
 // on cores without it. Internal linkage gives each set its own copy.
@@ -16,7 +16,7 @@
 #include <cstring>
 #include <type_traits>
 
-#include "../cpu/kernels.h"
+#include "cpu/kernels.h"
 
 namespace ternary::cpu::neon {
 namespace {
@@ -135,8 +135,7 @@ struct I2Rows {
 };
 
 // Runs body(k, len) over [k0, k1) in 16-column steps, len = 16 except a final shorter tail.
-// Unrolled by 4: 64 columns per iteration, the depth the seeds found best (K32 -> K64 gained
-// 1.07x, deeper gained nothing).
+// Unrolled by 4: 64 columns per iteration.
 template <class Body>
 inline void for_each_k16(int64_t k0, int64_t k1, Body&& body) {
   int64_t k = k0;
@@ -310,7 +309,7 @@ void run_none(const Problem& p, int64_t u0, int64_t u1) {
   }
 }
 
-// M = 1 (decoding): 8 rows in flight, the seeds' best width. M > 1: 4 rows x 2 activation rows,
+// M = 1 (decoding): 8 rows in flight. M > 1: 4 rows x 2 activation rows,
 // so each decoded weight vector feeds two FMA chains.
 template <bool I2>
 void linear_none(const Problem& p, int64_t u0, int64_t u1) {

@@ -1,7 +1,8 @@
-// neon_base.cpp: the "neon" kernel set, plain ARMv8-A Advanced SIMD (every AArch64 core), for
-// CPUs without dotprod (e.g. Cortex-A53/A72): SMULL/SMLAL into int16, SADALP into int32.
-#include "neon_common.h"
-#include "neon_kernels.h"
+// cpu/neon/set_base.cpp: the "neon" kernel set, plain ARMv8-A Advanced SIMD (every AArch64
+// core), for CPUs without dotprod (e.g. Cortex-A53/A72): SMULL/SMLAL into int16, SADALP into
+// int32.
+#include "cpu/neon/common.h"
+#include "cpu/neon/sets.h"
 
 namespace ternary::cpu::neon {
 namespace {

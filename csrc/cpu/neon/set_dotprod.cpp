@@ -1,11 +1,12 @@
-// neon_dotprod.cpp: the "neon_dotprod" kernel set (ARMv8.2-A dotprod: Neoverse N1, Cortex-A76+,
-// Apple M1+). SDOT with 8 output rows in flight for M = 1; 4 rows x 2 activation rows for M > 1.
-// i2 codes are isolated by AND alone (I2Rows<., true>), the x_sum correction once per output.
-#include "neon_common.h"
-#include "neon_kernels.h"
+// cpu/neon/set_dotprod.cpp: the "neon_dotprod" kernel set (ARMv8.2-A dotprod: Neoverse N1,
+// Cortex-A76+, Apple M1+). SDOT with 8 output rows in flight for M = 1; 4 rows x 2 activation
+// rows for M > 1. i2 codes are isolated by AND alone (I2Rows<., true>), the x_sum correction
+// once per output.
+#include "cpu/neon/common.h"
+#include "cpu/neon/sets.h"
 
 #if !defined(__ARM_FEATURE_DOTPROD)
-#error "neon_dotprod.cpp needs -march=armv8.2-a+dotprod (tools/kernel_build.py)"
+#error "set_dotprod.cpp needs -march=armv8.2-a+dotprod (tools/kernel_build.py)"
 #endif
 
 namespace ternary::cpu::neon {

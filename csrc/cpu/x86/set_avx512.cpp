@@ -1,4 +1,4 @@
-// kernels_avx512.cpp: AVX-512 (F/BW/VL/DQ) + VNNI kernels. Built with the "_avx512" flags
+// cpu/x86/set_avx512.cpp: AVX-512 (F/BW/VL/DQ) + VNNI kernels. Built with the "_avx512" flags
 // (tools/kernel_build.py); runs only after the avx512_vnni probe accepted the CPU.
 //
 // act="int8": vpdpbusd multiplies unsigned codes (w + 1, in 0..2) by signed int8 activations
@@ -13,9 +13,9 @@
 
 #include <type_traits>
 
-#include "avx512_internal.h"
-#include "x86_common.h"
-#include "x86_kernels.h"
+#include "cpu/x86/avx512.h"
+#include "cpu/x86/common.h"
+#include "cpu/x86/sets.h"
 
 #define TERNARY_INLINE inline __attribute__((always_inline))
 #define TERNARY_LAMBDA_INLINE __attribute__((always_inline))

@@ -181,6 +181,14 @@ void run_int8(const Problem& p, int64_t u0, int64_t u1) {
   }
 }
 
+// act=int8 with one Dot for every M (the neon and neon_dotprod sets): M = 1 runs Wide tiles,
+// M > 1 Narrow tiles x 2 activation rows (the last odd row alone).
+template <class Dot, class Wide, class Narrow>
+void linear_int8_one_dot(const Problem& p, int64_t u0, int64_t u1) {
+  if (p.M == 1) run_int8<Wide, Dot, 1, Dot, 1>(p, u0, u1);
+  else run_int8<Narrow, Dot, 2, Dot, 1>(p, u0, u1);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Baseline integer dot (no dotprod): SMULL/SMLAL(2) into int16 lanes, SADALP into int32 once per
 // 64 columns. An int16 lane takes 8 products of |code| <= 2 by |q| <= 128 (<= 2048) per flush.

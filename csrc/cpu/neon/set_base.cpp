@@ -5,21 +5,14 @@
 #include "cpu/neon/sets.h"
 
 namespace ternary::cpu::neon {
-namespace {
 
-// M = 1: 8 rows in flight (i2: 2 byte rows = 8 outputs). M > 1: 4 rows x 2 activation rows.
-template <class Wide, class Narrow>
-void linear_int8(const Problem& p, int64_t u0, int64_t u1) {
-  if (p.M == 1) run_int8<Wide, SmullDot, 1, SmullDot, 1>(p, u0, u1);
-  else run_int8<Narrow, SmullDot, 2, SmullDot, 1>(p, u0, u1);
-}
-
-}  // namespace
-
+// act=int8: M = 1 8 rows in flight (i2: 2 byte rows = 8 outputs), M > 1 4 rows x 2 activation
+// rows; unshifted i2 codes (int16 lanes).
 const KernelSet& detail::baseline_set() {
-  static const KernelSet set{"neon", quantize_rows,
-                             linear_int8<I8Rows<8>, I8Rows<4>>, linear_none<false>,
-                             linear_int8<I2Rows<2, false>, I2Rows<1, false>>, linear_none<true>};
+  static const KernelSet set{
+      "neon", quantize_rows,
+      linear_int8_one_dot<SmullDot, I8Rows<8>, I8Rows<4>>, linear_none<false>,
+      linear_int8_one_dot<SmullDot, I2Rows<2, false>, I2Rows<1, false>>, linear_none<true>};
   return set;
 }
 

@@ -10,20 +10,12 @@
 #endif
 
 namespace ternary::cpu::neon {
-namespace {
-
-template <class Wide, class Narrow>
-void linear_int8(const Problem& p, int64_t u0, int64_t u1) {
-  if (p.M == 1) run_int8<Wide, SdotDot, 1, SdotDot, 1>(p, u0, u1);
-  else run_int8<Narrow, SdotDot, 2, SdotDot, 1>(p, u0, u1);
-}
-
-}  // namespace
 
 const KernelSet& detail::dotprod_set() {
-  static const KernelSet set{"neon_dotprod", quantize_rows,
-                             linear_int8<I8Rows<8>, I8Rows<4>>, linear_none<false>,
-                             linear_int8<I2Rows<2, true>, I2Rows<1, true>>, linear_none<true>};
+  static const KernelSet set{
+      "neon_dotprod", quantize_rows,
+      linear_int8_one_dot<SdotDot, I8Rows<8>, I8Rows<4>>, linear_none<false>,
+      linear_int8_one_dot<SdotDot, I2Rows<2, true>, I2Rows<1, true>>, linear_none<true>};
   return set;
 }
 

@@ -15,12 +15,6 @@
 #include "cpu/x86/common.h"
 #include "cpu/x86/sets.h"
 
-#define TERNARY_INLINE inline __attribute__((always_inline))
-#define TERNARY_LAMBDA_INLINE __attribute__((always_inline))
-// GCC 12 warns about its own _mm512_reduce_* intrinsics (a false positive).
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-
 namespace ternary::cpu::x86 {
 namespace {
 

@@ -1,6 +1,6 @@
-// cpu/x86/common.h: small helpers shared by the x86 kernel TUs. Everything here has internal
-// linkage (anonymous namespace): each TU is built with different ISA flags, and an inline
-// function with external linkage could be merged by the linker into a copy that uses
+// cpu/x86/common.h: small helpers shared by the x86 kernel TUs (set_*.cpp). Everything here
+// has internal linkage (anonymous namespace): each TU is built with different ISA flags, and an
+// inline function with external linkage could be merged by the linker into a copy that uses
 // instructions the running CPU lacks.
 #pragma once
 #include <cstdint>
@@ -8,6 +8,13 @@
 #include <type_traits>
 
 #include "cpu/kernels.h"
+
+// Forced inlining for the kernels' helpers and step lambdas.
+#define TERNARY_INLINE inline __attribute__((always_inline))
+#define TERNARY_LAMBDA_INLINE __attribute__((always_inline))
+// GCC 12 warns about its own _mm512_reduce_* intrinsics (a false positive).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 
 namespace ternary::cpu::x86 {
 namespace {

@@ -16,12 +16,6 @@
 #include "cpu/x86/common.h"
 #include "cpu/x86/sets.h"
 
-#define TERNARY_INLINE inline __attribute__((always_inline))
-#define TERNARY_LAMBDA_INLINE __attribute__((always_inline))
-// GCC 12 warns about its own _mm512_reduce_* intrinsics (a false positive).
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-
 namespace ternary::cpu::x86 {
 namespace {
 
@@ -46,13 +40,6 @@ uint8_t* aligned_buf(std::vector<uint8_t>& v, size_t n) {
   if (v.size() < n + 64) v.resize(n + 64);
   const auto a = reinterpret_cast<uintptr_t>(v.data());
   return reinterpret_cast<uint8_t*>((a + 63) & ~uintptr_t(63));
-}
-
-TERNARY_INLINE __mmask64 tail_mask64(int64_t n) {
-  return n >= 64 ? ~__mmask64(0) : ((__mmask64(1) << n) - 1);
-}
-TERNARY_INLINE __mmask16 tail_mask16(int64_t n) {
-  return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
 }
 
 // Transposes 16 rows of 16 dwords in place.

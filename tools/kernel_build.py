@@ -1,7 +1,8 @@
 """Where the torch-free kernel sources are and which flags each needs.
 
-One place, used by setup.py (the extension) and by tools/build_harness.py (the native test
-harness, also cross-compiled for aarch64 and built under sanitizers).
+One place, used by setup.py (the extension) and by tools/native_build.py (the torch-free native
+programs: the kernel harness, also cross-compiled for aarch64 and built under sanitizers, the
+kernel benchmark and the native test programs).
 """
 from pathlib import Path
 

@@ -1,7 +1,7 @@
 """Build of ternary_ops._C.
 
 One extension module. The op glue and the portable kernels always build; the SIMD backend for
-the host architecture (csrc/x86 on x86-64, csrc/neon on arm64) builds with per-file ISA flags,
+the host architecture (csrc/cpu/x86 on x86-64, csrc/cpu/neon on arm64) builds with per-file ISA flags,
 picked by the file name's suffix (tools/kernel_build.py), so one binary runs on any CPU of that
 architecture and the dispatcher chooses at run time. CUDA builds when a CUDA toolkit and a
 CUDA build of torch are present; Metal builds on macOS.

@@ -1,7 +1,8 @@
 """Where the torch-free kernel sources are and which flags each needs.
 
-One place, used by setup.py (the extension) and by tools/build_harness.py (the native test
-harness, also cross-compiled for aarch64 and built under sanitizers).
+One place, used by setup.py (the extension) and by tools/native_build.py (the torch-free native
+programs: the kernel harness, also cross-compiled for aarch64 and built under sanitizers, the
+kernel benchmark and the native test programs).
 """
 from pathlib import Path
 
@@ -9,7 +10,9 @@ ROOT = Path(__file__).resolve().parent.parent
 CSRC = ROOT / "csrc"
 
 # File-name suffix -> the ISA flags that translation unit (and only it) is built with, so one
-# binary runs on any CPU of its architecture and the dispatcher picks kernels at run time.
+# binary runs on any CPU of its architecture and the dispatcher picks kernels at run time. Each
+# backend folder holds one set_<isa>.cpp per kernel set (set_avx2.cpp, set_i8mm.cpp, ...); a file
+# with no suffix here (detect.cpp, set_base.cpp) is built without ISA flags.
 ISA_FLAGS = {
     "_avx2": ["-mavx2", "-mfma", "-mf16c"],
     "_avxvnni": ["-mavx2", "-mfma", "-mavxvnni"],
@@ -30,10 +33,10 @@ KERNEL_CFLAGS = ["-O3", "-std=c++17", "-fPIC", "-Wall", "-Wextra", "-fno-math-er
 # Sources every build has (torch-free).
 CORE_SOURCES = [CSRC / "cpu" / "portable.cpp", CSRC / "cpu" / "dispatch.cpp"]
 
-# arch -> (backend folder, define that enables it in dispatch.cpp)
+# arch -> (backend folder under csrc/, define that enables it in cpu/dispatch.cpp)
 SIMD_BACKENDS = {
-    "x86_64": ("x86", "TERNARY_HAVE_X86"),
-    "aarch64": ("neon", "TERNARY_HAVE_NEON"),
+    "x86_64": ("cpu/x86", "TERNARY_HAVE_X86"),
+    "aarch64": ("cpu/neon", "TERNARY_HAVE_NEON"),
 }
 
 

@@ -7,13 +7,13 @@
 #include <string>
 #include <vector>
 
-#include "kernels.h"
+#include "cpu/kernels.h"
 
 #if defined(TERNARY_HAVE_X86)
-#include "../x86/x86_kernels.h"
+#include "cpu/x86/sets.h"
 #endif
 #if defined(TERNARY_HAVE_NEON)
-#include "../neon/neon_kernels.h"
+#include "cpu/neon/sets.h"
 #endif
 
 namespace ternary::cpu {

@@ -1,10 +1,10 @@
 // kernels.h: the torch-free CPU kernel interface. Every CPU backend (portable C++, x86 SIMD,
-// NEON) implements a KernelSet; the ATen glue (csrc/ops.cpp) splits work over threads and
-// calls one. Raw pointers only, so kernels build alone for harnesses, qemu and sanitizers.
+// NEON) implements a KernelSet; the ATen glue splits work over threads and calls one. Raw
+// pointers only, so kernels build alone for harnesses, qemu and sanitizers.
 #pragma once
 #include <cstdint>
 
-#include "../ternary_format.h"
+#include "ternary_format.h"
 
 namespace ternary::cpu {
 

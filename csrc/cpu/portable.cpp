@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "kernels.h"
+#include "cpu/kernels.h"
 
 namespace ternary::cpu {
 namespace {

@@ -62,7 +62,7 @@ ensure_host_tools() {
 }
 
 build_cross_harness() {
-  "$HOST_PY" "$ROOT/tools/build_harness.py" -o "$BUILD/harness-aarch64" --arch aarch64 \
+  "$HOST_PY" "$ROOT/tools/native_build.py" harness -o "$BUILD/harness-aarch64" --arch aarch64 \
     --cxx aarch64-linux-gnu-g++ --static >/dev/null
 }
 
@@ -82,7 +82,7 @@ run_qemu_harness() {  # CPU EXPECTED_SET
 # must pass too (clang's own unrolling, FP contraction defaults and intrinsic headers).
 run_clang_harness() {
   local log="$BUILD/harness-clang.log"
-  "$HOST_PY" "$ROOT/tools/build_harness.py" -o "$BUILD/harness-aarch64-clang" --arch aarch64 \
+  "$HOST_PY" "$ROOT/tools/native_build.py" harness -o "$BUILD/harness-aarch64-clang" --arch aarch64 \
     --cxx "clang++ --target=aarch64-linux-gnu --gcc-toolchain=/usr" --static >/dev/null || return 1
   qemu-aarch64-static -cpu max "$BUILD/harness-aarch64-clang" --expect neon_i8mm \
     "${SEED_ARGS[@]}" > "$log" 2>&1
@@ -91,7 +91,7 @@ run_clang_harness() {
 
 run_host_sanitized_harness() {
   local log="$BUILD/harness-asan.log"
-  "$HOST_PY" "$ROOT/tools/build_harness.py" -o "$BUILD/harness-asan" --sanitize >/dev/null || return 1
+  "$HOST_PY" "$ROOT/tools/native_build.py" harness -o "$BUILD/harness-asan" --sanitize >/dev/null || return 1
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
     "$BUILD/harness-asan" "${SEED_ARGS[@]}" > "$log" 2>&1
   show_result $? "$log"
@@ -164,7 +164,7 @@ sync_sources() {
 
 build_in_chroot() {
   # --force: setuptools decides whether to relink from ops.cpp and the core sources alone, so a
-  # change confined to csrc/neon/*.cpp would leave a stale module; ninja and setup.py's ISA
+  # change confined to csrc/cpu/neon/*.cpp would leave a stale module; ninja and setup.py's ISA
   # objects stay incremental either way.
   in_chroot "python3 setup.py -q build_ext --inplace --force > /tmp/ternary-build.log 2>&1 ||
              { tail -n 40 /tmp/ternary-build.log; exit 1; }; echo \"compiler runs: \$(grep -c '^c++\|^\[[0-9]' /tmp/ternary-build.log)\""

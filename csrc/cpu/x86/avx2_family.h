@@ -1,6 +1,8 @@
-// avx2_impl.h: the 256-bit kernels, included by kernels_avx2.cpp (AVX2 + FMA: vpmaddubsw) and
-// kernels_avxvnni.cpp (TERNARY_X86_AVXVNNI: 256-bit vpdpbusd). Everything is in an anonymous
-// namespace (see x86_common.h); only the set getter named by TERNARY_X86_SET_FN is exported.
+// cpu/x86/avx2_family.h: the 256-bit kernel template of the avx2 and avxvnni sets.
+//
+// Included by set_avx2.cpp (AVX2 + FMA: vpmaddubsw) and set_avxvnni.cpp (TERNARY_X86_AVXVNNI:
+// 256-bit vpdpbusd), each built with its own flags. Everything is in an anonymous namespace
+// (see common.h); only the set getter named by TERNARY_X86_SET_FN is exported.
 //
 // int8 dots without saturation: vpmaddubsw multiplies unsigned codes 0..2 by signed int8
 // activations and adds pairs into int16, so a lane is at most 2 * 2 * 128 = 512 in magnitude;
@@ -10,14 +12,8 @@
 
 #include <type_traits>
 
-#include "x86_common.h"
-#include "x86_kernels.h"
-
-#define TERNARY_INLINE inline __attribute__((always_inline))
-#define TERNARY_LAMBDA_INLINE __attribute__((always_inline))
-// GCC 12 warns about its own _mm512_reduce_* intrinsics (a false positive).
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
+#include "cpu/x86/common.h"
+#include "cpu/x86/sets.h"
 
 namespace ternary::cpu::x86 {
 namespace {
@@ -160,7 +156,7 @@ void i2_int8_block(const Problem& p, const uint8_t* W, int64_t R, int64_t j, int
     for (int rb = 0; rb < RB; ++rb)
       for (int r = 0; r < 4; ++r)
         for (int mb = 0; mb < MB; ++mb) acc32[rb][r][mb] = _mm256_setzero_si256();
-    // The partial chunk first (see kernels_avx512.cpp: GCC 12 otherwise copies accumulators
+    // The partial chunk first (see set_avx512.cpp: GCC 12 otherwise copies accumulators
     // on every iteration of the main loop).
     const int64_t kmain = kb + (ke - kb) / 32 * 32;
     int64_t k = kmain < ke ? kmain : kb;

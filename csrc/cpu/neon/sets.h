@@ -1,4 +1,4 @@
-// neon_kernels.h: the ARM NEON kernel sets behind the CPU dispatcher (csrc/cpu/dispatch.cpp).
+// cpu/neon/sets.h: the ARM NEON kernel sets behind the CPU dispatcher (cpu/dispatch.cpp).
 //
 // Three sets, one per feature level, each in its own translation unit built with its own -march
 // (tools/kernel_build.py picks the flags from the file-name suffix), so one binary serves every
@@ -8,7 +8,7 @@
 //   neon          SMULL/SMLAL + SADALP, no dotprod needed            (armv8-a)
 #pragma once
 
-#include "../cpu/kernels.h"
+#include "cpu/kernels.h"
 
 namespace ternary::cpu::neon {
 
@@ -18,7 +18,7 @@ const KernelSet* dotprod_kernels();
 const KernelSet* baseline_kernels();
 
 namespace detail {
-// The sets themselves, defined in neon_i8mm.cpp, neon_dotprod.cpp and neon_base.cpp. Only the
+// The sets themselves, defined in set_i8mm.cpp, set_dotprod.cpp and set_base.cpp. Only the
 // probes may hand them out: calling into one on a CPU without its features is SIGILL.
 const KernelSet& i8mm_set();
 const KernelSet& dotprod_set();

@@ -1,6 +1,6 @@
-// neon_detect.cpp: runtime feature probes for the NEON kernel sets. Built without ISA flags:
+// cpu/neon/detect.cpp: runtime feature probes for the NEON kernel sets. Built without ISA flags:
 // nothing here may execute a dotprod or i8mm instruction.
-#include "neon_kernels.h"
+#include "cpu/neon/sets.h"
 
 #if defined(__linux__)
 #include <sys/auxv.h>

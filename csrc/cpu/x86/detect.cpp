@@ -1,5 +1,5 @@
-// probe.cpp: CPU feature probes for the x86 kernel sets. Built WITHOUT ISA flags: it only reads
-// CPUID/XCR0 and never runs a SIMD instruction, so it is safe on any x86-64 CPU.
+// cpu/x86/detect.cpp: CPU feature probes for the x86 kernel sets. Built WITHOUT ISA flags: it
+// only reads CPUID/XCR0 and never runs a SIMD instruction, so it is safe on any x86-64 CPU.
 #include <cpuid.h>
 
 #include <cstdint>
@@ -9,7 +9,7 @@
 #include <unistd.h>
 #endif
 
-#include "x86_kernels.h"
+#include "cpu/x86/sets.h"
 
 namespace ternary::cpu::x86 {
 namespace {

@@ -1,4 +1,4 @@
-// kernels_amx.cpp: the avx512_amx set. act="int8" with M >= kAmxMinM runs on AMX-INT8 tiles
+// cpu/x86/set_amx.cpp: the avx512_amx set. act="int8" with M >= kAmxMinM runs on AMX-INT8 tiles
 // (TDPBSUD: signed int8 activations x unsigned codes 0..2, int32 accumulation, exact); all
 // other paths (M = 1 decode, act="none", quantization) are the avx512_vnni kernels. Built with
 // the "_amx" flags (AVX-512 + AMX-TILE/AMX-INT8).
@@ -12,21 +12,15 @@
 #include <cstddef>
 #include <vector>
 
-#include "avx512_internal.h"
-#include "x86_common.h"
-#include "x86_kernels.h"
-
-#define TERNARY_INLINE inline __attribute__((always_inline))
-#define TERNARY_LAMBDA_INLINE __attribute__((always_inline))
-// GCC 12 warns about its own _mm512_reduce_* intrinsics (a false positive).
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
+#include "cpu/x86/avx512.h"
+#include "cpu/x86/common.h"
+#include "cpu/x86/sets.h"
 
 namespace ternary::cpu::x86 {
 namespace {
 
-// Below this many activation rows the AVX-512 VNNI kernels win (at M = 4 by 1.2x (i2) and
-// 1.7x (i8); AMX wins from M = 8, single thread, 4096x4096).
+// Below this many activation rows the AVX-512 VNNI kernels are faster than the tiles
+// (docs/perf-notes.md).
 constexpr int64_t kAmxMinM = 8;
 constexpr int64_t kTileBytes = 1024;  // 16 rows x 64 bytes
 
@@ -46,13 +40,6 @@ uint8_t* aligned_buf(std::vector<uint8_t>& v, size_t n) {
   if (v.size() < n + 64) v.resize(n + 64);
   const auto a = reinterpret_cast<uintptr_t>(v.data());
   return reinterpret_cast<uint8_t*>((a + 63) & ~uintptr_t(63));
-}
-
-TERNARY_INLINE __mmask64 tail_mask64(int64_t n) {
-  return n >= 64 ? ~__mmask64(0) : ((__mmask64(1) << n) - 1);
-}
-TERNARY_INLINE __mmask16 tail_mask16(int64_t n) {
-  return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
 }
 
 // Transposes 16 rows of 16 dwords in place.
@@ -83,7 +70,7 @@ TERNARY_INLINE void transpose16x16(__m512i r[16]) {
 
 // K is processed in chunks of this many 64-column tiles (partial sums live in memory between
 // chunks): the i2 code planes of one chunk (4 x 8 KB) stay in L1, where they are written and
-// then reloaded by every block of activation rows. 8 beat 16 and 32 by 1.7-2x at M = 16.
+// then reloaded by every block of activation rows (8 rather than 16 or 32: docs/perf-notes.md).
 constexpr int64_t kChunkTiles = 8;
 
 // B tiles: every activation row block (16 rows, zero rows past M) x every k-tile, in VNNI

@@ -1,9 +1,9 @@
-// x86_kernels.h: the x86-64 SIMD kernel sets (torch-free). Each set lives in its own
+// cpu/x86/sets.h: the x86-64 SIMD kernel sets (torch-free). Each set lives in its own
 // translation unit built with its own -m flags (file-name suffix, tools/kernel_build.py); the
 // probes below run in a TU built without ISA flags and return nullptr when the running CPU (or
 // OS) lacks what the set needs, so one binary runs on any x86-64 CPU.
 #pragma once
-#include "../cpu/kernels.h"
+#include "cpu/kernels.h"
 
 namespace ternary::cpu::x86 {
 

@@ -1,13 +1,20 @@
-// x86_common.h: small helpers shared by the x86 kernel TUs. Everything here has internal
-// linkage (anonymous namespace): each TU is built with different ISA flags, and an inline
-// function with external linkage could be merged by the linker into a copy that uses
+// cpu/x86/common.h: small helpers shared by the x86 kernel TUs (set_*.cpp). Everything here
+// has internal linkage (anonymous namespace): each TU is built with different ISA flags, and an
+// inline function with external linkage could be merged by the linker into a copy that uses
 // instructions the running CPU lacks.
 #pragma once
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
 
-#include "../cpu/kernels.h"
+#include "cpu/kernels.h"
+
+// Forced inlining for the kernels' helpers and step lambdas.
+#define TERNARY_INLINE inline __attribute__((always_inline))
+#define TERNARY_LAMBDA_INLINE __attribute__((always_inline))
+// GCC 12 warns about its own _mm512_reduce_* intrinsics (a false positive).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 
 namespace ternary::cpu::x86 {
 namespace {
@@ -37,8 +44,8 @@ inline float quant_scale(float amax) { return kActQMax / (amax < kActEps ? kActE
 // cannot overflow: 16 * 2 * 128 * 65536 < 2^31.
 constexpr int64_t kKBlock = 65536;
 
-// M = 1 kernels prefetch each weight stream this many bytes ahead: 13-15% faster than the
-// hardware prefetchers alone (hot and cold, 2 threads, 4096x4096 i2), 512 best of 512-4096.
+// M = 1 kernels prefetch each weight stream this many bytes ahead, on top of the hardware
+// prefetchers (why and how far: docs/perf-notes.md).
 constexpr int64_t kPrefetchBytes = 512;
 #define TERNARY_PREFETCH(p) _mm_prefetch(reinterpret_cast<const char*>(p) + kPrefetchBytes, _MM_HINT_T0)
 

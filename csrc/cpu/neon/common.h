@@ -1,5 +1,5 @@
-// neon_common.h: building blocks shared by the NEON kernel sets (neon_base.cpp,
-// neon_dotprod.cpp, neon_i8mm.cpp). Everything is in an anonymous namespace on purpose: each
+// cpu/neon/common.h: building blocks shared by the NEON kernel sets (set_base.cpp,
+// set_dotprod.cpp, set_i8mm.cpp). Everything is in an anonymous namespace on purpose: each
 // translation unit is compiled with a different -march, and a shared (inline, external linkage)
 // copy could be merged by the linker into the one built for the newest ISA, which would then run
 // on cores without it. Internal linkage gives each set its own copy.
@@ -16,7 +16,7 @@
 #include <cstring>
 #include <type_traits>
 
-#include "../cpu/kernels.h"
+#include "cpu/kernels.h"
 
 namespace ternary::cpu::neon {
 namespace {
@@ -135,8 +135,7 @@ struct I2Rows {
 };
 
 // Runs body(k, len) over [k0, k1) in 16-column steps, len = 16 except a final shorter tail.
-// Unrolled by 4: 64 columns per iteration, the depth the seeds found best (K32 -> K64 gained
-// 1.07x, deeper gained nothing).
+// Unrolled by 4: 64 columns per iteration.
 template <class Body>
 inline void for_each_k16(int64_t k0, int64_t k1, Body&& body) {
   int64_t k = k0;
@@ -180,6 +179,14 @@ void run_int8(const Problem& p, int64_t u0, int64_t u1) {
     for (; m < p.M; m += MB_TAIL)
       block(m, std::integral_constant<int, MB_TAIL>{}, type_tag<Tail>{});
   }
+}
+
+// act=int8 with one Dot for every M (the neon and neon_dotprod sets): M = 1 runs Wide tiles,
+// M > 1 Narrow tiles x 2 activation rows (the last odd row alone).
+template <class Dot, class Wide, class Narrow>
+void linear_int8_one_dot(const Problem& p, int64_t u0, int64_t u1) {
+  if (p.M == 1) run_int8<Wide, Dot, 1, Dot, 1>(p, u0, u1);
+  else run_int8<Narrow, Dot, 2, Dot, 1>(p, u0, u1);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -310,7 +317,7 @@ void run_none(const Problem& p, int64_t u0, int64_t u1) {
   }
 }
 
-// M = 1 (decoding): 8 rows in flight, the seeds' best width. M > 1: 4 rows x 2 activation rows,
+// M = 1 (decoding): 8 rows in flight. M > 1: 4 rows x 2 activation rows,
 // so each decoded weight vector feeds two FMA chains.
 template <bool I2>
 void linear_none(const Problem& p, int64_t u0, int64_t u1) {

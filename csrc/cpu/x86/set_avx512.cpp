@@ -1,4 +1,4 @@
-// kernels_avx512.cpp: AVX-512 (F/BW/VL/DQ) + VNNI kernels. Built with the "_avx512" flags
+// cpu/x86/set_avx512.cpp: AVX-512 (F/BW/VL/DQ) + VNNI kernels. Built with the "_avx512" flags
 // (tools/kernel_build.py); runs only after the avx512_vnni probe accepted the CPU.
 //
 // act="int8": vpdpbusd multiplies unsigned codes (w + 1, in 0..2) by signed int8 activations
@@ -13,15 +13,9 @@
 
 #include <type_traits>
 
-#include "avx512_internal.h"
-#include "x86_common.h"
-#include "x86_kernels.h"
-
-#define TERNARY_INLINE inline __attribute__((always_inline))
-#define TERNARY_LAMBDA_INLINE __attribute__((always_inline))
-// GCC 12 warns about its own _mm512_reduce_* intrinsics (a false positive).
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
+#include "cpu/x86/avx512.h"
+#include "cpu/x86/common.h"
+#include "cpu/x86/sets.h"
 
 namespace ternary::cpu::x86 {
 namespace {
@@ -46,13 +40,6 @@ __attribute__((noinline)) void hsum_epi32_n(const __m512i* v, int n, int32_t* ou
 }
 __attribute__((noinline)) void hsum_ps_n(const __m512* v, int n, float* out) {
   for (int i = 0; i < n; ++i) out[i] = _mm512_reduce_add_ps(_mm512_load_ps(reinterpret_cast<const float*>(v + i)));
-}
-
-TERNARY_INLINE __mmask64 tail_mask64(int64_t n) {
-  return n >= 64 ? ~__mmask64(0) : ((__mmask64(1) << n) - 1);
-}
-TERNARY_INLINE __mmask16 tail_mask16(int64_t n) {
-  return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 // to separate kernel speed from framework overhead and to measure the bounds: read bandwidth
 // of a plain multi-threaded sum over a buffer far larger than LLC, same threads.
 //
-//   python benchmarks/build_kernel_bench.py -o build/kernel_bench
+//   python tools/native_build.py kernel_bench -o build/kernel_bench
 //   build/kernel_bench [--threads 2] [--set NAME] [--shapes 4096x4096,...] [--m 1,8,128]
 //                      [--formats i2,i8] [--act int8,none] [--modes hot,cold] [--cold-mib 1024]
 //                      [--reps N] [--bw-mib 2048] [--bw-reps 5]

@@ -1,12 +1,12 @@
-// neon_i8mm.cpp: the "neon_i8mm" kernel set (ARMv8.6-A i8mm: Neoverse V1/N2, Apple M2+).
+// cpu/neon/set_i8mm.cpp: the "neon_i8mm" kernel set (ARMv8.6-A i8mm: Neoverse V1/N2, Apple M2+).
 // M >= 2 (prefill): SMMLA, each instruction a 2x8 by 8x2 int8 product (32 MACs, twice SDOT's 16).
 // M = 1 (decoding): SDOT as in neon_dotprod; SMMLA needs two activation rows and half of it
-// would multiply a duplicate (the seeds measured no gain for batch 1).
-#include "neon_common.h"
-#include "neon_kernels.h"
+// would multiply a duplicate.
+#include "cpu/neon/common.h"
+#include "cpu/neon/sets.h"
 
 #if !defined(__ARM_FEATURE_DOTPROD) || !defined(__ARM_FEATURE_MATMUL_INT8)
-#error "neon_i8mm.cpp needs -march=armv8.6-a+dotprod+i8mm (tools/kernel_build.py)"
+#error "set_i8mm.cpp needs -march=armv8.6-a+dotprod+i8mm (tools/kernel_build.py)"
 #endif
 
 namespace ternary::cpu::neon {

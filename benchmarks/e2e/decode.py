@@ -1,9 +1,11 @@
 """End-to-end decode benchmark: a BitNet-b1.58-2B-shaped transformers model with TernaryLinear
 (i2, act=int8) against the same model with dense bfloat16 nn.Linear, on the CPU.
 
-    python benchmarks/e2e_decode.py                       # 2B shape, 2 threads, both variants
-    python benchmarks/e2e_decode.py --layers 2 --tokens 8  # quick smoke run
-    python benchmarks/e2e_decode.py --markdown benchmarks/E2E_RESULTS.md
+    python benchmarks/e2e/decode.py                        # 2B shape, 2 threads, both variants
+    python benchmarks/e2e/decode.py --layers 2 --tokens 8  # quick smoke run
+    python benchmarks/e2e/decode.py --markdown out.md      # also write the results table
+
+Recorded results: benchmarks/results/e2e.md.
 
 Each variant runs in its own process (peak RSS is per variant and only one model is in memory
 at a time). The model is transformers' BitNetForCausalLM built from a config (30 layers, hidden
@@ -155,7 +157,7 @@ def markdown(args, results) -> str:
     lines = [
         "# End-to-end decode: BitNet-2B-shaped model, TernaryLinear vs dense bfloat16",
         "",
-        f"Command: `python benchmarks/e2e_decode.py {' '.join(sys.argv[1:])}`",
+        f"Command: `python benchmarks/e2e/decode.py {' '.join(sys.argv[1:])}`",
         "",
         f"* Machine: {machine()}",
         f"* torch {torch.__version__}, transformers {transformers.__version__}, "

@@ -6,7 +6,9 @@ lower median drops those rows; the DRAM fraction is judged against the best read
 of the runs measured (conservative). Every input run stays on disk, and the merged JSON names
 the run each row came from.
 
-    python benchmarks/merge_runs.py run1.json run2.json -o merged.json [--plot out.png] [--md]
+    python benchmarks/cpu/merge_runs.py run1.json run2.json -o merged.json [--plot out.png]
+
+The merged table it prints is benchmarks/data/cpu_merged_table.txt (benchmarks/results/cpu.md).
 """
 import argparse
 import json
@@ -14,7 +16,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from ternary_ops.bench import (Result, attach_ratios, check_targets, plot_roofline,  # noqa: E402
                                print_table)
 

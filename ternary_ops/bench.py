@@ -229,7 +229,8 @@ def attach_ratios(results: List[Result], dram_gbs: float) -> None:
 
 
 def check_targets(results: List[Result], dram_gbs: float) -> List[str]:
-    """The issue's targets (2 threads, act=int8, i2, M=1 unless said), where measured."""
+    """The x86 performance goals of benchmarks/results/cpu.md (2 threads, act=int8, i2, M=1 unless
+    said), where measured."""
     lines = []
     t = [r for r in results if r.kind == "ternary" and r.format == "i2"]
     cold1 = [r for r in t if r.act == "int8" and r.M == 1 and r.mode == "cold"]
@@ -324,7 +325,8 @@ def parse_args(argv=None):
     ap.add_argument("--json", default=None, help="write the results as JSON here")
     ap.add_argument("--plot", default=None, help="write a roofline plot (PNG; needs matplotlib)")
     ap.add_argument("--targets", action="store_true",
-                    help="print the issue's x86 targets as PASS/MISS lines")
+                    help="print the x86 performance goals (benchmarks/results/cpu.md) as "
+                         "PASS/MISS lines")
     args = ap.parse_args(argv)
     if args.quick:
         args.shapes, args.m, args.formats, args.act = "2560x2560,4096x4096", "1", "i2", "int8"

@@ -1,6 +1,7 @@
 // ternary_format.h: the weight formats and the activation constants, defined once for every
 // backend: host C++ (the glue, the CPU tier, harnesses), CUDA device code, the Metal source
-// (setup.py prepends this file to the embedded .metal text) and the Metal emulator.
+// (the .metal files include it; tools/metal_source.py inlines it into the embedded source) and
+// the Metal emulator.
 // See docs/DESIGN.md. No torch headers and no standard library beyond fixed-width integers.
 #pragma once
 

@@ -5,9 +5,11 @@ tests/metal_emu/metal_emu.h and every kernel instance runs over its grid with th
 sizes, grids and threadgroup memory the MPS glue uses (csrc/metal/ternary_metal_config.h),
 threads of a group as fibers, barriers and simdgroup reductions real. What this proves: the
 kernels' indexing, tails, staging and arithmetic. act="int8" results must match the reference
-bit for bit (integer dots, then the float32 epilogue of DESIGN.md); act="none" to float
-rounding. What it does not prove: the Objective-C++ glue and the GPU itself (tests/test_mps.py,
-on a Mac).
+bit for bit (integer dots, then the float32 epilogue of docs/DESIGN.md); act="none" to float
+rounding. The string the glue hands the Metal compiler (tools/metal_source.py: the .metal files
+with csrc/ternary_format.h inlined) is checked to be self-contained and to compile the same
+way. What it does not prove: the Objective-C++ glue (type-checked only, below) and the GPU
+itself (tests/test_mps.py, on a Mac).
 """
 import ctypes
 import itertools
@@ -15,6 +17,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,22 +25,34 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 EMU = ROOT / "tests" / "metal_emu"
-METAL = ROOT / "csrc" / "metal"
+CSRC = ROOT / "csrc"
+METAL = CSRC / "metal"
+sys.path.insert(0, str(ROOT / "tools"))
+import metal_source  # noqa: E402  (the embedding setup.py ships)
 
 DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 SUFFIX = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}
 MAX_SMEM = 32768  # maxThreadgroupMemoryLength of Apple GPUs
 
 
-@pytest.fixture(scope="session")
-def emu(tmp_path_factory):
+# How the emulated kernels are compiled: Metal's integer model (signed char), no FMA contraction.
+EMU_FLAGS = ["-std=c++17", "-fsigned-char", "-fno-strict-aliasing", "-ffp-contract=off", "-Wall",
+             "-Wextra", "-Werror", "-Wno-attributes"]
+
+
+def cxx_or_skip():
     cxx = os.environ.get("CXX", "g++")
     if shutil.which(cxx) is None:
         pytest.skip(f"no C++ compiler ({cxx}) to build the Metal emulation harness")
+    return cxx
+
+
+@pytest.fixture(scope="session")
+def emu(tmp_path_factory):
+    cxx = cxx_or_skip()
     out = tmp_path_factory.mktemp("metal_emu") / "libmetal_emu.so"
-    cmd = [cxx, "-std=c++17", "-O2", "-fPIC", "-shared", "-fsigned-char",
-           "-fno-strict-aliasing", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror",
-           "-Wno-attributes", f"-I{EMU}", f"-I{METAL}", str(EMU / "harness.cpp"), "-o", str(out)]
+    cmd = [cxx, "-O2", "-fPIC", "-shared"] + EMU_FLAGS + [
+        f"-I{EMU}", f"-I{CSRC}", str(EMU / "harness.cpp"), "-o", str(out)]
     subprocess.run(cmd, check=True)
     lib = ctypes.CDLL(str(out))
     lib.tmetal_kernel_name.restype = ctypes.c_char_p
@@ -48,7 +63,7 @@ def emu(tmp_path_factory):
     return lib
 
 
-# ---- formats and reference semantics (DESIGN.md), self-contained ----
+# ---- formats and reference semantics (docs/DESIGN.md), self-contained ----
 
 def pack_i2(t):
     """int8 [N, K] in {-1,0,1} -> uint8 [ceil(N/4), K]: byte [j, k] holds rows j + r*R, bits 2r."""
@@ -301,6 +316,72 @@ def test_emulator_catches_bugs(emu, case, expect):
         assert rc != 0 and expect in msg, msg
 
 
+# ---- the embedded source: what the glue hands the Metal compiler, with no include path ----
+
+def metal_macros():
+    """-D flags for the geometry constants, as the glue passes them (TERNARY_METAL_MACROS)."""
+    config = (METAL / "ternary_metal_config.h").read_text()
+    macro_list = re.search(r"#define TERNARY_METAL_MACROS\(X\)(.*?)\n\n", config, re.S).group(1)
+    names = re.findall(r"X\((TERNARY_\w+)\)", macro_list)
+    values = dict(re.findall(r"^#define (TERNARY_\w+) (\d+)", config, re.M))
+    assert names and set(names) <= set(values)
+    return [f"-D{n}={values[n]}" for n in names]
+
+
+def test_embedded_source_is_self_contained(tmp_path):
+    """The string the glue compiles: every quoted include inlined, the format header once, and
+    under __METAL_VERSION__ no include but Metal's own (checked with no system headers at all)."""
+    text = metal_source.metal_source()
+    assert not re.search(r'^\s*#\s*include\s*"', text, re.M)
+    assert not re.search(r"^\s*#\s*pragma\s+once", text, re.M)
+    # The format header's constants and functions, each defined exactly once.
+    fmt = (CSRC / "ternary_format.h").read_text()
+    names = re.findall(r"TERNARY_FORMAT_CONST\s+\w+\s+(\w+)\s*=", fmt)
+    funcs = re.findall(r"TERNARY_FORMAT_FN\s+\w+\s+(\w+)\s*\(", fmt)
+    assert {"kI2RowsPerByte", "kI2CodeMaskX4", "kI2ZeroByte", "kActQMax", "kActEps"} <= set(names)
+    assert {"i2_packed_rows", "i2_shift", "i2_decode"} <= set(funcs)
+    for name in names:
+        assert len(re.findall(rf"TERNARY_FORMAT_CONST\s+\w+\s+{name}\s*=", text)) == 1, name
+    for name in funcs:
+        assert len(re.findall(rf"TERNARY_FORMAT_FN\s+\w+\s+{name}\s*\(", text)) == 1, name
+    header = metal_source.header_text(text)  # what setup.py writes holds exactly this text
+    assert header.count("kTernaryMetalSource") == 1 and text in header
+
+    # Preprocessed as Metal would (__METAL_VERSION__ set) with -nostdinc and an empty
+    # <metal_stdlib>: any other header (<cstdint>, a project header) fails to resolve.
+    cxx = cxx_or_skip()
+    (tmp_path / "inc").mkdir()
+    (tmp_path / "inc" / "metal_stdlib").write_text("")
+    src = tmp_path / "ternary.metal"
+    src.write_text(text)
+    r = subprocess.run([cxx, "-E", "-H", "-x", "c++", "-nostdinc", "-nostdinc++",
+                        "-D__METAL_VERSION__=310", f"-I{tmp_path / 'inc'}"] + metal_macros() +
+                       [str(src)], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-4000:]
+    opened = {Path(l.lstrip(". ").strip()).name for l in r.stderr.splitlines() if l.startswith(".")}
+    assert opened == {"metal_stdlib"}, r.stderr
+    # ... and the format constants come out in Metal's constant address space.
+    for name in names:
+        assert re.search(rf"constant constexpr \w+ {name} =", r.stdout), name
+
+
+def test_embedded_source_compiles_alone(tmp_path):
+    """The embedded string alone, with the geometry as -D macros (as the glue passes them) and
+    no include path but Metal's <metal_stdlib> (here the emulator's), compiles: the runtime
+    compile cannot miss a header the emulator found through -I csrc."""
+    cxx = cxx_or_skip()
+    src = tmp_path / "ternary.metal"
+    src.write_text(metal_source.metal_source())
+    isolated = tmp_path / "stdlib"  # only <metal_stdlib> and what it pulls in, nothing of csrc
+    isolated.mkdir()
+    for name in ("metal_stdlib", "metal_emu.h"):
+        shutil.copy(EMU / name, isolated / name)
+    cmd = [cxx, "-fsyntax-only", "-x", "c++"] + EMU_FLAGS + [f"-I{isolated}"] + metal_macros() + [
+        str(src)]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-4000:]
+
+
 # ---- the Objective-C++ glue: type-checked against minimal SDK stand-ins (never run here) ----
 
 def test_glue_typechecks(tmp_path):
@@ -312,11 +393,7 @@ def test_glue_typechecks(tmp_path):
         pytest.skip("clang++ not installed (apt-get install clang) to type-check the MPS glue")
     from torch.utils import cpp_extension
 
-    text = "\n".join(p.read_text() for p in sorted(METAL.glob("*.metal")))
-    (tmp_path / "metal").mkdir()
-    (tmp_path / "metal" / "metal_source.h").write_text(  # what setup.py generates on macOS
-        '#pragma once\nstatic const char* kTernaryMetalSource = R"TERNARY_METAL(\n'
-        f'{text}\n)TERNARY_METAL";\n')
+    metal_source.write_header(tmp_path / "metal" / "metal_source.h")  # what setup.py generates
     base = [clang, "-fsyntax-only", "-x", "objective-c++", "-std=c++17", "-fobjc-arc", "-fblocks",
             "-fobjc-runtime=gnustep-2.0", "-DTERNARY_HAVE_MPS=1", "-Wall", "-Wextra", "-Werror",
             "-Wno-unused-parameter", "-Wno-c++20-extensions", f"-I{EMU / 'sdk_stubs'}",

@@ -1,4 +1,4 @@
-"""The MPS backend (Metal kernels through csrc/metal/ternary_mps.mm) on a real Apple GPU.
+"""The MPS backend (Metal kernels through csrc/aten/ops_mps.mm) on a real Apple GPU.
 
 Runs only on a Mac with an MPS-capable torch and a macOS build of ternary_ops (setup.py builds
 the Metal glue there); skipped elsewhere. Our CI has no Apple hardware: there the kernel text is

@@ -7,9 +7,10 @@
 // No buffer is created per call: the kernels read the tensors' own MTLBuffers at their byte
 // offsets, quantize activations in threadgroup memory, and take scalars through setBytes.
 //
-// The Metal source (csrc/metal/*.metal, embedded by setup.py into metal_source.h) is compiled
-// once, at first use, with the geometry constants of ternary_metal_config.h as macros;
-// pipeline states are cached per kernel name. Metal errors become Python exceptions.
+// The Metal source (csrc/metal/*.metal with csrc/ternary_format.h inlined, embedded into
+// metal_source.h by tools/metal_source.py at build time) is compiled once, at first use, with
+// the geometry constants of ternary_metal_config.h as macros; pipeline states are cached per
+// kernel name. Metal errors become Python exceptions.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 #include <torch/mps.h>
@@ -56,7 +57,7 @@ MTLCompileOptions* compile_options() {
   TERNARY_METAL_MACROS(TERNARY_ADD_MACRO)
 #undef TERNARY_ADD_MACRO
   options.preprocessorMacros = macros;
-  // IEEE float: act="int8" needs 127 / amax correctly rounded (fast math allows 2.5 ulp) and
+  // IEEE float: act="int8" needs kActQMax / amax correctly rounded (fast math allows 2.5 ulp) and
   // x * inv not re-associated, or quantized activations would differ from the reference.
 #if defined(__MAC_15_0) && __MAC_OS_X_VERSION_MAX_ALLOWED >= __MAC_15_0
   if (@available(macOS 15.0, *)) {
@@ -143,7 +144,6 @@ at::Tensor linear_mps(WeightFormat f, const at::Tensor& x, const at::Tensor& wei
   if (c.empty()) return c.out;
   const LinearShape& s = c.shape;
   const at::Tensor& out = c.out;
-  const int64_t units = f == WeightFormat::I2 ? i2_packed_rows(s.N) : s.N;
   TORCH_CHECK_VALUE(s.M < (int64_t(1) << 31) && s.N < (int64_t(1) << 31) &&
                         s.K < (int64_t(1) << 31),
                     op_name(f), ": M, N and K must each be below 2^31 on MPS");
@@ -171,7 +171,7 @@ at::Tensor linear_mps(WeightFormat f, const at::Tensor& x, const at::Tensor& wei
   p.M = static_cast<uint32_t>(s.M);
   p.N = static_cast<uint32_t>(s.N);
   p.K = static_cast<uint32_t>(s.K);
-  p.units = static_cast<uint32_t>(units);
+  p.units = static_cast<uint32_t>(tm::row_units(i2, s.N));
   p.scale_stride = sc.numel() == 1 ? 0 : 1;
   p.scale_dtype = dtype_code(sc.scalar_type());
   p.has_bias = bias.has_value() ? 1 : 0;

@@ -1,6 +1,6 @@
 // ternary_linear.metal: ternary linear kernels for Apple GPUs (the MPS backend).
 //
-//   y[m, n] = s[n] * sum_k T[n, k] * a[m, k]  (+ bias[n])      (semantics: DESIGN.md)
+//   y[m, n] = s[n] * sum_k T[n, k] * a[m, k]  (+ bias[n])      (semantics: docs/DESIGN.md)
 //
 // Two kernels per (weight format, act mode, dtype):
 //   ternary_mv_*  M == 1 (decode). Memory-bound: every weight byte is read exactly once, 16 bytes
@@ -12,12 +12,16 @@
 // act="int8" dots are exact: int arithmetic in the matvec; in the matmul, products of
 // integers <= 128 summed in float over one BK chunk (|sum| <= 4096, exact) and flushed to int.
 //
-// Geometry constants (TERNARY_*) come from csrc/metal/ternary_metal_config.h as preprocessor
-// macros. This file compiles both as Metal and, for tests, as C++ against
-// tests/metal_emu/metal_emu.h: keep to that subset (no function-scope threadgroup variables:
-// all threadgroup memory is the threadgroup(0) argument).
+// The weight format and the act constants (kI2*, i2_*, kAct*) come from csrc/ternary_format.h,
+// included as in C++: tools/metal_source.py inlines it into the embedded source, which the
+// Metal compiler gets with no include path. Geometry constants (TERNARY_*) come from
+// csrc/metal/ternary_metal_config.h as preprocessor macros. This file compiles both as Metal
+// and, for tests, as C++ against tests/metal_emu/metal_emu.h: keep to that subset (no
+// function-scope threadgroup variables: all threadgroup memory is the threadgroup(0) argument).
 #include <metal_stdlib>
 using namespace metal;
+
+#include "ternary_format.h"
 
 #ifndef TERNARY_MV_SIMDGROUPS
 #error "compile with the TERNARY_* macros of csrc/metal/ternary_metal_config.h"
@@ -38,7 +42,7 @@ enum { ACT_INT8 = 0, ACT_NONE = 1 };
 // Mirrors ternary::metal::Params (ternary_metal_config.h).
 struct LinearParams {
   uint M, N, K;
-  uint units;         // i8: N rows; i2: R = ceil(N / 4) byte rows
+  uint units;         // i8: N rows; i2: R = i2_packed_rows(N) byte rows
   uint scale_stride;  // 0: one scale; 1: one per output row
   uint scale_dtype;   // TERNARY_DT_*
   uint has_bias;
@@ -54,7 +58,7 @@ inline float load_any(device const uchar* v, uint i, uint dtype) {
   return as_type<float>(uint(((device const ushort*)v)[i]) << 16);
 }
 
-// y = v * s[n] (+ bias[n]); for act="int8" v is already dot / inv (the order of DESIGN.md).
+// y = v * s[n] (+ bias[n]); for act="int8" v is already dot / inv (the order of docs/DESIGN.md).
 inline float finish(float v, uint n, device const uchar* scale, device const uchar* bias,
                     constant LinearParams& p) {
   v = v * load_any(scale, n * p.scale_stride, p.scale_dtype);
@@ -73,9 +77,11 @@ inline uint4 load16(device const uchar* src, bool aligned) {
   return v;
 }
 
-// Four i2 weights (-1, 0, +1) of one bit pair from four packed bytes: code - 1.
+// Four i2 weights (-1, 0, +1) of one bit pair from four packed bytes: code - kI2CodeZero, as
+// ternary::i2_decode does for one byte.
 inline char4 i2_weights(uint packed, uint shift) {
-  return as_type<char4>((packed >> shift) & 0x03030303u) - char4(1);
+  return as_type<char4>((packed >> shift) & ternary::kI2CodeMaskX4) -
+         char4(char(ternary::kI2CodeZero));
 }
 
 // acc += dot(w, a) over four lanes: exact int for act="int8", float for act="none".
@@ -105,9 +111,10 @@ struct Staged<ACT_NONE, T> {
   static acc_t get1(threadgroup const uchar* s, uint k) { return float(((threadgroup const T*)s)[k]); }
 };
 
-// act="int8" quantization step of one activation (DESIGN.md): round half to even, clamp.
+// act="int8" quantization step of one activation (docs/DESIGN.md): round half to even, clamp
+// to int8.
 inline float quantize(float v, float inv) { return clamp(rint(v * inv), -128.0f, 127.0f); }
-inline float act_inv(float amax) { return 127.0f / max(amax, 1e-5f); }
+inline float act_inv(float amax) { return ternary::kActQMax / max(amax, ternary::kActEps); }
 
 // ---------------------------------------------------------------------------------------------
 // matvec, M == 1. Grid: ceil(units / (SIMDGROUPS * ROWS)) threadgroups of SIMDGROUPS * 32.
@@ -129,7 +136,7 @@ kernel void ternary_mv(device const T* x [[buffer(0)]],
   const uint NSG = TERNARY_MV_SIMDGROUPS;
   const uint NT = NSG * TERNARY_SIMD_WIDTH;
   const uint ROWS = FMT == FMT_I2 ? TERNARY_MV_I2_ROWS : TERNARY_MV_I8_ROWS;
-  const uint OUTS = FMT == FMT_I2 ? 4 : 1;  // outputs per row unit
+  const uint OUTS = FMT == FMT_I2 ? ternary::kI2RowsPerByte : 1;  // outputs per row unit
   const uint CH = TERNARY_MV_CHUNK;
   const uint K = p.K;
   threadgroup float* red = (threadgroup float*)smem;
@@ -177,7 +184,8 @@ kernel void ternary_mv(device const T* x [[buffer(0)]],
         if (FMT == FMT_I8) {
           mac(acc[r][0], as_type<char4>(wv[i]), a[i]);
         } else {
-          for (uint o = 0; o < OUTS; ++o) mac(acc[r][o], i2_weights(wv[i], 2 * o), a[i]);
+          for (uint o = 0; o < OUTS; ++o)
+            mac(acc[r][o], i2_weights(wv[i], o * ternary::kI2BitsPerCode), a[i]);
         }
       }
     }
@@ -189,7 +197,8 @@ kernel void ternary_mv(device const T* x [[buffer(0)]],
     for (uint r = 0; r < ROWS; ++r) {
       const uint b = w[row[r] + kt];
       for (uint o = 0; o < OUTS; ++o) {
-        const int wk = FMT == FMT_I8 ? int(as_type<char>(uchar(b))) : int((b >> (2 * o)) & 3u) - 1;
+        const int wk = FMT == FMT_I8 ? int(as_type<char>(uchar(b)))
+                                     : ternary::i2_decode(uchar(b), o * ternary::kI2BitsPerCode);
         acc[r][o] += acc_t(wk) * a;
       }
     }
@@ -228,7 +237,7 @@ kernel void ternary_mm(device const T* x [[buffer(0)]],
   const uint BM = TERNARY_MM_BM, BN = TERNARY_MM_BN, BK = TERNARY_MM_BK;
   const uint TM = TERNARY_MM_TM, TN = TERNARY_MM_TN;
   const uint NT = (BM / TM) * (BN / TN);
-  const uint JT = BN / 4;  // i2 byte rows per tile
+  const uint JT = BN / ternary::kI2RowsPerByte;  // i2 byte rows per tile
   const uint M = p.M, N = p.N, K = p.K;
   threadgroup float* xs = (threadgroup float*)smem;  // [BK][BM], k-major
   threadgroup float* ws = xs + BK * BM;               // [BK][BN], k-major
@@ -276,8 +285,12 @@ kernel void ternary_mm(device const T* x [[buffer(0)]],
     } else {
       for (uint e = tid; e < JT * BK; e += NT) {  // one byte -> four weights
         const uint j = e / BK, kk = e % BK, u = u0 + j, k = k0 + kk;
-        const uint b = u < p.units && k < K ? uint(w[ulong(u) * K + k]) : 0x55u;
-        for (uint o = 0; o < 4; ++o) ws[kk * BN + o * JT + j] = float(int((b >> (2 * o)) & 3u) - 1);
+        const uint b =
+            u < p.units && k < K ? uint(w[ulong(u) * K + k]) : uint(ternary::kI2ZeroByte);
+        for (uint o = 0; o < ternary::kI2RowsPerByte; ++o) {
+          const int wk = ternary::i2_decode(uchar(b), o * ternary::kI2BitsPerCode);
+          ws[kk * BN + o * JT + j] = float(wk);
+        }
       }
     }
     threadgroup_barrier(mem_flags::mem_threadgroup);

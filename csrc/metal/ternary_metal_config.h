@@ -1,10 +1,11 @@
 // ternary_metal_config.h: the launch geometry of the Metal kernels, in one place.
 //
-// Included by the Objective-C++ glue (ternary_mps.mm) and by the CPU emulation harness
-// (tests/metal_emu/harness.cpp). The Metal source does not include it (it is compiled from an
-// embedded string with no include path): the glue hands the TERNARY_* constants below to the
-// Metal compiler as preprocessor macros, and the harness defines them by including this file
-// before the .metal text, so the kernels, the glue and the tests cannot disagree on them.
+// Included by the Objective-C++ glue (csrc/aten/ops_mps.mm) and by the CPU emulation harness
+// (tests/metal_emu/harness.cpp). The Metal source does not include it: the glue hands the
+// TERNARY_* constants below to the Metal compiler as preprocessor macros, and the harness
+// defines them by including this file before the .metal text, so the kernels, the glue and the
+// tests cannot disagree on them. The weight format itself (i2 byte rows, codes) is
+// csrc/ternary_format.h, which the kernels include too.
 #pragma once
 
 // ---- compile-time constants the kernels are built with (passed as macros) ----
@@ -33,18 +34,23 @@
   X(TERNARY_MV_HEADER) X(TERNARY_MM_BM) X(TERNARY_MM_BN) X(TERNARY_MM_BK) X(TERNARY_MM_TM)  \
   X(TERNARY_MM_TN) X(TERNARY_SIMD_WIDTH) X(TERNARY_DT_F32) X(TERNARY_DT_F16) X(TERNARY_DT_BF16)
 
-#ifndef __METAL_VERSION__
+// Host code. The emulation harness (METAL_EMU) compiles it too, after metal_emu.h, so that the
+// format header it shares with the kernels is read there as the Metal source reads it.
+#if !defined(__METAL_VERSION__) || defined(METAL_EMU)
 #include <cstddef>
 #include <cstdint>
 #include <string>
+
+#include "ternary_format.h"
 
 namespace ternary::metal {
 
 constexpr int kMvThreads = TERNARY_MV_SIMDGROUPS * TERNARY_SIMD_WIDTH;
 constexpr int kMmThreads = (TERNARY_MM_BM / TERNARY_MM_TM) * (TERNARY_MM_BN / TERNARY_MM_TN);
 static_assert(kMmThreads % TERNARY_SIMD_WIDTH == 0, "matmul threadgroup is whole simdgroups");
-static_assert(TERNARY_MM_BN % 4 == 0, "an i2 matmul tile covers whole byte rows");
-static_assert((TERNARY_MM_BN / 4) % TERNARY_MM_TN == 0, "a thread's i2 outputs share a bit pair");
+static_assert(TERNARY_MM_BN % kI2RowsPerByte == 0, "an i2 matmul tile covers whole byte rows");
+static_assert((TERNARY_MM_BN / kI2RowsPerByte) % TERNARY_MM_TN == 0,
+              "a thread's i2 outputs share a bit pair");
 static_assert(TERNARY_MM_BM * TERNARY_MM_BK % kMmThreads == 0, "x tile loads evenly");
 static_assert(TERNARY_MM_BN * TERNARY_MM_BK % kMmThreads == 0, "weight tile loads evenly");
 
@@ -52,7 +58,7 @@ static_assert(TERNARY_MM_BN * TERNARY_MM_BK % kMmThreads == 0, "weight tile load
 // ternary_linear.metal field for field (the harness checks the layout at compile time).
 struct Params {
   uint32_t M, N, K;
-  uint32_t units;         // i8: N output rows; i2: R = ceil(N / 4) byte rows
+  uint32_t units;         // i8: N output rows; i2: R = i2_packed_rows(N) byte rows
   uint32_t scale_stride;  // 0: one scale; 1: one per output row
   uint32_t scale_dtype;   // TERNARY_DT_*
   uint32_t has_bias;
@@ -73,6 +79,12 @@ inline uint32_t round_up(uint64_t v, uint64_t to) {
   return static_cast<uint32_t>((v + to - 1) / to * to);
 }
 
+// The row units the kernels iterate over (LinearParams::units): i8 rows, or i2 byte rows that
+// each feed kI2RowsPerByte outputs.
+inline uint64_t row_units(bool i2, int64_t N) {
+  return static_cast<uint64_t>(i2 ? i2_packed_rows(N) : N);
+}
+
 // Threadgroup bytes a matvec needs: the activation row is staged once per threadgroup, as int8
 // codes (act="int8") or in x's dtype (act="none"), padded to whole chunks.
 inline uint64_t mv_smem_bytes(bool act_int8, int64_t K, int elem_size) {
@@ -85,7 +97,7 @@ inline uint64_t mv_smem_bytes(bool act_int8, int64_t K, int elem_size) {
 // and for every M > 1, the tiled matmul (any K).
 inline Launch plan_launch(bool i2, bool act_int8, int64_t M, int64_t N, int64_t K, int elem_size,
                           uint64_t max_smem) {
-  const uint64_t units = i2 ? (N + 3) / 4 : N;
+  const uint64_t units = row_units(i2, N);
   const uint64_t mv_smem = mv_smem_bytes(act_int8, K, elem_size);
   if (M == 1 && mv_smem <= max_smem) {
     const uint64_t per_group =
@@ -93,7 +105,7 @@ inline Launch plan_launch(bool i2, bool act_int8, int64_t M, int64_t N, int64_t 
     return {Path::Matvec, static_cast<uint32_t>((units + per_group - 1) / per_group), 1,
             static_cast<uint32_t>(kMvThreads), static_cast<uint32_t>(mv_smem)};
   }
-  const uint64_t units_per_tile = i2 ? TERNARY_MM_BN / 4 : TERNARY_MM_BN;
+  const uint64_t units_per_tile = i2 ? TERNARY_MM_BN / kI2RowsPerByte : TERNARY_MM_BN;
   // float tiles x[BK][BM] and w[BK][BN], then inv[BM]
   const uint32_t smem = 4u * (TERNARY_MM_BK * (TERNARY_MM_BM + TERNARY_MM_BN) + TERNARY_MM_BM);
   return {Path::Matmul, static_cast<uint32_t>((units + units_per_tile - 1) / units_per_tile),
@@ -117,4 +129,4 @@ inline std::string kernel_name(Path path, bool i2, bool act_int8, int dtype) {
 }
 
 }  // namespace ternary::metal
-#endif  // __METAL_VERSION__
+#endif  // host code

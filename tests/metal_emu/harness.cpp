@@ -1,7 +1,7 @@
 // harness.cpp: the Metal kernels of csrc/metal/ternary_linear.metal, compiled as C++ against
 // metal_emu.h and exposed to tests/test_metal_emulated.py through a small C API (ctypes).
 //
-// It launches kernels exactly as the glue (csrc/metal/ternary_mps.mm) does: same kernel choice,
+// It launches kernels exactly as the glue (csrc/aten/ops_mps.mm) does: same kernel choice,
 // grid, threadgroup size and threadgroup memory (ternary::metal::plan_launch), same scalar
 // parameter block, same alignment rule for 16-byte weight loads. Device buffers are copies
 // that end at a PROT_NONE page, so a read past the end of x, w, scale or bias faults; the
@@ -15,9 +15,12 @@
 #include <string>
 #include <vector>
 
-#include "ternary_metal_config.h"
+// Built with -I tests/metal_emu -I csrc. metal_emu.h comes first: it defines __METAL_VERSION__,
+// so csrc/ternary_format.h, which the kernels include, is read in its Metal form (the text the
+// shipped Metal source inlines), and the launch geometry's host code reads the same.
 #include "metal_emu.h"
-#include "ternary_linear.metal"
+#include "metal/ternary_metal_config.h"
+#include "metal/ternary_linear.metal"
 #include "selftest.metal"
 
 namespace {
@@ -142,7 +145,7 @@ int tmetal_linear(int path, int i2, int act_int8, int dtype, long M, long N, lon
     if (name == k.name) e = &k;
   if (!e) return report(err, err_len, "no kernel named " + name);
 
-  const long units = i2 ? (N + 3) / 4 : N;
+  const uint64_t units = tm::row_units(i2 != 0, N);
   const size_t scale_n = scale_stride ? static_cast<size_t>(N) : 1;
   Guarded gx(x, static_cast<size_t>(M * K * es));
   Guarded gw(w, static_cast<size_t>(units * K), static_cast<size_t>(w_shift));

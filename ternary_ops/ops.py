@@ -20,7 +20,7 @@ _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def _check_args(op: str, x, weight, scale, out_features, bias, act) -> int:
-    """Python twin of csrc/op_checks.h for the fake and fallback kernels; returns N."""
+    """Python twin of csrc/aten/op_checks.h for the fake and fallback kernels; returns N."""
     if act not in reference.ACT_MODES:
         raise ValueError(f"{op}: act must be 'int8' or 'none', got '{act}'")
     if x.dtype not in _FLOAT_DTYPES:

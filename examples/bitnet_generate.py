@@ -21,26 +21,16 @@ import torch
 
 import ternary_ops as tops
 import ternary_ops.hf as tops_hf
+from greedy import greedy_decode  # examples/greedy.py
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
 
 
 def timed_generate(model, ids, new_tokens):
-    """Greedy decoding with the KV cache, one token per step (what ``generate`` does, timed
-    per step): returns (new tokens, prefill seconds, decode tokens/s from the median step)."""
+    """Returns (new tokens, prefill seconds, decode tokens/s from the median step)."""
     with torch.inference_mode():
-        t0 = time.perf_counter()
-        out = model(ids, use_cache=True)
-        prefill = time.perf_counter() - t0
-        cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
-        tokens, steps = [token], []
-        for _ in range(new_tokens - 1):
-            t0 = time.perf_counter()
-            out = model(token, past_key_values=cache, use_cache=True)
-            token = out.logits[:, -1:].argmax(-1)
-            steps.append(time.perf_counter() - t0)
-            tokens.append(token)
-    return torch.cat(tokens, 1)[0], prefill, 1.0 / statistics.median(steps) if steps else 0.0
+        tokens, prefill, steps = greedy_decode(model, ids, new_tokens)
+    return tokens, prefill, 1.0 / statistics.median(steps) if steps else 0.0
 
 
 def main(argv=None):

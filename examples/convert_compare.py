@@ -23,6 +23,7 @@ import torch
 
 import ternary_ops as tops
 from ternary_ops.convert import dense_weight
+from greedy import greedy_decode  # examples/greedy.py
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 VARIANTS = (("i2", "int8"), ("i8", "int8"), ("i2", "none"))
@@ -79,16 +80,8 @@ def best_time(fn, repeat=2):
 
 def decode(model, prompt, new_tokens):
     """Greedy decode with the KV cache, one token per step: (tokens, seconds per step)."""
-    out = model(prompt, use_cache=True)
-    cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
-    tokens, steps = [token], []
-    for _ in range(new_tokens - 1):
-        t0 = time.perf_counter()
-        out = model(token, past_key_values=cache, use_cache=True)
-        token = out.logits[:, -1:].argmax(-1)
-        steps.append(time.perf_counter() - t0)
-        tokens.append(token)
-    return torch.cat(tokens, 1)[0], steps
+    tokens, _, steps = greedy_decode(model, prompt, new_tokens)
+    return tokens, steps
 
 
 def measure(model, prompt, new_tokens, dense_logits=None, dense_tokens=None):

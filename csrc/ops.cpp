@@ -12,6 +12,17 @@
 namespace ternary {
 namespace {
 
+#if defined(TERNARY_HAVE_CUDA)
+constexpr bool kBuiltWithCuda = true;
+#else
+constexpr bool kBuiltWithCuda = false;
+#endif
+#if defined(TERNARY_HAVE_MPS)
+constexpr bool kBuiltWithMps = true;
+#else
+constexpr bool kBuiltWithMps = false;
+#endif
+
 std::vector<std::string> cpu_kernels_available() {
   std::vector<std::string> names;
   for (int i = 0; i < cpu::available_kernel_count(); ++i)
@@ -40,21 +51,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "select_cpu_kernel",
       [](const std::string& name) {
         const bool ok = ternary::cpu::select_kernels(name == "auto" ? nullptr : name.c_str());
-        TORCH_CHECK_VALUE(ok, "select_cpu_kernel: '", name, "' is not available here; expected 'auto' or one of the sets ternary_ops.cpu_kernels_available() lists");
+        TORCH_CHECK_VALUE(ok, "select_cpu_kernel: '", name,
+                          "' is not available here; expected 'auto' or one of the sets "
+                          "ternary_ops.cpu_kernels_available() lists");
       },
       "Force a CPU kernel set by name for this process ('auto' restores the default).");
-  m.def("has_cuda", [] {
-#if defined(TERNARY_HAVE_CUDA)
-    return true;
-#else
-    return false;
-#endif
-  });
-  m.def("has_mps", [] {
-#if defined(TERNARY_HAVE_MPS)
-    return true;
-#else
-    return false;
-#endif
-  });
+  m.def("has_cuda", [] { return ternary::kBuiltWithCuda; }, "Whether this build has CUDA kernels.");
+  m.def("has_mps", [] { return ternary::kBuiltWithMps; }, "Whether this build has MPS kernels.");
 }

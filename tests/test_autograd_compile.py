@@ -6,15 +6,13 @@ from torch import nn
 import ternary_ops as tops
 from ternary_ops import reference
 
-from conftest import random_codes, random_scale
+from helpers import op_call, random_codes, random_scale, to_format
 
 FORMATS = ["i8", "i2"]
 
 
 def op_args(format, x, codes, scale, bias, act):
-    if format == "i2":
-        return torch.ops.ternary.linear_i2, (x, tops.pack_i2(codes), scale, codes.shape[0], bias, act)
-    return torch.ops.ternary.linear_i8, (x, codes, scale, bias, act)
+    return op_call(format, x, to_format(codes, format), scale, codes.shape[0], bias, act)
 
 
 @pytest.mark.parametrize("format", FORMATS)

@@ -10,13 +10,14 @@ import pytest
 import torch
 
 import ternary_ops as tops
-from ternary_ops import reference
+
+import helpers
+from helpers import CUDA_REL_TOL, DTYPES, dtype_id, make_case, random_weight, run_op, run_ref
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available() or not tops.backends().get("cuda", False),
     reason="needs a CUDA GPU and a CUDA build of ternary_ops")
 
-DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # (M, N, K): odd sizes on purpose; M crosses the GEMV (<= 8) / mma (> 8) boundary.
 SHAPES = [(1, 1, 1), (1, 5, 7), (2, 3, 16), (3, 13, 33), (4, 64, 64), (5, 31, 100),
           (8, 257, 1000), (9, 31, 65), (16, 100, 130), (17, 45, 64), (33, 129, 257),
@@ -31,59 +32,26 @@ SHAPES = [(1, 1, 1), (1, 5, 7), (2, 3, 16), (3, 13, 33), (4, 64, 64), (5, 31, 10
           (20, 3001, 600), (100, 515, 1472), (12, 4500, 200), (24, 4500, 130)]
 
 
-def make_weight(fmt, n, k, gen, granularity):
-    codes = torch.randint(-1, 2, (n, k), generator=gen, dtype=torch.int8)
-    scale = (torch.rand((n,) if granularity == "channel" else (), generator=gen) + 0.5)
-    w = tops.pack_i2(codes) if fmt == "i2" else codes
-    return w, scale.float()
-
-
-def run_op(fmt, x, w, scale, n, bias, act):
-    if fmt == "i2":
-        return torch.ops.ternary.linear_i2(x, w, scale, n, bias, act)
-    return torch.ops.ternary.linear_i8(x, w, scale, bias, act)
-
-
-def run_ref(fmt, x, w, scale, n, bias, act):
-    cpu = lambda t: None if t is None else t.cpu()  # noqa: E731
-    if fmt == "i2":
-        return reference.linear_i2(cpu(x), cpu(w), cpu(scale), n, cpu(bias), act)
-    return reference.linear_i8(cpu(x), cpu(w), cpu(scale), cpu(bias), act)
-
-
 def check(out, ref, act, dtype, what):
-    out = out.cpu()
-    assert out.dtype == ref.dtype and out.shape == ref.shape, what
-    assert torch.isfinite(out).all(), what
-    if act == "int8":
-        if not torch.equal(out, ref):
-            bad = (out != ref).nonzero()[:5].tolist()
-            raise AssertionError(f"{what}: not bit-exact at {bad}: "
-                                 f"{out[tuple(zip(*bad))] if bad else ''} vs ref")
-    else:
-        o, r = out.double(), ref.double()
-        # The M > 8 path rounds the GEMM result to x's dtype before the scale: two roundings.
-        tol = {torch.float32: 1e-5, torch.bfloat16: 1.6e-2, torch.float16: 2e-3}[dtype]
-        err = ((o - r).norm() / r.norm().clamp(min=1e-30)).item()
-        assert err < tol, f"{what}: relative error {err:.3g} >= {tol}"
+    """helpers.check with CUDA's tolerances (keyed by ``dtype``); the output must be finite."""
+    helpers.check(out, ref, act, what, rel_tol=CUDA_REL_TOL, dtype=dtype, finite=True)
 
 
 @pytest.mark.parametrize("fmt", ["i2", "i8"])
 @pytest.mark.parametrize("act", ["int8", "none"])
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 def test_ops_match_reference(fmt, act, dtype):
     gen = torch.Generator().manual_seed(hash((fmt, act, str(dtype))) % 2**31)
     for i, (m, n, k) in enumerate(SHAPES):
         gran = "channel" if i % 2 else "tensor"
-        w, scale = make_weight(fmt, n, k, gen, gran)
-        x = (torch.randn(m, k, generator=gen) * (0.1 + 3 * torch.rand(m, 1, generator=gen)))
-        x = x.to(dtype)
-        bias = torch.randn(n, generator=gen) if i % 3 == 0 else None
-        args = [t.cuda() if t is not None else None for t in (x, w, scale, bias)]
-        out = run_op(fmt, args[0], args[1], args[2], n, args[3], act)
+        # x: a normal sample times 0.1 + 3 * U[0, 1) per row; bias float32 whatever x's dtype
+        case = make_case(fmt, m, n, k, gen, per_channel=gran == "channel", bias=i % 3 == 0,
+                         dtype=dtype, x_gain=lambda: 0.1 + 3 * torch.rand(m, 1, generator=gen),
+                         scale_offset=0.5, bias_dtype=torch.float32)
+        out = case.to("cuda").run(act)
         torch.cuda.synchronize()
-        check(out, run_ref(fmt, x, w, scale, n, bias, act), act, dtype,
-              f"{fmt}/{act}/{dtype} M={m} N={n} K={k} {gran} bias={bias is not None}")
+        check(out, case.ref(act), act, dtype,
+              f"{fmt}/{act}/{dtype} M={m} N={n} K={k} {gran} bias={case.bias is not None}")
 
 
 @pytest.mark.parametrize("fmt", ["i2", "i8"])
@@ -92,7 +60,7 @@ def test_every_row_count_and_tile(fmt, act):
     """M = 1..12 and the tile boundaries of the mma path, one shape, fresh data each."""
     gen = torch.Generator().manual_seed(7)
     n, k = 203, 328
-    w, scale = make_weight(fmt, n, k, gen, "channel")
+    _, w, scale = random_weight(fmt, n, k, gen, per_channel=True, scale_offset=0.5)
     for m in list(range(1, 13)) + [15, 16, 31, 32, 63, 64, 65, 200]:
         x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
         out = run_op(fmt, x.cuda(), w.cuda(), scale.cuda(), n, None, act)
@@ -106,7 +74,7 @@ def test_unaligned_and_strided(fmt, act):
     """Weights at an odd address (scalar-load path), non-contiguous and 3-D x, M = 0."""
     gen = torch.Generator().manual_seed(11)
     n, k = 64, 256
-    w, scale = make_weight(fmt, n, k, gen, "tensor")
+    _, w, scale = random_weight(fmt, n, k, gen, per_channel=False, scale_offset=0.5)
     buf = torch.empty(w.numel() + 1, dtype=w.dtype, device="cuda")
     w_odd = buf[1:].view(w.shape)
     w_odd.copy_(w)
@@ -124,7 +92,7 @@ def test_unaligned_and_strided(fmt, act):
 
 
 @pytest.mark.parametrize("fmt", ["i2", "i8"])
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 def test_gemv_x_alignment_and_paths(fmt, dtype):
     """act="int8" GEMV: x at an address that forbids vector loads or allows only 8-byte ones, K
     not a multiple of 4, 8 or 16, the in-kernel quantization and the pre-pass, more units than
@@ -139,7 +107,7 @@ def test_gemv_x_alignment_and_paths(fmt, dtype):
                     (3, 40, 12000), (4, 24, 30000),
                     # K % 4 == 0, K % 8 != 0: 2-byte x rows not 16-byte aligned (two passes)
                     (1, 300, 1004), (2, 50, 2052)]:
-        w, scale = make_weight(fmt, n, k, gen, "channel")
+        _, w, scale = random_weight(fmt, n, k, gen, per_channel=True, scale_offset=0.5)
         x = torch.randn(m, k, generator=gen).to(dtype)
         # x shifted by 1 element, and by 4 (8 bytes for bf16 / half: 8-byte loads only)
         shifted = []
@@ -157,7 +125,7 @@ def test_extreme_activations_are_exact():
     """Rows with huge, tiny and all-zero values: quantization clamps and rounds like the reference."""
     gen = torch.Generator().manual_seed(3)
     n, k = 96, 515
-    w, scale = make_weight("i2", n, k, gen, "channel")
+    _, w, scale = random_weight("i2", n, k, gen, per_channel=True, scale_offset=0.5)
     x = torch.randn(6, k, generator=gen)
     x[1] *= 1e30
     x[2] *= 1e-30
@@ -170,7 +138,7 @@ def test_extreme_activations_are_exact():
         check(out, run_ref("i2", xm, w, scale, n, None, "int8"), "int8", torch.float32, "extreme")
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 def test_nonfinite_activations_agree_across_paths(dtype):
     """x holding infinities and NaN (which the reference maps to NaN rows and the kernels to
     q = -128): every act="int8" path gives the same output, whether x is quantized from
@@ -179,7 +147,7 @@ def test_nonfinite_activations_agree_across_paths(dtype):
     them still match the reference."""
     gen = torch.Generator().manual_seed(11)
     for m, n, k in [(1, 64, 4096), (2, 40, 1024), (4, 40, 4096)]:
-        w, scale = make_weight("i2", n, k, gen, "channel")
+        _, w, scale = random_weight("i2", n, k, gen, per_channel=True, scale_offset=0.5)
         for bad in (float("nan"), float("inf"), -float("inf")):
             x = torch.randn(m, k, generator=gen).to(dtype)
             x[0, (7 * torch.arange(5)) % k] = bad
@@ -203,7 +171,7 @@ def test_no_allocation_beyond_the_output(act, m):
     no scratch."""
     gen = torch.Generator().manual_seed(13)
     n, k = 2048, 4096
-    w, scale = make_weight("i2", n, k, gen, "channel")
+    _, w, scale = random_weight("i2", n, k, gen, per_channel=True, scale_offset=0.5)
     w, scale = w.cuda(), scale.cuda()
     x = torch.randn(m, k, generator=gen).to(torch.bfloat16).cuda()
     ref = run_ref("i2", x, w, scale, n, None, act)

@@ -5,7 +5,7 @@ import torch
 import ternary_ops as tops
 from ternary_ops.formats import packed_rows
 
-from conftest import ODD_DIMS, random_codes
+from helpers import ODD_DIMS, random_codes
 
 
 @pytest.mark.parametrize("n", ODD_DIMS[:6])

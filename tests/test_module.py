@@ -8,7 +8,7 @@ from torch import nn
 import ternary_ops as tops
 from ternary_ops import reference
 
-from conftest import random_codes
+from helpers import random_codes
 
 
 def test_ternary_linear_from_linear_matches_reference():

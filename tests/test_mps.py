@@ -13,7 +13,9 @@ import torch
 from torch import nn
 
 import ternary_ops as tops
-from ternary_ops import reference
+
+import helpers
+from helpers import MPS_REL_TOL, make_case, op_call, random_weight, run_op, run_ref
 
 HAVE_MPS = torch.backends.mps.is_available()
 pytestmark = pytest.mark.skipif(
@@ -40,38 +42,9 @@ def no_fallback():
         yield
 
 
-def make_weight(fmt, n, k, gen, per_channel):
-    codes = torch.randint(-1, 2, (n, k), generator=gen, dtype=torch.int8)
-    scale = (torch.rand((n,) if per_channel else (), generator=gen) + 0.5).float()
-    return codes, (tops.pack_i2(codes) if fmt == "i2" else codes), scale
-
-
-def run_op(fmt, x, w, scale, n, bias, act):
-    if fmt == "i2":
-        return torch.ops.ternary.linear_i2(x, w, scale, n, bias, act)
-    return torch.ops.ternary.linear_i8(x, w, scale, bias, act)
-
-
-def run_ref(fmt, x, w, scale, n, bias, act):
-    cpu = lambda t: None if t is None else t.cpu()  # noqa: E731
-    if fmt == "i2":
-        return reference.linear_i2(cpu(x), cpu(w), cpu(scale), n, cpu(bias), act)
-    return reference.linear_i8(cpu(x), cpu(w), cpu(scale), cpu(bias), act)
-
-
 def check(out, ref, act, what):
-    out = out.cpu()
-    assert out.dtype == ref.dtype and out.shape == ref.shape, what
-    if act == "int8":
-        if not torch.equal(out, ref):
-            bad = (out != ref).nonzero()[:5].tolist()
-            raise AssertionError(f"{what}: not bit-exact at {bad}")
-    else:
-        o, r = out.double(), ref.double()
-        # float32 sums over K up to 40000 drift ~eps * sqrt(K) from the reference's order
-        tol = {torch.float32: 1e-4, torch.bfloat16: 1e-2, torch.float16: 2e-3}[out.dtype]
-        err = ((o - r).norm() / r.norm().clamp(min=1e-30)).item()
-        assert err < tol, f"{what}: relative error {err:.3g} >= {tol}"
+    """helpers.check with MPS's tolerances (keyed by the output's dtype)."""
+    helpers.check(out, ref, act, what, rel_tol=MPS_REL_TOL)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -80,12 +53,10 @@ def check(out, ref, act, what):
 def test_op_vs_reference(fmt, act, dtype):
     gen = torch.Generator().manual_seed(0)
     for i, (M, N, K) in enumerate(SHAPES):
-        _, w, scale = make_weight(fmt, N, K, gen, per_channel=i % 2 == 0)
-        x = torch.randn(M, K, generator=gen).to(dtype)
-        bias = torch.randn(N, generator=gen).to(dtype) if i % 3 else None
-        dev = lambda t: None if t is None else t.to("mps")  # noqa: E731
-        out = run_op(fmt, dev(x), dev(w), dev(scale), N, dev(bias), act)
-        check(out, run_ref(fmt, x, w, scale, N, bias, act), act, f"{fmt} {act} {dtype} {M}x{N}x{K}")
+        case = make_case(fmt, M, N, K, gen, per_channel=i % 2 == 0, bias=i % 3 != 0, dtype=dtype,
+                         scale_offset=0.5)
+        out = case.to("mps").run(act)
+        check(out, case.ref(act), act, f"{fmt} {act} {dtype} {M}x{N}x{K}")
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -93,7 +64,7 @@ def test_views_offsets_and_batch_dims(fmt):
     """Storage offsets (odd ones disable 16-byte loads), non-contiguous x, 3-D x, mixed dtypes."""
     gen = torch.Generator().manual_seed(1)
     N, K = 37, 256
-    _, w, scale = make_weight(fmt, N, K, gen, per_channel=True)
+    _, w, scale = random_weight(fmt, N, K, gen, per_channel=True, scale_offset=0.5)
     flat = torch.zeros(w.numel() + 3, dtype=w.dtype)
     flat[3:] = w.reshape(-1)
     w_off = flat.to("mps")[3:].view(w.shape)  # byte offset 3 in its MTLBuffer
@@ -141,14 +112,11 @@ def test_compile_on_mps(fmt):
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_opcheck_on_mps(fmt, act):
     gen = torch.Generator().manual_seed(4)
-    _, w, scale = make_weight(fmt, 19, 33, gen, per_channel=True)
+    _, w, scale = random_weight(fmt, 19, 33, gen, per_channel=True, scale_offset=0.5)
     for M in (1, 4):
         x = torch.randn(M, 33, generator=gen).to("mps")
         bias = torch.randn(19, generator=gen).to("mps")
-        if fmt == "i2":
-            op, args = torch.ops.ternary.linear_i2, (x, w.to("mps"), scale.to("mps"), 19, bias, act)
-        else:
-            op, args = torch.ops.ternary.linear_i8, (x, w.to("mps"), scale.to("mps"), bias, act)
+        op, args = op_call(fmt, x, w.to("mps"), scale.to("mps"), 19, bias, act)
         torch.library.opcheck(op, args)
 
 

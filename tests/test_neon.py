@@ -13,6 +13,8 @@ import torch
 import ternary_ops as tops
 from ternary_ops import reference
 
+from helpers import NEON_TOL, assert_matches, forced_cpu_kernel, make_case
+
 pytestmark = pytest.mark.skipif(
     platform.machine().lower() not in ("aarch64", "arm64"),
     reason="NEON kernels build and run only on arm64 (x86 CI runs this file in an arm64 chroot "
@@ -27,14 +29,8 @@ SHAPES = [(1, 67, 131), (5, 33, 200), (2, 9, 17), (1, 1, 1)]
 
 @pytest.fixture
 def neon_set(request):
-    name = request.param
-    if name not in tops.cpu_kernels_available():
-        pytest.skip(f"{name} needs CPU features this machine lacks")
-    tops.select_cpu_kernel(name)
-    try:
+    with forced_cpu_kernel(request.param) as name:
         yield name
-    finally:
-        tops.select_cpu_kernel("auto")
 
 
 def test_dispatcher_picks_neon():
@@ -47,15 +43,6 @@ def test_dispatcher_picks_neon():
         assert tops.cpu_kernel() in NEON_SETS
 
 
-def _case(m, n, k, per_channel, with_bias, dtype, seed):
-    g = torch.Generator().manual_seed(seed)
-    codes = torch.randint(-1, 2, (n, k), generator=g, dtype=torch.int8)
-    scale = (torch.rand(n if per_channel else (), generator=g) + 0.05).float()
-    x = (torch.randn(m, k, generator=g) * 3).to(dtype)
-    bias = torch.randn(n, generator=g).to(dtype) if with_bias else None
-    return codes, scale, x, bias
-
-
 @pytest.mark.parametrize("neon_set", NEON_SETS, indirect=True)
 @pytest.mark.parametrize("fmt", ["i8", "i2"])
 def test_neon_matches_reference(neon_set, fmt):
@@ -63,20 +50,17 @@ def test_neon_matches_reference(neon_set, fmt):
     for i, (m, n, k) in enumerate(SHAPES):
         for act in ("int8", "none"):
             dtype = torch.bfloat16 if i == 1 else torch.float32
-            codes, scale, x, bias = _case(m, n, k, i % 2 == 0, i != 2, dtype, seed=100 * i + k)
+            _, codes, w, scale, x, bias = make_case(
+                fmt, m, n, k, torch.Generator().manual_seed(100 * i + k), per_channel=i % 2 == 0,
+                bias=i != 2, dtype=dtype, x_gain=3)
             want = reference.linear_codes(x, codes, scale, bias, act)
             if fmt == "i8":
-                got = tops.linear_i8(x, codes, scale, bias, act)
+                got = tops.linear_i8(x, w, scale, bias, act)
             else:
-                got = tops.linear_i2(x, tops.pack_i2(codes), scale, n, bias, act)
+                got = tops.linear_i2(x, w, scale, n, bias, act)
             assert got.dtype == dtype and got.shape == (m, n)
-            tag = (neon_set, fmt, act, m, n, k)
-            if act == "int8":
-                assert torch.equal(got, want), (tag, (got.float() - want.float()).abs().max())
-            else:
-                tol = 1e-5 if dtype == torch.float32 else 1e-2
-                torch.testing.assert_close(got.float(), want.float(), rtol=tol, atol=tol * k ** 0.5,
-                                           msg=lambda s: f"{tag}: {s}")
+            assert_matches(got, want, act, tol=NEON_TOL[dtype], k=k,
+                           what=str((neon_set, fmt, act, m, n, k)))
 
 
 def test_int8_dot_exact_saturating():

@@ -7,14 +7,11 @@ import torch
 import ternary_ops as tops
 from ternary_ops import reference
 
-from conftest import DTYPES, ODD_DIMS, random_codes, random_scale, run_op, tolerance
+from helpers import (CPU_TOL, DTYPES, ODD_DIMS, assert_matches, forced_cpu_kernel, make_case,
+                     random_codes, random_scale, run_op, to_format)
 
 FORMATS = ["i8", "i2"]
 ACTS = ["int8", "none"]
-
-
-def reference_for(format, x, codes, scale, bias, act):
-    return reference.linear_codes(x, codes, scale, bias, act)
 
 
 @pytest.mark.parametrize("format", FORMATS)
@@ -23,20 +20,14 @@ def reference_for(format, x, codes, scale, bias, act):
 def test_op_matches_reference_odd_shapes(format, act, n, k):
     per_channel, with_bias = (n + k) % 2 == 0, n % 3 != 0
     m = 1 + (n * 7 + k) % 5
-    codes = random_codes(n, k)
-    scale = random_scale(n, per_channel)
     for dtype in DTYPES:
-        x = (torch.randn(m, k) * 3).to(dtype)
-        bias = torch.randn(n).to(dtype) if with_bias else None
-        got = run_op(format, x, codes, scale, bias, act)
-        want = reference_for(format, x, codes, scale, bias, act)
+        case = make_case(format, m, n, k, per_channel=per_channel, bias=with_bias, dtype=dtype,
+                         x_gain=3)
+        got = case.run(act)
+        want = reference.linear_codes(case.x, case.codes, case.scale, case.bias, act)
         assert got.dtype == dtype and got.shape == (m, n)
-        if act == "int8":
-            # Same integer dot, same float epilogue: bit-identical to the reference.
-            assert torch.equal(got, want), (dtype, (got.float() - want.float()).abs().max())
-        else:
-            rtol, atol = tolerance(dtype)
-            torch.testing.assert_close(got.float(), want.float(), rtol=rtol, atol=atol * k ** 0.5)
+        # act="int8": same integer dot, same float epilogue: bit-identical to the reference.
+        assert_matches(got, want, act, tol=CPU_TOL[dtype], k=k, what=str(dtype))
 
 
 @pytest.mark.parametrize("format", FORMATS)
@@ -49,7 +40,7 @@ def test_int8_integer_dot_is_exact(format, m):
     x = torch.randint(-128, 128, (m, k)).float()
     x[:, 0] = 127.0
     x = x.clamp(-127, 127)
-    got = run_op(format, x, codes, torch.tensor(1.0), None, "int8")
+    got = run_op(format, x, to_format(codes, format), torch.tensor(1.0), n, None, "int8")
     want = (x.double() @ codes.double().T).float()
     assert torch.equal(got, want)
 
@@ -66,7 +57,7 @@ def test_int8_adversarial_saturation(format):
     x[1] = 1.0
     x[2] = -1.0
     x[:, ::7] = -128.0 / 127.0  # quantizes to -128 (inv = 127)
-    got = run_op(format, x, codes, torch.tensor(1.0), None, "int8")
+    got = run_op(format, x, to_format(codes, format), torch.tensor(1.0), n, None, "int8")
     want = reference.linear_codes(x, codes, torch.tensor(1.0), None, "int8")
     assert torch.equal(got, want)
 
@@ -74,18 +65,15 @@ def test_int8_adversarial_saturation(format):
 @pytest.mark.parametrize("format", FORMATS)
 @pytest.mark.parametrize("act", ACTS)
 def test_op_matches_matmul_on_dequantized_weights(format, act):
-    n, k = 257, 65
-    codes = random_codes(n, k)
-    scale = random_scale(n, True)
-    x = torch.randn(4, k)
-    bias = torch.randn(n)
-    got = run_op(format, x, codes, scale, bias, act)
-    dense = codes.float() * scale[:, None]
+    case = make_case(format, 4, 257, 65, per_channel=True, bias=True)
+    x, scale = case.x, case.scale
+    got = case.run(act)
+    dense = case.codes.float() * scale[:, None]
     a = x
     if act == "int8":
         q, inv = reference.quantize_activations(x)
         a = q / inv
-    want = torch.matmul(a, dense.T) + bias
+    want = torch.matmul(a, dense.T) + case.bias
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
@@ -93,23 +81,18 @@ def test_op_matches_matmul_on_dequantized_weights(format, act):
 @pytest.mark.parametrize("act", ACTS)
 def test_leading_dims_noncontiguous_and_empty(format, act):
     n, k = 17, 63
-    codes = random_codes(n, k)
-    scale = random_scale(n, False)
-    x3 = torch.randn(2, 5, k)
-    got = run_op(format, x3, codes, scale, None, act)
+    case = make_case(format, (2, 5), n, k, per_channel=False)
+    got = case.run(act)
     assert got.shape == (2, 5, n)
-    assert torch.equal(got.reshape(10, n), run_op(format, x3.reshape(10, k), codes, scale, None,
-                                                  act))
+    assert torch.equal(got.reshape(10, n), case.run(act, case.x.reshape(10, k)))
     # Non-contiguous: a transposed view and a strided slice.
     xt = torch.randn(k, 6).T
     assert not xt.is_contiguous()
-    assert torch.equal(run_op(format, xt, codes, scale, None, act),
-                       run_op(format, xt.contiguous(), codes, scale, None, act))
+    assert torch.equal(case.run(act, xt), case.run(act, xt.contiguous()))
     xs = torch.randn(6, 2 * k)[:, ::2]
-    assert torch.equal(run_op(format, xs, codes, scale, None, act),
-                       run_op(format, xs.contiguous(), codes, scale, None, act))
+    assert torch.equal(case.run(act, xs), case.run(act, xs.contiguous()))
     # Empty batch.
-    empty = run_op(format, torch.randn(0, 3, k), codes, scale, None, act)
+    empty = case.run(act, torch.randn(0, 3, k))
     assert empty.shape == (0, 3, n)
 
 
@@ -119,7 +102,7 @@ def test_non_contiguous_weight_and_scale_dtypes(format):
     codes = random_codes(n, k)
     x = torch.randn(3, k)
     scale16 = random_scale(n, True).half()
-    got = run_op(format, x, codes, scale16, None, "none")
+    got = run_op(format, x, to_format(codes, format), scale16, n, None, "none")
     want = reference.linear_codes(x, codes, scale16.float(), None, "none")
     torch.testing.assert_close(got, want)
     if format == "i8":
@@ -130,15 +113,13 @@ def test_non_contiguous_weight_and_scale_dtypes(format):
 
 
 def test_threads_do_not_change_results():
-    codes = random_codes(1000, 257)
-    x = torch.randn(5, 257)
-    scale = random_scale(1000, True)
+    case = make_case("i2", 5, 1000, 257, per_channel=True)
     before = torch.get_num_threads()
     try:
         outs = []
         for t in (1, 2):
             torch.set_num_threads(t)
-            outs.append(run_op("i2", x, codes, scale, None, "int8"))
+            outs.append(case.run("int8"))
         assert torch.equal(outs[0], outs[1])
     finally:
         torch.set_num_threads(before)
@@ -150,17 +131,14 @@ def test_kernel_report_and_selection():
     assert tops.backends()["cpu"] == tops.cpu_kernel()
     with pytest.raises(ValueError, match="not available here"):
         tops.select_cpu_kernel("no_such_isa")
-    codes = random_codes(33, 65)
+    w = to_format(random_codes(33, 65), "i2")
     x = torch.randn(2, 65)
-    try:
-        results = []
-        for name in names:
-            tops.select_cpu_kernel(name)
+    results = []
+    for name in names:
+        with forced_cpu_kernel(name):
             assert tops.cpu_kernel() == name
-            results.append(run_op("i2", x, codes, torch.tensor(0.5), None, "int8"))
-        assert all(torch.equal(r, results[0]) for r in results)
-    finally:
-        tops.select_cpu_kernel("auto")
+            results.append(run_op("i2", x, w, torch.tensor(0.5), 33, None, "int8"))
+    assert all(torch.equal(r, results[0]) for r in results)
 
 
 def test_meta_and_fallback_device():

@@ -10,6 +10,8 @@ from torch import nn
 import ternary_ops as tops
 from ternary_ops import ops, reference
 
+from helpers import CPU_TOL, assert_matches, make_case, random_codes
+
 dims = st.integers(min_value=1, max_value=130)
 
 
@@ -19,29 +21,22 @@ dims = st.integers(min_value=1, max_value=130)
        dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]),
        seed=st.integers(0, 2**31 - 1), magnitude=st.sampled_from([1e-6, 1.0, 1e4]))
 def test_op_equals_reference(n, k, m, fmt, act, per_channel, with_bias, dtype, seed, magnitude):
-    g = torch.Generator().manual_seed(seed)
-    codes = torch.randint(-1, 2, (n, k), generator=g, dtype=torch.int8)
-    scale = torch.rand(n if per_channel else (), generator=g) + 0.01
-    x = (torch.randn(m, k, generator=g) * magnitude).to(dtype)
-    bias = torch.randn(n, generator=g).to(dtype) if with_bias else None
+    _, codes, w, scale, x, bias = make_case(fmt, m, n, k, torch.Generator().manual_seed(seed),
+                                            per_channel=per_channel, bias=with_bias, dtype=dtype,
+                                            x_gain=magnitude, scale_offset=0.01)
     if fmt == "i2":
-        got = tops.linear_i2(x, tops.pack_i2(codes), scale, n, bias, act)
+        got = tops.linear_i2(x, w, scale, n, bias, act)
     else:
-        got = tops.linear_i8(x, codes, scale, bias, act)
+        got = tops.linear_i8(x, w, scale, bias, act)
     want = reference.linear_codes(x, codes, scale, bias, act)
-    if act == "int8":
-        assert torch.equal(got, want)
-    else:
-        tol = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-3}[dtype]
-        torch.testing.assert_close(got.float(), want.float(), rtol=tol,
-                                   atol=tol * magnitude * k ** 0.5)
+    assert_matches(got, want, act, tol=CPU_TOL[dtype], k=k, gain=magnitude)
 
 
 @settings(max_examples=40, deadline=None)
 @given(n=dims, k=dims, seed=st.integers(0, 2**31 - 1))
 def test_pack_unpack_and_validate(n, k, seed):
     g = torch.Generator().manual_seed(seed)
-    codes = torch.randint(-1, 2, (n, k), generator=g, dtype=torch.int8)
+    codes = random_codes(n, k, g)
     packed = tops.pack_i2(codes)
     tops.validate_weight(packed, "i2", n)
     assert torch.equal(tops.unpack_i2(packed, n), codes)
@@ -66,7 +61,7 @@ def test_fallback_path_warns_once_and_matches(monkeypatch):
     # Devices without a native kernel reach the CompositeExplicitAutograd fallback; call it
     # directly here since this machine's only device (CPU) has native kernels.
     monkeypatch.setattr(ops, "_warned_devices", set())
-    codes = torch.randint(-1, 2, (6, 9), dtype=torch.int8)
+    codes = random_codes(6, 9)
     x = torch.randn(2, 9)
     with pytest.warns(RuntimeWarning, match="no native kernel .* slow"):
         y = ops._linear_i2_fallback(x, tops.pack_i2(codes), torch.tensor(0.3), 6, None, "int8")

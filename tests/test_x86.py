@@ -25,7 +25,8 @@ X86_SETS = ("avx512_amx", "avx512_vnni", "avxvnni", "avx2")
 
 if IS_X86:
     import ternary_ops as tops
-    from ternary_ops import reference
+    from helpers import (assert_bit_exact, forced_cpu_kernel, random_codes, random_scale,
+                         run_op, run_ref, skip_unless_cpu_kernel, to_format)
 
 
 def cpu_flags() -> set:
@@ -59,35 +60,17 @@ def expected_sets(flags: set) -> list:
 
 @pytest.fixture(params=X86_SETS)
 def kernel(request):
-    name = request.param
-    if name not in tops.cpu_kernels_available():
-        pytest.skip(f"kernel set {name} is not available on this CPU")
-    tops.select_cpu_kernel(name)
-    try:
+    with forced_cpu_kernel(request.param) as name:
         yield name
-    finally:
-        tops.select_cpu_kernel("auto")
 
 
 def make_problem(fmt, M, N, K, gen, weights=None, x=None):
-    codes = weights if weights is not None else torch.randint(-1, 2, (N, K), dtype=torch.int8,
-                                                              generator=gen)
-    w = tops.pack_i2(codes) if fmt == "i2" else codes
+    """Draws the codes (unless given), then x (unless given): rows of magnitudes up to 10."""
+    codes = weights if weights is not None else random_codes(N, K, gen)
+    w = to_format(codes, fmt)
     if x is None:
         x = torch.randn(M, K, generator=gen) * torch.rand(M, 1, generator=gen) * 10
     return codes, w, x
-
-
-def run_op(fmt, x, w, scale, N, bias, act):
-    if fmt == "i2":
-        return torch.ops.ternary.linear_i2(x, w, scale, N, bias, act)
-    return torch.ops.ternary.linear_i8(x, w, scale, bias, act)
-
-
-def run_ref(fmt, x, w, scale, N, bias, act):
-    if fmt == "i2":
-        return reference.linear_i2(x, w, scale, N, bias, act)
-    return reference.linear_i8(x, w, scale, bias, act)
 
 
 # (M, N, K): odd sizes hit every row, column and activation-row tail; M >= 4 takes the AMX
@@ -104,11 +87,12 @@ def test_int8_bit_exact_vs_reference(kernel, fmt, shape):
     gen = torch.Generator().manual_seed(M * 1000003 + N * 1009 + K)
     codes, w, x = make_problem(fmt, M, N, K, gen)
     for per_row, with_bias in ((False, False), (True, True)):
-        scale = (torch.rand(N if per_row else 1, generator=gen) + 0.01)
+        # per tensor: a one-element vector [1], not a 0-d scale
+        scale = random_scale(N, per_row, gen, offset=0.01).reshape(-1)
         bias = torch.randn(N, generator=gen) if with_bias else None
         got = run_op(fmt, x, w, scale, N, bias, "int8")
         want = run_ref(fmt, x, w, scale, N, bias, "int8")
-        assert torch.equal(got, want), (kernel, fmt, shape, (got - want).abs().max())
+        assert_bit_exact(got, want, f"{kernel} {fmt} {shape}")
 
 
 @pytest.mark.parametrize("fmt", ["i2", "i8"])
@@ -149,7 +133,7 @@ def test_int8_saturation_worst_case(kernel, fmt, pattern, M):
     codes, w, _ = make_problem(fmt, M, N, K, gen, weights=wts, x=x)
     y = run_op(fmt, x, w, torch.ones(1), N, None, "int8")
     want = run_ref(fmt, x, w, torch.ones(1), N, None, "int8")
-    assert torch.equal(y, want)
+    assert_bit_exact(y, want, f"{kernel} {fmt} {pattern} M={M}")
     # inv = 127 and q = 127 * x: y = (127 * dot) / 127 exactly recovers the integer dot.
     dot = (x.long() @ codes.long().T).float()
     assert torch.equal(y, dot)
@@ -202,8 +186,7 @@ def test_dispatcher_picks_avx512_when_the_cpu_has_it():
 
 @pytest.mark.parametrize("name", X86_SETS)
 def test_env_var_forces_set(name):
-    if name not in tops.cpu_kernels_available():
-        pytest.skip(f"kernel set {name} is not available on this CPU")
+    skip_unless_cpu_kernel(name)
     code = textwrap.dedent("""
         import torch, ternary_ops as tops
         from ternary_ops import reference

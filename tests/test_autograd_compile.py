@@ -4,7 +4,6 @@ import torch
 from torch import nn
 
 import ternary_ops as tops
-from ternary_ops import reference
 
 from helpers import op_call, random_codes, random_scale, to_format
 

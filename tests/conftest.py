@@ -15,9 +15,12 @@ def fresh_seed(request):
     yield seed
 
 
+@pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
-    if call.when == "call" and call.excinfo is not None:
+    """Prints the seed of a failed test. Skipped and xfailed tests are not failures and print
+    nothing."""
+    report = (yield).get_result()
+    if report.when == "call" and report.failed:
         for k, v in item.user_properties:
             if k == "seed":
                 print(f"\n[ternary_ops] reproduce with TERNARY_OPS_TEST_SEED={v}")
-

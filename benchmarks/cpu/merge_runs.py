@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from ternary_ops.bench import (Result, attach_ratios, check_targets, plot_roofline,  # noqa: E402
-                               print_table)
+                               print_table, row_warnings)
 
 
 def key(r: dict):
@@ -55,6 +55,8 @@ def main():
                                   "reference": dram}
     print(f"# merged {len(runs)} runs; DRAM% of {dram:.1f} GB/s (best read bandwidth of any run)")
     print_table(results)
+    for line in row_warnings(results):
+        print(line)
     targets = check_targets(results, dram)
     for line in targets:
         print(line)

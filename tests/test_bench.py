@@ -1,0 +1,168 @@
+"""The timing statistics of ternary_ops.bench (which every printed speed figure goes through) on
+given samples, and the CLI on the smallest problem. Nothing here asserts a speed."""
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ternary_ops import bench
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---- statistics on given samples ------------------------------------------------------------
+
+def test_summarize_min_median_max_iqr():
+    t = bench.summarize([5.0, 1.0, 4.0, 2.0, 3.0])
+    assert (t.n, t.min, t.q1, t.median, t.q3, t.max) == (5, 1.0, 2.0, 3.0, 4.0, 5.0)
+    assert t.iqr == 2.0 and t.rel_iqr == pytest.approx(2 / 3) and t.spread == 5.0
+
+    xs = [4.0, 1.0, 3.0, 2.0]  # even count: interpolated between closest ranks
+    t = bench.summarize(xs, max_rel_iqr=None, max_median_over_min=None)
+    assert (t.min, t.q1, t.median, t.q3, t.max) == (1.0, 1.75, 2.5, 3.25, 4.0)
+    q1, med, q3 = statistics.quantiles(xs, n=4, method="inclusive")
+    assert (t.q1, t.median, t.q3) == (q1, med, q3)
+    assert not t.noisy and t.reasons == []
+
+    t = bench.summarize([7.0])
+    assert (t.min, t.q1, t.median, t.q3, t.max, t.iqr) == (7.0, 7.0, 7.0, 7.0, 7.0, 0.0)
+    with pytest.raises(ValueError):
+        bench.summarize([])
+
+
+def test_summarize_quiet_samples_are_not_noisy():
+    t = bench.summarize([100, 101, 99, 102, 100, 98, 100, 103, 250])  # one slow call is fine
+    assert not t.noisy, t.reasons
+
+
+def test_noisy_for_a_wide_spread():
+    t = bench.summarize([1.0] * 10 + [3.0] * 10)  # IQR = 100% of the median
+    assert t.noisy and "IQR" in t.reasons[0]
+    t = bench.summarize([1.0] + [16.0] * 9)  # median 16x the minimum, IQR 0
+    assert t.noisy and any("16.0x the minimum" in r for r in t.reasons)
+    t = bench.summarize([1.0, 1.1, 2.0], max_rel_iqr=None, max_median_over_min=None,
+                        max_spread=1.5)  # per-round ratios: max / min
+    assert t.noisy and "2.00x the min" in t.reasons[0]
+
+
+def test_noisy_for_an_impossible_bandwidth():
+    # 1 GB in 1 ms is 1000 GB/s: more than the 50 GB/s the machine can deliver
+    t = bench.summarize([1e-3] * 5, bytes_per_call=1e9, peak_gbs=50.0)
+    assert t.noisy and "invalid" in t.reasons[0]
+    t = bench.summarize([1e-3] * 5, bytes_per_call=1e7, peak_gbs=50.0)  # 10 GB/s
+    assert not t.noisy
+
+
+def test_compare_rounds_alternates_and_takes_ratios_per_round():
+    order = []
+    # B takes half of A's time in every round, though the machine slows down over the rounds:
+    # the per-round ratio stays 2 while the pooled times spread.
+    slow = {"A": [1.0, 2.0, 4.0], "B": [0.5, 1.0, 2.0]}
+    calls = {"A": 0, "B": 0}
+
+    def measure(label):
+        def run():
+            order.append(label)
+            v = slow[label][calls[label]]
+            calls[label] += 1
+            return [v, v]
+        return run
+
+    cmp = bench.compare_rounds({"A": measure("A"), "B": measure("B")}, rounds=3)
+    assert order == ["A", "B", "B", "A", "A", "B"]  # alternated, first of a round rotating
+    assert cmp.rounds == 3 and cmp.round_medians["A"] == [1.0, 2.0, 4.0]
+    s = cmp.speedup("B", over="A")
+    assert (s.min, s.median, s.max, s.n) == (2.0, 2.0, 2.0, 3) and not s.noisy
+    assert cmp.timings["A"].noisy  # 1 .. 4 pooled: the timing itself is flagged
+    assert bench.format_ratio(s) == "2.00x (2.00-2.00 over 3 rounds)"
+
+
+def test_speedup_noisy_when_rounds_disagree():
+    cmp = bench.Comparison(
+        timings={k: bench.summarize([1.0]) for k in "AB"},
+        round_medians={"A": [1.0, 1.0, 1.0], "B": [0.5, 0.25, 0.9]})
+    s = cmp.speedup("B", over="A")
+    assert s.noisy and s.max / s.min > bench.NOISY_RATIO_SPREAD
+
+
+def test_compare_and_time_call_run_functions():
+    calls = []
+    cmp = bench.compare({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                        rounds=2, warmup=1, min_reps=2, max_reps=4, budget_s=0.0)
+    assert cmp.rounds == 2 and set(cmp.timings) == {"a", "b"}
+    assert all(t.n == 2 for t in cmp.timings.values())  # max_reps split over the rounds
+    t = bench.time_call(lambda: None, warmup=0, min_reps=3, max_reps=3, budget_s=0.0)
+    assert t.n == 3 and t.min <= t.median <= t.max
+
+
+def test_formatting_and_warnings():
+    t = bench.summarize([100e-6, 110e-6, 120e-6, 130e-6, 140e-6])
+    text = bench.format_timing(t)
+    assert text == "120.0 us (min 100.0, IQR 110.0-130.0, max 140.0; 5 calls)"
+    assert bench.warning_lines("x", t) == []
+    bad = bench.summarize([1.0] + [16.0] * 9)
+    (line,) = bench.warning_lines("dense fp32", bad)
+    assert line.startswith("WARNING: dense fp32: median is 16.0x the minimum")
+
+
+def result(mode, weight_gbs, notes=()):
+    return bench.Result(kind="ternary", shape="64x64", N=64, K=64, M=1, mode=mode, format="i2",
+                        act="int8", median_us=1.0, gops=1.0, weight_gbs=weight_gbs,
+                        weight_bytes=1024, copies=1, reps=1, notes=list(notes))
+
+
+def test_cold_rows_beyond_dram_bandwidth_are_flagged():
+    rows = [result("cold", 54.6), result("hot", 54.6), result("cold", 9.0)]
+    bench.attach_ratios(rows, dram_gbs=10.0)  # 546% of DRAM
+    assert rows[0].noisy and "546%" in rows[0].bandwidth_note
+    assert not rows[1].noisy  # hot: served from cache, legitimately
+    assert not rows[2].noisy
+    warnings = bench.row_warnings(rows)
+    assert len(warnings) == 2 and "cold i2 act=int8" in warnings[0]
+    bw = bench.bandwidth_warnings({"best": 30.0}, {"best": 10.0})
+    assert bw and "changed during the run" in bw[0]
+
+
+def test_plot_without_matplotlib_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    with pytest.raises(SystemExit) as e:
+        bench.require_matplotlib("--plot")
+    assert "'bench' extra" in str(e.value) and "--plot" in str(e.value)
+
+
+# ---- the CLI, smallest problem --------------------------------------------------------------
+
+def run_cli(*args, prelude=""):
+    code = (f"import sys; {prelude}from ternary_ops.bench import main; "
+            f"sys.exit(main(sys.argv[1:]))")
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          cwd=str(ROOT), env=env, timeout=300)
+
+
+def test_cli_prints_spread_and_what_it_measures():
+    r = run_cli("--shapes", "64x64", "--m", "1", "--formats", "i2", "--act", "int8",
+                "--modes", "hot,cold", "--dense", "bfloat16", "--threads", "1",
+                "--cold-gib", "0.001", "--bw-gib", "0.01", "--warmup", "1", "--min-reps", "2",
+                "--max-reps", "4", "--budget", "0", "--rounds", "2")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    out = r.stdout
+    for text in ("median_us", "IQR_us", "min_us", "x bf16",          # spread columns
+                 "in 2 rounds that alternate", "median [min-max over rounds]",
+                 "hot: one weight matrix", "cold: rotates over", "act=int8",
+                 "M activation rows", "DRAM read bandwidth"):
+        assert text in out, text
+    rows = [line for line in out.splitlines() if line.startswith("ternary ")]
+    assert len(rows) == 2 and all("[" in row for row in rows)  # ratio with its range
+    # every run ends with either the warnings or the statement that nothing was flagged
+    assert "WARNING" in out or "no row flagged" in out
+
+
+def test_cli_plot_without_matplotlib_fails_before_running():
+    r = run_cli("--shapes", "64x64", "--m", "1", "--plot", "x.png",
+                prelude="sys.modules['matplotlib'] = None; ")
+    assert r.returncode != 0
+    assert "'bench' extra" in r.stderr and "DRAM" not in r.stdout

@@ -108,6 +108,54 @@ NOISY_REL_IQR = 0.30
 NOISY_MEDIAN_OVER_MIN = 1.5
 #: A speed-up is flagged when its per-round values spread by more than this factor (max / min).
 NOISY_RATIO_SPREAD = 1.5
+#: Timings and speed-ups are flagged when other processes (or the hypervisor: steal time) kept
+#: more than this fraction of the CPUs this process may use busy while they were measured: a
+#: loaded machine can slow every variant alike, which no spread shows.
+NOISY_OTHER_LOAD = 0.20
+
+
+#: What an unflagged figure satisfies.
+CLEAN = (f"every timing's IQR is within {100 * NOISY_REL_IQR:.0f}% of its median and its "
+         f"median within {NOISY_MEDIAN_OVER_MIN:g}x its minimum, every speed-up within "
+         f"{NOISY_RATIO_SPREAD:g}x over the rounds, other processes used under "
+         f"{100 * NOISY_OTHER_LOAD:.0f}% of the CPUs (where /proc/stat tells)")
+
+
+def _cpu_busy_seconds(cpus) -> Optional[float]:
+    """Busy time (seconds, steal included) of the given CPUs since boot, from /proc/stat; None
+    where that is unavailable (not Linux)."""
+    try:
+        hz = os.sysconf("SC_CLK_TCK")
+        busy = 0
+        with open("/proc/stat") as f:
+            for line in f:
+                name, *vals = line.split()
+                if not name.startswith("cpu") or name == "cpu" or int(name[3:]) not in cpus:
+                    continue
+                v = [int(x) for x in vals[:8]]  # user nice system idle iowait irq softirq steal
+                busy += sum(v) - v[3] - (v[4] if len(v) > 4 else 0)
+        return busy / hz
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def other_load_probe() -> Callable[[], Optional[float]]:
+    """Starts watching the CPUs this process may run on; the function it returns gives the
+    fraction of their capacity that other processes (or the hypervisor) used since then, or
+    None where it cannot be known."""
+    try:
+        cpus = os.sched_getaffinity(0)
+    except AttributeError:
+        cpus = set(range(os.cpu_count() or 1))
+    busy0, own0, wall0 = _cpu_busy_seconds(cpus), os.times(), time.perf_counter()
+
+    def stop() -> Optional[float]:
+        busy1, own1, wall = _cpu_busy_seconds(cpus), os.times(), time.perf_counter() - wall0
+        if busy0 is None or busy1 is None or wall < 0.05:
+            return None
+        own = (own1.user + own1.system) - (own0.user + own0.system)
+        return max(0.0, min(1.0, (busy1 - busy0 - own) / (len(cpus) * wall)))
+    return stop
 
 
 @dataclass
@@ -125,6 +173,7 @@ class Timing:
     noisy: bool = False
     reasons: List[str] = field(default_factory=list)
     samples: List[float] = field(default_factory=list, repr=False)
+    other_load: Optional[float] = None  # see other_load_probe
 
     @property
     def iqr(self) -> float:
@@ -156,13 +205,16 @@ def summarize(samples, *, bytes_per_call: Optional[float] = None,
               peak_gbs: Optional[float] = None,
               max_rel_iqr: Optional[float] = NOISY_REL_IQR,
               max_median_over_min: Optional[float] = NOISY_MEDIAN_OVER_MIN,
-              max_spread: Optional[float] = None) -> Timing:
+              max_spread: Optional[float] = None, other_load: Optional[float] = None,
+              max_other_load: Optional[float] = NOISY_OTHER_LOAD) -> Timing:
     """Summarizes samples (e.g. seconds per call) and flags them as noisy when
 
     - the IQR exceeds ``max_rel_iqr`` of the median, or the median exceeds the minimum by
       ``max_median_over_min`` (the machine was busy: rerun when it is idle);
     - ``max / min`` exceeds ``max_spread`` (off by default: with many calls the maximum is
       almost always a call that lost its core for a moment; used for per-round ratios);
+    - ``other_load`` (other processes' share of the CPUs while the samples were taken, see
+      other_load_probe) exceeds ``max_other_load``: a busy machine can slow every call alike;
     - ``bytes_per_call / median`` (the bandwidth the samples imply, in GB/s) exceeds
       ``peak_gbs``, the most the machine can deliver: the measure itself is invalid (the bytes
       did not come from where it assumes, or the peak was measured while the machine was busy).
@@ -172,7 +224,7 @@ def summarize(samples, *, bytes_per_call: Optional[float] = None,
     if not xs:
         raise ValueError("summarize: no samples")
     t = Timing(n=len(xs), min=xs[0], q1=quantile(xs, 0.25), median=quantile(xs, 0.5),
-               q3=quantile(xs, 0.75), max=xs[-1], samples=list(samples))
+               q3=quantile(xs, 0.75), max=xs[-1], samples=list(samples), other_load=other_load)
     if max_rel_iqr is not None and t.rel_iqr > max_rel_iqr:
         t.reasons.append(f"IQR is {100 * t.rel_iqr:.0f}% of the median (over "
                          f"{100 * max_rel_iqr:.0f}%)")
@@ -181,6 +233,9 @@ def summarize(samples, *, bytes_per_call: Optional[float] = None,
                          f"{max_median_over_min:g}x)")
     if max_spread is not None and t.spread > max_spread:
         t.reasons.append(f"max is {t.spread:.2f}x the min (over {max_spread:g}x)")
+    if other_load is not None and max_other_load is not None and other_load > max_other_load:
+        t.reasons.append(f"other processes kept {100 * other_load:.0f}% of the CPUs busy while "
+                         f"it was measured (over {100 * max_other_load:.0f}%)")
     if bytes_per_call is not None and peak_gbs and t.median > 0:
         gbs = bytes_per_call / t.median / 1e9
         if gbs > peak_gbs:
@@ -202,7 +257,8 @@ def sample_calls(fn: Callable[[], object], *, sync: Optional[Callable[[], None]]
     sync()
     times: List[float] = []
     start = time.perf_counter()
-    while len(times) < max_reps and (len(times) < min_reps or time.perf_counter() - start < budget_s):
+    while len(times) < max_reps and (len(times) < min_reps
+                                     or time.perf_counter() - start < budget_s):
         t0 = time.perf_counter()
         fn()
         sync()
@@ -213,10 +269,12 @@ def sample_calls(fn: Callable[[], object], *, sync: Optional[Callable[[], None]]
 def time_call(fn: Callable[[], object], *, sync: Optional[Callable[[], None]] = None,
               warmup: int = 3, min_reps: int = 10, max_reps: int = 1000, budget_s: float = 0.5,
               bytes_per_call: Optional[float] = None, peak_gbs: Optional[float] = None) -> Timing:
-    """Times fn() (see sample_calls) and summarizes the per-call seconds (see summarize)."""
-    return summarize(sample_calls(fn, sync=sync, warmup=warmup, min_reps=min_reps,
-                                  max_reps=max_reps, budget_s=budget_s),
-                     bytes_per_call=bytes_per_call, peak_gbs=peak_gbs)
+    """Times fn() (see sample_calls) and summarizes the per-call seconds (see summarize),
+    including the load other processes put on the CPUs meanwhile."""
+    load = other_load_probe()
+    xs = sample_calls(fn, sync=sync, warmup=warmup, min_reps=min_reps, max_reps=max_reps,
+                      budget_s=budget_s)
+    return summarize(xs, bytes_per_call=bytes_per_call, peak_gbs=peak_gbs, other_load=load())
 
 
 @dataclass
@@ -225,6 +283,7 @@ class Comparison:
     ``round_medians[label][r]`` per round; speedup() compares two of them round by round."""
     timings: Dict[str, Timing]
     round_medians: Dict[str, List[float]]
+    other_load: Optional[float] = None  # over all rounds, see other_load_probe
 
     @property
     def rounds(self) -> int:
@@ -233,11 +292,12 @@ class Comparison:
     def speedup(self, label: str, over: str) -> Timing:
         """How many times faster ``label`` ran than ``over``: the per-round ratios
         median(over) / median(label), summarized; noisy when they spread by more than
-        NOISY_RATIO_SPREAD (max / min). A drift of the machine between rounds that hits both
-        alike leaves the ratio alone (the pooled timings then carry the flag)."""
+        NOISY_RATIO_SPREAD (max / min), or when other processes loaded the CPUs meanwhile. A
+        drift of the machine between rounds that hits both alike leaves the ratio alone (the
+        pooled timings then carry the flag)."""
         ratios = [b / a for a, b in zip(self.round_medians[label], self.round_medians[over])]
         return summarize(ratios, max_rel_iqr=None, max_median_over_min=None,
-                         max_spread=NOISY_RATIO_SPREAD)
+                         max_spread=NOISY_RATIO_SPREAD, other_load=self.other_load)
 
 
 def compare_rounds(measure: Dict[str, Callable[[], List[float]]], rounds: int = 5,
@@ -247,6 +307,7 @@ def compare_rounds(measure: Dict[str, Callable[[], List[float]]], rounds: int = 
     every round), so that a change in the machine's load hits them all alike.
     ``summarize_kw`` goes to summarize() for every label, or per label as a dict."""
     labels = list(measure)
+    load = other_load_probe()
     samples: Dict[str, List[float]] = {k: [] for k in labels}
     medians: Dict[str, List[float]] = {k: [] for k in labels}
     for r in range(max(1, rounds)):
@@ -254,11 +315,12 @@ def compare_rounds(measure: Dict[str, Callable[[], List[float]]], rounds: int = 
             xs = list(measure[label]())
             samples[label] += xs
             medians[label].append(statistics.median(xs))
+    other = load()
     timings = {}
     for k in labels:
         kw = {name: (v.get(k) if isinstance(v, dict) else v) for name, v in summarize_kw.items()}
-        timings[k] = summarize(samples[k], **kw)
-    return Comparison(timings, medians)
+        timings[k] = summarize(samples[k], other_load=other, **kw)
+    return Comparison(timings, medians, other)
 
 
 def compare(fns: Dict[str, Callable[[], object]], *, rounds: int = 5,
@@ -304,12 +366,17 @@ def format_ratio(t: Timing) -> str:
     return f"{t.median:.2f}x ({t.min:.2f}-{t.max:.2f} over {t.n} rounds)"
 
 
+#: Printed once after the warnings.
+ADVICE = ("WARNING: the flagged figures are not to be trusted: the machine was busy or the "
+          "measure is invalid. Rerun when the machine is idle.")
+
+
 def warning_lines(label: str, t: Timing) -> List[str]:
-    """"WARNING: ..." lines for a noisy Timing (none for a clean one)."""
+    """A "WARNING: <label>: <reasons>" line for a noisy Timing (none for a clean one); print
+    ADVICE once after them."""
     if not t.noisy:
         return []
-    return [f"WARNING: {label}: {'; '.join(t.reasons)}. The machine was busy or the measure "
-            f"is invalid: do not trust this figure; rerun when the machine is idle."]
+    return [f"WARNING: {label}: {'; '.join(t.reasons)}"]
 
 
 def require_matplotlib(option: str = "--plot"):
@@ -338,10 +405,9 @@ def read_bandwidth(device: torch.device, nbytes: int, reps: int = 7) -> Dict[str
     median, best and worst of ``reps`` sums, and whether they spread (noisy)."""
     sync = synchronizer(device)
     buf = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
-    times = time_calls(lambda i: buf.sum(), sync, warmup=2, min_reps=reps, max_reps=reps,
-                       budget_s=0.0)
+    t = time_call(lambda: buf.sum(), sync=sync, warmup=2, min_reps=reps, max_reps=reps,
+                  budget_s=0.0)
     del buf
-    t = summarize(times)
     return {"median": nbytes / t.median / 1e9, "best": nbytes / t.min / 1e9,
             "worst": nbytes / t.max / 1e9, "bytes": nbytes, "noisy": t.noisy,
             "reasons": t.reasons}
@@ -526,9 +592,6 @@ def row_warnings(results: List[Result]) -> List[str]:
         if reasons:
             lines.append(f"WARNING: {r.kind} {r.shape} M={r.M} {r.mode} {r.format} act={r.act}: "
                          + "; ".join(reasons))
-    if lines:
-        lines.append(f"WARNING: {len(lines)} row(s) above are not to be trusted: the machine was "
-                     f"busy (rerun when it is idle) or the measure is invalid.")
     return lines
 
 
@@ -571,31 +634,37 @@ def attach_ratios(results: List[Result], dram_gbs: float) -> None:
 
 def check_targets(results: List[Result], dram_gbs: float) -> List[str]:
     """The x86 performance goals of benchmarks/results/cpu.md (2 threads, act=int8, i2, M=1 unless
-    said), where measured."""
+    said), where measured. A line whose row is flagged says so."""
     lines = []
-    tag = lambda r: " (noisy row: see the warnings)" if r.noisy else ""  # noqa: E731
+
+    def add(r, ok, text):
+        lines.append(f"{'PASS' if ok else 'MISS'} {text}"
+                     + (" (noisy row: see the warnings)" if r.noisy else ""))
+
+    def rng(v):
+        return f" [{v[0]:.2f}-{v[1]:.2f} over the rounds]" if v else ""
+
     t = [r for r in results if r.kind == "ternary" and r.format == "i2"]
     cold1 = [r for r in t if r.act == "int8" and r.M == 1 and r.mode == "cold"]
     for r in cold1:
-        ok = r.dram_fraction is not None and r.dram_fraction >= 0.9
-        lines.append(f"{'PASS' if ok else 'MISS'} cold i2 int8 M=1 {r.shape}: "
-                     f"{100 * (r.dram_fraction or 0):.0f}% of DRAM read bandwidth (target 90%)" + tag(r))
+        add(r, r.dram_fraction is not None and r.dram_fraction >= 0.9,
+            f"cold i2 int8 M=1 {r.shape}: {100 * (r.dram_fraction or 0):.0f}% of DRAM read "
+            f"bandwidth (target 90%)")
     for r in t:
         if r.act == "int8" and r.M == 1 and r.mode == "hot" and r.shape == "4096x4096":
-            lines.append(f"{'PASS' if r.gops >= 400 else 'MISS'} hot i2 int8 M=1 4096x4096: "
-                         f"{r.gops:.0f} GOP/s (target 400)" + tag(r))
+            add(r, r.gops >= 400, f"hot i2 int8 M=1 4096x4096: {r.gops:.0f} GOP/s (target 400)")
     for r in cold1:
         if r.vs_bf16 is not None:
-            lines.append(f"{'PASS' if r.vs_bf16 >= 10 else 'MISS'} cold i2 int8 M=1 {r.shape}: "
-                         f"{r.vs_bf16:.1f}x dense bf16 F.linear (target 10x)" + tag(r))
+            add(r, r.vs_bf16 >= 10, f"cold i2 int8 M=1 {r.shape}: {r.vs_bf16:.1f}x"
+                f"{rng(r.vs_bf16_range)} dense bf16 F.linear (target 10x)")
     for r in t:
         if r.act == "int8" and r.M == 128 and r.vs_bf16 is not None:
-            lines.append(f"{'PASS' if r.vs_bf16 >= 1.5 else 'MISS'} {r.mode} i2 int8 M=128 "
-                         f"{r.shape}: {r.vs_bf16:.2f}x dense bf16 throughput (target 1.5x)" + tag(r))
+            add(r, r.vs_bf16 >= 1.5, f"{r.mode} i2 int8 M=128 {r.shape}: {r.vs_bf16:.2f}x"
+                f"{rng(r.vs_bf16_range)} dense bf16 throughput (target 1.5x)")
     for r in t:
         if r.act == "none" and r.M == 1 and r.mode == "cold" and r.dram_fraction is not None:
-            lines.append(f"{'PASS' if r.dram_fraction >= 0.5 else 'MISS'} cold i2 none M=1 "
-                         f"{r.shape}: {100 * r.dram_fraction:.0f}% of the DRAM floor (target 50%)" + tag(r))
+            add(r, r.dram_fraction >= 0.5, f"cold i2 none M=1 {r.shape}: "
+                f"{100 * r.dram_fraction:.0f}% of the DRAM floor (target 50%)")
     return lines
 
 
@@ -754,13 +823,12 @@ def main(argv=None) -> int:
     attach_ratios(results, dram)
     print_table(results)
     warnings = bandwidth_warnings(bw0, bw1) + row_warnings(results)
+    if warnings:
+        warnings.append(ADVICE)
     for line in warnings:
         print(line)
     if not warnings:
-        print("# no row flagged: every timing's IQR is within "
-              f"{100 * NOISY_REL_IQR:.0f}% of its median, every median within "
-              f"{NOISY_MEDIAN_OVER_MIN:g}x its minimum, every ratio within {NOISY_RATIO_SPREAD:g}x "
-              f"over the rounds")
+        print(f"# no row flagged: {CLEAN}")
     targets = check_targets(results, dram) if args.targets else []
     for line in targets:
         print(line)

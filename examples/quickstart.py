@@ -1,23 +1,27 @@
 """Quickstart: convert a model to ternary weights, check it, and compare speed and memory.
 
-    python examples/quickstart.py [--hidden 1024] [--layers 4] [--threads N]
+    python examples/quickstart.py [--d 1024] [--hidden 2816] [--layers 4] [--threads N]
 
 1. Builds a small decoder-style model with dense nn.Linear layers.
 2. `ternary_ops.convert(model)` replaces them with TernaryLinear (2-bit packed, int8 activations).
-3. Checks the converted model against the same model with the dequantized weights in dense
-   nn.Linear layers (the kernels' job: agreement to float rounding), and reports how close it
-   stays to the original dense model (the quantization's effect).
-4. Prints a speed/memory table for batch-1 decoding (one token at a time).
+3. Checks the converted model: with act="none" on a 16-token prompt (M = 16), against the same
+   model with the dequantized weights in dense nn.Linear layers (agreement to float rounding);
+   with act="int8" on one token (M = 1, the configuration timed in 4), against the same layers
+   evaluated by `ternary_ops.reference` (bit for bit); and how close it stays to the original
+   dense model (the quantization's effect).
+4. Times a batch-1 decode step (one token through the whole model, M = 1, act="int8") of the
+   dense float32, dense bfloat16 and ternary models in alternating rounds, and prints each
+   time with its spread, the speed-ups as per-round ratios with their range, and a warning
+   when the spread says the machine was busy.
 """
 import argparse
 import copy
-import statistics
-import time
 
 import torch
 from torch import nn
 
 import ternary_ops as tops
+from ternary_ops import bench
 
 
 class MLPBlock(nn.Module):
@@ -44,15 +48,25 @@ class TinyDecoder(nn.Module):
         return self.lm_head(self.blocks(self.embed(ids)))
 
 
-def median_ms(fn, warmup=3, iters=20):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+class ReferenceLinear(nn.Module):
+    """A TernaryLinear's weights, scale, bias and act evaluated by ternary_ops.reference."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x):
+        t = self.layer
+        if t.format == "i2":
+            return tops.reference.linear_i2(x, t.weight, t.weight_scale, t.out_features, t.bias,
+                                            t.act)
+        return tops.reference.linear_i8(x, t.weight, t.weight_scale, t.bias, t.act)
+
+
+def replace_layers(model, names, make):
+    for name in names:
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, make(model.get_submodule(name)))
 
 
 def linear_bytes(model):
@@ -71,6 +85,9 @@ def main():
     ap.add_argument("--hidden", type=int, default=2816, help="MLP width")
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--rounds", type=int, default=5, help="timing rounds (default 5)")
+    ap.add_argument("--budget", type=float, default=1.0,
+                    help="seconds of timed calls per model, over all rounds (default 1)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -83,46 +100,74 @@ def main():
     print(summary)
     print(f"CPU kernels: {tops.cpu_kernel()} (available: {', '.join(tops.cpu_kernels_available())})")
 
-    # The same model with each ternary layer's dequantized weight in a dense nn.Linear.
+    # The same model with each ternary layer's dequantized weight in a dense nn.Linear, and
+    # with each ternary layer evaluated by the plain-torch reference.
     dequant = copy.deepcopy(dense)
     for name in summary.replaced:
-        parent, _, child = name.rpartition(".")
-        lin = dequant.get_submodule(parent).get_submodule(child)
         with torch.no_grad():
-            lin.weight.copy_(ternary.get_submodule(name).dequantize())
+            dequant.get_submodule(name).weight.copy_(ternary.get_submodule(name).dequantize())
+    reference = copy.deepcopy(ternary)
+    replace_layers(reference, summary.replaced, ReferenceLinear)
 
-    ids = torch.randint(0, 1000, (1, 16))
+    prompt = torch.randint(0, 1000, (1, 16))
+    tok = torch.randint(0, 1000, (1, 1))
     with torch.no_grad():
-        tops_set = [m for m in ternary.modules() if isinstance(m, tops.TernaryLinear)]
-        for m in tops_set:
-            m.act = "none"  # exact w.r.t. the ternary weights: compare kernels to dense matmul
-        y_t, y_q = ternary(ids), dequant(ids)
+        layers = [m for m in ternary.modules() if isinstance(m, tops.TernaryLinear)]
+        for m in layers:
+            m.act = "none"  # float activations: exact w.r.t. the ternary weights
+        y_t, y_q = ternary(prompt), dequant(prompt)
         kernel_err = ((y_t - y_q).abs().max() / y_q.abs().max()).item()
-        for m in tops_set:
-            m.act = "int8"
-        y_t8, y_d = ternary(ids), dense(ids)
-        agree = torch.nn.functional.cosine_similarity(y_t8.flatten(), y_d.flatten(), dim=0).item()
-    print(f"check: ternary kernels vs dense matmul on the dequantized weights, max rel. error "
-          f"{kernel_err:.2e} ({'OK' if kernel_err < 1e-4 else 'MISMATCH'})")
-    print(f"       converted vs original dense model (random weights, quantization effect): "
-          f"cosine similarity of logits {agree:.3f}")
-    if kernel_err >= 1e-4:
+        for m in layers:
+            m.act = "int8"  # back to the converted default, which is what is timed below
+        y_t8, y_r8 = ternary(tok), reference(tok)
+        exact = torch.equal(y_t8, y_r8)
+        agree = torch.nn.functional.cosine_similarity(
+            ternary(prompt).flatten(), dense(prompt).flatten(), dim=0).item()
+    print(f"check 1, act=\"none\", 16-token prompt (M=16): ternary kernels vs dense matmul on the "
+          f"dequantized weights, max rel. error {kernel_err:.2e} "
+          f"({'OK' if kernel_err < 1e-4 else 'MISMATCH'})")
+    print(f"check 2, act=\"int8\", one token (M=1, as timed below): ternary kernels vs "
+          f"ternary_ops.reference, {'bit for bit equal (OK)' if exact else 'MISMATCH'}")
+    print(f"quantization effect (random weights), act=\"int8\", 16-token prompt: converted vs "
+          f"original dense model, cosine similarity of logits {agree:.3f}")
+    if kernel_err >= 1e-4 or not exact:
         raise SystemExit("kernel check failed")
 
-    tok = torch.randint(0, 1000, (1, 1))
-    rows = []
+    models = {"dense fp32": dense, "dense bf16": dense_bf16, "ternary i2 act=int8": ternary}
+    nbytes = {label: linear_bytes(model) for label, model in models.items()}
     with torch.inference_mode():
-        for label, model, dtype in [("dense fp32", dense, torch.float32),
-                                    ("dense bf16", dense_bf16, torch.bfloat16),
-                                    ("ternary i2 (act=int8)", ternary, torch.float32)]:
-            ms = median_ms(lambda: model(tok))
-            rows.append((label, ms, linear_bytes(model)))
-    base = rows[0][1]
-    print(f"\nbatch-1 decode step, {args.layers} blocks, d={args.d}, hidden={args.hidden}, "
-          f"{torch.get_num_threads()} threads")
-    print(f"{'model':<24}{'ms/token':>10}{'speedup':>10}{'linear weights':>16}")
-    for label, ms, nbytes in rows:
-        print(f"{label:<24}{ms:>10.3f}{base / ms:>9.2f}x{nbytes / 2**20:>12.1f} MiB")
+        cmp = bench.compare({label: (lambda m=model: m(tok)) for label, model in models.items()},
+                            rounds=args.rounds, warmup=3, min_reps=5 * args.rounds,
+                            max_reps=100000, budget_s=args.budget)
+    print(f"\ntimed: a batch-1 decode step (one token, M=1, through all {args.layers} blocks and "
+          f"the dense lm_head), d={args.d}, hidden={args.hidden}, {torch.get_num_threads()} "
+          f"threads, kernel set {tops.cpu_kernel()}")
+    print(f"  hot weights: each model is called over and over, so its weights stay in cache as "
+          f"far as they fit (a decoder bigger than the cache streams them from memory: "
+          f"python -m ternary_ops.bench --modes cold)")
+    print(f"  {args.rounds} rounds alternate the three models; speed-up = dense fp32 time / "
+          f"model time per round: median (min-max over the rounds)")
+    print(f"{'model':<21}{'ms/token: median':>17}{'min':>8}{'IQR':>16}{'max':>8}{'calls':>7}  "
+          f"{'speed-up vs dense fp32':<32}{'linear weights':>14}")
+    warnings = []
+    for label in models:
+        t = cmp.timings[label]
+        if label == "dense fp32":
+            ratio = "1 (baseline)"
+        else:
+            s = cmp.speedup(label, over="dense fp32")
+            ratio = bench.format_ratio(s)
+            warnings += bench.warning_lines(f"{label} speed-up", s)
+        warnings += bench.warning_lines(f"{label} time", t)
+        ms = lambda v: f"{1e3 * v:.3f}"  # noqa: E731
+        print(f"{label:<21}{ms(t.median):>17}{ms(t.min):>8}{ms(t.q1) + '-' + ms(t.q3):>16}"
+              f"{ms(t.max):>8}{t.n:>7}  {ratio:<32}{nbytes[label] / 2**20:>10.1f} MiB")
+    if not warnings:
+        warnings = [f"no figure flagged: {bench.CLEAN}"]
+    else:
+        warnings.append(bench.ADVICE)
+    for line in warnings:
+        print(line)
 
 
 if __name__ == "__main__":

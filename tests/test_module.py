@@ -200,8 +200,16 @@ def test_op_errors_name_expected_and_got():
     cases = [
         (lambda: i8(x.int(), codes, s, None, "int8"), "x must be float32, bfloat16 or float16, got Int"),
         (lambda: i8(x, codes.float(), s, None, "int8"), "weight must be int8 \\(format i8\\), got Float"),
-        (lambda: i8(torch.randn(2, 15), codes, s, None, "int8"), "K = x.size\\(-1\\) = 15, got \\[8, 16\\]"),
-        (lambda: i2(x, w2, s, 9, None, "int8"), "\\[ceil\\(out_features / 4\\), K\\] = \\[3, 16\\], got \\[2, 16\\]"),
+        (lambda: i8(torch.randn(2, 15), codes, s, None, "int8"),
+         "x must have shape \\[..., in_features\\] with in_features = weight.size\\(1\\) = 16, "
+         "got x of shape \\[2, 15\\]"),
+        (lambda: i2(torch.randn(3, 2, 17), w2, s, 8, None, "none"),
+         "in_features = weight.size\\(1\\) = 16, got x of shape \\[3, 2, 17\\]"),
+        (lambda: i2(x, w2, s, 9, None, "int8"),
+         "weight must have ceil\\(out_features / 4\\) = 3 rows for out_features = 9, got weight of "
+         "shape \\[2, 16\\]"),
+        (lambda: i2(x, w2, s, 2**63 - 1, None, "int8"),
+         "ceil\\(out_features / 4\\) = 2305843009213693952 rows for out_features = 9223372036854775807"),
         (lambda: i2(x, codes, s, 8, None, "int8"), "weight must be uint8 \\(format i2\\), got Char"),
         (lambda: i2(x, w2, torch.ones(3), 8, None, "int8"), "scale must be a scalar or have shape \\[N\\] = \\[8\\], got \\[3\\]"),
         (lambda: i2(x, w2, s, 8, torch.ones(7), "int8"), "bias must have shape \\[N\\] = \\[8\\], got \\[7\\]"),
@@ -212,6 +220,28 @@ def test_op_errors_name_expected_and_got():
     for call, msg in cases:
         with pytest.raises(ValueError, match=msg):
             call()
+
+
+@pytest.mark.parametrize("fmt", ["i8", "i2"])
+def test_int8_rejects_k_beyond_the_int32_dot(fmt):
+    # |dot| <= 128 K must fit an int32: K = 2**24 - 1 is the largest act="int8" takes. Expanded
+    # (zero-stride) tensors: the check comes before any allocation or arithmetic.
+    k = tops.formats.ACT_MAX_K + 1
+    x = torch.zeros(1).expand(1, k)
+    s = torch.tensor(1.0)
+    if fmt == "i8":
+        call = lambda act: torch.ops.ternary.linear_i8(  # noqa: E731
+            x, torch.zeros(1, 1, dtype=torch.int8).expand(1, k), s, None, act)
+    else:
+        call = lambda act: torch.ops.ternary.linear_i2(  # noqa: E731
+            x, torch.full((1, 1), 0x55, dtype=torch.uint8).expand(1, k), s, 1, None, act)
+    with pytest.raises(ValueError, match=f"exact for in_features <= {k - 1}; got in_features = {k}"):
+        call("int8")
+    with torch.device("meta"):  # the fake kernel (torch.compile) says the same
+        with pytest.raises(ValueError, match="exact for in_features"):
+            torch.ops.ternary.linear_i8(torch.empty(1, k), torch.empty(1, k, dtype=torch.int8),
+                                        torch.ones(()), None, "int8")
+    assert torch.equal(call("none"), torch.zeros(1, 1))  # act="none" sums in float: no limit
 
 
 def test_device_mismatch_error():

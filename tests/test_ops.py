@@ -228,3 +228,13 @@ def test_large_call_scratch_is_released():
                          check=True)
     grown_mib = float(out.stdout.split()[-1])
     assert grown_mib < 40, f"{grown_mib:.0f} MiB still resident after one large call"
+
+
+def test_empty_n_with_huge_expanded_x_allocates_nothing():
+    """N = 0 returns an empty [..., 0] output before staging x: a zero-stride x of 2^34
+    elements costs no memory."""
+    x = torch.zeros(1).expand(2**17, 2**17)
+    w = torch.zeros(0, 2**17, dtype=torch.int8)
+    for act in ACTS:
+        y = torch.ops.ternary.linear_i8(x, w, torch.ones(()), None, act)
+        assert y.shape == (2**17, 0)

@@ -316,6 +316,17 @@ def test_nonfinite_rows_give_nan_rows(emu, fmt, path):
         assert_bit_exact(y, want, f"{fmt} path {path} {dtype} x has {bad}")
 
 
+@pytest.mark.parametrize("path", [0, 1])
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_empty_k_gives_bias(emu, fmt, act, path):
+    gen = torch.Generator().manual_seed(2)
+    M = 1 if path == 0 else 5
+    x, t, scale, bias = make_case(gen, M, 9, 0, torch.float32, bias_dtype=torch.float32)
+    y, _ = run(emu, fmt, act, x, t, scale, bias, path=path)
+    assert torch.equal(y, bias.expand(M, 9))
+
+
 # ---- the emulator itself: it must catch the bugs it exists to catch ----
 
 @pytest.mark.parametrize("case,expect", [

@@ -43,6 +43,10 @@ TERNARY_FORMAT_FN I i2_packed_rows(I n) {
   return n / kI2RowsPerByte + (n % kI2RowsPerByte != 0);  // no overflow near the type's maximum
 }
 
+// The row units kernels split work by: output rows for i8, byte rows (four outputs each) for i2.
+template <typename I>
+TERNARY_FORMAT_FN I weight_units(bool i2, I n) { return i2 ? i2_packed_rows(n) : n; }
+
 // The code of output row n sits in byte row (n % R) at bit pair (n / R).
 template <typename I>
 TERNARY_FORMAT_FN I i2_byte_row(I n, I R) { return n % R; }

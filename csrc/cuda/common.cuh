@@ -7,7 +7,7 @@
 
 #include <cstdint>
 
-#include "kernels.h"
+#include "launchers.cuh"
 
 namespace ternary::cuda {
 
@@ -155,43 +155,6 @@ __device__ __forceinline__ void prefetch_l2(const void* p, uint32_t bytes) {
 #endif
 }
 
-// Timeline hooks for benchmarks/cuda_trace.cu, which defines TERNARY_CUDA_TRACE before
-// including the kernels; they compile to nothing otherwise. Per block, thread 0 records
-// %globaltimer (ns, comparable across SMs) and clock64 (cycles, this SM) at numbered points.
-#ifdef TERNARY_CUDA_TRACE
-constexpr int kTracePoints = 7;  // 0-5 set by the kernels, 6: block end
-__device__ unsigned long long trace_buf[1 << 22];
-__device__ unsigned int trace_next;
-__device__ __forceinline__ unsigned long long trace_gtimer() {
-  unsigned long long t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  return t;
-}
-#define TRACE_POINT(i, cond)                                        \
-  if (threadIdx.x == 0 && (cond)) {                                 \
-    trace_t_[2 * (i)] = trace_gtimer();                             \
-    trace_t_[2 * (i) + 1] = static_cast<unsigned long long>(clock64()); \
-  }
-#define TRACE_BEGIN                                 \
-  unsigned long long trace_t_[2 * kTracePoints] = {}; \
-  TRACE_POINT(0, true)
-#define TRACE_END                                                                        \
-  __syncthreads();                                                                       \
-  TRACE_POINT(kTracePoints - 1, true)                                                    \
-  if (threadIdx.x == 0) {                                                                \
-    unsigned long long* r = trace_buf + (2 * kTracePoints + 1) * atomicAdd(&trace_next, 1u); \
-    r[0] = blockIdx.x;                                                                   \
-    for (int i = 0; i < 2 * kTracePoints; ++i) r[1 + i] = trace_t_[i];                   \
-  }
-#else
-#define TRACE_BEGIN
-#define TRACE_POINT(i, cond)
-#define TRACE_END
-#endif
-
-// Whether launches on the current device may use programmatic dependent launch.
-bool pdl_enabled();
-
 template <typename... Params, typename... Args>
 cudaError_t launch_smem(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
                         cudaStream_t stream, bool pdl, Args&&... args) {
@@ -213,12 +176,5 @@ cudaError_t launch(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_
                    Args&&... args) {
   return launch_smem(kernel, grid, block, 0, stream, pdl, std::forward<Args>(args)...);
 }
-
-// Streaming multiprocessors and L2 bytes of the current device (cached per device).
-int device_sms();
-int64_t device_l2_bytes();
-
-// The int8 tensor-core path for M > kGemvMaxM (mma_int8.cu).
-cudaError_t launch_mma_int8(const Linear& p, cudaStream_t stream, bool pdl);
 
 }  // namespace ternary::cuda

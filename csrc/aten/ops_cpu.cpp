@@ -93,7 +93,7 @@ at::Tensor linear_cpu(WeightFormat f, const at::Tensor& x, const at::Tensor& wei
     p.ldx = s.K;
     fn = f == WeightFormat::I8 ? ks.i8_none : ks.i2_none;
   }
-  const int64_t units = f == WeightFormat::I8 ? s.N : i2_packed_rows(s.N);
+  const int64_t units = weight_units(f == WeightFormat::I2, s.N);
   const int64_t rows_per_unit = f == WeightFormat::I8 ? 1 : kI2RowsPerByte;
   at::parallel_for(0, units, grain_for(units, s.M * s.K * rows_per_unit),
                    [&](int64_t u0, int64_t u1) { fn(p, u0, u1); });

@@ -112,14 +112,16 @@ __device__ __forceinline__ int32_t warp_sum(int32_t v) {
   return warp_sum<int32_t>(v);
 #endif
 }
-// v >= 0 or +inf (not NaN, not -0): such floats order as their bit patterns do.
+// Maximum over the warp of floats with the sign bit clear, as bit patterns: for finite values
+// the order of the values, with +Inf above them and NaN above that (act_row_finite).
 __device__ __forceinline__ float warp_max_nonneg(float v) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   return __uint_as_float(__reduce_max_sync(0xffffffffu, __float_as_uint(v)));
 #else
+  uint32_t b = __float_as_uint(v);
 #pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
+  for (int o = 16; o > 0; o >>= 1) b = max(b, __shfl_xor_sync(0xffffffffu, b, o));
+  return __uint_as_float(b);
 #endif
 }
 

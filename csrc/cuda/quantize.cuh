@@ -59,7 +59,7 @@ __device__ __forceinline__ uint32_t max_abs_bits16(uint32_t acc, uint4 t, const 
   return __vimax3_u16x2(__vimax3_u16x2(acc, t.x & m, t.y & m), t.z & m, t.w & m);
 }
 // The magnitude max_abs_bits16 accumulated in acc as a float; false when it is infinite or NaN
-// (an all-ones exponent), where it is not the maximum the quantization needs.
+// (an all-ones exponent): v is then that Inf or NaN, and the row's output will be NaN.
 __device__ __forceinline__ bool abs_bits_value(uint32_t acc, const float*, float& v) {
   v = __uint_as_float(acc);
   return acc < 0x7F800000u;
@@ -168,15 +168,21 @@ __device__ void quantize_x_block(const T* __restrict__ X, int M, int64_t K, bool
     amax[m] = 0.0f;
     part_sum[m] = 0;
   }
+  // amax as a maximum of |x|'s bit patterns (act_row_finite): a NaN stays in it, as do
+  // infinities, where a float max would drop the NaN.
   auto add_amax = [](float& a, const float (&v)[4]) {
-    a = fmaxf(fmaxf(fmaxf(a, fabsf(v[0])), fmaxf(fabsf(v[1]), fabsf(v[2]))), fabsf(v[3]));
+    const uint32_t m = kF32AbsMask;
+    const uint32_t b = max(max(__float_as_uint(v[0]) & m, __float_as_uint(v[1]) & m),
+                           max(__float_as_uint(v[2]) & m, __float_as_uint(v[3]) & m));
+    a = __uint_as_float(max(__float_as_uint(a), b));
   };
-  // Block-wide amax of each row -> inv. Returns whether any thread passed nonfinite (x holds
-  // an infinity or NaN), by the same barrier.
+  // Block-wide amax of each row -> inv, NaN for a row holding NaN or +-Inf (its output row is
+  // NaN, docs/DESIGN.md). Returns whether any thread passed nonfinite (x holds an infinity or
+  // NaN), by the same barrier.
   auto reduce_amax = [&](bool nonfinite) {
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
-      const float a = warp_max_nonneg(amax[m]);  // amax: max of |x| (fmaxf drops NaN)
+      const float a = warp_max_nonneg(amax[m]);
       if (lane == 0) red_f[warp * MT + m] = a;
     }
     const bool any_nonfinite = __syncthreads_or(nonfinite);
@@ -185,7 +191,8 @@ __device__ void quantize_x_block(const T* __restrict__ X, int M, int64_t K, bool
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
       const float a = warp_max_nonneg(lane < nwarps ? red_f[lane * MT + m] : 0.0f);
-      inv[m] = __fdiv_rn(kActQMax, fmaxf(a, kActEps));
+      inv[m] = act_row_finite(__float_as_uint(a)) ? __fdiv_rn(kActQMax, fmaxf(a, kActEps))
+                                                  : __uint_as_float(0x7FC00000u);
     }
     return any_nonfinite;
   };
@@ -219,25 +226,15 @@ __device__ void quantize_x_block(const T* __restrict__ X, int M, int64_t K, bool
       }
     x_hook(kXLoadsIssued);
     // amax from the bit patterns (no conversion; one instruction per 2-6 elements on sm_90).
-    // Where this thread's x holds an infinity or NaN, its amax is taken again from floats, as
-    // the two-pass path takes it (fmaxf drops NaN), and the block quantizes with the NaN clamp.
+    // Where this thread's x holds an infinity or NaN, amax is that Inf or NaN (the row's
+    // output will be NaN) and the block quantizes with the NaN clamp.
     bool nonfinite = false;
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
       uint32_t bits = 0;
 #pragma unroll
       for (int j = 0; j < NR / G; ++j) bits = max_abs_bits16(bits, xr[m][j], X);
-      if (!abs_bits_value(bits, X, amax[m])) {
-        nonfinite = true;
-        amax[m] = 0.0f;
-#pragma unroll
-        for (int j = 0; j < NR / G; ++j) {
-          float v[G][4];
-          unpack_x16(xr[m][j], X, v);
-#pragma unroll
-          for (int h = 0; h < G; ++h) add_amax(amax[m], v[h]);
-        }
-      }
+      if (!abs_bits_value(bits, X, amax[m])) nonfinite = true;
     }
     x_hook(kXLanded);
     const bool clamp_nan = reduce_amax(nonfinite);

@@ -56,7 +56,7 @@ at::Tensor linear_cpu(WeightFormat f, const at::Tensor& x, const at::Tensor& wei
                       const c10::optional<at::Tensor>& bias, c10::string_view act) {
   LinearCall c =
       prepare_linear(f, c10::DeviceType::CPU, x, weight, scale, out_features, bias, act);
-  if (c.empty()) return c.out;
+  if (c.done) return c.out;
   const LinearShape& s = c.shape;
   at::Tensor& out = c.out;
   const cpu::KernelSet& ks = cpu::selected_kernels();

@@ -32,7 +32,7 @@ at::Tensor linear_cuda(WeightFormat f, const at::Tensor& x, const at::Tensor& we
                        const c10::optional<at::Tensor>& bias, c10::string_view act) {
   LinearCall c =
       prepare_linear(f, c10::DeviceType::CUDA, x, weight, scale, out_features, bias, act);
-  if (c.empty()) return c.out;
+  if (c.done) return c.out;
   const c10::cuda::CUDAGuard guard(x.device());  // the launches go to x's device's stream
   const LinearShape& s = c.shape;
   const at::Tensor& out = c.out;

@@ -59,7 +59,7 @@ __device__ __forceinline__ uint32_t max_abs_bits16(uint32_t acc, uint4 t, const 
   return __vimax3_u16x2(__vimax3_u16x2(acc, t.x & m, t.y & m), t.z & m, t.w & m);
 }
 // The magnitude max_abs_bits16 accumulated in acc as a float; false when it is infinite or NaN
-// (an all-ones exponent): v is then that Inf or NaN, and the row's output will be NaN.
+// (an all-ones exponent), where it is not the maximum the quantization needs.
 __device__ __forceinline__ bool abs_bits_value(uint32_t acc, const float*, float& v) {
   v = __uint_as_float(acc);
   return acc < 0x7F800000u;
@@ -168,21 +168,24 @@ __device__ void quantize_x_block(const T* __restrict__ X, int M, int64_t K, bool
     amax[m] = 0.0f;
     part_sum[m] = 0;
   }
-  // amax as a maximum of |x|'s bit patterns (act_row_finite): a NaN stays in it, as do
-  // infinities, where a float max would drop the NaN.
   auto add_amax = [](float& a, const float (&v)[4]) {
+    a = fmaxf(fmaxf(fmaxf(a, fabsf(v[0])), fmaxf(fabsf(v[1]), fabsf(v[2]))), fabsf(v[3]));
+  };
+  // The same as a maximum of |x|'s bit patterns (act_row_finite): a NaN stays in it, as do
+  // infinities, where fmaxf drops the NaN.
+  auto add_amax_bits = [](float& a, const float (&v)[4]) {
     const uint32_t m = kF32AbsMask;
     const uint32_t b = max(max(__float_as_uint(v[0]) & m, __float_as_uint(v[1]) & m),
                            max(__float_as_uint(v[2]) & m, __float_as_uint(v[3]) & m));
     a = __uint_as_float(max(__float_as_uint(a), b));
   };
-  // Block-wide amax of each row -> inv, NaN for a row holding NaN or +-Inf (its output row is
-  // NaN, docs/DESIGN.md). Returns whether any thread passed nonfinite (x holds an infinity or
-  // NaN), by the same barrier.
-  auto reduce_amax = [&](bool nonfinite) {
+  // Block-wide amax of each row -> inv; with check_rows, inv = NaN for a row whose amax is Inf
+  // or NaN (its output row is NaN, docs/DESIGN.md). Returns whether any thread passed
+  // nonfinite (x holds an infinity or NaN), by the same barrier.
+  auto reduce_amax = [&](bool nonfinite, auto check_rows) {
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
-      const float a = warp_max_nonneg(amax[m]);
+      const float a = warp_max_nonneg(amax[m]);  // amax: max of |x| (fmaxf drops NaN)
       if (lane == 0) red_f[warp * MT + m] = a;
     }
     const bool any_nonfinite = __syncthreads_or(nonfinite);
@@ -191,8 +194,9 @@ __device__ void quantize_x_block(const T* __restrict__ X, int M, int64_t K, bool
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
       const float a = warp_max_nonneg(lane < nwarps ? red_f[lane * MT + m] : 0.0f);
-      inv[m] = act_row_finite(__float_as_uint(a)) ? __fdiv_rn(kActQMax, fmaxf(a, kActEps))
-                                                  : __uint_as_float(0x7FC00000u);
+      inv[m] = __fdiv_rn(kActQMax, fmaxf(a, kActEps));
+      if constexpr (decltype(check_rows)::value)
+        if (!act_row_finite(__float_as_uint(a))) inv[m] = __uint_as_float(0x7FC00000u);
     }
     return any_nonfinite;
   };
@@ -226,18 +230,31 @@ __device__ void quantize_x_block(const T* __restrict__ X, int M, int64_t K, bool
       }
     x_hook(kXLoadsIssued);
     // amax from the bit patterns (no conversion; one instruction per 2-6 elements on sm_90).
-    // Where this thread's x holds an infinity or NaN, amax is that Inf or NaN (the row's
-    // output will be NaN) and the block quantizes with the NaN clamp.
+    // Where this thread's x holds an infinity or NaN, its amax is taken again from floats and
+    // the block takes the NaN branch below, which also makes such rows' inv NaN. Finite x pays
+    // for none of it: this path's code is what docs/perf-notes.md measured.
     bool nonfinite = false;
+    uint32_t bad_rows = 0;  // bit m: this thread's part of row m holds an infinity or NaN
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
       uint32_t bits = 0;
 #pragma unroll
       for (int j = 0; j < NR / G; ++j) bits = max_abs_bits16(bits, xr[m][j], X);
-      if (!abs_bits_value(bits, X, amax[m])) nonfinite = true;
+      if (!abs_bits_value(bits, X, amax[m])) {
+        nonfinite = true;
+        bad_rows |= 1u << m;
+        amax[m] = 0.0f;
+#pragma unroll
+        for (int j = 0; j < NR / G; ++j) {
+          float v[G][4];
+          unpack_x16(xr[m][j], X, v);
+#pragma unroll
+          for (int h = 0; h < G; ++h) add_amax(amax[m], v[h]);
+        }
+      }
     }
     x_hook(kXLanded);
-    const bool clamp_nan = reduce_amax(nonfinite);
+    const bool clamp_nan = reduce_amax(nonfinite, std::false_type());
     x_hook(kXScaled);
     // The G groups of one load are adjacent in q: one store of 4 * G bytes (G = 2: a warp's
     // 4-byte stores would hit every other word, two per bank). g is a multiple of G, and so are
@@ -266,6 +283,10 @@ __device__ void quantize_x_block(const T* __restrict__ X, int M, int64_t K, bool
         }
     };
     if (clamp_nan) {
+      // A row holding NaN or +-Inf gets inv = NaN: its output row is NaN (docs/DESIGN.md).
+#pragma unroll
+      for (int m = 0; m < MT; ++m)
+        if (__syncthreads_or((bad_rows >> m) & 1u)) inv[m] = __uint_as_float(0x7FC00000u);
       write_q(std::true_type());
     } else {
       write_q(std::false_type());
@@ -284,9 +305,9 @@ __device__ void quantize_x_block(const T* __restrict__ X, int M, int64_t K, bool
             f(m, g, v);
           }
     };
-    each_x4([&](int m, int64_t, const float (&v)[4]) { add_amax(amax[m], v); });
+    each_x4([&](int m, int64_t, const float (&v)[4]) { add_amax_bits(amax[m], v); });
     x_hook(kXLanded);
-    reduce_amax(false);  // store_q clamps NaN whatever x holds
+    reduce_amax(false, std::true_type());  // store_q clamps NaN whatever x holds
     x_hook(kXScaled);
     x_hook(kXLoadsIssued);  // the second pass re-reads x from L1
     each_x4([&](int m, int64_t g, const float (&v)[4]) { store_q(m, g, v); });

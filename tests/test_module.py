@@ -1,5 +1,9 @@
 """TernaryLinear, convert, save/load and bad-input errors."""
 import json
+import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -252,3 +256,115 @@ def test_device_mismatch_error():
     with pytest.raises(ValueError, match=r"all tensors must be on x's device \(cpu\), got scale on meta"):
         torch.ops.ternary.linear_i8(torch.randn(2, 16), codes, torch.ones((), device="meta"),
                                     None, "int8")
+
+
+# ---- convert and save / load: what a user's model needs ---------------------------------------
+
+def test_convert_leaves_multihead_attention_out_proj_dense():
+    layer = nn.TransformerEncoderLayer(32, 4, 64, batch_first=True).eval()
+    summary = tops.convert(layer, exclude=[], act="none")
+    assert isinstance(layer.self_attn.out_proj, nn.Linear)
+    assert isinstance(layer.linear1, tops.TernaryLinear)
+    assert "self_attn.out_proj" in summary.skipped
+    assert "reads its weight directly" in summary.notes["self_attn.out_proj"]
+    assert "self_attn.out_proj: left dense" in str(summary)
+    out = layer(torch.randn(2, 5, 32))
+    assert out.shape == (2, 5, 32) and torch.isfinite(out).all()
+
+
+def test_convert_warns_on_float64_and_on_a_second_run():
+    model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 4)).double()
+    with pytest.warns(UserWarning, match="float64"):
+        tops.convert(model, exclude=[])
+    with pytest.warns(UserWarning, match="2 layers of the model are already TernaryLinear"):
+        summary = tops.convert(model, exclude=[], format="i8")
+    assert summary.replaced == [] and model[0].format == "i2"
+
+
+def test_convert_rejects_a_bare_linear_and_reports_nothing_to_convert():
+    with pytest.raises(TypeError, match="TernaryLinear.from_linear"):
+        tops.convert(nn.Linear(4, 4))
+    summary = tops.convert(nn.Sequential(nn.ReLU()))
+    assert str(summary) == "converted no layers: the model has no nn.Linear or Conv1D layer"
+
+
+def test_wrong_x_width_names_x_and_the_layer():
+    with pytest.raises(ValueError, match=r"TernaryLinear\(in_features=16, out_features=8\): x must "
+                       r"have in_features = 16 as its last dimension, got x of shape \[2, 15\]"):
+        tops.TernaryLinear(16, 8)(torch.randn(2, 15))
+    model = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
+    tops.convert(model, exclude=[])
+    with pytest.raises(ValueError, match=r"layer '2': x must have in_features = 8"):
+        model[2](torch.randn(3, 9))
+
+
+def test_save_and_load_take_either_argument_order(tmp_path):
+    model = nn.Sequential(nn.Linear(16, 8), nn.Linear(8, 4))
+    tops.convert(model, exclude=[])
+    path = tmp_path / "m.safetensors"
+    tops.save(path, model)
+    fresh = nn.Sequential(nn.Linear(16, 8), nn.Linear(8, 4))
+    tops.load(fresh, str(path))
+    x = torch.randn(2, 16)
+    assert torch.equal(fresh(x), model(x))
+    with pytest.raises(TypeError, match=r"path must be a str or os.PathLike, got int"):
+        tops.save(model, 3)
+    with pytest.raises(TypeError, match=r"model must be an nn.Module, got dict"):
+        tops.load(path, {})
+
+
+def test_load_errors_name_the_file(tmp_path):
+    bad = tmp_path / "not.safetensors"
+    bad.write_bytes(b"x" * 100)
+    with pytest.raises(ValueError, match=f"{bad}: not a safetensors file"):
+        tops.load(bad)
+    model = nn.Sequential(nn.Linear(16, 8))
+    tops.convert(model, exclude=[])
+    path = tmp_path / "m.safetensors"
+    tops.save(model, path)
+    from safetensors.torch import load_file, save_file
+    meta = {"ternary_ops": json.dumps({"version": 1, "layers": ["0"], "aliases": {}})}
+    save_file(load_file(path), tmp_path / "list.safetensors", metadata=meta)
+    with pytest.raises(ValueError, match="'layers' must be a JSON object, got list"):
+        tops.load(tmp_path / "list.safetensors")
+    with pytest.warns(UserWarning, match="nothing in .* matched"):
+        tops.load(path, nn.ModuleDict({"other": nn.Linear(2, 2)}), strict=False)
+
+
+def test_save_keeps_the_umask_mode_and_leaves_no_temporary_file(tmp_path):
+    model = nn.Sequential(nn.Linear(16, 8))
+    tops.convert(model, exclude=[])
+    for umask, mode in [(0o022, 0o644), (0o077, 0o600)]:
+        old = os.umask(umask)
+        try:
+            path = tmp_path / f"m{umask:o}.safetensors"
+            tops.save(model, path)
+        finally:
+            os.umask(old)
+        assert os.stat(path).st_mode & 0o777 == mode
+    before = sorted(os.listdir(tmp_path))
+
+    class Unsaveable(nn.Module):
+        def state_dict(self, *a, **k):
+            return {"w": torch.zeros(2), "bad": "not a tensor"}
+
+    with pytest.raises(TypeError):
+        tops.save(Unsaveable(), tmp_path / "m22.safetensors")
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_killed_save_leaves_the_previous_file_intact(tmp_path):
+    """A save killed midway (SIGKILL while safetensors writes a large file) leaves the file it
+    was replacing as it was."""
+    path = tmp_path / "m.safetensors"
+    small = {"w": torch.arange(10.0)}
+    tops.save(small, path)
+    script = textwrap.dedent(f"""
+        import os, signal, threading, torch, ternary_ops as tops
+        big = {{"w": torch.zeros(256, 1024, 1024)}}  # 1 GiB
+        threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGKILL)).start()
+        tops.save(big, {str(path)!r})
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True)
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    assert torch.equal(tops.load(path)["w"], small["w"])

@@ -4,17 +4,19 @@ import time
 
 import torch
 
+from ternary_ops.hf import cache_kwargs, output_cache
+
 
 def greedy_decode(model, ids, new_tokens):
     """Returns (new tokens [new_tokens], prefill seconds, list of per-step decode seconds)."""
     t0 = time.perf_counter()
     out = model(ids, use_cache=True)
     prefill = time.perf_counter() - t0
-    cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+    cache, token = output_cache(out), out.logits[:, -1:].argmax(-1)
     tokens, steps = [token], []
     for _ in range(new_tokens - 1):
         t0 = time.perf_counter()
-        out = model(token, past_key_values=cache, use_cache=True)
+        out = model(token, use_cache=True, **cache_kwargs(model, cache))
         token = out.logits[:, -1:].argmax(-1)
         steps.append(time.perf_counter() - t0)
         tokens.append(token)

@@ -16,7 +16,9 @@ def fresh_seed(request):
 
 
 def pytest_runtest_makereport(item, call):
-    if call.when == "call" and call.excinfo is not None:
+    # Failures only: a skip is an exception too, and needs no seed to reproduce.
+    if (call.when == "call" and call.excinfo is not None
+            and not call.excinfo.errisinstance(pytest.skip.Exception)):
         for k, v in item.user_properties:
             if k == "seed":
                 print(f"\n[ternary_ops] reproduce with TERNARY_OPS_TEST_SEED={v}")

@@ -22,6 +22,7 @@ import time
 import torch
 
 import ternary_ops as tops
+from ternary_ops.bench import matplotlib_pyplot
 from ternary_ops.convert import dense_weight
 from greedy import greedy_decode  # examples/greedy.py
 
@@ -113,6 +114,7 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--plot", help="save a bar chart to this file (needs matplotlib)")
     args = p.parse_args(argv)
+    plt = matplotlib_pyplot(p) if args.plot else None  # fail before measuring
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = DTYPES[args.dtype]
@@ -151,13 +153,6 @@ def main(argv=None):
               f"| {r['gen_match']:9.3f} |")
 
     if args.plot:
-        try:
-            import matplotlib
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            print("--plot: matplotlib is not installed (pip install matplotlib); no plot written")
-            return 0
         labels = list(rows)
         fig, axes = plt.subplots(1, 3, figsize=(13, 4))
         for ax, key, title in zip(axes, ("decode_tok_s", "linear_mib", "cosine"),

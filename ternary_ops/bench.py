@@ -257,14 +257,19 @@ def check_targets(results: List[Result], dram_gbs: float) -> List[str]:
     return lines
 
 
-def plot_roofline(results: List[Result], dram_gbs: float, path: str, title: str) -> None:
+def matplotlib_pyplot(parser: argparse.ArgumentParser):
+    """matplotlib.pyplot (Agg backend), or a usage error naming the extra that installs it."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("--plot needs matplotlib (pip install matplotlib); skipped", file=sys.stderr)
-        return
+        parser.error("--plot needs matplotlib: pip install -e \".[bench]\" (or pip install "
+                     "matplotlib)")
+    return plt
+
+
+def plot_roofline(results: List[Result], dram_gbs: float, path: str, title: str, plt) -> None:
     fig, ax = plt.subplots(figsize=(9, 6))
     ai = [2.0 * r.M * r.N * r.K / r.weight_bytes for r in results]  # ops per weight byte
     lo, hi = min(ai) / 2, max(ai) * 2
@@ -328,6 +333,7 @@ def parse_args(argv=None):
                     help="print the x86 performance goals (benchmarks/results/cpu.md) as "
                          "PASS/MISS lines")
     args = ap.parse_args(argv)
+    args.pyplot = matplotlib_pyplot(ap) if args.plot else None  # fail before measuring
     if args.quick:
         args.shapes, args.m, args.formats, args.act = "2560x2560,4096x4096", "1", "i2", "int8"
     return args
@@ -422,7 +428,8 @@ def main(argv=None) -> int:
         print(f"wrote {args.json}")
     if args.plot:
         plot_roofline(results, dram, args.plot,
-                      f"{info['device_name']}, {info['threads']} threads, {info['cpu_kernel']}")
+                      f"{info['device_name']}, {info['threads']} threads, {info['cpu_kernel']}",
+                      args.pyplot)
     return 0
 
 

@@ -22,7 +22,7 @@ import time
 import torch
 
 import ternary_ops as tops
-from ternary_ops.bench import matplotlib_pyplot
+from ternary_ops.bench import matplotlib_pyplot, noise_warnings, spread
 from ternary_ops.convert import dense_weight
 from greedy import greedy_decode  # examples/greedy.py
 
@@ -92,6 +92,7 @@ def measure(model, prompt, new_tokens, dense_logits=None, dense_tokens=None):
         decode(model, prompt[:1], 3)  # warm-up
         tokens, steps = decode(model, prompt[:1], new_tokens)
     row = {"prefill_ms": 1000 * prefill, "decode_tok_s": 1.0 / statistics.median(steps),
+           "step": spread(steps),
            "linear_mib": linear_bytes(model) / 2**20, "model_mib": model_bytes(model) / 2**20}
     if dense_logits is None:
         row.update(top1=1.0, cosine=1.0, gen_match=1.0)
@@ -142,15 +143,20 @@ def main(argv=None):
         print(f"  {label}: {summary}")
         del model
 
-    header = (f"| {'model':24s} | linear MiB | model MiB | prefill ms | decode tok/s | speed-up "
-              f"| top-1 agree | logits cos | gen match |")
-    print("\n" + header + "\n|" + "---|" * 9)
+    header = (f"| {'model':24s} | linear MiB | model MiB | prefill ms | decode tok/s | "
+              f"{'decode step: median (min, max, IQR)':40s} | speed-up | top-1 agree | logits cos "
+              f"| gen match |")
+    print("\n" + header + "\n|" + "---|" * 10)
     base = rows["dense"]["decode_tok_s"]
     for label, r in rows.items():
         print(f"| {label:24s} | {r['linear_mib']:10.1f} | {r['model_mib']:9.1f} "
-              f"| {r['prefill_ms']:10.1f} | {r['decode_tok_s']:12.1f} "
+              f"| {r['prefill_ms']:10.1f} | {r['decode_tok_s']:12.1f} | {r['step'].format():40s} "
               f"| {r['decode_tok_s'] / base:7.2f}x | {r['top1']:11.3f} | {r['cosine']:10.3f} "
               f"| {r['gen_match']:9.3f} |")
+    print(f"\ndecode: batch 1, greedy with the KV cache, {args.new_tokens} steps per model, the "
+          "models one after another (speed-up: ratio of median steps); prefill: best of two.")
+    for line in noise_warnings({label: r["step"] for label, r in rows.items()}):
+        print(line)
 
     if args.plot:
         labels = list(rows)

@@ -11,13 +11,14 @@
 """
 import argparse
 import copy
-import statistics
+import textwrap
 import time
 
 import torch
 from torch import nn
 
 import ternary_ops as tops
+from ternary_ops.bench import noise_warnings, spread
 
 
 class MLPBlock(nn.Module):
@@ -44,15 +45,20 @@ class TinyDecoder(nn.Module):
         return self.lm_head(self.blocks(self.embed(ids)))
 
 
-def median_ms(fn, warmup=3, iters=20):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+def time_alternating(fns, rounds=15, calls=3, warmup=3):
+    """Per-call seconds of each fn, timed in alternation (A, B, C, A, B, C, ...) so that every
+    variant sees the same machine; returns one list of samples per fn."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    samples = [[] for _ in fns]
+    for _ in range(rounds):
+        for fn, out in zip(fns, samples):
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            out.append((time.perf_counter() - t0) / calls)
+    return samples
 
 
 def linear_bytes(model):
@@ -110,19 +116,26 @@ def main():
         raise SystemExit("kernel check failed")
 
     tok = torch.randint(0, 1000, (1, 1))
-    rows = []
+    variants = [("dense fp32", dense), ("dense bf16", dense_bf16),
+                ("ternary i2 (act=int8)", ternary)]
     with torch.inference_mode():
-        for label, model, dtype in [("dense fp32", dense, torch.float32),
-                                    ("dense bf16", dense_bf16, torch.bfloat16),
-                                    ("ternary i2 (act=int8)", ternary, torch.float32)]:
-            ms = median_ms(lambda: model(tok))
-            rows.append((label, ms, linear_bytes(model)))
-    base = rows[0][1]
-    print(f"\nbatch-1 decode step, {args.layers} blocks, d={args.d}, hidden={args.hidden}, "
-          f"{torch.get_num_threads()} threads")
-    print(f"{'model':<24}{'ms/token':>10}{'speedup':>10}{'linear weights':>16}")
-    for label, ms, nbytes in rows:
-        print(f"{label:<24}{ms:>10.3f}{base / ms:>9.2f}x{nbytes / 2**20:>12.1f} MiB")
+        samples = time_alternating([lambda m=m: m(tok) for _, m in variants])
+    spreads = {label: spread(t) for (label, _), t in zip(variants, samples)}
+    base = spreads["dense fp32"].median
+    print("\n" + textwrap.fill(f"timed: one batch-1 decode step (M = 1, one token through {args.layers} blocks, "
+          f"d={args.d}, hidden={args.hidden}), {torch.get_num_threads()} threads; the ternary "
+          "model runs act='int8' (the check above used act='none' on a 16-token prompt). The "
+          "weights are hot (the same small model every call, so they stay in cache): decode of a "
+          "model larger than the cache is slower and more memory-bound. Variants alternate "
+          "within each of 15 rounds; speed-ups are ratios of medians.", 100))
+    print(f"{'model':<24}{'ms/token: median (min, max, IQR)':>40}{'speedup':>10}"
+          f"{'linear weights':>16}")
+    for label, model in variants:
+        sp = spreads[label]
+        print(f"{label:<24}{sp.format():>40}{base / sp.median:>9.2f}x"
+              f"{linear_bytes(model) / 2**20:>12.1f} MiB")
+    for line in noise_warnings(spreads):
+        print(line)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -138,7 +138,68 @@ class Result:
     vs_fp32: Optional[float] = None
     vs_bf16: Optional[float] = None
     min_us: float = 0.0
+    max_us: float = 0.0
+    iqr_pct: float = 0.0
     extra: dict = field(default_factory=dict)
+
+
+# A timing is flagged as noisy when its interquartile range exceeds this fraction of its median
+# (a quiet machine gives a few percent), or when a bandwidth figure exceeds the measured one.
+NOISY_IQR = 0.25
+
+
+@dataclass
+class Spread:
+    """Order statistics of repeated timings (seconds): what every printed figure comes with."""
+    min: float
+    q1: float
+    median: float
+    q3: float
+    max: float
+    n: int
+
+    @property
+    def iqr_fraction(self) -> float:
+        return (self.q3 - self.q1) / self.median if self.median > 0 else 0.0
+
+    @property
+    def noisy(self) -> bool:
+        return self.iqr_fraction > NOISY_IQR
+
+    def format(self, scale: float = 1e3, unit: str = "ms", digits: int = 3) -> str:
+        """e.g. "1.234 ms (min 1.200, max 1.500, IQR 4%)"."""
+        f = f"{{:.{digits}f}}"
+        return (f"{f.format(self.median * scale)} {unit} (min {f.format(self.min * scale)}, "
+                f"max {f.format(self.max * scale)}, IQR {100 * self.iqr_fraction:.0f}%)")
+
+
+def spread(samples: Sequence[float]) -> Spread:
+    """Min, quartiles, median and max of ``samples`` (linear interpolation between ranks)."""
+    xs = sorted(samples)
+    if not xs:
+        raise ValueError("spread: no samples")
+
+    def q(p):
+        pos = p * (len(xs) - 1)
+        lo = int(pos)
+        hi = min(lo + 1, len(xs) - 1)
+        return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+    return Spread(xs[0], q(0.25), q(0.5), q(0.75), xs[-1], len(xs))
+
+
+def noise_warnings(spreads: Dict[str, Spread], fractions: Optional[Dict[str, float]] = None
+                   ) -> List[str]:
+    """One line per figure that should not be trusted: a wide spread, or a fraction of the
+    measured bandwidth above 100% (the measurement ran while the machine was busier or the data
+    was cached)."""
+    out = [f"WARNING {name}: IQR {100 * s.iqr_fraction:.0f}% of the median (over "
+           f"{100 * NOISY_IQR:.0f}%): the machine was busy; rerun before trusting this figure"
+           for name, s in spreads.items() if s.noisy]
+    out += [f"WARNING {name}: {100 * f:.0f}% of the measured bandwidth is impossible: the "
+            "bandwidth measure ran in a busier moment, or the data was cached; rerun"
+            for name, f in (fractions or {}).items() if f is not None and f > 1.0]
+    return out
 
 
 def parse_shape(s: str):
@@ -191,9 +252,11 @@ def bench_dense(N, K, M, dtype, mode, device, args, cold_bytes) -> Result:
 
 
 def make_result(kind, N, K, M, mode, fmt, act, times, nbytes, copies) -> Result:
-    t = statistics.median(times)
+    sp = spread(times)
+    t = sp.median
     return Result(kind=kind, shape=f"{N}x{K}", N=N, K=K, M=M, mode=mode, format=fmt, act=act,
-                  median_us=t * 1e6, min_us=min(times) * 1e6, gops=2.0 * M * N * K / t / 1e9,
+                  median_us=t * 1e6, min_us=sp.min * 1e6, max_us=sp.max * 1e6,
+                  iqr_pct=100 * sp.iqr_fraction, gops=2.0 * M * N * K / t / 1e9,
                   weight_gbs=nbytes / t / 1e9, weight_bytes=nbytes, copies=copies,
                   reps=len(times))
 
@@ -205,15 +268,35 @@ def fmt_opt(v, spec="{:.2f}"):
 
 
 def print_table(results: List[Result], out=sys.stdout) -> None:
+    """One row per measurement: the median call time with its min, max and interquartile range
+    (IQR% of the median; "!" marks a noisy row), then rates and speed-ups from the medians."""
     hdr = (f"{'kind':7} {'shape':>11} {'M':>4} {'mode':4} {'format':8} {'act':4} "
-           f"{'median_us':>10} {'GOP/s':>8} {'wGB/s':>7} {'DRAM%':>6} {'x fp32':>7} {'x bf16':>7}")
+           f"{'median_us':>10} {'min_us':>9} {'max_us':>9} {'IQR%':>5} {'GOP/s':>8} {'wGB/s':>7} "
+           f"{'DRAM%':>6} {'x fp32':>7} {'x bf16':>7}")
     print(hdr, file=out)
     print("-" * len(hdr), file=out)
     for r in results:
         frac = None if r.dram_fraction is None else 100 * r.dram_fraction
+        flag = "!" if r.iqr_pct > 100 * NOISY_IQR or (frac or 0) > 100 else " "
         print(f"{r.kind:7} {r.shape:>11} {r.M:>4} {r.mode:4} {r.format:8} {r.act:4} "
-              f"{r.median_us:>10.1f} {r.gops:>8.1f} {r.weight_gbs:>7.2f} {fmt_opt(frac, '{:.0f}'):>6} "
+              f"{r.median_us:>10.1f} {r.min_us:>9.1f} {r.max_us:>9.1f} {r.iqr_pct:>4.0f}{flag} "
+              f"{r.gops:>8.1f} {r.weight_gbs:>7.2f} {fmt_opt(frac, '{:.0f}'):>6} "
               f"{fmt_opt(r.vs_fp32):>7} {fmt_opt(r.vs_bf16):>7}", file=out)
+    warnings_ = [f"WARNING {r.kind} {r.shape} M={r.M} {r.mode} {r.format} {r.act}: " + w
+                 for r in results for w in row_warnings(r)]
+    for line in warnings_:
+        print(line, file=out)
+
+
+def row_warnings(r: "Result") -> List[str]:
+    out = []
+    if r.iqr_pct > 100 * NOISY_IQR:
+        out.append(f"IQR {r.iqr_pct:.0f}% of the median: the machine was busy; rerun")
+    if r.dram_fraction is not None and r.dram_fraction > 1.0:
+        out.append(f"{100 * r.dram_fraction:.0f}% of the measured DRAM bandwidth is impossible "
+                   "(the bandwidth measure ran in a busier moment, or the weights were cached); "
+                   "rerun")
+    return out
 
 
 def attach_ratios(results: List[Result], dram_gbs: float) -> None:

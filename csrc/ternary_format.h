@@ -39,7 +39,13 @@ TERNARY_FORMAT_CONST uint32_t kI2CodeMaskX4 = 0x03030303u;
 // Byte rows of an i2 tensor with n output rows (the "units" of i2 kernels: one byte row feeds
 // four outputs). Any integer type, so 32-bit device code needs no casts.
 template <typename I>
-TERNARY_FORMAT_FN I i2_packed_rows(I n) { return (n + kI2RowsPerByte - 1) / kI2RowsPerByte; }
+TERNARY_FORMAT_FN I i2_packed_rows(I n) {
+  return n / kI2RowsPerByte + (n % kI2RowsPerByte != 0);  // no overflow near the type's maximum
+}
+
+// The row units kernels split work by: output rows for i8, byte rows (four outputs each) for i2.
+template <typename I>
+TERNARY_FORMAT_FN I weight_units(bool i2, I n) { return i2 ? i2_packed_rows(n) : n; }
 
 // The code of output row n sits in byte row (n % R) at bit pair (n / R).
 template <typename I>
@@ -56,6 +62,16 @@ TERNARY_FORMAT_FN int i2_decode(uint8_t byte, int shift) {
 // clamped below at kActEps), q = round_half_even(x * inv) clamped to [-128, 127].
 TERNARY_FORMAT_CONST float kActQMax = 127.0f;
 TERNARY_FORMAT_CONST float kActEps = 1e-5f;
+// Largest K for act="int8": kernels sum int32 dots, |dot| <= 128 K < 2^31.
+TERNARY_FORMAT_CONST int64_t kActMaxK = (int64_t(1) << 24) - 1;
+
+// A row of x holding NaN or +-Inf gives an all-NaN output row (docs/DESIGN.md). Kernels find
+// such rows in the amax pass by taking the maximum of |x|'s bit pattern as an unsigned integer:
+// for non-negative floats it orders like the value, and NaN and Inf have the largest patterns,
+// so a NaN cannot drop out the way it does from a float max.
+TERNARY_FORMAT_CONST uint32_t kF32AbsMask = 0x7fffffffu;
+TERNARY_FORMAT_CONST uint32_t kF32InfBits = 0x7f800000u;
+TERNARY_FORMAT_FN bool act_row_finite(uint32_t amax_bits) { return amax_bits < kF32InfBits; }
 
 // Quantized activation rows are zero-padded to a multiple of kActPad columns, so SIMD and GPU
 // kernels may read q (never the weights) in whole 64-byte steps past K.

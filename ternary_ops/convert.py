@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import fnmatch
+import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, List, Optional, Union
+from typing import Callable, Dict, Iterable, List, Optional, Union
 
 import torch
 from torch import nn
@@ -20,11 +21,14 @@ Filter = Callable[[str, nn.Linear], bool]
 
 @dataclass
 class ConvertSummary:
-    """What :func:`convert` did. ``bytes_before``/``bytes_after`` cover the replaced weights."""
+    """What :func:`convert` did. ``bytes_before``/``bytes_after`` cover the replaced weights.
+    ``notes`` says why a layer in ``skipped`` was left dense when it was not by ``exclude`` or
+    ``filter``, and which replaced layers were untied from a weight they shared."""
     replaced: List[str] = field(default_factory=list)
     skipped: List[str] = field(default_factory=list)
     bytes_before: int = 0
     bytes_after: int = 0
+    notes: Dict[str, str] = field(default_factory=dict)
 
     @property
     def layers_replaced(self) -> int:
@@ -35,9 +39,15 @@ class ConvertSummary:
         return self.bytes_before / self.bytes_after if self.bytes_after else float("nan")
 
     def __str__(self) -> str:
-        return (f"converted {len(self.replaced)} linear layers ({len(self.skipped)} left dense): "
-                f"{_human_bytes(self.bytes_before)} -> {_human_bytes(self.bytes_after)} "
-                f"({self.compression:.1f}x smaller)")
+        if not self.replaced:
+            text = (f"converted no layers ({len(self.skipped)} linear layers left dense)"
+                    if self.skipped else "converted no layers: the model has no nn.Linear or "
+                    "Conv1D layer")
+        else:
+            text = (f"converted {len(self.replaced)} linear layers ({len(self.skipped)} left "
+                    f"dense): {_human_bytes(self.bytes_before)} -> "
+                    f"{_human_bytes(self.bytes_after)} ({self.compression:.1f}x smaller)")
+        return text + "".join(f"\n  {name}: {why}" for name, why in self.notes.items())
 
 
 def _excluded(name: str, patterns: Iterable[str]) -> bool:
@@ -75,23 +85,65 @@ def convert(model: nn.Module, format: str = "i2", act: str = "int8",
     Layers are converted one at a time and each dense weight is released as soon as its
     replacement is in place, so peak memory stays near the model's own size. Returns a
     :class:`ConvertSummary`.
+
+    Only layers the model calls as modules are replaced: the ``out_proj`` of
+    ``nn.MultiheadAttention`` (which reads its ``.weight`` directly) stays dense, and the summary
+    says so. A layer whose weight is shared with another module (a language-model head tied to
+    the input embedding) gets its own ternary weight: it is untied, the other module keeps the
+    dense weight, a Hugging Face ``config.tie_word_embeddings`` is set to False so that loading
+    does not tie them again, and the summary says so. Layers that are already
+    ``TernaryLinear`` are left as they are (a warning says how many). To convert a single
+    ``nn.Linear``, use :meth:`TernaryLinear.from_linear`.
     """
+    if dense_weight(model) is not None:
+        raise TypeError(f"convert replaces the linear layers inside a model, and got a "
+                        f"{type(model).__name__} itself; for one layer use "
+                        "ternary_ops.TernaryLinear.from_linear(layer)")
     if isinstance(exclude, str):
         exclude = (exclude,)
     patterns = tuple(DEFAULT_EXCLUDE if exclude is None else exclude)
     summary = ConvertSummary()
     targets = []
+    read_directly = {f"{name}.{child}" if name else child: type(module).__name__
+                     for name, module in model.named_modules()
+                     if isinstance(module, nn.MultiheadAttention)
+                     for child, _ in module.named_children()}
+    owners = {}  # id(parameter) -> qualified names of the modules holding it
+    for name, module in model.named_modules():
+        for p in module.parameters(recurse=False):
+            owners.setdefault(id(p), []).append(name)
+    already = sum(isinstance(m, TernaryLinear) for m in model.modules())
+    if already:
+        warnings.warn(f"convert: {already} layers of the model are already TernaryLinear and "
+                      "are left as they are (their format and act do not change)",
+                      UserWarning, stacklevel=2)
     for name, module in model.named_modules():
         dense = dense_weight(module)
         if dense is None:
             continue
-        if _excluded(name, patterns) or (filter is not None and not filter(name, module)):
+        if name in read_directly:
+            summary.skipped.append(name)
+            summary.notes[name] = (f"left dense: {read_directly[name]} reads its weight "
+                                   "directly instead of calling it")
+        elif _excluded(name, patterns) or (filter is not None and not filter(name, module)):
             summary.skipped.append(name)
         elif dense[0].device.type == "meta":
             raise ValueError(f"convert: layer '{name}' has its weight on the meta device; load "
                              "the weights before converting")
         else:
             targets.append(name)
+            shared = [o for o in owners.get(id(dense[0]), []) + owners.get(id(module.weight), [])
+                      if o != name]
+            if shared:
+                summary.notes[name] = (f"untied from '{shared[0]}', which keeps the dense weight")
+    if any(dense_weight(model.get_submodule(n))[0].dtype == torch.float64 for n in targets):
+        warnings.warn("convert: the model is float64, but the ternary ops take float32, bfloat16 "
+                      "or float16 input; call model.float() (or .bfloat16()) before running it",
+                      UserWarning, stacklevel=2)
+    if any(n in summary.notes and n in targets for n in summary.notes):
+        config = getattr(model, "config", None)
+        if getattr(config, "tie_word_embeddings", False):
+            config.tie_word_embeddings = False
     if progress is None:
         progress = len(targets) > 32
     names = targets
@@ -107,6 +159,7 @@ def convert(model: nn.Module, format: str = "i2", act: str = "int8",
                                              granularity=granularity)
         summary.bytes_before += weight.numel() * weight.element_size()
         summary.bytes_after += layer.weight_bytes()
+        layer.layer_name = name
         setattr(parent, child, layer)
         del weight, bias  # the dense weight goes as soon as nothing else holds it
         summary.replaced.append(name)

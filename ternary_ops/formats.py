@@ -27,6 +27,8 @@ I2_ZERO_BYTE = 0x55        # four zero codes: an all-zero i2 weight
 # act="int8": inv = ACT_QMAX / max|x_row|.clamp(min=ACT_EPS)
 ACT_QMAX = 127.0
 ACT_EPS = 1e-5
+# Largest in_features for act="int8": kernels sum int32 dots, |dot| <= 128 K < 2**31.
+ACT_MAX_K = (1 << 24) - 1
 
 
 def packed_rows(out_features: int) -> int:

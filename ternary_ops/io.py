@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
+import warnings
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
@@ -30,6 +32,10 @@ def _layer_info(model: nn.Module) -> Dict[str, dict]:
             for name, m in model.named_modules() if isinstance(m, TernaryLinear)}
 
 
+def _is_path(p) -> bool:
+    return isinstance(p, (str, os.PathLike))
+
+
 def save(model_or_state: Union[nn.Module, Dict[str, torch.Tensor]], path: Union[str, os.PathLike],
          layers: Optional[Dict[str, dict]] = None, metadata: Optional[Dict[str, str]] = None) -> None:
     """Saves a model (or a state dict) to ``path`` in safetensors format.
@@ -38,9 +44,20 @@ def save(model_or_state: Union[nn.Module, Dict[str, torch.Tensor]], path: Union[
     For a plain state dict, pass ``layers`` (``{prefix: {"format", "act", "in_features",
     "out_features", "bias"}}``) to record them; without it the file holds tensors only.
     Tensors that share storage (tied weights) are stored once and restored as aliases.
-    """
-    from safetensors.torch import save_file
+    ``save(path, model)`` is accepted too.
 
+    The write is atomic: the file is written to a temporary file in the same directory, synced,
+    then renamed over ``path``, so a failed or interrupted save leaves any previous file intact.
+    The new file gets the mode the process's umask gives.
+    """
+    if _is_path(model_or_state) and isinstance(path, (nn.Module, dict)):
+        model_or_state, path = path, model_or_state
+    if not _is_path(path):
+        raise TypeError(f"save(model_or_state, path): path must be a str or os.PathLike, got "
+                        f"{type(path).__name__}")
+    if not isinstance(model_or_state, (nn.Module, dict)):
+        raise TypeError(f"save(model_or_state, path): model_or_state must be an nn.Module or a "
+                        f"state dict, got {type(model_or_state).__name__}")
     if isinstance(model_or_state, nn.Module):
         state = model_or_state.state_dict()
         layers = _layer_info(model_or_state) if layers is None else layers
@@ -61,30 +78,76 @@ def save(model_or_state: Union[nn.Module, Dict[str, torch.Tensor]], path: Union[
     meta = dict(metadata or {})
     meta[METADATA_KEY] = json.dumps({"version": FORMAT_VERSION, "layers": layers or {},
                                      "aliases": aliases}, sort_keys=True)
-    save_file(tensors, os.fspath(path), metadata=meta)
+    write_atomic(os.fspath(path), lambda tmp: _save_file(tensors, tmp, meta))
+
+
+def _save_file(tensors, path, metadata):
+    from safetensors.torch import save_file
+    save_file(tensors, path, metadata=metadata)
+
+
+def write_atomic(path: str, write) -> None:
+    """Calls ``write(tmp)`` for a temporary path beside ``path``, syncs it, gives it the mode a
+    new file gets under the current umask, and renames it over ``path``. On any failure the
+    temporary file is removed and ``path`` is left as it was."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:  # the rename itself survives a crash once the directory entry is synced
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
 
 
 _Path = Union[str, os.PathLike]
 
 
-def read_metadata(path: _Path) -> Dict[str, str]:
-    """The metadata of a safetensors file (its header only: no tensor data is read)."""
+def _safe_open(path: _Path):
+    """safetensors' reader on ``path``; a file that is not safetensors raises a ValueError
+    naming it."""
     from safetensors import safe_open
 
-    with safe_open(os.fspath(path), framework="pt", device="cpu") as f:
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        return safe_open(path, framework="pt", device="cpu")
+    except Exception as e:  # safetensors' own error type differs across its versions
+        raise ValueError(f"{path}: not a safetensors file ({e})") from None
+
+
+def read_metadata(path: _Path) -> Dict[str, str]:
+    """The metadata of a safetensors file (its header only: no tensor data is read)."""
+    with _safe_open(path) as f:
         return dict(f.metadata() or {})
 
 
 def read_tensors(paths: Union[_Path, Sequence[_Path]]) -> Dict[str, torch.Tensor]:
     """Every tensor of a safetensors file, or of several (the shards of one checkpoint), on the
     CPU, by name."""
-    from safetensors import safe_open
-
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     tensors = {}
     for path in paths:
-        with safe_open(os.fspath(path), framework="pt", device="cpu") as f:
+        with _safe_open(path) as f:
             for key in f.keys():
                 tensors[key] = f.get_tensor(key)
     return tensors
@@ -105,7 +168,18 @@ def _read(path) -> Tuple[Dict[str, torch.Tensor], dict]:
         raise ValueError(f"{path}: unsupported '{METADATA_KEY}' metadata version "
                          f"{info.get('version') if isinstance(info, dict) else info!r}; "
                          f"expected {FORMAT_VERSION}")
+    for key, kind in (("layers", dict), ("aliases", dict)):
+        if not isinstance(info.get(key, {}), kind):
+            raise ValueError(f"{path}: malformed '{METADATA_KEY}' metadata: '{key}' must be a "
+                             f"JSON object, got {type(info[key]).__name__}")
+    for prefix, spec in info.get("layers", {}).items():
+        if not isinstance(spec, dict):
+            raise ValueError(f"{path}: malformed '{METADATA_KEY}' metadata: layer '{prefix}' "
+                             f"must be a JSON object, got {type(spec).__name__}")
     for alias, target in info.get("aliases", {}).items():
+        if not isinstance(target, str):
+            raise ValueError(f"{path}: malformed '{METADATA_KEY}' metadata: alias '{alias}' "
+                             f"must name a tensor, got {target!r}")
         if target not in tensors:
             raise ValueError(f"{path}: alias '{alias}' points at missing tensor '{target}'")
         tensors[alias] = tensors[target]
@@ -152,10 +226,23 @@ def load(path: Union[str, os.PathLike], model: Optional[nn.Module] = None, stric
     dtype and shape, scale and bias shapes, valid codes) before anything is returned.
 
     * ``model=None``: returns the state dict (tensors on ``device``, default CPU).
-    * ``model`` given: each recorded layer that is still an ``nn.Linear`` in ``model`` is
-      replaced by a ``TernaryLinear`` of the recorded format and act, then the state dict is
-      loaded (``strict`` as in ``load_state_dict``). Returns ``model``.
+    * ``model`` given: each recorded layer that is still a dense linear layer in ``model``
+      (``nn.Linear``, or the ``Conv1D`` of GPT-2-style Hugging Face models: every layer type
+      :func:`ternary_ops.convert` replaces) is replaced by a ``TernaryLinear`` of the recorded
+      format and act, then the state dict is loaded (``strict`` as in ``load_state_dict``; with
+      ``strict=False`` a warning says when the file matched nothing in the model). Returns
+      ``model``. ``load(model, path)`` is accepted too.
     """
+    if isinstance(path, nn.Module) and (model is None or _is_path(model)):
+        path, model = model, path
+    if not _is_path(path):
+        raise TypeError(f"load(path, model): path must be a str or os.PathLike, got "
+                        f"{type(path).__name__}")
+    if model is not None and not isinstance(model, nn.Module):
+        raise TypeError(f"load(path, model): model must be an nn.Module, got "
+                        f"{type(model).__name__}")
+    from .convert import dense_weight
+
     tensors, info = _read(path)
     layers = info.get("layers", {})
     for prefix, spec in layers.items():
@@ -182,17 +269,24 @@ def load(path: Union[str, os.PathLike], model: Optional[nn.Module] = None, stric
                                  f"act={spec['act']} in the file but format={module.format}, "
                                  f"act={module.act} in the model")
             continue
-        if not isinstance(module, nn.Linear):
+        dense = dense_weight(module)
+        if dense is None:
             raise ValueError(f"{path}: layer '{prefix}' is a ternary layer in the file but a "
                              f"{type(module).__name__} in the model")
-        if (module.in_features, module.out_features) != (spec["in_features"], spec["out_features"]):
+        out_features, in_features = dense[0].shape
+        if (in_features, out_features) != (spec["in_features"], spec["out_features"]):
             raise ValueError(f"{path}: layer '{prefix}' is {spec['in_features']} -> "
-                             f"{spec['out_features']} in the file but {module.in_features} -> "
-                             f"{module.out_features} in the model")
+                             f"{spec['out_features']} in the file but {in_features} -> "
+                             f"{out_features} in the model")
         new = TernaryLinear(spec["in_features"], spec["out_features"], bias=spec.get("bias", False),
-                            format=spec["format"], act=spec["act"], device=module.weight.device,
-                            dtype=module.weight.dtype)
+                            format=spec["format"], act=spec["act"], device=dense[0].device,
+                            dtype=dense[0].dtype)
+        new.layer_name = prefix
         parent_name, _, child = prefix.rpartition(".")
         setattr(model.get_submodule(parent_name), child, new)
-    model.load_state_dict(tensors, strict=strict)
+    result = model.load_state_dict(tensors, strict=strict)
+    if not strict and len(result.unexpected_keys) == len(tensors):
+        warnings.warn(f"load: nothing in {os.fspath(path)} matched a parameter or buffer of the "
+                      f"{type(model).__name__} ({len(tensors)} tensors, all unexpected)",
+                      UserWarning, stacklevel=2)
     return model

@@ -14,7 +14,7 @@ import torch
 
 from . import _C  # noqa: F401  (registers the schemas and native kernels)
 from . import reference
-from .formats import packed_rows, unpack_i2
+from .formats import ACT_MAX_K, packed_rows, unpack_i2
 
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -34,18 +34,22 @@ def _check_args(op: str, x, weight, scale, out_features, bias, act) -> int:
         if weight.dtype != torch.int8:
             raise ValueError(f"{op}: weight must be int8 (format i8), got {weight.dtype}")
         n = weight.shape[0]
-        if weight.shape[1] != k:
-            raise ValueError(f"{op}: weight must have shape [N, K] with K = x.size(-1) = {k}, "
-                             f"got {list(weight.shape)}")
     else:
         if weight.dtype != torch.uint8:
             raise ValueError(f"{op}: weight must be uint8 (format i2), got {weight.dtype}")
         if out_features < 1:
             raise ValueError(f"{op}: out_features must be >= 1, got {out_features}")
         n = out_features
-        if weight.shape[0] != packed_rows(n) or weight.shape[1] != k:
-            raise ValueError(f"{op}: weight must have shape [ceil(out_features / 4), K] = "
-                             f"[{packed_rows(n)}, {k}], got {list(weight.shape)}")
+        if weight.shape[0] != packed_rows(n):
+            raise ValueError(f"{op}: weight must have ceil(out_features / 4) = {packed_rows(n)} "
+                             f"rows for out_features = {n}, got weight of shape "
+                             f"{list(weight.shape)}")
+    if weight.shape[1] != k:
+        raise ValueError(f"{op}: x must have shape [..., in_features] with in_features = "
+                         f"weight.size(1) = {weight.shape[1]}, got x of shape {list(x.shape)}")
+    if act == "int8" and k > ACT_MAX_K:
+        raise ValueError(f"{op}: act='int8' sums int32 dot products, exact for in_features <= "
+                         f"{ACT_MAX_K}; got in_features = {k} (use act='none')")
     if not scale.is_floating_point():
         raise ValueError(f"{op}: scale must be a floating tensor, got {scale.dtype}")
     if not (scale.numel() == 1 or (scale.dim() == 1 and scale.shape[0] == n)):

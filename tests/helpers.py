@@ -139,15 +139,21 @@ def run_ref(fmt, x, w, scale, n, bias, act):
 # ---- assertions -----------------------------------------------------------------------------
 
 def assert_bit_exact(got, want, what=""):
-    """Same dtype, same shape, every value equal (torch.equal). The message names up to five
-    places that differ, their values and the largest difference."""
+    """Same dtype, same shape, every value equal (torch.equal), NaN where and only where the
+    other has NaN. The message names up to five places that differ, their values and the
+    largest difference."""
     if got.dtype != want.dtype or got.shape != want.shape:
         raise AssertionError(f"{what}: got {got.dtype} {list(got.shape)}, "
                              f"want {want.dtype} {list(want.shape)}")
     if torch.equal(got, want):
         return
     got, want = got.cpu(), want.cpu()
-    bad = (got != want).nonzero()[:5].tolist()
+    both_nan = got.isnan() & want.isnan()
+    if both_nan.any():
+        got, want = got.masked_fill(both_nan, 0), want.masked_fill(both_nan, 0)
+        if torch.equal(got, want):
+            return
+    bad = ((got != want) | (got.isnan() != want.isnan())).nonzero()[:5].tolist()
     at = tuple(zip(*bad))
     worst = (got.double() - want.double()).abs().max().item()
     raise AssertionError(f"{what}: not bit-exact at {bad}: {got[at].tolist()} vs "

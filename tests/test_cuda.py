@@ -12,7 +12,11 @@ import torch
 import ternary_ops as tops
 
 import helpers
-from helpers import CUDA_REL_TOL, DTYPES, dtype_id, make_case, random_weight, run_op, run_ref
+from helpers import (CUDA_REL_TOL, DTYPES, assert_bit_exact, dtype_id, make_case, random_weight,
+                     run_op, run_ref)
+
+FORMATS = ["i2", "i8"]
+ACTS = ["int8", "none"]
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available() or not tops.backends().get("cuda", False),
@@ -138,30 +142,37 @@ def test_extreme_activations_are_exact():
         check(out, run_ref("i2", xm, w, scale, n, None, "int8"), "int8", torch.float32, "extreme")
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
-def test_nonfinite_activations_agree_across_paths(dtype):
-    """x holding infinities and NaN (which the reference maps to NaN rows and the kernels to
-    q = -128): every act="int8" path gives the same output, whether x is quantized from
-    registers (aligned x, which then takes the NaN clamp) or in two passes (x shifted by one
-    element, always clamped), in the fused GEMV (M <= 2) or the pre-pass (M = 4). Rows without
-    them still match the reference."""
+def test_nonfinite_rows_give_nan_rows(fmt, dtype):
+    """act="int8": a row of x holding NaN, +Inf or -Inf gives an all-NaN output row, as in the
+    reference, on every path: the fused GEMV (M <= 2; x quantized from registers when aligned,
+    in two passes when shifted by one element), the pre-pass with the persistent (M = 2, large
+    K) and block GEMV (M = 4) and the tensor-core tiles (M = 16). Other rows stay bit-exact."""
     gen = torch.Generator().manual_seed(11)
-    for m, n, k in [(1, 64, 4096), (2, 40, 1024), (4, 40, 4096)]:
-        _, w, scale = random_weight("i2", n, k, gen, per_channel=True, scale_offset=0.5)
+    for m, n, k in [(1, 64, 4096), (2, 40, 1024), (2, 40, 20000), (4, 40, 4096), (16, 72, 1024)]:
+        _, w, scale = random_weight(fmt, n, k, gen, per_channel=True, scale_offset=0.5)
         for bad in (float("nan"), float("inf"), -float("inf")):
             x = torch.randn(m, k, generator=gen).to(dtype)
             x[0, (7 * torch.arange(5)) % k] = bad
+            x[m - 1, k - 1] = bad
+            want = run_ref(fmt, x, w, scale, n, None, "int8")
+            assert want[0].isnan().all()
             buf = torch.empty(m * k + 1, dtype=dtype, device="cuda")
             shifted = buf[1:].view(m, k)
             shifted.copy_(x)
-            args = (w.cuda(), scale.cuda(), n, None, "int8")
-            aligned = torch.ops.ternary.linear_i2(x.cuda(), *args).cpu()
-            two_pass = torch.ops.ternary.linear_i2(shifted, *args).cpu()
-            torch.testing.assert_close(aligned, two_pass, rtol=0, atol=0, equal_nan=True,
-                                       msg=lambda e: f"{dtype} M={m} K={k} x has {bad}: {e}")
-            if m > 1:
-                check(aligned[1:], run_ref("i2", x[1:], w, scale, n, None, "int8"), "int8", dtype,
-                      f"{dtype} M={m} K={k}: finite rows next to a row with {bad}")
+            for xc in (x.cuda(), shifted):
+                got = run_op(fmt, xc, w.cuda(), scale.cuda(), n, None, "int8")
+                assert_bit_exact(got.cpu(), want, f"{fmt} {dtype} M={m} K={k} x has {bad}")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("act", ACTS)
+def test_empty_k_gives_bias(fmt, act):
+    for m in (1, 2, 4, 16, 40):
+        case = make_case(fmt, m, 24, 0, bias=True, dtype=torch.bfloat16).to("cuda")
+        got = case.run(act).cpu()
+        assert torch.equal(got, case.bias.cpu().expand(m, 24)), f"{fmt} {act} M={m}"
 
 
 @pytest.mark.parametrize("act,m", [("none", 16), ("none", 100), ("int8", 1), ("int8", 2)])

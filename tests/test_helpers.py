@@ -47,6 +47,16 @@ def test_bit_exact_needs_same_dtype_and_shape():
         assert_bit_exact(a[None], a)
 
 
+def test_bit_exact_nan_only_where_the_other_has_nan():
+    want = torch.tensor([[float("nan"), float("nan")], [1.0, float("inf")]])
+    assert_bit_exact(want.clone(), want)
+    for i, j, v in [(0, 0, 0.0), (1, 0, float("nan")), (1, 1, float("nan"))]:
+        got = want.clone()
+        got[i, j] = v
+        with pytest.raises(AssertionError, match=f"not bit-exact at \\[\\[{i}, {j}\\]\\]"):
+            assert_bit_exact(got, want)
+
+
 def test_check_relative_error_and_finite():
     ref = torch.ones(4, 8)
     close = ref.clone()

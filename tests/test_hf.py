@@ -397,3 +397,42 @@ def test_load_pretrained_dtype_and_errors(tmp_path):
     (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="96 -> 64 in the file but 128 -> 64"):
         tops_hf.load_pretrained(tmp_path / "m")
+
+
+def small_gpt2():
+    cfg = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=100, n_positions=32,
+                                  bos_token_id=0, eos_token_id=0)
+    return transformers.GPT2LMHeadModel(cfg).eval()
+
+
+def test_tied_head_is_untied_and_round_trips(tmp_path):
+    """convert(exclude=[]) ternarizes GPT-2's lm_head, tied to the input embedding: the head
+    gets its own ternary weight, the embedding stays dense, and a reload does not tie them."""
+    model = small_gpt2()
+    assert model.lm_head.weight is model.transformer.wte.weight
+    summary = tops.convert(model, exclude=[])
+    assert "lm_head" in summary.replaced and "untied" in summary.notes["lm_head"]
+    assert "untied from 'transformer.wte'" in str(summary)
+    assert model.config.tie_word_embeddings is False
+    ids = torch.randint(0, 100, (1, 8))
+    with torch.no_grad():
+        want = model(ids).logits
+    tops_hf.save_pretrained(model, tmp_path)
+    again = tops_hf.load_pretrained(tmp_path).eval()
+    assert isinstance(again.lm_head, tops.TernaryLinear)
+    with torch.no_grad():
+        assert torch.equal(again(ids).logits, want)
+
+
+def test_load_rebuilds_conv1d_layers_of_a_fresh_model(tmp_path):
+    model = small_gpt2()
+    tops.convert(model)
+    path = tmp_path / "gpt2.safetensors"
+    tops.save(model, path)
+    fresh = small_gpt2()
+    tops.load(path, fresh)
+    assert isinstance(fresh.transformer.h[0].attn.c_attn, tops.TernaryLinear)
+    assert fresh.transformer.h[0].attn.c_attn.layer_name == "transformer.h.0.attn.c_attn"
+    ids = torch.randint(0, 100, (2, 8))
+    with torch.no_grad():
+        assert torch.equal(fresh(ids).logits, model(ids).logits)

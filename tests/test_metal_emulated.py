@@ -297,6 +297,36 @@ def test_agrees_with_package_reference(emu):
         torch.testing.assert_close(y, want.to(y.dtype), rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("path", [0, 1])
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_nonfinite_rows_give_nan_rows(emu, fmt, path):
+    """act="int8": a row holding NaN, +Inf or -Inf gives an all-NaN output row, as in
+    ternary_ops.reference; the other rows stay bit-exact."""
+    from ternary_ops import reference as package_reference
+    from helpers import assert_bit_exact
+    gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
+    M = 1 if path == 0 else 5
+    for dtype, bad in itertools.product(ALL_DTYPES, [float("nan"), float("inf"), -float("inf")]):
+        x, t, scale, bias = make_case(gen, M, 21, 600, dtype, bias_dtype=torch.float32)
+        x[M - 1, 599] = bad
+        x[0, 3] = bad
+        y, _ = run(emu, fmt, "int8", x, t, scale, bias, path=path)
+        want = package_reference.linear_i8(x, t, scale, bias, "int8")
+        assert want[0].isnan().all()
+        assert_bit_exact(y, want, f"{fmt} path {path} {dtype} x has {bad}")
+
+
+@pytest.mark.parametrize("path", [0, 1])
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_empty_k_gives_bias(emu, fmt, act, path):
+    gen = torch.Generator().manual_seed(2)
+    M = 1 if path == 0 else 5
+    x, t, scale, bias = make_case(gen, M, 9, 0, torch.float32, bias_dtype=torch.float32)
+    y, _ = run(emu, fmt, act, x, t, scale, bias, path=path)
+    assert torch.equal(y, bias.expand(M, 9))
+
+
 # ---- the emulator itself: it must catch the bugs it exists to catch ----
 
 @pytest.mark.parametrize("case,expect", [

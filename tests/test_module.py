@@ -1,5 +1,9 @@
 """TernaryLinear, convert, save/load and bad-input errors."""
 import json
+import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -200,8 +204,16 @@ def test_op_errors_name_expected_and_got():
     cases = [
         (lambda: i8(x.int(), codes, s, None, "int8"), "x must be float32, bfloat16 or float16, got Int"),
         (lambda: i8(x, codes.float(), s, None, "int8"), "weight must be int8 \\(format i8\\), got Float"),
-        (lambda: i8(torch.randn(2, 15), codes, s, None, "int8"), "K = x.size\\(-1\\) = 15, got \\[8, 16\\]"),
-        (lambda: i2(x, w2, s, 9, None, "int8"), "\\[ceil\\(out_features / 4\\), K\\] = \\[3, 16\\], got \\[2, 16\\]"),
+        (lambda: i8(torch.randn(2, 15), codes, s, None, "int8"),
+         "x must have shape \\[..., in_features\\] with in_features = weight.size\\(1\\) = 16, "
+         "got x of shape \\[2, 15\\]"),
+        (lambda: i2(torch.randn(3, 2, 17), w2, s, 8, None, "none"),
+         "in_features = weight.size\\(1\\) = 16, got x of shape \\[3, 2, 17\\]"),
+        (lambda: i2(x, w2, s, 9, None, "int8"),
+         "weight must have ceil\\(out_features / 4\\) = 3 rows for out_features = 9, got weight of "
+         "shape \\[2, 16\\]"),
+        (lambda: i2(x, w2, s, 2**63 - 1, None, "int8"),
+         "ceil\\(out_features / 4\\) = 2305843009213693952 rows for out_features = 9223372036854775807"),
         (lambda: i2(x, codes, s, 8, None, "int8"), "weight must be uint8 \\(format i2\\), got Char"),
         (lambda: i2(x, w2, torch.ones(3), 8, None, "int8"), "scale must be a scalar or have shape \\[N\\] = \\[8\\], got \\[3\\]"),
         (lambda: i2(x, w2, s, 8, torch.ones(7), "int8"), "bias must have shape \\[N\\] = \\[8\\], got \\[7\\]"),
@@ -214,6 +226,28 @@ def test_op_errors_name_expected_and_got():
             call()
 
 
+@pytest.mark.parametrize("fmt", ["i8", "i2"])
+def test_int8_rejects_k_beyond_the_int32_dot(fmt):
+    # |dot| <= 128 K must fit an int32: K = 2**24 - 1 is the largest act="int8" takes. Expanded
+    # (zero-stride) tensors: the check comes before any allocation or arithmetic.
+    k = tops.formats.ACT_MAX_K + 1
+    x = torch.zeros(1).expand(1, k)
+    s = torch.tensor(1.0)
+    if fmt == "i8":
+        call = lambda act: torch.ops.ternary.linear_i8(  # noqa: E731
+            x, torch.zeros(1, 1, dtype=torch.int8).expand(1, k), s, None, act)
+    else:
+        call = lambda act: torch.ops.ternary.linear_i2(  # noqa: E731
+            x, torch.full((1, 1), 0x55, dtype=torch.uint8).expand(1, k), s, 1, None, act)
+    with pytest.raises(ValueError, match=f"exact for in_features <= {k - 1}; got in_features = {k}"):
+        call("int8")
+    with torch.device("meta"):  # the fake kernel (torch.compile) says the same
+        with pytest.raises(ValueError, match="exact for in_features"):
+            torch.ops.ternary.linear_i8(torch.empty(1, k), torch.empty(1, k, dtype=torch.int8),
+                                        torch.ones(()), None, "int8")
+    assert torch.equal(call("none"), torch.zeros(1, 1))  # act="none" sums in float: no limit
+
+
 def test_device_mismatch_error():
     codes = random_codes(8, 16)
     x = torch.empty(2, 16, device="meta")
@@ -222,3 +256,115 @@ def test_device_mismatch_error():
     with pytest.raises(ValueError, match=r"all tensors must be on x's device \(cpu\), got scale on meta"):
         torch.ops.ternary.linear_i8(torch.randn(2, 16), codes, torch.ones((), device="meta"),
                                     None, "int8")
+
+
+# ---- convert and save / load: what a user's model needs ---------------------------------------
+
+def test_convert_leaves_multihead_attention_out_proj_dense():
+    layer = nn.TransformerEncoderLayer(32, 4, 64, batch_first=True).eval()
+    summary = tops.convert(layer, exclude=[], act="none")
+    assert isinstance(layer.self_attn.out_proj, nn.Linear)
+    assert isinstance(layer.linear1, tops.TernaryLinear)
+    assert "self_attn.out_proj" in summary.skipped
+    assert "reads its weight directly" in summary.notes["self_attn.out_proj"]
+    assert "self_attn.out_proj: left dense" in str(summary)
+    out = layer(torch.randn(2, 5, 32))
+    assert out.shape == (2, 5, 32) and torch.isfinite(out).all()
+
+
+def test_convert_warns_on_float64_and_on_a_second_run():
+    model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 4)).double()
+    with pytest.warns(UserWarning, match="float64"):
+        tops.convert(model, exclude=[])
+    with pytest.warns(UserWarning, match="2 layers of the model are already TernaryLinear"):
+        summary = tops.convert(model, exclude=[], format="i8")
+    assert summary.replaced == [] and model[0].format == "i2"
+
+
+def test_convert_rejects_a_bare_linear_and_reports_nothing_to_convert():
+    with pytest.raises(TypeError, match="TernaryLinear.from_linear"):
+        tops.convert(nn.Linear(4, 4))
+    summary = tops.convert(nn.Sequential(nn.ReLU()))
+    assert str(summary) == "converted no layers: the model has no nn.Linear or Conv1D layer"
+
+
+def test_wrong_x_width_names_x_and_the_layer():
+    with pytest.raises(ValueError, match=r"TernaryLinear\(in_features=16, out_features=8\): x must "
+                       r"have in_features = 16 as its last dimension, got x of shape \[2, 15\]"):
+        tops.TernaryLinear(16, 8)(torch.randn(2, 15))
+    model = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
+    tops.convert(model, exclude=[])
+    with pytest.raises(ValueError, match=r"layer '2': x must have in_features = 8"):
+        model[2](torch.randn(3, 9))
+
+
+def test_save_and_load_take_either_argument_order(tmp_path):
+    model = nn.Sequential(nn.Linear(16, 8), nn.Linear(8, 4))
+    tops.convert(model, exclude=[])
+    path = tmp_path / "m.safetensors"
+    tops.save(path, model)
+    fresh = nn.Sequential(nn.Linear(16, 8), nn.Linear(8, 4))
+    tops.load(fresh, str(path))
+    x = torch.randn(2, 16)
+    assert torch.equal(fresh(x), model(x))
+    with pytest.raises(TypeError, match=r"path must be a str or os.PathLike, got int"):
+        tops.save(model, 3)
+    with pytest.raises(TypeError, match=r"model must be an nn.Module, got dict"):
+        tops.load(path, {})
+
+
+def test_load_errors_name_the_file(tmp_path):
+    bad = tmp_path / "not.safetensors"
+    bad.write_bytes(b"x" * 100)
+    with pytest.raises(ValueError, match=f"{bad}: not a safetensors file"):
+        tops.load(bad)
+    model = nn.Sequential(nn.Linear(16, 8))
+    tops.convert(model, exclude=[])
+    path = tmp_path / "m.safetensors"
+    tops.save(model, path)
+    from safetensors.torch import load_file, save_file
+    meta = {"ternary_ops": json.dumps({"version": 1, "layers": ["0"], "aliases": {}})}
+    save_file(load_file(path), tmp_path / "list.safetensors", metadata=meta)
+    with pytest.raises(ValueError, match="'layers' must be a JSON object, got list"):
+        tops.load(tmp_path / "list.safetensors")
+    with pytest.warns(UserWarning, match="nothing in .* matched"):
+        tops.load(path, nn.ModuleDict({"other": nn.Linear(2, 2)}), strict=False)
+
+
+def test_save_keeps_the_umask_mode_and_leaves_no_temporary_file(tmp_path):
+    model = nn.Sequential(nn.Linear(16, 8))
+    tops.convert(model, exclude=[])
+    for umask, mode in [(0o022, 0o644), (0o077, 0o600)]:
+        old = os.umask(umask)
+        try:
+            path = tmp_path / f"m{umask:o}.safetensors"
+            tops.save(model, path)
+        finally:
+            os.umask(old)
+        assert os.stat(path).st_mode & 0o777 == mode
+    before = sorted(os.listdir(tmp_path))
+
+    class Unsaveable(nn.Module):
+        def state_dict(self, *a, **k):
+            return {"w": torch.zeros(2), "bad": "not a tensor"}
+
+    with pytest.raises(TypeError):
+        tops.save(Unsaveable(), tmp_path / "m22.safetensors")
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_killed_save_leaves_the_previous_file_intact(tmp_path):
+    """A save killed midway (SIGKILL while safetensors writes a large file) leaves the file it
+    was replacing as it was."""
+    path = tmp_path / "m.safetensors"
+    small = {"w": torch.arange(10.0)}
+    tops.save(small, path)
+    script = textwrap.dedent(f"""
+        import os, signal, threading, torch, ternary_ops as tops
+        big = {{"w": torch.zeros(256, 1024, 1024)}}  # 1 GiB
+        threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGKILL)).start()
+        tops.save(big, {str(path)!r})
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True)
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    assert torch.equal(tops.load(path)["w"], small["w"])

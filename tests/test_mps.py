@@ -123,7 +123,7 @@ def test_opcheck_on_mps(fmt, act):
 def test_bad_input_raises_on_mps():
     w = torch.zeros(3, 8, dtype=torch.int8, device="mps")
     scale = torch.ones((), device="mps")
-    with pytest.raises(ValueError, match="K = x.size"):
+    with pytest.raises(ValueError, match="in_features = weight.size"):
         torch.ops.ternary.linear_i8(torch.randn(2, 7, device="mps"), w, scale, None, "int8")
     with pytest.raises(ValueError, match="act must be"):
         torch.ops.ternary.linear_i8(torch.randn(2, 8, device="mps"), w, scale, None, "int4")

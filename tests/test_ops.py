@@ -1,5 +1,8 @@
 """The ops against the reference semantics and against torch.matmul on dequantized weights."""
 import itertools
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -7,8 +10,8 @@ import torch
 import ternary_ops as tops
 from ternary_ops import reference
 
-from helpers import (CPU_TOL, DTYPES, ODD_DIMS, assert_matches, forced_cpu_kernel, make_case,
-                     random_codes, random_scale, run_op, to_format)
+from helpers import (CPU_TOL, DTYPES, ODD_DIMS, assert_bit_exact, assert_matches,
+                     forced_cpu_kernel, make_case, random_codes, random_scale, run_op, to_format)
 
 FORMATS = ["i8", "i2"]
 ACTS = ["int8", "none"]
@@ -161,3 +164,77 @@ def test_env_var_forces_kernel_set():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode != 0
     assert "TERNARY_OPS_KERNEL=no_such_isa is not available" in out.stderr
+
+
+# ---- non-finite x and empty K, on every CPU kernel set -------------------------------------
+
+@pytest.mark.parametrize("kernel", tops.cpu_kernels_available())
+@pytest.mark.parametrize("format", FORMATS)
+def test_int8_nonfinite_row_gives_nan_row(kernel, format):
+    """act="int8": a row of x holding NaN, +Inf or -Inf gives an all-NaN output row (the
+    reference's rule); the other rows are bit-exact. M = 1 (GEMV) and M = 8, 19 (tiles, AMX).
+    The bad value sits in the SIMD body, in the tail past it, or at the row's start."""
+    with forced_cpu_kernel(kernel):
+        for m, k, dtype in [(1, 77, torch.float32), (8, 300, torch.bfloat16), (19, 45, torch.float16)]:
+            case = make_case(format, m, 13, k, per_channel=True, bias=True, dtype=dtype)
+            for bad in (float("nan"), float("inf"), -float("inf")):
+                x = case.x.clone()
+                for row, col in [(0, k - 1), (m // 2, 0), (m - 1, k // 2)]:
+                    x[row, col] = bad
+                got = case.run("int8", x)
+                want = case.ref("int8", x)
+                assert want[m - 1].isnan().all()
+                assert_bit_exact(got, want, f"{kernel} {format} M={m} K={k} {dtype} x has {bad}")
+
+
+@pytest.mark.parametrize("kernel", tops.cpu_kernels_available())
+@pytest.mark.parametrize("format", FORMATS)
+@pytest.mark.parametrize("act", ACTS)
+def test_empty_k_gives_bias(kernel, format, act):
+    """K = 0: every output is the bias (zero without one), at every M, after a call with K > 0
+    on the same thread (whose accumulators must not leak into the empty sum)."""
+    with forced_cpu_kernel(kernel):
+        for m in (1, 8, 16, 33):
+            warm = make_case(format, m, 40, 256, bias=True)
+            warm.run(act)
+            case = make_case(format, m, 40, 0, bias=True)
+            got = case.run(act)
+            assert_bit_exact(got, case.ref(act), f"{kernel} {format} {act} M={m} K=0")
+            assert torch.equal(got, case.bias.expand(m, 40))
+            nobias = run_op(format, case.x, case.weight, case.scale, 40, None, act)
+            assert torch.equal(nobias, torch.zeros(m, 40))
+
+
+def test_large_call_scratch_is_released():
+    """The per-thread scratch of one large call ([4096, 8192] bfloat16 x: 160 MiB of float32
+    rows and int8 codes) is freed when the call ends, in a process of its own (resident memory
+    is per process)."""
+    script = textwrap.dedent("""
+        import torch, ternary_ops as tops
+        def rss():
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * 4096
+        torch.set_num_threads(1)
+        w = tops.pack_i2(torch.randint(-1, 2, (8, 8192), dtype=torch.int8))
+        s = torch.ones(())
+        torch.ops.ternary.linear_i2(torch.randn(4, 8192), w, s, 8, None, "int8")  # warm
+        before = rss()
+        x = torch.randn(4096, 8192).bfloat16()
+        torch.ops.ternary.linear_i2(x, w, s, 8, None, "int8")
+        del x
+        print((rss() - before) / 2**20)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True)
+    grown_mib = float(out.stdout.split()[-1])
+    assert grown_mib < 40, f"{grown_mib:.0f} MiB still resident after one large call"
+
+
+def test_empty_n_with_huge_expanded_x_allocates_nothing():
+    """N = 0 returns an empty [..., 0] output before staging x: a zero-stride x of 2^34
+    elements costs no memory."""
+    x = torch.zeros(1).expand(2**17, 2**17)
+    w = torch.zeros(0, 2**17, dtype=torch.int8)
+    for act in ACTS:
+        y = torch.ops.ternary.linear_i8(x, w, torch.ones(()), None, act)
+        assert y.shape == (2**17, 0)

@@ -93,6 +93,7 @@ def run_variant(args, variant) -> dict:
     from transformers import DynamicCache
 
     import ternary_ops as tops
+    from ternary_ops.hf import cache_kwargs
 
     torch.set_num_threads(args.threads)
     if args.kernel:
@@ -107,13 +108,13 @@ def run_variant(args, variant) -> dict:
     with torch.inference_mode():
         cache = DynamicCache(config=model.config)
         t0 = time.perf_counter()
-        out = model(input_ids=prompt, past_key_values=cache, use_cache=True)
+        out = model(input_ids=prompt, use_cache=True, **cache_kwargs(model, cache))
         prefill_s = time.perf_counter() - t0
         token = out.logits[:, -1:].argmax(-1)
         tokens = []
         for i in range(args.warmup + args.tokens):
             t0 = time.perf_counter()
-            out = model(input_ids=token, past_key_values=cache, use_cache=True)
+            out = model(input_ids=token, use_cache=True, **cache_kwargs(model, cache))
             token = out.logits[:, -1:].argmax(-1)
             dt = time.perf_counter() - t0
             if i >= args.warmup:

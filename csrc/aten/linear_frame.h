@@ -4,7 +4,7 @@
 //
 //   at::Tensor linear_cuda(WeightFormat f, <op args>) {
 //     LinearCall c = prepare_linear(f, c10::DeviceType::CUDA, <op args>);
-//     if (c.empty()) return c.out;
+//     if (c.done) return c.out;
 //     ... kernels write c.out ...
 //     return c.out;
 //   }
@@ -23,8 +23,9 @@ struct LinearCall {
   at::Tensor out;     // x.shape[:-1] + [N], x's dtype and device, uninitialised
   at::Tensor x2d;     // x viewed (or copied, if it cannot be viewed) as [M, K]
   at::Tensor weight;  // contiguous
-  // Nothing to compute: M = 0 or N = 0 (out has no elements).
-  bool empty() const { return out.numel() == 0; }
+  // out is final and no kernel runs: M = 0 or N = 0 (out has no elements), or K = 0 (an empty
+  // sum: out holds the bias, zeros without one).
+  bool done = false;
 };
 
 // Validates the arguments (op_checks.h), checks that x lives on the device the glue serves,
@@ -40,7 +41,12 @@ inline LinearCall prepare_linear(WeightFormat f, c10::DeviceType device, const a
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = c.shape.N;
   c.out = at::empty(out_shape, x.options());
-  if (c.empty()) return c;
+  c.done = c.out.numel() == 0 || c.shape.K == 0;
+  if (c.shape.K == 0 && c.out.numel() > 0) {
+    if (bias.has_value()) c.out.copy_(bias->to(at::kFloat).expand_as(c.out));
+    else c.out.zero_();
+  }
+  if (c.done) return c;
   c.x2d = x.reshape({c.shape.M, c.shape.K});
   c.weight = weight.contiguous();
   return c;

@@ -44,17 +44,21 @@ inline LinearShape check_linear_args(WeightFormat f, const at::Tensor& x, const 
     TORCH_CHECK_VALUE(weight.scalar_type() == at::kChar, op, ": weight must be int8 (format i8), got ",
                 weight.scalar_type());
     N = weight.size(0);
-    TORCH_CHECK_VALUE(weight.size(1) == K, op, ": weight must have shape [N, K] with K = x.size(-1) = ",
-                K, ", got ", weight.sizes());
   } else {
     TORCH_CHECK_VALUE(weight.scalar_type() == at::kByte, op, ": weight must be uint8 (format i2), got ",
                 weight.scalar_type());
     TORCH_CHECK_VALUE(out_features >= 1, op, ": out_features must be >= 1, got ", out_features);
     N = out_features;
-    TORCH_CHECK_VALUE(weight.size(0) == i2_packed_rows(N) && weight.size(1) == K, op,
-                ": weight must have shape [ceil(out_features / 4), K] = [", i2_packed_rows(N),
-                ", ", K, "], got ", weight.sizes());
+    TORCH_CHECK_VALUE(weight.size(0) == i2_packed_rows(N), op,
+                ": weight must have ceil(out_features / 4) = ", i2_packed_rows(N),
+                " rows for out_features = ", N, ", got weight of shape ", weight.sizes());
   }
+  // The weight fixes in_features; a wrong x is the likelier mistake, so the message names x.
+  TORCH_CHECK_VALUE(weight.size(1) == K, op, ": x must have shape [..., in_features] with in_features = ",
+              "weight.size(1) = ", weight.size(1), ", got x of shape ", x.sizes());
+  TORCH_CHECK_VALUE(mode != ActMode::Int8 || K <= kActMaxK, op,
+              ": act='int8' sums int32 dot products, exact for in_features <= ", kActMaxK,
+              "; got in_features = ", K, " (use act='none')");
   TORCH_CHECK_VALUE(scale.is_floating_point(), op, ": scale must be a floating tensor, got ",
               scale.scalar_type());
   TORCH_CHECK_VALUE(scale.numel() == 1 || (scale.dim() == 1 && scale.size(0) == N), op,

@@ -8,23 +8,33 @@
 
 #include "aten/linear_frame.h"
 #include "cpu/kernels.h"
+#include "cpu/scratch.h"
 
 namespace ternary {
 namespace {
 
-// Per-thread scratch that only grows: no heap allocation per call once warm.
-template <typename T>
-T* scratch(std::vector<T>& buf, int64_t n) {
-  if (static_cast<int64_t>(buf.size()) < n) buf.resize(static_cast<size_t>(n));
-  return buf.data();
-}
+using cpu::scratch;
 
+// The calling thread's scratch (cpu/scratch.h): kept between calls, trimmed after large ones.
 struct Scratch {
   std::vector<float> xf, y, scale, bias, inv;
   std::vector<int8_t> q;
   std::vector<int32_t> sum;
 };
 thread_local Scratch tls;
+
+// Releases the large buffers when the call ends, however it ends.
+struct ScratchTrim {
+  ~ScratchTrim() {
+    cpu::release_if_large(tls.xf);
+    cpu::release_if_large(tls.y);
+    cpu::release_if_large(tls.scale);
+    cpu::release_if_large(tls.bias);
+    cpu::release_if_large(tls.inv);
+    cpu::release_if_large(tls.q);
+    cpu::release_if_large(tls.sum);
+  }
+};
 
 // float32 contiguous view of t's data: t itself when it already is, else a copy into buf.
 const float* as_float(const at::Tensor& t, std::vector<float>& buf) {
@@ -46,10 +56,11 @@ at::Tensor linear_cpu(WeightFormat f, const at::Tensor& x, const at::Tensor& wei
                       const c10::optional<at::Tensor>& bias, c10::string_view act) {
   LinearCall c =
       prepare_linear(f, c10::DeviceType::CPU, x, weight, scale, out_features, bias, act);
-  if (c.empty()) return c.out;
+  if (c.done) return c.out;
   const LinearShape& s = c.shape;
   at::Tensor& out = c.out;
   const cpu::KernelSet& ks = cpu::selected_kernels();
+  const ScratchTrim trim;
 
   cpu::Problem p;
   p.M = s.M;
@@ -82,7 +93,7 @@ at::Tensor linear_cpu(WeightFormat f, const at::Tensor& x, const at::Tensor& wei
     p.ldx = s.K;
     fn = f == WeightFormat::I8 ? ks.i8_none : ks.i2_none;
   }
-  const int64_t units = f == WeightFormat::I8 ? s.N : i2_packed_rows(s.N);
+  const int64_t units = weight_units(f == WeightFormat::I2, s.N);
   const int64_t rows_per_unit = f == WeightFormat::I8 ? 1 : kI2RowsPerByte;
   at::parallel_for(0, units, grain_for(units, s.M * s.K * rows_per_unit),
                    [&](int64_t u0, int64_t u1) { fn(p, u0, u1); });

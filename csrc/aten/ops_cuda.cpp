@@ -1,6 +1,6 @@
 // ops_cuda.cpp: the CUDA glue for ternary::linear_i8 / linear_i2. Validates (linear_frame.h),
-// allocates the output and the small act="int8" scratch through the caching allocator, and
-// launches the torch-free kernels (kernels.h) on the current stream. Nothing here synchronizes
+// asks the router (kernels.h) for a plan, allocates its scratch through the caching allocator,
+// and runs it on the current stream (the dense fallback's GEMM is torch's). Nothing here synchronizes
 // with the host, so the ops can be captured in CUDA graphs.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAStream.h>
@@ -32,7 +32,7 @@ at::Tensor linear_cuda(WeightFormat f, const at::Tensor& x, const at::Tensor& we
                        const c10::optional<at::Tensor>& bias, c10::string_view act) {
   LinearCall c =
       prepare_linear(f, c10::DeviceType::CUDA, x, weight, scale, out_features, bias, act);
-  if (c.empty()) return c.out;
+  if (c.done) return c.out;
   const c10::cuda::CUDAGuard guard(x.device());  // the launches go to x's device's stream
   const LinearShape& s = c.shape;
   const at::Tensor& out = c.out;
@@ -54,27 +54,17 @@ at::Tensor linear_cuda(WeightFormat f, const at::Tensor& x, const at::Tensor& we
   p.y = out.data_ptr();
   p.dtype = dtype_of(x);
 
-  if (s.act == ActMode::Int8) {
-    at::Tensor scratch;  // kept alive until the launches are queued
-    if (cuda::int8_needs_scratch(s.M, s.K)) {
-      // One block: q [M, q_ld(K)] int8, then inv [M] float32 and qsum [M] int32.
-      const int64_t qbytes = s.M * cuda::q_ld(s.K);
-      scratch = at::empty({qbytes + 8 * s.M}, x.options().dtype(at::kByte));
-      auto* base = scratch.data_ptr<uint8_t>();
-      p.q = reinterpret_cast<int8_t*>(base);
-      p.inv = reinterpret_cast<float*>(base + qbytes);
-      p.qsum = reinterpret_cast<int32_t*>(base + qbytes + 4 * s.M);
-    }
-    C10_CUDA_CHECK(cuda::linear_int8(p, stream));
-  } else if (s.M <= cuda::kGemvMaxM) {
-    C10_CUDA_CHECK(cuda::linear_none_gemv(p, stream));
-  } else if (cuda::linear_none_mma_ok(p)) {
-    C10_CUDA_CHECK(cuda::linear_none_mma(p, stream));
-  } else {
-    at::Tensor dense = at::empty({s.N, s.K}, x.options());
-    C10_CUDA_CHECK(cuda::dequantize(p, dense.data_ptr(), stream));
+  const cuda::Plan plan =
+      cuda::plan_linear(p, s.act == ActMode::Int8 ? cuda::Act::Int8 : cuda::Act::None);
+  at::Tensor scratch;  // kept alive until the launches are queued
+  if (plan.scratch_bytes > 0)
+    scratch = at::empty({plan.scratch_bytes}, x.options().dtype(at::kByte));
+  C10_CUDA_CHECK(cuda::run_linear(plan, p, scratch.defined() ? scratch.data_ptr() : nullptr,
+                                  stream));
+  if (plan.path == cuda::Path::kNoneDense) {
+    const at::Tensor dense = scratch.view(x.scalar_type()).view({s.N, s.K});
     const at::Tensor acc = at::mm(x2, dense.t());
-    C10_CUDA_CHECK(cuda::scale_bias(p, acc.data_ptr(), stream));
+    C10_CUDA_CHECK(cuda::finish_dense(p, acc.data_ptr(), stream));
   }
   return out;
 }

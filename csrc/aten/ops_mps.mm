@@ -141,7 +141,7 @@ at::Tensor linear_mps(WeightFormat f, const at::Tensor& x, const at::Tensor& wei
                       const c10::optional<at::Tensor>& bias, c10::string_view act) {
   LinearCall c =
       prepare_linear(f, c10::DeviceType::MPS, x, weight, scale, out_features, bias, act);
-  if (c.empty()) return c.out;
+  if (c.done) return c.out;
   const LinearShape& s = c.shape;
   const at::Tensor& out = c.out;
   TORCH_CHECK_VALUE(s.M < (int64_t(1) << 31) && s.N < (int64_t(1) << 31) &&

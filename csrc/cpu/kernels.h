@@ -3,6 +3,8 @@
 // pointers only, so kernels build alone for harnesses, qemu and sanitizers.
 #pragma once
 #include <cstdint>
+#include <cstring>
+#include <limits>
 
 #include "ternary_format.h"
 
@@ -41,12 +43,34 @@ static inline float epilogue_none(const Problem& p, int64_t n, float dot) {
   return p.bias ? v + p.bias[n] : v;
 }
 
+// |x|'s bit pattern, and back (the amax pass works on bit patterns: act_row_finite).
+static inline uint32_t f32_abs_bits(float v) {
+  uint32_t b;
+  std::memcpy(&b, &v, sizeof b);
+  return b & kF32AbsMask;
+}
+static inline float f32_from_bits(uint32_t b) {
+  float v;
+  std::memcpy(&v, &b, sizeof v);
+  return v;
+}
+
+// What a quantizer stores for a row m holding NaN or +-Inf: q = 0, sum = 0 and inv = NaN, so
+// that every epilogue (dot / inv) gives NaN across the row, as the reference does.
+static inline void store_nonfinite_row(int64_t m, int8_t* q, int64_t ldq, float* inv,
+                                       int32_t* sum) {
+  std::memset(q + m * ldq, 0, static_cast<size_t>(ldq));
+  inv[m] = std::numeric_limits<float>::quiet_NaN();
+  sum[m] = 0;
+}
+
 // Computes the outputs of "row units" [u0, u1): output rows for i8, byte rows for i2 (byte row
 // j gives outputs j, j+R, j+2R, j+3R that are < N). Threads call it on disjoint unit ranges.
 using LinearFn = void (*)(const Problem& p, int64_t u0, int64_t u1);
 
 // Quantizes rows m in [m0, m1) of x (float32, [M, ldx]) for act="int8": q [M, ldq] (zeros in
-// columns K..ldq), inv[m] = 127 / max(max|x_m|, 1e-5), sum[m] = sum_k q[m, k].
+// columns K..ldq), inv[m] = 127 / max(max|x_m|, 1e-5), sum[m] = sum_k q[m, k]; a row holding
+// NaN or +-Inf is stored by store_nonfinite_row.
 // Must match the reference bit for bit: one float32 multiply x * inv, round half to even.
 using QuantizeFn = void (*)(const float* x, int64_t ldx, int64_t K, int64_t m0, int64_t m1,
                             int8_t* q, int64_t ldq, float* inv, int32_t* sum);

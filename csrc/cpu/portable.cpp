@@ -12,9 +12,13 @@ void quantize_rows(const float* x, int64_t ldx, int64_t K, int64_t m0, int64_t m
                    int64_t ldq, float* inv, int32_t* sum) {
   for (int64_t m = m0; m < m1; ++m) {
     const float* xr = x + m * ldx;
-    float amax = 0.0f;
-    for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(xr[k]));
-    const float s = kActQMax / std::max(amax, kActEps);
+    uint32_t amax_bits = 0;
+    for (int64_t k = 0; k < K; ++k) amax_bits = std::max(amax_bits, f32_abs_bits(xr[k]));
+    if (!act_row_finite(amax_bits)) {
+      store_nonfinite_row(m, q, ldq, inv, sum);
+      continue;
+    }
+    const float s = kActQMax / std::max(f32_from_bits(amax_bits), kActEps);
     int8_t* qr = q + m * ldq;
     int32_t total = 0;
     for (int64_t k = 0; k < K; ++k) {

@@ -7,7 +7,7 @@
 
 #include <cstdint>
 
-#include "kernels.h"
+#include "launchers.cuh"
 
 namespace ternary::cuda {
 
@@ -112,14 +112,16 @@ __device__ __forceinline__ int32_t warp_sum(int32_t v) {
   return warp_sum<int32_t>(v);
 #endif
 }
-// v >= 0 or +inf (not NaN, not -0): such floats order as their bit patterns do.
+// Maximum over the warp of floats with the sign bit clear, as bit patterns: for finite values
+// the order of the values, with +Inf above them and NaN above that (act_row_finite).
 __device__ __forceinline__ float warp_max_nonneg(float v) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   return __uint_as_float(__reduce_max_sync(0xffffffffu, __float_as_uint(v)));
 #else
+  uint32_t b = __float_as_uint(v);
 #pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
+  for (int o = 16; o > 0; o >>= 1) b = max(b, __shfl_xor_sync(0xffffffffu, b, o));
+  return __uint_as_float(b);
 #endif
 }
 
@@ -155,43 +157,6 @@ __device__ __forceinline__ void prefetch_l2(const void* p, uint32_t bytes) {
 #endif
 }
 
-// Timeline hooks for benchmarks/cuda_trace.cu, which defines TERNARY_CUDA_TRACE before
-// including the kernels; they compile to nothing otherwise. Per block, thread 0 records
-// %globaltimer (ns, comparable across SMs) and clock64 (cycles, this SM) at numbered points.
-#ifdef TERNARY_CUDA_TRACE
-constexpr int kTracePoints = 7;  // 0-5 set by the kernels, 6: block end
-__device__ unsigned long long trace_buf[1 << 22];
-__device__ unsigned int trace_next;
-__device__ __forceinline__ unsigned long long trace_gtimer() {
-  unsigned long long t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  return t;
-}
-#define TRACE_POINT(i, cond)                                        \
-  if (threadIdx.x == 0 && (cond)) {                                 \
-    trace_t_[2 * (i)] = trace_gtimer();                             \
-    trace_t_[2 * (i) + 1] = static_cast<unsigned long long>(clock64()); \
-  }
-#define TRACE_BEGIN                                 \
-  unsigned long long trace_t_[2 * kTracePoints] = {}; \
-  TRACE_POINT(0, true)
-#define TRACE_END                                                                        \
-  __syncthreads();                                                                       \
-  TRACE_POINT(kTracePoints - 1, true)                                                    \
-  if (threadIdx.x == 0) {                                                                \
-    unsigned long long* r = trace_buf + (2 * kTracePoints + 1) * atomicAdd(&trace_next, 1u); \
-    r[0] = blockIdx.x;                                                                   \
-    for (int i = 0; i < 2 * kTracePoints; ++i) r[1 + i] = trace_t_[i];                   \
-  }
-#else
-#define TRACE_BEGIN
-#define TRACE_POINT(i, cond)
-#define TRACE_END
-#endif
-
-// Whether launches on the current device may use programmatic dependent launch.
-bool pdl_enabled();
-
 template <typename... Params, typename... Args>
 cudaError_t launch_smem(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
                         cudaStream_t stream, bool pdl, Args&&... args) {
@@ -213,12 +178,5 @@ cudaError_t launch(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_
                    Args&&... args) {
   return launch_smem(kernel, grid, block, 0, stream, pdl, std::forward<Args>(args)...);
 }
-
-// Streaming multiprocessors and L2 bytes of the current device (cached per device).
-int device_sms();
-int64_t device_l2_bytes();
-
-// The int8 tensor-core path for M > kGemvMaxM (mma_int8.cu).
-cudaError_t launch_mma_int8(const Linear& p, cudaStream_t stream, bool pdl);
 
 }  // namespace ternary::cuda

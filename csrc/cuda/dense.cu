@@ -9,14 +9,14 @@ namespace {
 
 template <typename T>
 __global__ void dequantize_kernel(const Linear p, T* __restrict__ out) {
-  const int64_t total = p.N * p.K, R = units_of(true, p.N);
+  const int64_t total = p.N * p.K, R = i2_packed_rows(p.N);
   const auto* W = static_cast<const uint8_t*>(p.weight);
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
        i += int64_t(gridDim.x) * blockDim.x) {
     int w;
     if (p.i2) {
       const int64_t n = i / p.K, k = i % p.K;
-      w = int((W[(n % R) * p.K + k] >> (2 * (n / R))) & kI2CodeMask) - 1;  // ternary_format.h
+      w = i2_decode(W[i2_byte_row(n, R) * p.K + k], i2_shift(n, R));
     } else {
       w = static_cast<int8_t>(W[i]);
     }
@@ -58,7 +58,7 @@ cudaError_t dequantize(const Linear& p, void* dense, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-cudaError_t scale_bias(const Linear& p, const void* acc, cudaStream_t stream) {
+cudaError_t finish_dense(const Linear& p, const void* acc, cudaStream_t stream) {
   const dim3 grid = grid_for(p.M * p.N);
   switch (p.dtype) {
     case DType::F32:

@@ -1,6 +1,8 @@
-// kernels.h: the torch-free CUDA kernel interface. The ATen glue (ops_cuda.cpp) validates,
-// allocates the output and scratch through the caching allocator, and calls these launchers on
-// the current stream. Launchers never synchronize or allocate, so calls are graph-capturable.
+// kernels.h: the torch-free CUDA backend as the ATen glue (csrc/aten/ops_cuda.cpp) sees it. One
+// problem description (Linear) and a router that mirrors the CPU dispatcher: plan_linear picks
+// the kernels for a problem and says how much scratch they need, the glue allocates it through
+// the caching allocator, and run_linear launches on the current stream. Launchers never
+// synchronize or allocate, so calls are graph-capturable. Where each path lives: docs/DESIGN.md.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -17,11 +19,7 @@
 namespace ternary::cuda {
 
 enum class DType { F32, BF16, F16 };
-
-// Quantized activation rows are zero-padded to a multiple of this many columns, so kernels read
-// q in whole 64-byte k-steps past K.
-constexpr int64_t kQPad = 64;
-TERNARY_HD constexpr int64_t q_ld(int64_t K) { return (K + kQPad - 1) / kQPad * kQPad; }
+enum class Act { Int8, None };
 
 // One linear problem: y[m, n] = s[n] * sum_k T[n, k] * a[m, k] (+ bias[n]), x and y in `dtype`.
 struct Linear {
@@ -34,53 +32,35 @@ struct Linear {
   const void* x = nullptr;         // [M, K] contiguous, dtype
   void* y = nullptr;               // [M, N] contiguous, dtype
   DType dtype = DType::F32;
-  // act="int8": q int8 [M, q_ld(K)] (zero past K), inv[m] = 127 / max|x_m|, qsum[m] = sum_k q.
+  // act="int8" scratch, set by run_linear: q int8 [M, act_padded_k(K)] (zero past K),
+  // inv[m] = 127 / max|x_m| (NaN for a row holding NaN or +-Inf), qsum[m] = sum_k q.
   int8_t* q = nullptr;
   float* inv = nullptr;
   int32_t* qsum = nullptr;
 };
 
-// Largest M served by the GEMV kernels.
-constexpr int64_t kGemvMaxM = 8;
+// The kernels that serve one problem.
+enum class Path {
+  kInt8Fused,  // act="int8", M <= 2 and small M * K: the persistent GEMV quantizes x itself
+  kInt8Gemv,   // act="int8", M <= 8: the quantize pre-pass, then the persistent / block GEMV
+  kInt8Mma,    // act="int8", M > 8: the pre-pass, then int8 tensor-core tiles
+  kNoneGemv,   // act="none", M <= 8: float32-accumulating GEMV
+  kNoneMma,    // act="none", M > 8, 16-bit x, aligned: 16-bit tensor-core tiles
+  kNoneDense,  // act="none", otherwise: dense weights for a library GEMM, then finish_dense
+};
 
-// Largest M served by the persistent act="int8" GEMV; 2 < M <= kGemvMaxM takes the block GEMV
-// (faster there: measured on H100, benchmarks/CUDA_RESULTS.md).
-constexpr int64_t kPersistMaxM = 2;
+struct Plan {
+  Path path = Path::kNoneGemv;
+  int64_t scratch_bytes = 0;  // device scratch run_linear needs (16-byte aligned), or 0
+};
 
-// Largest M * K whose act="int8" GEMV quantizes x inside the kernel (one launch, no scratch):
-// every block quantizes the whole of x into shared memory, so the cost grows with M * K.
-constexpr int64_t kFusedQuantMaxMK = 32768;
+// Picks the path for p (its shapes, dtype and the alignment of p.x and p.weight). Host only.
+Plan plan_linear(const Linear& p, Act act);
 
-// Whether act="int8" needs the q / inv / qsum scratch in Linear (false: the persistent GEMV
-// quantizes x itself; the scratch pointers are not read).
-TERNARY_HD constexpr bool int8_needs_scratch(int64_t M, int64_t K) {
-  return !(M <= kPersistMaxM && M * K <= kFusedQuantMaxMK);
-}
-
-// act="int8" pre-pass: per-row quantization of x into q / inv / qsum (one launch, M blocks).
-cudaError_t quantize_rows(const Linear& p, cudaStream_t stream);
-// act="int8": M <= 2 takes the persistent dp4a GEMV, in one launch when x is small enough
-// (int8_needs_scratch false), else after the quantize pre-pass; 2 < M <= 8 the pre-pass and
-// the block dp4a GEMV; M > 8 the pre-pass and the int8 tensor-core (mma.sync) tiles. With programmatic dependent launch (sm_90+) a kernel
-// may be scheduled while its predecessor finishes and waits for it on the device;
-// TERNARY_OPS_CUDA_PDL=0 turns that off.
-cudaError_t linear_int8(const Linear& p, cudaStream_t stream);
-// act="none", M <= 8: float32-accumulating GEMV.
-cudaError_t linear_none_gemv(const Linear& p, cudaStream_t stream);
-// act="none", M > 8 helpers: dense ternary weights T[N, K] in dtype (exact), for a library GEMM,
-// then y = acc * s[n] (+ bias[n]) from that GEMM's output acc [M, N] (dtype) into p.y.
-cudaError_t dequantize(const Linear& p, void* dense, cudaStream_t stream);
-cudaError_t scale_bias(const Linear& p, const void* acc, cudaStream_t stream);
-// act="none", M > 8, bfloat16 / half x: 16-bit tensor-core tiles on weights decoded in
-// registers (mma_float.cu), where linear_none_mma_ok: K % 8 == 0, x 16-byte and the weights
-// 8-byte aligned, i2 or M <= 32. Otherwise (and for float32 x) the dense helpers above.
-bool linear_none_mma_ok(const Linear& p);
-cudaError_t linear_none_mma(const Linear& p, cudaStream_t stream);
-
-// Weight units: output rows for i8, byte rows (four outputs each) for i2. ternary_format.h's
-// helpers are host-only constexpr; these are the same arithmetic for device code.
-TERNARY_HD constexpr int64_t units_of(bool i2, int64_t N) {
-  return i2 ? (N + kI2RowsPerByte - 1) / kI2RowsPerByte : N;
-}
+// Launches the plan's kernels on `stream`, with `scratch` of plan.scratch_bytes bytes. For
+// Path::kNoneDense it writes the dense weights T [N, K] in x's dtype to scratch and returns;
+// the caller then computes acc = x @ T^T ([M, N], x's dtype) and calls finish_dense.
+cudaError_t run_linear(const Plan& plan, Linear p, void* scratch, cudaStream_t stream);
+cudaError_t finish_dense(const Linear& p, const void* acc, cudaStream_t stream);
 
 }  // namespace ternary::cuda

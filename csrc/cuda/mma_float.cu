@@ -55,7 +55,7 @@ __global__ void __launch_bounds__(kKWarps * 32) mma_float_ksplit_kernel(const Li
   constexpr int kBLoads = I2 ? 1 : 4;  // 8-byte weight loads per step: i2 a byte row, i8 one per n8
   __shared__ float red[kKWarps][16][32];  // [warp][accumulator nt * 4 + i][lane]
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const int64_t units = units_of(I2, p.N), K = p.K, M = p.M;
+  const int64_t units = weight_units(I2, p.N), K = p.K, M = p.M;
   const int64_t ksteps = (K + 31) / 32, ntiles = (units + kUnits - 1) / kUnits;
   const int64_t mblocks = (M + kBM - 1) / kBM;
   const auto* W = static_cast<const uint8_t*>(p.weight);
@@ -170,8 +170,7 @@ cudaError_t launch_float(const Linear& p, cudaStream_t stream, bool pdl) {
 }  // namespace
 
 // i8 past 32 rows keeps the dense path: there the library GEMM on int8 weights widened to x's
-// type was as fast or faster (H100, M = 128: 2560x2560 27.2 vs 33.9 us, 2560x6912 68.8 vs 79.7),
-// while i2 gains at every M measured (4096x14336 M = 128: 244 -> 130 us).
+// type was as fast or faster, while i2 gains at every M measured (docs/perf-notes.md).
 bool linear_none_mma_ok(const Linear& p) {
   const auto x = reinterpret_cast<uintptr_t>(p.x), w = reinterpret_cast<uintptr_t>(p.weight);
   return p.dtype != DType::F32 && (p.i2 || p.M <= 32) && p.K % 8 == 0 && x % 16 == 0 &&

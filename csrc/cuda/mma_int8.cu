@@ -37,7 +37,7 @@ __global__ void __launch_bounds__(kKWarps * 32) mma_int8_ksplit_kernel(const Lin
   constexpr int kBLoads = I2 ? 1 : 4;   // 16-byte B loads per k-step: i2 one byte row, i8 one per n8
   __shared__ int32_t red[kKWarps][16][32];  // [warp][accumulator nt * 4 + i][lane]
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const int64_t units = units_of(I2, p.N), K = p.K, ldq = q_ld(K), M = p.M;
+  const int64_t units = weight_units(I2, p.N), K = p.K, ldq = act_padded_k(K), M = p.M;
   const int64_t ksteps = (K + 63) / 64, ntiles = (units + kUnits - 1) / kUnits;
   const int64_t mblocks = (M + kBM - 1) / kBM;
   const auto* W = static_cast<const uint8_t*>(p.weight);
@@ -158,9 +158,8 @@ __global__ void __launch_bounds__(kKWarps * 32) mma_int8_ksplit_kernel(const Lin
 
 // Steps in flight: one (the next step's weights) where the grid has more blocks than SMs, since
 // there resident blocks hide each other's latency and more registers per thread would cost
-// occupancy; otherwise four (one m16 tile) or two (two), weights and q both. H100, i2 M = 16:
-// 4096x14336 26.4 -> 18.3 us, 2560x6912 14.8 -> 9.0 (80-128 blocks); deep with 448 blocks
-// (14336x4096): 12.3 -> 15.9. Four m16 tiles spill at two steps: one step always.
+// occupancy; otherwise four (one m16 tile) or two (two), weights and q both
+// (docs/perf-notes.md). Four m16 tiles spill at two steps: one step always.
 template <int kMTiles, bool I2>
 cudaError_t launch_mt(const Linear& p, cudaStream_t stream, bool pdl) {
   const dim3 grid = mma_grid<kMTiles>(p);

@@ -13,7 +13,7 @@ constexpr int kKWarps = 8;
 // m blocks along x, so the blocks sharing an n tile run together and share its weights in L2.
 template <int kMTiles>
 dim3 mma_grid(const Linear& p) {
-  const int64_t units = units_of(p.i2, p.N), per_tile = p.i2 ? 8 : 32;
+  const int64_t units = weight_units(p.i2, p.N), per_tile = p.i2 ? 8 : 32;
   const int64_t ntiles = (units + per_tile - 1) / per_tile;
   const int64_t mblocks = (p.M + 16 * kMTiles - 1) / (16 * kMTiles);
   return dim3(static_cast<unsigned>(mblocks < (int64_t(1) << 30) ? mblocks : int64_t(1) << 30),
@@ -29,7 +29,7 @@ __device__ __forceinline__ void sum_warps_and_store(A (&red)[kKWarps][16][32], c
                                                     const Linear& p, int64_t m0, int64_t unit0,
                                                     F&& store) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t units = units_of(I2, p.N);
+  const int64_t units = weight_units(I2, p.N);
 #pragma unroll
   for (int nt = 0; nt < 4; ++nt)
 #pragma unroll

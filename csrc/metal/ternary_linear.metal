@@ -111,10 +111,19 @@ struct Staged<ACT_NONE, T> {
   static acc_t get1(threadgroup const uchar* s, uint k) { return float(((threadgroup const T*)s)[k]); }
 };
 
-// act="int8" quantization step of one activation (docs/DESIGN.md): round half to even, clamp
-// to int8.
-inline float quantize(float v, float inv) { return clamp(rint(v * inv), -128.0f, 127.0f); }
-inline float act_inv(float amax) { return ternary::kActQMax / max(amax, ternary::kActEps); }
+// act="int8" (docs/DESIGN.md). The amax pass takes the maximum of |x|'s bit pattern, which
+// finds rows holding NaN or +-Inf (ternary::act_row_finite); such a row gets inv = NaN, codes 0,
+// and so an all-NaN output row (dot / inv), as in the reference.
+inline uint abs_bits(float v) { return as_type<uint>(v) & ternary::kF32AbsMask; }
+inline float act_inv(uint amax_bits) {
+  return ternary::act_row_finite(amax_bits)
+             ? ternary::kActQMax / max(as_type<float>(amax_bits), ternary::kActEps)
+             : NAN;
+}
+// One activation's code: round half to even, clamp to int8; 0 in a non-finite row.
+inline float quantize(float v, float inv) {
+  return isnan(inv) ? 0.0f : clamp(rint(v * inv), -128.0f, 127.0f);
+}
 
 // ---------------------------------------------------------------------------------------------
 // matvec, M == 1. Grid: ceil(units / (SIMDGROUPS * ROWS)) threadgroups of SIMDGROUPS * 32.
@@ -145,13 +154,14 @@ kernel void ternary_mv(device const T* x [[buffer(0)]],
   // 1. Stage the activation row, once per threadgroup. The only barriers of this kernel.
   float inv = 1.0f;
   if (ACT == ACT_INT8) {
-    float amax = 0.0f;
-    for (uint k = tid; k < K; k += NT) amax = max(amax, fabs(float(x[k])));
+    threadgroup uint* red_bits = (threadgroup uint*)red;
+    uint amax = 0;
+    for (uint k = tid; k < K; k += NT) amax = max(amax, abs_bits(float(x[k])));
     amax = simd_max(amax);
-    if (lane == 0) red[sg] = amax;
+    if (lane == 0) red_bits[sg] = amax;
     threadgroup_barrier(mem_flags::mem_threadgroup);
-    amax = red[0];
-    for (uint s = 1; s < NSG; ++s) amax = max(amax, red[s]);
+    amax = red_bits[0];
+    for (uint s = 1; s < NSG; ++s) amax = max(amax, red_bits[s]);
     inv = act_inv(amax);
     threadgroup char* q = (threadgroup char*)stage;
     for (uint k = tid; k < K; k += NT) q[k] = char(int(quantize(float(x[k]), inv)));
@@ -248,10 +258,10 @@ kernel void ternary_mm(device const T* x [[buffer(0)]],
   if (ACT == ACT_INT8) {  // per-row scale, one simdgroup per row
     for (uint r = sg; r < BM; r += NT / TERNARY_SIMD_WIDTH) {
       const uint m = m0 + r;
-      float amax = 0.0f;
+      uint amax = 0;
       if (m < M)
         for (uint k = lane; k < K; k += TERNARY_SIMD_WIDTH)
-          amax = max(amax, fabs(float(x[ulong(m) * K + k])));
+          amax = max(amax, abs_bits(float(x[ulong(m) * K + k])));
       amax = simd_max(amax);
       if (lane == 0) inv[r] = act_inv(amax);
     }

@@ -82,7 +82,7 @@ inline uint32_t round_up(uint64_t v, uint64_t to) {
 // The row units the kernels iterate over (LinearParams::units): i8 rows, or i2 byte rows that
 // each feed kI2RowsPerByte outputs.
 inline uint64_t row_units(bool i2, int64_t N) {
-  return static_cast<uint64_t>(i2 ? i2_packed_rows(N) : N);
+  return static_cast<uint64_t>(weight_units(i2, N));
 }
 
 // Threadgroup bytes a matvec needs: the activation row is staged once per threadgroup, as int8

@@ -70,3 +70,17 @@ def finish_load(model: nn.Module, tensors: Dict[str, torch.Tensor], where: str,
         raise ValueError(f"{where}: the checkpoint lacks tensors the model needs: "
                          f"{left[:8]}{' ...' if len(left) > 8 else ''}")
     return model.eval()
+
+
+def cache_kwargs(model, cache) -> dict:
+    """``{name: cache}`` for passing a KV cache to ``model(...)``: the keyword is ``cache`` in
+    the transformers versions that take it and ``past_key_values`` in earlier ones."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return {"cache" if "cache" in params else "past_key_values": cache}
+
+
+def output_cache(out):
+    """The KV cache a model call returned (``out.cache`` or, earlier, ``out.past_key_values``)."""
+    return out["cache"] if "cache" in out else out["past_key_values"]

@@ -4,7 +4,7 @@
 //  * scalar and vector types (uchar, ushort, uint, ulong, half, bfloat; vec<T, N> and the
 //    float4 / char4 / int4 / uint4 ... aliases) with element-wise operators, scalar broadcast,
 //    explicit conversions, .x/.y/.z/.w and [i]; as_type<> bit casts;
-//  * the math and integer functions used (min, max, clamp, fabs, rint, fma, dot);
+//  * the math and integer functions used (min, max, clamp, fabs, isnan, rint, fma, dot) and NAN;
 //  * address spaces (device, threadgroup, constant, thread) and `kernel`, as empty macros: the
 //    kernel text stays plain Metal and its [[attributes]] are ignored by g++ (-Wno-attributes);
 //  * threadgroup_barrier and the simdgroup collectives simd_sum / simd_max /
@@ -164,6 +164,7 @@ T max(T a, T b) { return a < b ? b : a; }
 template <typename T>
 T clamp(T v, T lo, T hi) { return min(max(v, lo), hi); }
 inline float fabs(float v) { return std::fabs(v); }
+inline bool isnan(float v) { return std::isnan(v); }
 inline float rint(float v) { return std::nearbyint(v); }  // round half to even
 inline float fma(float a, float b, float c) { return std::fma(a, b, c); }
 template <int N>

@@ -37,8 +37,14 @@ int g_checks = 0;
 struct Case {
   int64_t M, N, K;
   bool per_row_scale, with_bias;
-  int mode;  // 0 random, 1 saturating (+-127/-128 activations, +-1 weights), 2 zeros in x
+  int mode;  // 0 random, 1 saturating (+-127/-128 activations, +-1 weights), 2 zeros in x,
+             // 3 NaN / +Inf / -Inf in every other row of x (act=int8 only)
 };
+
+// Row m of a mode-3 case holds a non-finite value (NaN, +Inf, -Inf in turn) at one column.
+bool nonfinite_row(const Case& c, int64_t m) { return c.mode == 3 && c.K > 0 && m % 2 == 0; }
+
+bool same_or_both_nan(float a, float b) { return a == b || (std::isnan(a) && std::isnan(b)); }
 
 struct Data {
   std::vector<int8_t> w8;    // [N, K]
@@ -68,6 +74,11 @@ Data make_data(const Case& c, std::mt19937& rng) {
       if (c.mode == 1 && k % 7 == 3) v = -128.0f / 127.0f;  // clamps to -128 once inv = 127
       if (c.mode == 2 && (k % 5 == 0 || m == 1)) v = 0.0f;
       d.x[m * c.K + k] = v;
+    }
+  for (int64_t m = 0; m < c.M; ++m)
+    if (nonfinite_row(c, m)) {
+      const float bad[3] = {std::nanf(""), INFINITY, -INFINITY};
+      d.x[m * c.K + (m * 7 + 3) % c.K] = bad[(m / 2) % 3];
     }
   d.scale.resize(c.per_row_scale ? c.N : 1);
   for (auto& s : d.scale) s = 0.01f + std::fabs(nd(rng));
@@ -140,6 +151,7 @@ void check_case(const KernelSet& ks, const Case& c, std::mt19937& rng) {
   for (int fmt = 0; fmt < 2; ++fmt)
     for (int act = 0; act < 2; ++act) {
       const bool i2 = fmt == 1, int8_act = act == 0;
+      if (c.mode == 3 && !int8_act) continue;
       std::snprintf(tag, sizeof tag, "[%s %s act=%s M=%lld N=%lld K=%lld mode=%d]", ks.name,
                     i2 ? "i2" : "i8", int8_act ? "int8" : "none", (long long)c.M,
                     (long long)c.N, (long long)c.K, c.mode);
@@ -147,7 +159,12 @@ void check_case(const KernelSet& ks, const Case& c, std::mt19937& rng) {
       const Run want = run_set(ref, c, d, i2, int8_act);
       if (int8_act) {
         CHECK(got.q == want.q, "%s quantized activations differ", tag);
-        CHECK(got.inv == want.inv, "%s inv scales differ", tag);
+        int inv_bad = 0;
+        for (int64_t m = 0; m < c.M; ++m) {
+          inv_bad += !same_or_both_nan(got.inv[m], want.inv[m]);
+          inv_bad += std::isnan(want.inv[m]) != nonfinite_row(c, m);  // NaN marks those rows
+        }
+        CHECK(inv_bad == 0, "%s inv scales differ or miss a non-finite row", tag);
         CHECK(got.sum == want.sum, "%s activation sums differ", tag);
         // Exactness of the integer dot: recover it from the kernel's float output with scale 1.
         const auto dots = scalar_dots(c, d, want.q, act_padded_k(c.K));
@@ -158,7 +175,8 @@ void check_case(const KernelSet& ks, const Case& c, std::mt19937& rng) {
             float v = static_cast<float>(dots[m * c.N + n]) / want.inv[m] * s;
             if (c.with_bias) v += d.bias[n];
             const float g = got.y[m * c.N + n];
-            if (!(g == v)) ++bad;  // bit-exact, NaN fails
+            if (!same_or_both_nan(g, v)) ++bad;  // bit-exact; NaN only in non-finite rows
+            if (std::isnan(g) != nonfinite_row(c, m)) ++bad;
           }
         CHECK(bad == 0, "%s %d outputs differ from the exact integer dot epilogue", tag, bad);
       } else {
@@ -218,6 +236,12 @@ int main(int argc, char** argv) {
   cases.push_back({5, 33, 2049, true, true, 1});
   cases.push_back({4, 31, 77, true, false, 2});
   cases.push_back({1, 1, 1, false, false, 0});
+  cases.push_back({1, 40, 77, true, true, 3});     // non-finite x: GEMV, tiles, AMX
+  cases.push_back({12, 33, 300, false, true, 3});
+  cases.push_back({19, 70, 45, true, false, 3});
+  cases.push_back({1, 9, 0, true, true, 0});       // K = 0: the bias, at every M
+  cases.push_back({16, 40, 0, false, true, 0});
+  cases.push_back({33, 9, 0, true, false, 0});
   // K past 2^16: kernels that flush integer accumulators per K block (NEON) cross a block edge.
   cases.push_back({3, 6, 70001, true, true, 1});
   for (int s = 0; s < available_kernel_count(); ++s)

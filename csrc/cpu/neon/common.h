@@ -328,20 +328,27 @@ void linear_none(const Problem& p, int64_t u0, int64_t u1) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Quantization for act=int8, bit-exact with the portable one: |x| max with FMAXNM (ignores NaN
-// like std::max(amax, nan) does), the same float32 multiply, FRINTN (round half to even, as
+// Quantization for act=int8, bit-exact with the portable one: |x| max over bit patterns (finds
+// NaN and Inf rows, like the portable one), the same float32 multiply, FRINTN (round half to even, as
 // nearbyint in the default mode), clamp, convert, saturating narrow (values already in range).
 // ---------------------------------------------------------------------------------------------
 void quantize_rows(const float* x, int64_t ldx, int64_t K, int64_t m0, int64_t m1, int8_t* q,
                    int64_t ldq, float* inv, int32_t* sum) {
   for (int64_t m = m0; m < m1; ++m) {
     const float* xr = x + m * ldx;
-    float32x4_t vmax = vdupq_n_f32(0.0f);
+    // max |x| over bit patterns (act_row_finite): NaN and Inf are the largest.
+    const uint32x4_t absmask = vdupq_n_u32(kF32AbsMask);
+    uint32x4_t vmax = vdupq_n_u32(0);
     int64_t k = 0;
-    for (; k + 4 <= K; k += 4) vmax = vmaxnmq_f32(vmax, vabsq_f32(vld1q_f32(xr + k)));
-    float amax = vmaxnmvq_f32(vmax);
-    for (; k < K; ++k) amax = std::max(amax, std::fabs(xr[k]));
-    const float s = kActQMax / std::max(amax, kActEps);
+    for (; k + 4 <= K; k += 4)
+      vmax = vmaxq_u32(vmax, vandq_u32(vld1q_u32(reinterpret_cast<const uint32_t*>(xr + k)), absmask));
+    uint32_t amax_bits = vmaxvq_u32(vmax);
+    for (; k < K; ++k) amax_bits = std::max(amax_bits, f32_abs_bits(xr[k]));
+    if (!act_row_finite(amax_bits)) {
+      store_nonfinite_row(m, q, ldq, inv, sum);
+      continue;
+    }
+    const float s = kActQMax / std::max(f32_from_bits(amax_bits), kActEps);
 
     int8_t* qr = q + m * ldq;
     const float32x4_t lo = vdupq_n_f32(-128.0f), hi = vdupq_n_f32(127.0f);

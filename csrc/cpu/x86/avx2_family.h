@@ -32,11 +32,11 @@ TERNARY_INLINE float hsum_ps(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-TERNARY_INLINE float hmax_ps(__m256 v) {
-  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_max_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
+TERNARY_INLINE uint32_t hmax_epu32(__m256i v) {
+  __m128i s = _mm_max_epu32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_max_epu32(s, _mm_shuffle_epi32(s, 0x4E));
+  s = _mm_max_epu32(s, _mm_shuffle_epi32(s, 0xB1));
+  return static_cast<uint32_t>(_mm_cvtsi128_si32(s));
 }
 
 // Loads n < 32 bytes zero-padded to 32 (AVX2 has no masked byte loads).
@@ -58,7 +58,7 @@ TERNARY_INLINE __m256i lane_mask(int64_t n) {  // first n of 8 dword lanes
 // ---------------------------------------------------------------------------------------------
 void quantize_impl(const float* x, int64_t ldx, int64_t K, int64_t m0, int64_t m1, int8_t* q,
                    int64_t ldq, float* inv, int32_t* sum) {
-  const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256i absmask = _mm256_set1_epi32(static_cast<int>(kF32AbsMask));
   const __m256 lo = _mm256_set1_ps(-128.0f), hi = _mm256_set1_ps(127.0f);
   // Low byte of each dword (truncation, like the portable static_cast) into bytes 0-3 of each
   // 128-bit lane, then both lanes' 4 bytes into the low 8 bytes.
@@ -68,24 +68,30 @@ void quantize_impl(const float* x, int64_t ldx, int64_t K, int64_t m0, int64_t m
   for (int64_t m = m0; m < m1; ++m) {
     const float* xr = x + m * ldx;
     int8_t* qr = q + m * ldq;
-    __m256 vmax0 = _mm256_setzero_ps(), vmax1 = _mm256_setzero_ps();
+    // max |x| over bit patterns (act_row_finite): NaN and Inf are the largest.
+    __m256i vmax0 = _mm256_setzero_si256(), vmax1 = _mm256_setzero_si256();
     int64_t k = 0;
-    for (; k + 16 <= K; k += 16) {  // maxps returns the 2nd operand on NaN: NaN is ignored
-      vmax0 = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(xr + k), absmask), vmax0);
-      vmax1 = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(xr + k + 8), absmask), vmax1);
+    for (; k + 16 <= K; k += 16) {
+      const __m256i* xv = reinterpret_cast<const __m256i*>(xr + k);
+      vmax0 = _mm256_max_epu32(_mm256_and_si256(_mm256_loadu_si256(xv), absmask), vmax0);
+      vmax1 = _mm256_max_epu32(_mm256_and_si256(_mm256_loadu_si256(xv + 1), absmask), vmax1);
     }
-    float amax = hmax_ps(_mm256_max_ps(vmax0, vmax1));
+    uint32_t amax_bits = hmax_epu32(_mm256_max_epu32(vmax0, vmax1));
     for (; k < K; ++k) {
-      const float a = __builtin_fabsf(xr[k]);
-      amax = amax < a ? a : amax;
+      const uint32_t a = f32_abs_bits(xr[k]);
+      amax_bits = amax_bits < a ? a : amax_bits;
     }
-    const float s = quant_scale(amax);
+    if (!act_row_finite(amax_bits)) {
+      store_nonfinite_row(m, q, ldq, inv, sum);
+      continue;
+    }
+    const float s = quant_scale(f32_from_bits(amax_bits));
     const __m256 vs = _mm256_set1_ps(s);
     __m256i acc = _mm256_setzero_si256();
     for (k = 0; k + 8 <= K; k += 8) {
       __m256 v = _mm256_mul_ps(_mm256_loadu_ps(xr + k), vs);
       v = _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-      v = _mm256_min_ps(hi, _mm256_max_ps(lo, v));  // keeps NaN, as the portable clamp
+      v = _mm256_min_ps(hi, _mm256_max_ps(lo, v));
       const __m256i c = _mm256_cvtps_epi32(v);
       acc = _mm256_add_epi32(acc, c);
       const __m256i b = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(c, pick), gather);

@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <vector>
 
+#include "cpu/scratch.h"
 #include "cpu/x86/avx512.h"
 #include "cpu/x86/common.h"
 #include "cpu/x86/sets.h"
@@ -31,10 +32,17 @@ struct alignas(64) TileConfig {
   uint8_t rows[16] = {};
 };
 
+// Per worker thread (cpu/scratch.h): bq grows with M x K, so a large call's is released.
 struct Scratch {
   std::vector<uint8_t> bq, panel, cacc;
 };
 thread_local Scratch tls;
+
+void end_amx() {
+  _tile_release();
+  release_if_large(tls.bq);
+  release_if_large(tls.cacc);
+}
 
 uint8_t* aligned_buf(std::vector<uint8_t>& v, size_t n) {
   if (v.size() < n + 64) v.resize(n + 64);
@@ -248,8 +256,8 @@ int32_t* cacc_buf(int64_t n) {
 }
 
 void i2_int8_amx(const Problem& p, int64_t j0, int64_t j1) {
-  // Scaled planes need 16 * 2 * 128 * K < 2^31.
-  if (p.M < kAmxMinM || p.K > (int64_t(1) << 19)) return avx512::i2_int8(p, j0, j1);
+  // Scaled planes need 16 * 2 * 128 * K < 2^31. K = 0 has no tiles to clear the accumulators.
+  if (p.M < kAmxMinM || p.K == 0 || p.K > (int64_t(1) << 19)) return avx512::i2_int8(p, j0, j1);
   const auto* W = static_cast<const uint8_t*>(p.weight);
   const int64_t R = i2_packed_rows(p.N), KT = (p.K + 63) / 64, MT = (p.M + 15) / 16;
   const uint8_t* bq = begin_amx(p, KT);
@@ -278,13 +286,14 @@ void i2_int8_amx(const Problem& p, int64_t j0, int64_t j1) {
                        true);
     }
   }
-  _tile_release();
+  end_amx();
 }
 
 // i8: the weights are signed int8 already: A tiles are plain copies (TDPBSSD, no activation-
 // sum correction).
 void i8_int8_amx(const Problem& p, int64_t n0, int64_t n1) {
-  if (p.M < kAmxMinM) return avx512::i8_int8(p, n0, n1);
+  // K = 0 has no tiles to clear the accumulators.
+  if (p.M < kAmxMinM || p.K == 0) return avx512::i8_int8(p, n0, n1);
   const auto* W = static_cast<const int8_t*>(p.weight);
   const int64_t K = p.K, KT = (K + 63) / 64, MT = (p.M + 15) / 16;
   const uint8_t* bq = begin_amx(p, KT);
@@ -308,7 +317,7 @@ void i8_int8_amx(const Problem& p, int64_t n0, int64_t n1) {
       if (two_n) epilogue_block(p, cacc + (MT + mt) * 256, mt, nb + 16, c1, 0, false);
     }
   }
-  _tile_release();
+  end_amx();
 }
 
 }  // namespace

@@ -47,32 +47,34 @@ __attribute__((noinline)) void hsum_ps_n(const __m512* v, int n, float* out) {
 
 void quantize_impl(const float* x, int64_t ldx, int64_t K, int64_t m0, int64_t m1, int8_t* q,
                    int64_t ldq, float* inv, int32_t* sum) {
-  const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+  const __m512i absmask = _mm512_set1_epi32(static_cast<int>(kF32AbsMask));
   const __m512 lo = _mm512_set1_ps(-128.0f), hi = _mm512_set1_ps(127.0f);
   for (int64_t m = m0; m < m1; ++m) {
     const float* xr = x + m * ldx;
     int8_t* qr = q + m * ldq;
-    // max(|x|) ignoring NaN like std::max(amax, |x|): vmaxps returns its second operand when
-    // either is NaN.
-    __m512 vmax0 = _mm512_setzero_ps(), vmax1 = _mm512_setzero_ps();
+    // max |x| over bit patterns (act_row_finite): NaN and Inf are the largest.
+    __m512i vmax0 = _mm512_setzero_si512(), vmax1 = _mm512_setzero_si512();
     int64_t k = 0;
     for (; k + 32 <= K; k += 32) {
-      vmax0 = _mm512_max_ps(_mm512_and_ps(_mm512_loadu_ps(xr + k), absmask), vmax0);
-      vmax1 = _mm512_max_ps(_mm512_and_ps(_mm512_loadu_ps(xr + k + 16), absmask), vmax1);
+      vmax0 = _mm512_max_epu32(_mm512_and_si512(_mm512_loadu_si512(xr + k), absmask), vmax0);
+      vmax1 = _mm512_max_epu32(_mm512_and_si512(_mm512_loadu_si512(xr + k + 16), absmask), vmax1);
     }
     for (; k < K; k += 16) {
-      const __m512 v = _mm512_maskz_loadu_ps(tail_mask16(K - k), xr + k);
-      vmax0 = _mm512_max_ps(_mm512_and_ps(v, absmask), vmax0);
+      const __m512i v = _mm512_maskz_loadu_epi32(tail_mask16(K - k), xr + k);
+      vmax0 = _mm512_max_epu32(_mm512_and_si512(v, absmask), vmax0);
     }
-    const float s = quant_scale(_mm512_reduce_max_ps(_mm512_max_ps(vmax0, vmax1)));
+    const uint32_t amax_bits = _mm512_reduce_max_epu32(_mm512_max_epu32(vmax0, vmax1));
+    if (!act_row_finite(amax_bits)) {
+      store_nonfinite_row(m, q, ldq, inv, sum);
+      continue;
+    }
+    const float s = quant_scale(f32_from_bits(amax_bits));
     const __m512 vs = _mm512_set1_ps(s);
     __m512i acc = _mm512_setzero_si512();
     for (k = 0; k < K; k += 16) {
       const __mmask16 mk = tail_mask16(K - k);
       __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, xr + k), vs);
       v = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-      // Operand order keeps NaN as NaN, like the portable clamp; cvt then gives INT_MIN and the
-      // truncating vpmovdb gives 0, as static_cast does there.
       v = _mm512_min_ps(hi, _mm512_max_ps(lo, v));
       const __m512i c = _mm512_cvtps_epi32(v);
       acc = _mm512_add_epi32(acc, c);

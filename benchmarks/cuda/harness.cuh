@@ -1,6 +1,5 @@
-// cuda_harness.cuh: what the torch-free CUDA tools (cuda_trace.cu, cuda_floor.cu) share:
-// error checks, medians and reading back the kernels' timeline records (TRACE_* in
-// csrc/cuda/common.cuh). Include after the kernel sources.
+// harness.cuh: what the torch-free CUDA tools (floor.cu) need beside the kernels' headers: error
+// checks, medians, and a graph of back-to-back calls.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -37,21 +36,3 @@ cudaGraphExec_t capture_calls(cudaStream_t s, int calls, F&& launch) {
   return ge;
 }
 
-#ifdef TERNARY_CUDA_TRACE
-// Words per block record: the block index, then (globaltimer, clock64) per trace point.
-constexpr int kTraceRecord = 2 * ternary::cuda::kTracePoints + 1;
-
-inline void trace_reset() {
-  const unsigned zero = 0;
-  CHECK(cudaMemcpyToSymbol(ternary::cuda::trace_next, &zero, sizeof zero));
-}
-
-// The records written since trace_reset(), kTraceRecord words each, in order of block end.
-inline std::vector<unsigned long long> trace_read() {
-  unsigned n = 0;
-  CHECK(cudaMemcpyFromSymbol(&n, ternary::cuda::trace_next, sizeof n));
-  std::vector<unsigned long long> buf(size_t(n) * kTraceRecord);
-  CHECK(cudaMemcpyFromSymbol(buf.data(), ternary::cuda::trace_buf, buf.size() * 8));
-  return buf;
-}
-#endif

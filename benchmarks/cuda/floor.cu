@@ -1,21 +1,21 @@
-// cuda_floor.cu: what a call of the M = 1 GEMV could cost at best, in the benchmark's setting
-// (a CUDA graph of back-to-back calls, each streaming its own copy of the weights from HBM).
-// A probe kernel with the persistent GEMV's layout (one warp per 4 KB weight row in turn, two
-// 4 KB batches in flight per warp, the i2 dp4a decode against q in shared memory, no epilogue)
-// is timed with and without each part of the real kernel's prologue: programmatic dependent
+// floor.cu: what a call of the M = 1 GEMV could cost at best, in the benchmark's setting (a
+// CUDA graph of back-to-back calls, each streaming its own copy of the weights from HBM). A
+// probe kernel with the persistent GEMV's layout (one warp per 4 KB weight row in turn, two 4 KB
+// batches in flight per warp, the i2 dp4a decode against q in shared memory, no epilogue) is
+// timed with and without each part of the real kernel's prologue: programmatic dependent
 // launch, the quantization of x after waiting on the predecessor, the L2 prefetch (bulk or per
 // line), and, as the ideal no real kernel may use, the first batch loaded before the wait. The
-// real kernel runs on the same bytes under its switches (PersistSwitches in gemv.cu).
-// Torch-free; results in benchmarks/CUDA_RESULTS.md:
-//   nvcc -O3 -std=c++17 --use_fast_math -arch=sm_90 benchmarks/cuda_floor.cu -o cuda_floor
-//   [FLOOR_ALL=1] [FLOOR_REAL=1] ./cuda_floor [4 KB rows per call ...]   (default 3584 and
-//   14336: 14336x4096 i2 bytes and four times that; the real kernel runs on each size that holds
-//   whole rows of its K. FLOOR_ALL adds the full probe matrix: both block sizes, x lengths, x
-//   prefetch, x per block; FLOOR_REAL runs only the real kernel with its default switches)
-// Built with -DTERNARY_CUDA_TRACE it also prints per-block phase medians (as cuda_trace.cu).
-#include "../csrc/cuda/gemv.cu"
-#include "../csrc/cuda/mma_int8.cu"
-#include "cuda_harness.cuh"
+// real op (through the router, csrc/cuda/kernels.h) runs on the same bytes. Torch-free; it
+// includes the kernels' headers and links their sources:
+//   nvcc -O3 -std=c++17 --use_fast_math -arch=sm_90 -Icsrc benchmarks/cuda/floor.cu \
+//       csrc/cuda/*.cu -o floor
+//   [FLOOR_ALL=1] [FLOOR_REAL=1] ./floor [4 KB rows per call ...]   (default 3584 and 14336:
+//   14336x4096 i2 bytes and four times that; the real op runs on each size that holds whole
+//   rows of its K. FLOOR_ALL adds the full probe matrix: both block sizes, x lengths, x
+//   prefetch, x per block; FLOOR_REAL runs only the real op)
+#include "../../csrc/cuda/gemv.cuh"
+#include "../../csrc/cuda/quantize.cuh"
+#include "harness.cuh"
 
 #include <algorithm>
 #include <cstdio>
@@ -55,7 +55,6 @@ __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
 #pragma unroll
     for (int j = 0; j < kB; ++j) w[j] = load_w16<true>(W + (ok ? u : 0) * kRow, (j * 32 + lane) * 16, kRow, ok);
   };
-  TRACE_BEGIN
   if (mode & kPdl) pdl_launch_dependents();
   const int64_t own = (units + gridDim.x - 1) / gridDim.x;
   if (mode & kBulkPf)
@@ -74,14 +73,11 @@ __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
   uint4 cur[kB], nxt[kB];
   if (mode & kEarlyLoads) load(cur, item);
   if (mode & kPdl) pdl_wait();
-  TRACE_POINT(1, true)
   if (mode & kXPhase) {
     float inv[1];
     int32_t qsum[1];
     auto x_hook = [&](int phase) {
       if (phase == kXLoadsIssued && (mode & kXThenLoads)) load(cur, item);
-      TRACE_POINT(4, phase == kXLanded)
-      TRACE_POINT(5, phase == kXScaled)
     };
     quantize_x_block<1, kXAnyPath, __nv_bfloat16>(x, 1, xk, true, !(mode & kXTwoPass), smem_q,
                                                   inv, qsum, x_hook);
@@ -90,7 +86,6 @@ __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
       reinterpret_cast<uint32_t*>(smem_q)[i] = 0x01010101u * (i & 3);
     __syncthreads();
   }
-  TRACE_POINT(2, true)
   if (!(mode & (kEarlyLoads | kXThenLoads))) load(cur, item);
   int32_t acc[ternary::kI2RowsPerByte][1] = {};
   while (item < units) {
@@ -101,24 +96,19 @@ __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
       load_q16<1, true>(reinterpret_cast<const int8_t*>(smem_q), 0, j * 32 + lane, 1, qv);
       dot16<1, true>(cur[j], qv, acc);
     }
-    TRACE_POINT(3, trace_t_[6] == 0)
 #pragma unroll
     for (int j = 0; j < kB; ++j) cur[j] = nxt[j];
     item += stride;
   }
   const int32_t t = warp_sum(acc[0][0] + acc[1][0] + acc[2][0] + acc[3][0]);
   if (lane == 0) out[blockIdx.x * nwarps + warp] = t;
-  TRACE_END
 }
 
 int main(int argc, char** argv) {
   std::vector<int64_t> sizes;
   for (int i = 1; i < argc; ++i) sizes.push_back(std::atoll(argv[i]));
   if (sizes.empty()) sizes = {3584, 14336};
-  int l2 = 0, sms = 0, clk_khz = 0;
-  CHECK(cudaDeviceGetAttribute(&clk_khz, cudaDevAttrClockRate, 0));
-  const double ns_per_cycle = 1e6 / clk_khz;
-  (void)ns_per_cycle;
+  int l2 = 0, sms = 0;
   CHECK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, 0));
   CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
   cudaStream_t s;
@@ -169,7 +159,6 @@ int main(int argc, char** argv) {
     int threads;
     int64_t xk;  // probe: x's length; real kernel: K (N = 4 * units * 4096 / K)
     int mode;
-    PersistSwitches sw;
   };
   std::vector<Config> configs;
   const bool all = std::getenv("FLOOR_ALL") != nullptr;
@@ -185,7 +174,7 @@ int main(int argc, char** argv) {
                         kPdl | kXPhase | kEarlyLoads};
     for (const int64_t units : sizes)
       for (const int threads : {512, 256})
-        for (const int mode : base) configs.push_back({units, threads, 4096, mode, {}});
+        for (const int mode : base) configs.push_back({units, threads, 4096, mode});
     // x's share: x of 64, 4096 and 14336 elements, x prefetched or not, x read by every block
     // or one copy per block.
     for (const int64_t xk : {64, 4096, 14336})
@@ -193,36 +182,21 @@ int main(int argc, char** argv) {
                              kPdl | kXPhase | kBulkPf | kXPf,
                              kPdl | kXPhase | kBulkPf | kXThenLoads,
                              kPdl | kXPhase | kBulkPf | kXThenLoads | kXSpread})
-        configs.push_back({3584, 512, xk, mode, {}});
+        configs.push_back({3584, 512, xk, mode});
   }
-  // FLOOR_REAL=1: only the real kernel with its default switches (for A/B runs and profilers).
+  // FLOOR_REAL=1: only the real op (for A/B runs and profilers).
   const bool real_only = std::getenv("FLOOR_REAL") != nullptr;
   if (!real_only)
     for (const int mode : {kPdl | kBulkPf, kPdl | kXPhase | kBulkPf, kPdl | kXPhase | kBulkPf | kXTwoPass,
                            kPdl | kXPhase | kBulkPf | kXThenLoads, kPdl | kXPhase | kEarlyLoads})
-      configs.push_back({3584, 512, 4096, mode, {}});
-  // The real kernel on the same bytes, as 14336x4096 and 4096x14336, under its switches.
-  for (const int64_t k : {4096, 14336}) {
-    // Prefetch budgets per block (the whole share is 108 KB / 112 KB), with and without the
-    // first weight batch issued once x has landed (overlap, the default; 32 KB too).
-    std::vector<PersistSwitches> sws;
-    if (real_only)
-      sws.push_back({});
-    else
-      for (const bool overlap : {false, true})
-        for (const int64_t kb : {16, 32, 64, 128}) {
-          PersistSwitches sw;
-          sw.prefetch_bytes = kb << 10;
-          sw.overlap = overlap;
-          sws.push_back(sw);
-        }
+      configs.push_back({3584, 512, 4096, mode});
+  // The real op on the same bytes, as 14336x4096 and 4096x14336.
+  for (const int64_t k : {4096, 14336})
     for (const int64_t units : sizes)  // sizes that hold whole rows of K (N = 4 * bytes / K)
-      if (units * kRow % k == 0)
-        for (const auto& sw : sws) configs.push_back({units, 512, k, kPdl | kReal, sw});
-  }
+      if (units * kRow % k == 0) configs.push_back({units, 512, k, kPdl | kReal});
 
   auto name = [](int m) {
-    if (m & kReal) return std::string("real kernel");
+    if (m & kReal) return std::string("real op");
     std::string r = m & kPdl ? "PDL" : "no PDL";
     if (m & kXPhase) r += " + x";
     if (m & kXTwoPass) r += " (two passes)";
@@ -234,13 +208,8 @@ int main(int argc, char** argv) {
     if (m & kXSpread) r += " + x per block";
     return r;
   };
-#ifdef TERNARY_CUDA_TRACE
-  std::printf("| units | MB | threads | x K | mode | us/call | GB/s | %% copy BW | wait / x / first / after x (ns) | x landed / amax reduced / q written (ns) |\n"
-              "|---|---|---|---|---|---|---|---|---|---|\n");
-#else
   std::printf("| units | MB | threads | x K | mode | us/call | GB/s | %% copy BW |\n"
               "|---|---|---|---|---|---|---|---|\n");
-#endif
   int64_t have = 0;
   int copies = 0;
   std::vector<uint8_t*> w;
@@ -260,7 +229,7 @@ int main(int argc, char** argv) {
     }
     const int calls = 32;
     const int mode = cf.mode;
-    const size_t smem = std::max<size_t>(kRow, q_ld(cf.xk));
+    const size_t smem = std::max<size_t>(kRow, ternary::act_padded_k(cf.xk));
     auto launch_one = [&](int c) {
       const dim3 grid(sms), block(cf.threads);
       if (mode & kReal) {
@@ -268,8 +237,7 @@ int main(int argc, char** argv) {
         p.M = 1; p.N = 4 * bytes / cf.xk; p.K = cf.xk; p.i2 = true; p.weight = w[c % copies];
         p.scale = scale; p.scale_stride = 1; p.bias = nullptr; p.x = x; p.y = y;
         p.dtype = DType::BF16;
-        const cudaError_t e = gemv_int8_persistent<1, true, true, __nv_bfloat16>(p, s, true, cf.sw);
-        CHECK(e);
+        CHECK(run_linear(plan_linear(p, Act::Int8), p, nullptr, s));  // fused: no scratch
       } else if (cf.threads == 512) {
         CHECK(launch_smem(probe_kernel<512, 1>, grid, block, smem, s, (mode & kPdl) != 0,
                           w[c % copies], units, x, cf.xk, out, mode));
@@ -291,44 +259,9 @@ int main(int argc, char** argv) {
     }
     CHECK(cudaGetLastError());
     const double us = median(t);
-    std::string phases;
-#ifdef TERNARY_CUDA_TRACE
-    {  // one more replay, traced: per-block phase medians (ns), from clock64
-      trace_reset();
-      CHECK(cudaGraphLaunch(ge, s));
-      CHECK(cudaStreamSynchronize(s));
-      const std::vector<unsigned long long> buf = trace_read();
-      const unsigned n = static_cast<unsigned>(buf.size() / kTraceRecord);
-      constexpr int R = kTraceRecord;
-      std::vector<double> ph[7];
-      for (unsigned i = n / 4; i < n; ++i) {  // skip the first calls' blocks
-        const unsigned long long* r = &buf[size_t(i) * R];
-        auto cyc = [&](int a, int b) { return (double(r[2 + 2 * b]) - double(r[2 + 2 * a])) * ns_per_cycle; };
-        ph[0].push_back(cyc(0, 1));
-        ph[1].push_back(cyc(1, 2));
-        if (r[1 + 2 * 3]) ph[2].push_back(cyc(2, 3));
-        ph[3].push_back(cyc(2, kTracePoints - 1));
-        if (r[1 + 2 * 4]) {  // x quantized: its loads landed, its scale known, q written
-          ph[4].push_back(cyc(1, 4));
-          ph[5].push_back(cyc(4, 5));
-          ph[6].push_back(cyc(5, 2));
-        }
-      }
-      char b[200];
-      std::snprintf(b, sizeof b, " %.0f / %.0f / %.0f / %.0f | %.0f / %.0f / %.0f |", median(ph[0]),
-                    median(ph[1]), ph[2].empty() ? 0.0 : median(ph[2]), median(ph[3]),
-                    median(ph[4]), median(ph[5]), median(ph[6]));
-      phases = b;
-    }
-#endif
-    std::string label = name(mode);
-    if (mode & kReal)
-      label += " prefetch " + std::to_string(cf.sw.prefetch) + " xregs " + std::to_string(cf.sw.xregs) +
-               (cf.sw.overlap ? " overlap" : "") + (cf.sw.weights_first ? " weights first" : "") +
-               " prefetch KB " + std::to_string(cf.sw.prefetch_bytes >> 10);
-    std::printf("| %lld | %.1f | %d | %lld | %s | %.2f | %.0f | %.1f |%s\n", (long long)units,
-                bytes / 1e6, cf.threads, (long long)cf.xk, label.c_str(), us, bytes / us / 1e3,
-                100.0 * bytes / us / 1e3 / copy_gbs, phases.c_str());
+    std::printf("| %lld | %.1f | %d | %lld | %s | %.2f | %.0f | %.1f |\n", (long long)units,
+                bytes / 1e6, cf.threads, (long long)cf.xk, name(mode).c_str(), us,
+                bytes / us / 1e3, 100.0 * bytes / us / 1e3 / copy_gbs);
     CHECK(cudaGraphExecDestroy(ge));
   }
   for (auto p : w) CHECK(cudaFree(p));

@@ -1,9 +1,9 @@
 """Profiling helper for the CUDA kernels: the per-op floor in a CUDA graph (tiny shapes) and one
 call of a chosen configuration, to run under Nsight Compute:
 
-  python benchmarks/cuda_profile.py floor
+  python benchmarks/cuda/profile_target.py floor
   ncu --section SpeedOfLight --section Occupancy --section WarpStateStats \
-      python benchmarks/cuda_profile.py one --n 14336 --k 4096 --m 1 --format i2 --act int8
+      python benchmarks/cuda/profile_target.py one --n 14336 --k 4096 --m 1 --format i2 --act int8
 """
 import argparse
 import statistics

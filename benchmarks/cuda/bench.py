@@ -7,7 +7,7 @@ decoder does layer after layer); each replay is timed with CUDA events; the medi
 its number of calls is the time per op. The device-to-device copy bandwidth (bytes read +
 written) is measured in the same process and is the 100% mark for the weight GB/s.
 
-Usage: python benchmarks/cuda_bench.py [--m 1 4 16 128] [--formats i2 i8] [--out results.md]
+Usage: python benchmarks/cuda/bench.py [--m 1 4 16 128] [--formats i2 i8] [--out results.md]
 """
 import argparse
 import functools
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 import ternary_ops as tops
 from ternary_ops import reference
 
-from cuda_profile import graph_time  # same directory: the scripts run as benchmarks/*.py
+from profile_target import graph_time  # same directory: the scripts run as benchmarks/cuda/*.py
 
 SHAPES = [(2560, 2560), (6912, 2560), (2560, 6912), (4096, 4096), (14336, 4096), (4096, 14336)]
 

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Build the extension with the CUDA backend, run the CUDA tests, then the benchmark, in one go.
 # Usage (on a machine with an NVIDIA GPU, a CUDA toolkit and a CUDA build of torch):
-#   benchmarks/cuda_run.sh [results-dir]        (default: build/cuda-results)
+#   benchmarks/cuda/run.sh [results-dir]        (default: build/cuda-results)
 # Writes build.log, test.log, bench.md, bench.json, bench_nopdl.md there.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 OUTDIR=${1:-${OUT:-build/cuda-results}}
 mkdir -p "$OUTDIR"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -26,20 +26,12 @@ test_rc=${PIPESTATUS[0]}
 
 echo "=== benchmark ($(($(date +%s) - t0))s)"
 # BENCH_ARGS narrows the main run, e.g. BENCH_ARGS="--m 1 4 --acts int8" (default: everything).
-$PY benchmarks/cuda_bench.py ${BENCH_ARGS:-} --out "$OUTDIR/bench.md" --json "$OUTDIR/bench.json" \
+$PY benchmarks/cuda/bench.py ${BENCH_ARGS:-} --out "$OUTDIR/bench.md" --json "$OUTDIR/bench.json" \
   > "$OUTDIR/bench.log" 2>&1
 bench_rc=$?
-TERNARY_OPS_CUDA_PDL=0 $PY benchmarks/cuda_bench.py --m 1 4 --acts int8 --tag "(PDL off)" \
+TERNARY_OPS_CUDA_PDL=0 $PY benchmarks/cuda/bench.py --m 1 4 --acts int8 --tag "(PDL off)" \
   ${NOPDL_ARGS:-} --out "$OUTDIR/bench_nopdl.md" > "$OUTDIR/bench_nopdl.log" 2>&1
-# GRID_SWEEP="2,8 1,16,1": i2 M=1/4 on the large shapes under other persistent-GEMV grid shapes
-# (blocks per SM, warps per block[, max warps per unit]; see persist_grid in csrc/cuda/gemv.cu).
-for g in ${GRID_SWEEP:-}; do
-  TERNARY_OPS_CUDA_GEMV_GRID=$g $PY benchmarks/cuda_bench.py --shapes 14336x4096 4096x14336 \
-    --m 1 4 --formats i2 --acts int8 --tag "(GEMV grid $g)" --out "$OUTDIR/sweep.md" \
-    > "$OUTDIR/sweep_${g//,/_}.log" 2>&1
-done
 grep -v "^|" "$OUTDIR/bench.log" | tail -n +3 | cut -c1-150
 echo "--- PDL off"
 grep -v "^|" "$OUTDIR/bench_nopdl.log" | grep "M=" | cut -c1-110
-for g in ${GRID_SWEEP:-}; do echo "--- GEMV grid $g"; grep "M=" "$OUTDIR/sweep_${g//,/_}.log" | grep -v "^|" | cut -c1-110; done
 echo "=== done ($(($(date +%s) - t0))s) tests rc=$test_rc bench rc=$bench_rc"

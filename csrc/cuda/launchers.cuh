@@ -1,0 +1,51 @@
+// launchers.cuh: the kernel launchers of each file, for the router (router.cu). Internal to
+// csrc/cuda: each kernel file exports only its launchers, and only the router calls them, so no
+// two kernel files call each other.
+#pragma once
+#include "kernels.h"
+
+namespace ternary::cuda {
+
+// Largest M served by the GEMV kernels.
+constexpr int64_t kGemvMaxM = 8;
+
+// Largest M served by the persistent act="int8" GEMV; 2 < M <= kGemvMaxM takes the block GEMV
+// (faster there: docs/perf-notes.md).
+constexpr int64_t kPersistMaxM = 2;
+
+// Largest M * K whose act="int8" GEMV quantizes x inside the kernel (one launch, no scratch):
+// every block quantizes the whole of x into shared memory, so the cost grows with M * K.
+constexpr int64_t kFusedQuantMaxMK = 32768;
+
+// Whether act="int8" needs the q / inv / qsum scratch in Linear (false: the persistent GEMV
+// quantizes x itself; the scratch pointers are not read).
+TERNARY_HD constexpr bool int8_needs_scratch(int64_t M, int64_t K) {
+  return !(M <= kPersistMaxM && M * K <= kFusedQuantMaxMK);
+}
+
+// quantize.cu: act="int8" pre-pass, per-row quantization of x into q / inv / qsum (M blocks).
+cudaError_t quantize_rows(const Linear& p, cudaStream_t stream);
+// gemv_persist.cu: act="int8", M <= kPersistMaxM; quantizes x itself where
+// int8_needs_scratch is false, else reads the pre-pass's output.
+cudaError_t gemv_int8_persistent(const Linear& p, cudaStream_t stream, bool pdl);
+// gemv_block.cu: act="int8", kPersistMaxM < M <= kGemvMaxM, after the pre-pass; act="none",
+// M <= kGemvMaxM.
+cudaError_t gemv_int8_block(const Linear& p, cudaStream_t stream, bool pdl);
+cudaError_t gemv_none(const Linear& p, cudaStream_t stream);
+// mma_int8.cu: act="int8", M > kGemvMaxM, after the pre-pass.
+cudaError_t launch_mma_int8(const Linear& p, cudaStream_t stream, bool pdl);
+// mma_float.cu: act="none", M > kGemvMaxM, where linear_none_mma_ok: bfloat16 / half x,
+// K % 8 == 0, x 16-byte and the weights 8-byte aligned, i2 or M <= 32.
+bool linear_none_mma_ok(const Linear& p);
+cudaError_t linear_none_mma(const Linear& p, cudaStream_t stream);
+// dense.cu: the dense weights T [N, K] in x's dtype (exact) into `dense`.
+cudaError_t dequantize(const Linear& p, void* dense, cudaStream_t stream);
+
+// With programmatic dependent launch (sm_90+) a kernel may be scheduled while its predecessor
+// finishes and waits for it on the device; TERNARY_OPS_CUDA_PDL=0 turns that off (device.cu).
+bool pdl_enabled();
+// Streaming multiprocessors and L2 bytes of the current device, read once per device.
+int device_sms();
+int64_t device_l2_bytes();
+
+}  // namespace ternary::cuda

@@ -386,9 +386,10 @@ def require_matplotlib(option: str = "--plot"):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise SystemExit(f"{option} needs matplotlib, which the 'bench' extra installs: "
-                         f"pip install 'matplotlib>=3.5' (or, from a clone, install the package "
-                         f"with its extras: pip install --no-build-isolation -e \".[bench]\")")
+        raise SystemExit(f"{option} needs matplotlib, which the 'bench' extra installs: from a "
+                         f"clone, pip install -e \".[bench]\" (with --no-build-isolation, as "
+                         f"in the README's install, to build against the torch you have), or "
+                         f"pip install \"matplotlib>=3.5\"")
     return plt
 
 

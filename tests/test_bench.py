@@ -141,6 +141,7 @@ def test_plot_without_matplotlib_names_the_extra(monkeypatch):
     with pytest.raises(SystemExit) as e:
         bench.require_matplotlib("--plot")
     assert "'bench' extra" in str(e.value) and "--plot" in str(e.value)
+    assert 'pip install -e ".[bench]"' in str(e.value)
 
 
 # ---- the CLI, smallest problem --------------------------------------------------------------
@@ -175,4 +176,4 @@ def test_cli_plot_without_matplotlib_fails_before_running():
     r = run_cli("--shapes", "64x64", "--m", "1", "--plot", "x.png",
                 prelude="sys.modules['matplotlib'] = None; ")
     assert r.returncode != 0
-    assert "'bench' extra" in r.stderr and "DRAM" not in r.stdout
+    assert 'pip install -e ".[bench]"' in r.stderr and "DRAM" not in r.stdout

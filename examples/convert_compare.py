@@ -133,6 +133,8 @@ def main(argv=None):
     p.add_argument("--plot", help="save a bar chart to this file (needs matplotlib: the bench "
                                   "extra)")
     args = p.parse_args(argv)
+    if args.new_tokens < 2:
+        p.error("--new-tokens must be at least 2 (the first token ends the prefill)")
     if args.plot:
         bench.require_matplotlib("--plot")  # before the run, not after it
     if args.threads:

@@ -112,13 +112,16 @@ NOISY_RATIO_SPREAD = 1.5
 #: more than this fraction of the CPUs this process may use busy while they were measured: a
 #: loaded machine can slow every variant alike, which no spread shows.
 NOISY_OTHER_LOAD = 0.20
+#: Fewer samples than this show no spread, so nothing says whether the machine was busy: flagged.
+MIN_SAMPLES = 3
 
 
 #: What an unflagged figure satisfies.
 CLEAN = (f"every timing's IQR is within {100 * NOISY_REL_IQR:.0f}% of its median and its "
          f"median within {NOISY_MEDIAN_OVER_MIN:g}x its minimum, every speed-up within "
          f"{NOISY_RATIO_SPREAD:g}x over the rounds, other processes used under "
-         f"{100 * NOISY_OTHER_LOAD:.0f}% of the CPUs (where /proc/stat tells)")
+         f"{100 * NOISY_OTHER_LOAD:.0f}% of the CPUs (where /proc/stat tells), at least "
+         f"{MIN_SAMPLES} samples each")
 
 
 def _cpu_busy_seconds(cpus) -> Optional[float]:
@@ -206,7 +209,8 @@ def summarize(samples, *, bytes_per_call: Optional[float] = None,
               max_rel_iqr: Optional[float] = NOISY_REL_IQR,
               max_median_over_min: Optional[float] = NOISY_MEDIAN_OVER_MIN,
               max_spread: Optional[float] = None, other_load: Optional[float] = None,
-              max_other_load: Optional[float] = NOISY_OTHER_LOAD) -> Timing:
+              max_other_load: Optional[float] = NOISY_OTHER_LOAD,
+              min_samples: Optional[int] = MIN_SAMPLES) -> Timing:
     """Summarizes samples (e.g. seconds per call) and flags them as noisy when
 
     - the IQR exceeds ``max_rel_iqr`` of the median, or the median exceeds the minimum by
@@ -218,6 +222,8 @@ def summarize(samples, *, bytes_per_call: Optional[float] = None,
     - ``bytes_per_call / median`` (the bandwidth the samples imply, in GB/s) exceeds
       ``peak_gbs``, the most the machine can deliver: the measure itself is invalid (the bytes
       did not come from where it assumes, or the peak was measured while the machine was busy).
+
+    - there are fewer than ``min_samples`` samples: no spread to judge by.
 
     A threshold of None disables its check."""
     xs = sorted(float(x) for x in samples)
@@ -241,6 +247,9 @@ def summarize(samples, *, bytes_per_call: Optional[float] = None,
         if gbs > peak_gbs:
             t.reasons.append(f"{gbs:.1f} GB/s is more than the {peak_gbs:.1f} GB/s the machine "
                              f"can deliver: the measure is invalid")
+    if min_samples is not None and t.n < min_samples:
+        t.reasons.append(f"only {t.n} sample{'s' if t.n > 1 else ''}: too few to show a spread "
+                         f"(at least {min_samples}; more rounds or calls)")
     t.noisy = bool(t.reasons)
     return t
 

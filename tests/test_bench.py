@@ -29,6 +29,8 @@ def test_summarize_min_median_max_iqr():
 
     t = bench.summarize([7.0])
     assert (t.min, t.q1, t.median, t.q3, t.max, t.iqr) == (7.0, 7.0, 7.0, 7.0, 7.0, 0.0)
+    assert t.noisy and "too few to show a spread" in t.reasons[0]  # one sample: no spread
+    assert not bench.summarize([7.0], min_samples=None).noisy
     with pytest.raises(ValueError):
         bench.summarize([])
 

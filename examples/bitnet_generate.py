@@ -127,8 +127,7 @@ def main(argv=None):
                   "last bits (float32: ~2 ulp; in half precision transformers also quantizes in "
                   "that precision), and int8 activation rounding amplifies such differences "
                   "over many tokens of a random model, whose top logits are close)")
-    for line in warnings + ([bench.ADVICE] if warnings else []):
-        print(line)
+    bench.print_warnings(warnings)
     if tmp is not None:
         tmp.cleanup()
     return 0

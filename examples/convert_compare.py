@@ -200,12 +200,7 @@ def main(argv=None):
         print(f"| {label:24s} | {r['linear_mib']:10.1f} | {r['model_mib']:9.1f} "
               f"| {cell(r['prefill'])} | {cell(r['step'])} | {1 / r['step'].median:12.1f} "
               f"| {sp} | {r['top1']:11.3f} | {r['cosine']:10.3f} | {r['gen_match']:9.3f} |")
-    if not warnings:
-        warnings = [f"no figure flagged: {bench.CLEAN}"]
-    else:
-        warnings.append(bench.ADVICE)
-    for line in warnings:
-        print(line)
+    bench.print_warnings(warnings)
 
     if args.plot:
         plt = bench.require_matplotlib("--plot")

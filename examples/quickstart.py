@@ -142,9 +142,9 @@ def main():
     print(f"\ntimed: a batch-1 decode step (one token, M=1, through all {args.layers} blocks and "
           f"the dense lm_head), d={args.d}, hidden={args.hidden}, {torch.get_num_threads()} "
           f"threads, kernel set {tops.cpu_kernel()}")
-    print(f"  hot weights: each model is called over and over, so its weights stay in cache as "
-          f"far as they fit (a decoder bigger than the cache streams them from memory: "
-          f"python -m ternary_ops.bench --modes cold)")
+    print("  hot weights: each model is called over and over, so its weights stay in cache as "
+          "far as they fit (a decoder bigger than the cache streams them from memory: "
+          "python -m ternary_ops.bench --modes cold)")
     print(f"  {args.rounds} rounds alternate the three models; speed-up = dense fp32 time / "
           f"model time per round: median (min-max over the rounds)")
     print(f"{'model':<21}{'ms/token: median':>17}{'min':>8}{'IQR':>16}{'max':>8}{'calls':>7}  "
@@ -162,12 +162,7 @@ def main():
         ms = lambda v: f"{1e3 * v:.3f}"  # noqa: E731
         print(f"{label:<21}{ms(t.median):>17}{ms(t.min):>8}{ms(t.q1) + '-' + ms(t.q3):>16}"
               f"{ms(t.max):>8}{t.n:>7}  {ratio:<32}{nbytes[label] / 2**20:>10.1f} MiB")
-    if not warnings:
-        warnings = [f"no figure flagged: {bench.CLEAN}"]
-    else:
-        warnings.append(bench.ADVICE)
-    for line in warnings:
-        print(line)
+    bench.print_warnings(warnings)
 
 
 if __name__ == "__main__":

@@ -380,6 +380,14 @@ ADVICE = ("WARNING: the flagged figures are not to be trusted: the machine was b
           "measure is invalid. Rerun when the machine is idle.")
 
 
+def print_warnings(warnings: List[str], clean: str = "no figure flagged", out=None) -> None:
+    """Prints the warning lines and ADVICE once after them, or, when there are none, one line
+    saying that nothing was flagged and why that can be trusted."""
+    out = out or sys.stdout
+    for line in (warnings + [ADVICE]) if warnings else [f"{clean}: {CLEAN}"]:
+        print(line, file=out)
+
+
 def warning_lines(label: str, t: Timing) -> List[str]:
     """A "WARNING: <label>: <reasons>" line for a noisy Timing (none for a clean one); print
     ADVICE once after them."""
@@ -832,13 +840,7 @@ def main(argv=None) -> int:
           f"{bw1['worst']:.1f}, best {bw1['best']:.1f}); DRAM% below is of {dram:.1f} GB/s")
     attach_ratios(results, dram)
     print_table(results)
-    warnings = bandwidth_warnings(bw0, bw1) + row_warnings(results)
-    if warnings:
-        warnings.append(ADVICE)
-    for line in warnings:
-        print(line)
-    if not warnings:
-        print(f"# no row flagged: {CLEAN}")
+    print_warnings(bandwidth_warnings(bw0, bw1) + row_warnings(results), "# no row flagged")
     targets = check_targets(results, dram) if args.targets else []
     for line in targets:
         print(line)

@@ -23,7 +23,8 @@ import torch.nn.functional as F
 import ternary_ops as tops
 from ternary_ops import reference
 
-from profile_target import graph_time  # same directory: the scripts run as benchmarks/cuda/*.py
+# profile_target.py sits beside this script (run as benchmarks/cuda/bench.py)
+from profile_target import graph_time, replay_times
 
 SHAPES = [(2560, 2560), (6912, 2560), (2560, 6912), (4096, 4096), (14336, 4096), (4096, 14336)]
 
@@ -59,16 +60,7 @@ def time_rotating(fn, copies, l2_bytes, bytes_per_call, replays=30):
     with torch.cuda.graph(g):
         for i in range(calls):
             fn(copies[i % len(copies)])
-    for _ in range(3):
-        g.replay()
-    times = []
-    for _ in range(replays):
-        st, en = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        st.record()
-        g.replay()
-        en.record()
-        en.synchronize()
-        times.append(st.elapsed_time(en) / 1e3 / calls)
+    times = replay_times(g, calls, replays)
     return statistics.median(times), min(times)
 
 

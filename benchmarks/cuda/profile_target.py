@@ -19,23 +19,31 @@ def op(fmt, x, w, scale, n, act):
     return torch.ops.ternary.linear_i8(x, w, scale, None, act)
 
 
-def graph_time(fn, calls=64, replays=20):
-    fn()
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(calls):
-            fn()
-    g.replay()
-    ts = []
+def replay_times(g, calls, replays):
+    """Seconds per call of each of `replays` replays of the CUDA graph g holding `calls` calls
+    (after three warm-up replays), timed with CUDA events."""
+    for _ in range(3):
+        g.replay()
+    times = []
     for _ in range(replays):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
         g.replay()
         b.record()
         b.synchronize()
-        ts.append(a.elapsed_time(b) * 1e3 / calls)
-    return statistics.median(ts)
+        times.append(a.elapsed_time(b) / 1e3 / calls)
+    return times
+
+
+def graph_time(fn, calls=64, replays=20):
+    """Median microseconds per call of fn in a graph of `calls` back-to-back calls."""
+    fn()
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(calls):
+            fn()
+    return 1e6 * statistics.median(replay_times(g, calls, replays))
 
 
 def main():

@@ -840,7 +840,8 @@ def main(argv=None) -> int:
           f"{bw1['worst']:.1f}, best {bw1['best']:.1f}); DRAM% below is of {dram:.1f} GB/s")
     attach_ratios(results, dram)
     print_table(results)
-    print_warnings(bandwidth_warnings(bw0, bw1) + row_warnings(results), "# no row flagged")
+    warnings = bandwidth_warnings(bw0, bw1) + row_warnings(results)
+    print_warnings(warnings, "# no row flagged")
     targets = check_targets(results, dram) if args.targets else []
     for line in targets:
         print(line)

@@ -1,5 +1,6 @@
 """The timing statistics of ternary_ops.bench (which every printed speed figure goes through) on
 given samples, and the CLI on the smallest problem. Nothing here asserts a speed."""
+import json
 import os
 import statistics
 import subprocess
@@ -156,11 +157,12 @@ def run_cli(*args, prelude=""):
                           cwd=str(ROOT), env=env, timeout=300)
 
 
-def test_cli_prints_spread_and_what_it_measures():
+def test_cli_prints_spread_and_what_it_measures(tmp_path):
     r = run_cli("--shapes", "64x64", "--m", "1", "--formats", "i2", "--act", "int8",
                 "--modes", "hot,cold", "--dense", "bfloat16", "--threads", "1",
                 "--cold-gib", "0.001", "--bw-gib", "0.01", "--warmup", "1", "--min-reps", "2",
-                "--max-reps", "4", "--budget", "0", "--rounds", "2")
+                "--max-reps", "4", "--budget", "0", "--rounds", "2",
+                "--json", str(tmp_path / "out.json"))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = r.stdout
     for text in ("median_us", "IQR_us", "min_us", "x bf16",          # spread columns
@@ -172,6 +174,8 @@ def test_cli_prints_spread_and_what_it_measures():
     assert len(rows) == 2 and all("[" in row for row in rows)  # ratio with its range
     # every run ends with either the warnings or the statement that nothing was flagged
     assert "WARNING" in out or "no row flagged" in out
+    saved = json.loads((tmp_path / "out.json").read_text())
+    assert len(saved["results"]) == 4 and isinstance(saved["warnings"], list)
 
 
 def test_cli_plot_without_matplotlib_fails_before_running():

@@ -67,6 +67,35 @@ def dense_weight(module: nn.Module):
     return None
 
 
+def _turn_off_fast_paths(model: nn.Module, targets, summary: ConvertSummary) -> None:
+    """``nn.TransformerEncoderLayer`` has an inference fast path (eval mode, no grad) that reads
+    ``linear1`` / ``linear2``'s ``.weight`` directly instead of calling them. Where either is
+    about to be replaced, that layer's fast path is turned off (it checks
+    ``activation_relu_or_gelu``, which nothing else reads; the activation itself is
+    ``.activation``), and so is the nested-tensor path of an ``nn.TransformerEncoder`` that
+    holds it, which would feed such a layer nested tensors."""
+    layers = set()
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.TransformerEncoderLayer):
+            continue
+        dot = f"{name}." if name else ""
+        if not {dot + "linear1", dot + "linear2"} & targets:
+            continue
+        layers.add(id(module))
+        if module.activation_relu_or_gelu:
+            module.activation_relu_or_gelu = 0
+            summary.notes[name or type(module).__name__] = (
+                "inference fast path turned off: it reads linear1 / linear2's weight directly "
+                "instead of calling them")
+    for name, module in model.named_modules():
+        if (isinstance(module, nn.TransformerEncoder) and getattr(module, "use_nested_tensor",
+                                                                  False)
+                and any(id(m) in layers for m in module.layers)):
+            module.use_nested_tensor = False
+            summary.notes[name or type(module).__name__] = (
+                "nested-tensor fast path turned off (its layers now call ternary layers)")
+
+
 def convert(model: nn.Module, format: str = "i2", act: str = "int8",
             granularity: str = "tensor",
             exclude: Optional[Union[Iterable[str], str]] = None,
@@ -88,7 +117,8 @@ def convert(model: nn.Module, format: str = "i2", act: str = "int8",
 
     Only layers the model calls as modules are replaced: the ``out_proj`` of
     ``nn.MultiheadAttention`` (which reads its ``.weight`` directly) stays dense, and the summary
-    says so. A layer whose weight is shared with another module (a language-model head tied to
+    says so. The inference fast path of an ``nn.TransformerEncoderLayer`` whose ``linear1`` /
+    ``linear2`` are converted (it reads their weights directly too) is turned off. A layer whose weight is shared with another module (a language-model head tied to
     the input embedding) gets its own ternary weight: it is untied, the other module keeps the
     dense weight, a Hugging Face ``config.tie_word_embeddings`` is set to False so that loading
     does not tie them again, and the summary says so. Layers that are already
@@ -150,6 +180,7 @@ def convert(model: nn.Module, format: str = "i2", act: str = "int8",
     if progress:
         from tqdm.auto import tqdm
         names = tqdm(targets, desc="ternary convert", unit="layer")
+    _turn_off_fast_paths(model, set(targets), summary)
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)

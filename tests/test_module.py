@@ -268,8 +268,50 @@ def test_convert_leaves_multihead_attention_out_proj_dense():
     assert "self_attn.out_proj" in summary.skipped
     assert "reads its weight directly" in summary.notes["self_attn.out_proj"]
     assert "self_attn.out_proj: left dense" in str(summary)
-    out = layer(torch.randn(2, 5, 32))
+    x = torch.randn(2, 5, 32)
+    out = layer(x)
     assert out.shape == (2, 5, 32) and torch.isfinite(out).all()
+    # eval + no grad is the inference fast path, which reads linear1 / linear2's weights
+    assert "inference fast path turned off" in summary.notes["TransformerEncoderLayer"]
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), out)
+
+
+class AttentionModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(32, 4, batch_first=True)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.head(self.attn(x, x, x, need_weights=False)[0])
+
+
+def test_convert_a_model_calling_multihead_attention():
+    model = AttentionModel().eval()
+    summary = tops.convert(model, exclude=[])
+    assert summary.replaced == ["head"] and summary.skipped == ["attn.out_proj"]
+    assert ("attn.out_proj: left dense: MultiheadAttention reads its weight directly instead "
+            "of calling it") in str(summary)
+    x = torch.randn(2, 5, 32)
+    out = model(x)
+    with torch.no_grad():  # MultiheadAttention's own fast path
+        torch.testing.assert_close(model(x), out)
+
+
+def test_convert_transformer_encoder_with_padding_mask():
+    enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), 2,
+                                enable_nested_tensor=True).eval()
+    summary = tops.convert(enc, exclude=[], act="none")
+    assert len(summary.replaced) == 4 and not enc.use_nested_tensor
+    x = torch.randn(2, 5, 32)
+    mask = torch.zeros(2, 5, dtype=torch.bool)
+    mask[0, 3:] = True
+    want = enc(x, src_key_padding_mask=mask)
+    with torch.inference_mode():
+        got = enc(x, src_key_padding_mask=mask)
+    torch.testing.assert_close(got[1], want[1])
+    torch.testing.assert_close(got[0, :3], want[0, :3])
 
 
 def test_convert_warns_on_float64_and_on_a_second_run():

@@ -67,6 +67,28 @@ def dense_weight(module: nn.Module):
     return None
 
 
+def weight_owners(model: nn.Module) -> Dict[int, List[str]]:
+    """``id(parameter) -> qualified names of the modules holding it`` (more than one name for a
+    tied weight)."""
+    owners: Dict[int, List[str]] = {}
+    for name, module in model.named_modules():
+        for p in module.parameters(recurse=False):
+            owners.setdefault(id(p), []).append(name)
+    return owners
+
+
+def untie_config(config) -> None:
+    """Sets a Hugging Face config's ``tie_word_embeddings`` to False (on its text config too,
+    where it has one), so that ``tie_weights()`` and a later load do not tie an output layer
+    that now has its own ternary weight back to the embedding. ``None`` is a no-op."""
+    configs = [config]
+    if hasattr(config, "get_text_config"):
+        configs.append(config.get_text_config())
+    for c in configs:
+        if getattr(c, "tie_word_embeddings", False):
+            c.tie_word_embeddings = False
+
+
 def _turn_off_fast_paths(model: nn.Module, targets, summary: ConvertSummary) -> None:
     """``nn.TransformerEncoderLayer`` has an inference fast path (eval mode, no grad) that reads
     ``linear1`` / ``linear2``'s ``.weight`` directly instead of calling them. Where either is
@@ -138,10 +160,7 @@ def convert(model: nn.Module, format: str = "i2", act: str = "int8",
                      for name, module in model.named_modules()
                      if isinstance(module, nn.MultiheadAttention)
                      for child, _ in module.named_children()}
-    owners = {}  # id(parameter) -> qualified names of the modules holding it
-    for name, module in model.named_modules():
-        for p in module.parameters(recurse=False):
-            owners.setdefault(id(p), []).append(name)
+    owners = weight_owners(model)
     already = sum(isinstance(m, TernaryLinear) for m in model.modules())
     if already:
         warnings.warn(f"convert: {already} layers of the model are already TernaryLinear and "
@@ -171,9 +190,7 @@ def convert(model: nn.Module, format: str = "i2", act: str = "int8",
                       "or float16 input; call model.float() (or .bfloat16()) before running it",
                       UserWarning, stacklevel=2)
     if any(n in summary.notes and n in targets for n in summary.notes):
-        config = getattr(model, "config", None)
-        if getattr(config, "tie_word_embeddings", False):
-            config.tie_word_embeddings = False
+        untie_config(getattr(model, "config", None))
     if progress is None:
         progress = len(targets) > 32
     names = targets

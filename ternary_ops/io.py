@@ -241,7 +241,7 @@ def load(path: Union[str, os.PathLike], model: Optional[nn.Module] = None, stric
     if model is not None and not isinstance(model, nn.Module):
         raise TypeError(f"load(path, model): model must be an nn.Module, got "
                         f"{type(model).__name__}")
-    from .convert import dense_weight
+    from .convert import dense_weight, untie_config, weight_owners
 
     tensors, info = _read(path)
     layers = info.get("layers", {})
@@ -251,6 +251,7 @@ def load(path: Union[str, os.PathLike], model: Optional[nn.Module] = None, stric
         tensors = {k: v.to(device) for k, v in tensors.items()}
     if model is None:
         return tensors
+    owners = weight_owners(model)
     for prefix, spec in layers.items():
         try:
             module = model.get_submodule(prefix)
@@ -282,6 +283,8 @@ def load(path: Union[str, os.PathLike], model: Optional[nn.Module] = None, stric
                             format=spec["format"], act=spec["act"], device=dense[0].device,
                             dtype=dense[0].dtype)
         new.layer_name = prefix
+        if len(owners.get(id(module.weight), ())) > 1:  # a tied head gets its own weight,
+            untie_config(getattr(model, "config", None))  # as convert does
         parent_name, _, child = prefix.rpartition(".")
         setattr(model.get_submodule(parent_name), child, new)
     result = model.load_state_dict(tensors, strict=strict)

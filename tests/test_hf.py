@@ -436,3 +436,37 @@ def test_load_rebuilds_conv1d_layers_of_a_fresh_model(tmp_path):
     ids = torch.randint(0, 100, (2, 8))
     with torch.no_grad():
         assert torch.equal(fresh(ids).logits, model(ids).logits)
+
+
+def test_load_into_a_fresh_model_unties_a_ternary_head(tmp_path):
+    """A file holding a ternary lm_head, loaded into a fresh GPT-2 (whose head is tied to the
+    embedding): the head is replaced and the config untied, so tie_weights() and a
+    save_pretrained / load_pretrained round trip keep it ternary."""
+    model = small_gpt2()
+    tops.convert(model, exclude=[])
+    path = tmp_path / "gpt2.safetensors"
+    tops.save(model, path)
+    fresh = small_gpt2()
+    tops.load(path, fresh)
+    assert fresh.config.tie_word_embeddings is False
+    fresh.tie_weights()
+    ids = torch.randint(0, 100, (2, 8))
+    with torch.no_grad():
+        want = model(ids).logits
+        assert torch.equal(fresh(ids).logits, want)
+    tops_hf.save_pretrained(fresh, tmp_path / "hf")
+    again = tops_hf.load_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        assert torch.equal(again(ids).logits, want)
+
+
+def test_save_pretrained_never_saves_a_ternary_head_as_tied(tmp_path):
+    model = small_gpt2()
+    tops.convert(model, exclude=[])
+    model.config.tie_word_embeddings = True  # e.g. a config set by hand after convert
+    tops_hf.save_pretrained(model, tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["tie_word_embeddings"] is False
+    ids = torch.randint(0, 100, (1, 8))
+    with torch.no_grad():
+        assert torch.equal(tops_hf.load_pretrained(tmp_path).eval()(ids).logits,
+                           model(ids).logits)

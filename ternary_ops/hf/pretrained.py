@@ -11,7 +11,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from ..convert import dense_weight
+from ..convert import dense_weight, untie_config
 from ..io import METADATA_KEY, load as _load_tensors, read_metadata, save as _save
 from ..nn import TernaryLinear
 from ._loading import (CHECKPOINT_NAME, check_folder, finish_load, model_skeleton,
@@ -38,6 +38,9 @@ def save_pretrained(model: nn.Module, save_directory: Union[str, os.PathLike]) -
         raise ValueError("save_pretrained: the model has no transformers config; use "
                          "ternary_ops.save for plain modules")
     config = copy.deepcopy(config)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if isinstance(head, TernaryLinear):
+        untie_config(config)  # loading must not tie the ternary head to the embedding
     if hasattr(config, "quantization_config"):
         delattr(config, "quantization_config")
     config.architectures = [type(model).__name__]

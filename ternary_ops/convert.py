@@ -23,12 +23,15 @@ Filter = Callable[[str, nn.Linear], bool]
 class ConvertSummary:
     """What :func:`convert` did. ``bytes_before``/``bytes_after`` cover the replaced weights.
     ``notes`` says why a layer in ``skipped`` was left dense when it was not by ``exclude`` or
-    ``filter``, and which replaced layers were untied from a weight they shared."""
+    ``filter``, and which replaced layers were untied from a weight they shared.
+    ``already_ternary`` counts the layers that were ``TernaryLinear`` before the call (left as
+    they are)."""
     replaced: List[str] = field(default_factory=list)
     skipped: List[str] = field(default_factory=list)
     bytes_before: int = 0
     bytes_after: int = 0
     notes: Dict[str, str] = field(default_factory=dict)
+    already_ternary: int = 0
 
     @property
     def layers_replaced(self) -> int:
@@ -39,14 +42,21 @@ class ConvertSummary:
         return self.bytes_before / self.bytes_after if self.bytes_after else float("nan")
 
     def __str__(self) -> str:
+        already = (f"{self.already_ternary} layers already TernaryLinear, left as they are"
+                   if self.already_ternary else "")
         if not self.replaced:
-            text = (f"converted no layers ({len(self.skipped)} linear layers left dense)"
-                    if self.skipped else "converted no layers: the model has no nn.Linear or "
-                    "Conv1D layer")
+            if self.skipped:
+                text = (f"converted no layers ({len(self.skipped)} linear layers left dense"
+                        + (f"; {already})" if already else ")"))
+            elif already:
+                text = f"converted no layers ({already})"
+            else:
+                text = "converted no layers: the model has no nn.Linear or Conv1D layer"
         else:
             text = (f"converted {len(self.replaced)} linear layers ({len(self.skipped)} left "
                     f"dense): {_human_bytes(self.bytes_before)} -> "
-                    f"{_human_bytes(self.bytes_after)} ({self.compression:.1f}x smaller)")
+                    f"{_human_bytes(self.bytes_after)} ({self.compression:.1f}x smaller)"
+                    + (f"; {already}" if already else ""))
         return text + "".join(f"\n  {name}: {why}" for name, why in self.notes.items())
 
 
@@ -161,7 +171,8 @@ def convert(model: nn.Module, format: str = "i2", act: str = "int8",
                      if isinstance(module, nn.MultiheadAttention)
                      for child, _ in module.named_children()}
     owners = weight_owners(model)
-    already = sum(isinstance(m, TernaryLinear) for m in model.modules())
+    already = summary.already_ternary = sum(isinstance(m, TernaryLinear)
+                                            for m in model.modules())
     if already:
         warnings.warn(f"convert: {already} layers of the model are already TernaryLinear and "
                       "are left as they are (their format and act do not change)",

@@ -321,6 +321,13 @@ def test_convert_warns_on_float64_and_on_a_second_run():
     with pytest.warns(UserWarning, match="2 layers of the model are already TernaryLinear"):
         summary = tops.convert(model, exclude=[], format="i8")
     assert summary.replaced == [] and model[0].format == "i2"
+    assert summary.already_ternary == 2
+    assert str(summary) == "converted no layers (2 layers already TernaryLinear, left as they are)"
+    model.append(nn.Linear(4, 4))
+    with pytest.warns(UserWarning, match="2 layers of the model are already TernaryLinear"):
+        summary = tops.convert(model.float(), exclude=[])
+    assert summary.replaced == ["2"]
+    assert str(summary).endswith("; 2 layers already TernaryLinear, left as they are")
 
 
 def test_convert_rejects_a_bare_linear_and_reports_nothing_to_convert():

@@ -260,6 +260,7 @@ def load(path: Union[str, os.PathLike], model: Optional[nn.Module] = None, stric
                 raise ValueError(f"{path}: layer '{prefix}' does not exist in the model") from None
             continue
         if isinstance(module, TernaryLinear):
+            module.layer_name = prefix
             if (module.in_features, module.out_features) != (spec["in_features"],
                                                              spec["out_features"]):
                 raise ValueError(f"{path}: layer '{prefix}' is {spec['in_features']} -> "

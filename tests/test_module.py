@@ -337,14 +337,29 @@ def test_convert_rejects_a_bare_linear_and_reports_nothing_to_convert():
     assert str(summary) == "converted no layers: the model has no nn.Linear or Conv1D layer"
 
 
-def test_wrong_x_width_names_x_and_the_layer():
-    with pytest.raises(ValueError, match=r"TernaryLinear\(in_features=16, out_features=8\): x must "
-                       r"have in_features = 16 as its last dimension, got x of shape \[2, 15\]"):
+def test_wrong_x_width_names_x_and_the_layer(tmp_path):
+    with pytest.raises(ValueError, match=r"^TernaryLinear \(in_features=16, out_features=8\): x "
+                       r"has width 15 \(shape \[2, 15\]\); its last dimension must be "
+                       r"in_features = 16$"):
         tops.TernaryLinear(16, 8)(torch.randn(2, 15))
+    with pytest.raises(ValueError, match=r"x has no dimensions \(shape \[\]\)"):
+        tops.TernaryLinear(16, 8)(torch.tensor(1.0))
     model = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
     tops.convert(model, exclude=[])
-    with pytest.raises(ValueError, match=r"layer '2': x must have in_features = 8"):
+    with pytest.raises(ValueError, match=r"^TernaryLinear '2' \(in_features=8, out_features=4\): "
+                       r"x has width 9 "):
         model[2](torch.randn(3, 9))
+    path = tmp_path / "m.safetensors"
+    tops.save(model, path)
+    fresh = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), tops.TernaryLinear(8, 4))
+    tops.load(path, fresh)
+    for i in (0, 2):
+        with pytest.raises(ValueError, match=rf"^TernaryLinear '{i}' .* x has width 5 "):
+            fresh[i](torch.randn(5))
+    from ternary_ops.hf import BitNetLinear
+    with pytest.raises(ValueError, match=r"^BitNetLinear \(in_features=16, out_features=8\): x has "
+                       r"width 12"):
+        BitNetLinear(16, 8, use_rms_norm=True)(torch.randn(12))
 
 
 def test_save_and_load_take_either_argument_order(tmp_path):

@@ -103,6 +103,7 @@ def load_pretrained(save_directory: Union[str, os.PathLike],
                                  rms_norm_eps=norms[prefix]["rms_norm_eps"], **kwargs)
         else:
             layer = TernaryLinear(spec["in_features"], spec["out_features"], **kwargs)
+        layer.layer_name = prefix
         model.set_submodule(prefix, layer)
         keep.add(f"{prefix}.weight_scale" if prefix else "weight_scale")
     model = finish_load(model, tensors, file, keep_dtype=keep, dtype=dtype)

@@ -233,7 +233,10 @@ def load(path: Union[str, os.PathLike], model: Optional[nn.Module] = None, stric
       ``strict=False`` a warning says when the file matched nothing in the model). Returns
       ``model``. ``load(model, path)`` is accepted too.
     """
-    if isinstance(path, nn.Module) and (model is None or _is_path(model)):
+    if isinstance(path, nn.Module) and model is None:
+        raise TypeError(f"load(path, model): got a {type(path).__name__} as path and no model; "
+                        "pass the file's path first")
+    if isinstance(path, nn.Module) and _is_path(model):
         path, model = model, path
     if not _is_path(path):
         raise TypeError(f"load(path, model): path must be a str or os.PathLike, got "

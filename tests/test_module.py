@@ -375,6 +375,22 @@ def test_save_and_load_take_either_argument_order(tmp_path):
         tops.save(model, 3)
     with pytest.raises(TypeError, match=r"model must be an nn.Module, got dict"):
         tops.load(path, {})
+    # ambiguous: nothing to swap; the error names the order
+    with pytest.raises(TypeError, match=r"^save\(model_or_state, path\): path must be a str or "
+                       r"os.PathLike, got Sequential"):
+        tops.save(model, fresh)
+    with pytest.raises(TypeError, match=r"^save\(model_or_state, path\): model_or_state must be "
+                       r"an nn.Module or a state dict, got PosixPath"):
+        tops.save(path, path)
+    with pytest.raises(TypeError, match=r"^load\(path, model\): path must be a str or "
+                       r"os.PathLike, got Sequential"):
+        tops.load(model, fresh)
+    with pytest.raises(TypeError, match=r"^load\(path, model\): model must be an nn.Module, got "
+                       r"str"):
+        tops.load(path, str(path))
+    with pytest.raises(TypeError, match=r"^load\(path, model\): got a Sequential as path and no "
+                       r"model"):
+        tops.load(model)
 
 
 def test_load_errors_name_the_file(tmp_path):

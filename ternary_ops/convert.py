@@ -1,4 +1,5 @@
-"""``convert``: replace a model's ``nn.Linear`` layers with ``TernaryLinear`` in place."""
+"""``convert``: replace a model's ``nn.Linear`` layers with ``TernaryLinear`` in place (or
+convert one bare layer into a new ``TernaryLinear``)."""
 from __future__ import annotations
 
 import fnmatch
@@ -58,6 +59,11 @@ class ConvertSummary:
                     f"{_human_bytes(self.bytes_after)} ({self.compression:.1f}x smaller)"
                     + (f"; {already}" if already else ""))
         return text + "".join(f"\n  {name}: {why}" for name, why in self.notes.items())
+
+
+def _float64_warning(what: str) -> str:
+    return (f"convert: the {what} is float64, but the ternary ops take float32, bfloat16 or "
+            f"float16 input; call {what}.float() (or .bfloat16()) before running it")
 
 
 def _excluded(name: str, patterns: Iterable[str]) -> bool:
@@ -132,7 +138,7 @@ def convert(model: nn.Module, format: str = "i2", act: str = "int8",
             granularity: str = "tensor",
             exclude: Optional[Union[Iterable[str], str]] = None,
             filter: Optional[Filter] = None,
-            progress: Optional[bool] = None) -> ConvertSummary:
+            progress: Optional[bool] = None) -> Union[ConvertSummary, TernaryLinear]:
     """Replaces ``nn.Linear`` (and HF ``Conv1D``) modules of ``model`` with :class:`TernaryLinear`, in place.
 
     Args:
@@ -154,13 +160,23 @@ def convert(model: nn.Module, format: str = "i2", act: str = "int8",
     the input embedding) gets its own ternary weight: it is untied, the other module keeps the
     dense weight, a Hugging Face ``config.tie_word_embeddings`` is set to False so that loading
     does not tie them again, and the summary says so. Layers that are already
-    ``TernaryLinear`` are left as they are (a warning says how many). To convert a single
-    ``nn.Linear``, use :meth:`TernaryLinear.from_linear`.
+    ``TernaryLinear`` are left as they are (a warning says how many).
+
+    ``model`` may itself be an ``nn.Linear`` (or ``Conv1D``): a layer cannot replace itself in
+    place, so ``convert`` then returns a new :class:`TernaryLinear` (``exclude``, ``filter`` and
+    ``progress`` do not apply) and leaves the layer as it was:
+    ``layer = tops.convert(nn.Linear(64, 32))``.
     """
-    if dense_weight(model) is not None:
-        raise TypeError(f"convert replaces the linear layers inside a model, and got a "
-                        f"{type(model).__name__} itself; for one layer use "
-                        "ternary_ops.TernaryLinear.from_linear(layer)")
+    dense = dense_weight(model)
+    if dense is not None:
+        if dense[0].device.type == "meta":
+            raise ValueError("convert: the layer's weight is on the meta device; load the "
+                             "weights before converting")
+        if dense[0].dtype == torch.float64:
+            warnings.warn(_float64_warning("layer"), UserWarning, stacklevel=2)
+        with torch.no_grad():
+            return TernaryLinear.from_dense(dense[0], dense[1], format=format, act=act,
+                                            granularity=granularity)
     if isinstance(exclude, str):
         exclude = (exclude,)
     patterns = tuple(DEFAULT_EXCLUDE if exclude is None else exclude)
@@ -197,9 +213,7 @@ def convert(model: nn.Module, format: str = "i2", act: str = "int8",
             if shared:
                 summary.notes[name] = (f"untied from '{shared[0]}', which keeps the dense weight")
     if any(dense_weight(model.get_submodule(n))[0].dtype == torch.float64 for n in targets):
-        warnings.warn("convert: the model is float64, but the ternary ops take float32, bfloat16 "
-                      "or float16 input; call model.float() (or .bfloat16()) before running it",
-                      UserWarning, stacklevel=2)
+        warnings.warn(_float64_warning("model"), UserWarning, stacklevel=2)
     if any(n in summary.notes and n in targets for n in summary.notes):
         untie_config(getattr(model, "config", None))
     if progress is None:

@@ -18,7 +18,7 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from .formats import FORMATS, packed_rows, validate_weight
+from .formats import FORMATS, INT64_MAX, packed_rows, validate_weight
 from .nn import TernaryLinear
 from .reference import ACT_MODES
 
@@ -126,12 +126,16 @@ def _safe_open(path: _Path):
     from safetensors import safe_open
 
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path}: is a directory, not a safetensors file (a folder "
+                                "written by ternary_ops.hf.save_pretrained loads with "
+                                "ternary_ops.hf.load_pretrained)")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such file")
     try:
         return safe_open(path, framework="pt", device="cpu")
     except Exception as e:  # safetensors' own error type differs across its versions
-        raise ValueError(f"{path}: not a safetensors file ({e})") from None
+        raise ValueError(f"{path}: not a safetensors file, or a damaged one ({e})") from None
 
 
 def read_metadata(path: _Path) -> Dict[str, str]:
@@ -164,10 +168,12 @@ def _read(path) -> Tuple[Dict[str, torch.Tensor], dict]:
         info = json.loads(raw)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: corrupt '{METADATA_KEY}' metadata ({e})") from None
-    if not isinstance(info, dict) or info.get("version") != FORMAT_VERSION:
+    if not isinstance(info, dict):
+        raise ValueError(f"{path}: malformed '{METADATA_KEY}' metadata: must be a JSON object, "
+                         f"got {type(info).__name__}")
+    if info.get("version") != FORMAT_VERSION:
         raise ValueError(f"{path}: unsupported '{METADATA_KEY}' metadata version "
-                         f"{info.get('version') if isinstance(info, dict) else info!r}; "
-                         f"expected {FORMAT_VERSION}")
+                         f"{info.get('version')!r}; expected {FORMAT_VERSION}")
     for key, kind in (("layers", dict), ("aliases", dict)):
         if not isinstance(info.get(key, {}), kind):
             raise ValueError(f"{path}: malformed '{METADATA_KEY}' metadata: '{key}' must be a "
@@ -194,7 +200,8 @@ def _check_layer(path, prefix: str, spec: dict, tensors: Dict[str, torch.Tensor]
     if act not in ACT_MODES:
         raise ValueError(f"{where}: unknown act {act!r}; expected one of {ACT_MODES}")
     n, k = spec.get("out_features"), spec.get("in_features")
-    if not (isinstance(n, int) and isinstance(k, int) and n >= 1 and k >= 1):
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= INT64_MAX
+               for v in (n, k)):
         raise ValueError(f"{where}: bad shapes in metadata: in_features={k!r}, out_features={n!r}")
     dot = prefix + "." if prefix else ""
     for key in ("weight", "weight_scale") + (("bias",) if spec.get("bias") else ()):

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from . import ops  # noqa: F401  (registers fake kernels and autograd)
-from .formats import (GRANULARITIES, I2_ZERO_BYTE, check_format, dequantize, pack_i2,
-                      packed_rows, quantize, validate_weight)
+from .formats import (GRANULARITIES, I2_ZERO_BYTE, check_features, check_format, dequantize,
+                      pack_i2, packed_rows, quantize, validate_weight)
 from .reference import ACT_MODES
 
 
@@ -48,9 +48,8 @@ class TernaryLinear(nn.Module):
                  format: str = "i2", act: str = "int8", granularity: str = "tensor",
                  device=None, dtype=None):
         super().__init__()
-        if in_features < 1 or out_features < 1:
-            raise ValueError(f"in_features and out_features must be >= 1, got {in_features}, "
-                             f"{out_features}")
+        in_features, out_features = check_features(in_features, out_features,
+                                                   check_format(format), type(self).__name__)
         self.in_features = in_features
         self.out_features = out_features
         self.format = check_format(format)

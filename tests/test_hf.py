@@ -470,3 +470,20 @@ def test_save_pretrained_never_saves_a_ternary_head_as_tied(tmp_path):
     with torch.no_grad():
         assert torch.equal(tops_hf.load_pretrained(tmp_path).eval()(ids).logits,
                            model(ids).logits)
+
+
+def test_load_pretrained_names_the_file_for_malformed_metadata(tmp_path):
+    from safetensors.torch import load_file, save_file
+    model = small_gpt2()
+    tops.convert(model)
+    tops_hf.save_pretrained(model, tmp_path)
+    file = tmp_path / tops_hf.CHECKPOINT_NAME
+    tensors, meta = load_file(file), tops.io.read_metadata(file)
+    for key, raw, match in [
+            ("ternary_ops", "[1]", "'ternary_ops' metadata: must be a JSON object, got list"),
+            ("ternary_ops", '{"version": 1, "layers": []}', "'layers' must be a JSON object"),
+            ("ternary_ops.hf", "[1]", "malformed 'ternary_ops.hf' metadata"),
+            ("ternary_ops.hf", '{"rms_norm": {"lm_head": 1}}', "malformed 'ternary_ops.hf'")]:
+        save_file(tensors, file, metadata={**meta, key: raw})
+        with pytest.raises(ValueError, match=f"{file}: .*{match}"):
+            tops_hf.load_pretrained(tmp_path)

@@ -330,11 +330,46 @@ def test_convert_warns_on_float64_and_on_a_second_run():
     assert str(summary).endswith("; 2 layers already TernaryLinear, left as they are")
 
 
-def test_convert_rejects_a_bare_linear_and_reports_nothing_to_convert():
-    with pytest.raises(TypeError, match="TernaryLinear.from_linear"):
-        tops.convert(nn.Linear(4, 4))
+def test_convert_a_bare_linear_returns_a_ternary_layer_and_reports_nothing_to_convert():
+    lin = nn.Linear(16, 8)
+    layer = tops.convert(lin, format="i8", act="none", granularity="channel")
+    assert isinstance(layer, tops.TernaryLinear) and isinstance(lin, nn.Linear)
+    assert (layer.format, layer.act, layer.granularity) == ("i8", "none", "channel")
+    x = torch.randn(3, 16)
+    want = tops.TernaryLinear.from_linear(lin, format="i8", act="none", granularity="channel")
+    assert torch.equal(layer(x), want(x))
+    with pytest.warns(UserWarning, match=r"the layer is float64.*call layer.float\(\)"):
+        tops.convert(nn.Linear(4, 4).double())
     summary = tops.convert(nn.Sequential(nn.ReLU()))
     assert str(summary) == "converted no layers: the model has no nn.Linear or Conv1D layer"
+    assert "nan" not in str(summary)
+
+
+def test_absurd_layer_sizes_are_refused_clearly():
+    big = 2 ** 63 - 1
+    with pytest.raises(ValueError, match=rf"^TernaryLinear: in_features=16, out_features={big} is "
+                       r"too large: an i2 weight of 2305843009213693952 x 16 bytes"):
+        tops.TernaryLinear(16, big)
+    with pytest.raises(ValueError, match=rf"in_features={big}, out_features=8 is too large: an "
+                       rf"i8 weight of 8 x {big} bytes"):
+        tops.TernaryLinear(big, 8, format="i8")
+    with pytest.raises(ValueError, match=r"too large"):
+        tops.TernaryLinear(2 ** 40, 2 ** 40)
+    with pytest.raises(TypeError, match=r"^TernaryLinear: in_features must be an int, got float"):
+        tops.TernaryLinear(16.0, 8)
+    with pytest.raises(TypeError, match=r"out_features must be an int, got bool"):
+        tops.TernaryLinear(16, True)
+    with pytest.raises(ValueError, match=r"^TernaryLinear: out_features must be >= 1, got 0"):
+        tops.TernaryLinear(16, 0)
+    for n in (2 ** 64, -1, 2.5, True):
+        with pytest.raises(ValueError, match=r"out_features must be an int in \[0, 2\*\*63 - 1\]"):
+            tops.formats.packed_rows(n)
+    packed = torch.full((2, 3), 0x55, dtype=torch.uint8)
+    for n in (big, 2 ** 64, 2.0, True):
+        with pytest.raises(ValueError, match=r"out_features"):
+            tops.unpack_i2(packed, n)
+        with pytest.raises(ValueError, match=r"out_features"):
+            tops.validate_weight(packed, "i2", n)
 
 
 def test_wrong_x_width_names_x_and_the_layer(tmp_path):
@@ -398,6 +433,8 @@ def test_load_errors_name_the_file(tmp_path):
     bad.write_bytes(b"x" * 100)
     with pytest.raises(ValueError, match=f"{bad}: not a safetensors file"):
         tops.load(bad)
+    with pytest.raises(IsADirectoryError, match=f"{tmp_path}: is a directory.*load_pretrained"):
+        tops.load(tmp_path)
     model = nn.Sequential(nn.Linear(16, 8))
     tops.convert(model, exclude=[])
     path = tmp_path / "m.safetensors"
@@ -407,6 +444,20 @@ def test_load_errors_name_the_file(tmp_path):
     save_file(load_file(path), tmp_path / "list.safetensors", metadata=meta)
     with pytest.raises(ValueError, match="'layers' must be a JSON object, got list"):
         tops.load(tmp_path / "list.safetensors")
+    for raw, match in [("null", "metadata: must be a JSON object, got NoneType"),
+                       ("[1]", "metadata: must be a JSON object, got list"),
+                       ('{"layers": {}}', "metadata version None; expected 1"),
+                       ('{"version": 1, "layers": {"0": {"format": "i2", "act": "int8", '
+                        '"in_features": true, "out_features": 8}}}', "bad shapes in metadata"),
+                       ('{"version": 1, "layers": {"0": []}}', "layer '0' must be a JSON object")]:
+        bad_meta = tmp_path / "meta.safetensors"
+        save_file(load_file(path), bad_meta, metadata={"ternary_ops": raw})
+        with pytest.raises(ValueError, match=f"{bad_meta}: .*{match}"):
+            tops.load(bad_meta)
+    data = path.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[:-10])
+    with pytest.raises(ValueError, match="cut.safetensors: not a safetensors file, or a damaged"):
+        tops.load(tmp_path / "cut.safetensors")
     with pytest.warns(UserWarning, match="nothing in .* matched"):
         tops.load(path, nn.ModuleDict({"other": nn.Linear(2, 2)}), strict=False)
 

@@ -75,12 +75,18 @@ def load_pretrained(save_directory: Union[str, os.PathLike],
     if METADATA_KEY not in meta:
         raise ValueError(f"{file}: not written by ternary_ops (no '{METADATA_KEY}' metadata); "
                          "for a Hugging Face BitNet checkpoint use from_pretrained_bitnet")
+    tensors = _load_tensors(file)  # validates the metadata and every recorded ternary layer
     layers = json.loads(meta[METADATA_KEY]).get("layers", {})
     try:
-        norms = json.loads(meta.get(HF_METADATA_KEY, "{}")).get("rms_norm", {})
+        info = json.loads(meta.get(HF_METADATA_KEY, "{}"))
     except json.JSONDecodeError as e:
         raise ValueError(f"{file}: corrupt '{HF_METADATA_KEY}' metadata ({e})") from None
-    tensors = _load_tensors(file)  # validates every recorded ternary layer
+    norms = info.get("rms_norm", {}) if isinstance(info, dict) else None
+    if not (isinstance(norms, dict) and all(
+            isinstance(v, dict) and isinstance(v.get("rms_norm_eps"), (int, float))
+            for v in norms.values())):
+        raise ValueError(f"{file}: malformed '{HF_METADATA_KEY}' metadata: expected "
+                         "{\"rms_norm\": {layer: {\"rms_norm_eps\": number}}}")
     config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
     model = model_skeleton(config)
     keep = set()

@@ -87,11 +87,16 @@ def _save_file(tensors, path, metadata):
 
 
 def write_atomic(path: str, write) -> None:
-    """Calls ``write(tmp)`` for a temporary path beside ``path``, syncs it, gives it the mode a
-    new file gets under the current umask, and renames it over ``path``. On any failure the
-    temporary file is removed and ``path`` is left as it was."""
+    """Calls ``write(tmp)`` for a temporary path beside ``path`` (``.<name>.tmp-XXXXXXXX``),
+    syncs it, gives it the mode a new file gets under the current umask, and renames it over
+    ``path``. On any failure the temporary file is removed and ``path`` is left as it was (a
+    process killed midway leaves the temporary file behind, never a partial ``path``)."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"{path}: directory {directory} does not exist")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path}: is a directory; save takes a file path")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.tmp-")
     os.close(fd)
     try:
         write(tmp)

@@ -487,3 +487,22 @@ def test_load_pretrained_names_the_file_for_malformed_metadata(tmp_path):
         save_file(tensors, file, metadata={**meta, key: raw})
         with pytest.raises(ValueError, match=f"{file}: .*{match}"):
             tops_hf.load_pretrained(tmp_path)
+
+
+def test_save_pretrained_failing_midway_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    model = small_gpt2()
+    tops.convert(model)
+    tops_hf.save_pretrained(model, tmp_path)
+    file = tmp_path / tops_hf.CHECKPOINT_NAME
+    before = file.read_bytes()
+
+    def half_write(tensors, tmp, metadata):
+        with open(tmp, "wb") as f:
+            f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(tops.io, "_save_file", half_write)
+    with pytest.raises(OSError, match="disk full"):
+        tops_hf.save_pretrained(model, tmp_path)
+    assert file.read_bytes() == before
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import torch
@@ -462,40 +463,79 @@ def test_load_errors_name_the_file(tmp_path):
         tops.load(path, nn.ModuleDict({"other": nn.Linear(2, 2)}), strict=False)
 
 
-def test_save_keeps_the_umask_mode_and_leaves_no_temporary_file(tmp_path):
+def test_save_keeps_the_umask_mode(tmp_path):
     model = nn.Sequential(nn.Linear(16, 8))
     tops.convert(model, exclude=[])
     for umask, mode in [(0o022, 0o644), (0o077, 0o600)]:
         old = os.umask(umask)
         try:
             path = tmp_path / f"m{umask:o}.safetensors"
-            tops.save(model, path)
+            tops.save(model, path)  # a new file
+            os.chmod(path, 0o640)
+            tops.save(model, path)  # replacing a file
         finally:
             os.umask(old)
         assert os.stat(path).st_mode & 0o777 == mode
-    before = sorted(os.listdir(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m22.safetensors", "m77.safetensors"]
 
-    class Unsaveable(nn.Module):
-        def state_dict(self, *a, **k):
-            return {"w": torch.zeros(2), "bad": "not a tensor"}
 
-    with pytest.raises(TypeError):
-        tops.save(Unsaveable(), tmp_path / "m22.safetensors")
-    assert sorted(os.listdir(tmp_path)) == before
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_a_save_failing_midway_keeps_the_old_file_and_no_temporary_file(tmp_path, monkeypatch,
+                                                                        error):
+    path = tmp_path / "m.safetensors"
+    tops.save({"w": torch.arange(10.0)}, path)
+    before = path.read_bytes()
+    seen = []
+
+    def half_write(tensors, tmp, metadata):
+        seen.append(os.path.basename(tmp))
+        with open(tmp, "wb") as f:
+            f.write(b"partial")
+        raise error("disk full")
+
+    monkeypatch.setattr(tops.io, "_save_file", half_write)
+    with pytest.raises(error, match="disk full"):
+        tops.save({"w": torch.zeros(1000)}, path)
+    assert len(seen) == 1 and seen[0].startswith(".m.safetensors.tmp-")
+    assert os.listdir(tmp_path) == ["m.safetensors"] and path.read_bytes() == before
+    with pytest.raises(FileNotFoundError, match="directory .*nowhere does not exist"):
+        tops.save({"w": torch.zeros(2)}, tmp_path / "nowhere" / "m.safetensors")
+    with pytest.raises(IsADirectoryError):
+        tops.save({"w": torch.zeros(2)}, tmp_path)
 
 
 def test_killed_save_leaves_the_previous_file_intact(tmp_path):
-    """A save killed midway (SIGKILL while safetensors writes a large file) leaves the file it
-    was replacing as it was."""
+    """A save killed (SIGKILL) while it writes a large file leaves the file it was replacing as
+    it was. The test kills the saving process as soon as a new file appears in the folder or the
+    old one changes."""
     path = tmp_path / "m.safetensors"
     small = {"w": torch.arange(10.0)}
     tops.save(small, path)
+    before, stat = path.read_bytes(), os.stat(path)
     script = textwrap.dedent(f"""
-        import os, signal, threading, torch, ternary_ops as tops
-        big = {{"w": torch.zeros(256, 1024, 1024)}}  # 1 GiB
-        threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGKILL)).start()
-        tops.save(big, {str(path)!r})
+        import torch, ternary_ops as tops
+        tops.save({{"w": torch.ones(128, 1024, 1024)}}, {str(path)!r})  # 512 MiB
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True)
-    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE)
+    killed = False
+    while proc.poll() is None:
+        try:
+            now = os.stat(path)
+            writing = [p for p in tmp_path.iterdir() if p != path and p.stat().st_size > 0]
+        except FileNotFoundError:  # a file came or went between the calls
+            writing = [path]
+        if writing or (now.st_ino, now.st_size, now.st_mtime_ns) != (
+                stat.st_ino, stat.st_size, stat.st_mtime_ns):
+            proc.kill()
+            killed = True
+            break
+        time.sleep(0.0005)
+    proc.wait()
+    assert killed and proc.returncode == -9, proc.stderr.read().decode()[-2000:]
+    assert path.read_bytes() == before
     assert torch.equal(tops.load(path)["w"], small["w"])
+    # what a kill leaves behind is hidden temporaries (ours, .m.safetensors.tmp-XXXXXXXX, and
+    # any safetensors itself writes through), never a partial m.safetensors
+    left = [p.name for p in tmp_path.iterdir() if p != path]
+    assert any(n.startswith(".m.safetensors.tmp-") for n in left), left
+    assert all(n.startswith(".") for n in left), left

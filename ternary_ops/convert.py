@@ -156,11 +156,13 @@ def convert(model: nn.Module, format: str = "i2", act: str = "int8",
     Only layers the model calls as modules are replaced: the ``out_proj`` of
     ``nn.MultiheadAttention`` (which reads its ``.weight`` directly) stays dense, and the summary
     says so. The inference fast path of an ``nn.TransformerEncoderLayer`` whose ``linear1`` /
-    ``linear2`` are converted (it reads their weights directly too) is turned off. A layer whose weight is shared with another module (a language-model head tied to
-    the input embedding) gets its own ternary weight: it is untied, the other module keeps the
+    ``linear2`` are converted (it reads their weights directly too) is turned off.
+
+    A layer whose weight is shared with another module (a language-model head tied to the
+    input embedding) gets its own ternary weight: it is untied, the other module keeps the
     dense weight, a Hugging Face ``config.tie_word_embeddings`` is set to False so that loading
     does not tie them again, and the summary says so. Layers that are already
-    ``TernaryLinear`` are left as they are (a warning says how many).
+    ``TernaryLinear`` are left as they are (a warning and the summary say how many).
 
     ``model`` may itself be an ``nn.Linear`` (or ``Conv1D``): a layer cannot replace itself in
     place, so ``convert`` then returns a new :class:`TernaryLinear` (``exclude``, ``filter`` and

@@ -1,4 +1,5 @@
-"""``convert``: replace a model's ``nn.Linear`` layers with ``TernaryLinear`` in place."""
+"""``convert``: replace a model's ``nn.Linear`` layers with ``TernaryLinear`` in place (or
+convert one bare layer into a new ``TernaryLinear``)."""
 from __future__ import annotations
 
 import fnmatch
@@ -23,12 +24,15 @@ Filter = Callable[[str, nn.Linear], bool]
 class ConvertSummary:
     """What :func:`convert` did. ``bytes_before``/``bytes_after`` cover the replaced weights.
     ``notes`` says why a layer in ``skipped`` was left dense when it was not by ``exclude`` or
-    ``filter``, and which replaced layers were untied from a weight they shared."""
+    ``filter``, and which replaced layers were untied from a weight they shared.
+    ``already_ternary`` counts the layers that were ``TernaryLinear`` before the call (left as
+    they are)."""
     replaced: List[str] = field(default_factory=list)
     skipped: List[str] = field(default_factory=list)
     bytes_before: int = 0
     bytes_after: int = 0
     notes: Dict[str, str] = field(default_factory=dict)
+    already_ternary: int = 0
 
     @property
     def layers_replaced(self) -> int:
@@ -39,15 +43,27 @@ class ConvertSummary:
         return self.bytes_before / self.bytes_after if self.bytes_after else float("nan")
 
     def __str__(self) -> str:
+        already = (f"{self.already_ternary} layers already TernaryLinear, left as they are"
+                   if self.already_ternary else "")
         if not self.replaced:
-            text = (f"converted no layers ({len(self.skipped)} linear layers left dense)"
-                    if self.skipped else "converted no layers: the model has no nn.Linear or "
-                    "Conv1D layer")
+            if self.skipped:
+                text = (f"converted no layers ({len(self.skipped)} linear layers left dense"
+                        + (f"; {already})" if already else ")"))
+            elif already:
+                text = f"converted no layers ({already})"
+            else:
+                text = "converted no layers: the model has no nn.Linear or Conv1D layer"
         else:
             text = (f"converted {len(self.replaced)} linear layers ({len(self.skipped)} left "
                     f"dense): {_human_bytes(self.bytes_before)} -> "
-                    f"{_human_bytes(self.bytes_after)} ({self.compression:.1f}x smaller)")
+                    f"{_human_bytes(self.bytes_after)} ({self.compression:.1f}x smaller)"
+                    + (f"; {already}" if already else ""))
         return text + "".join(f"\n  {name}: {why}" for name, why in self.notes.items())
+
+
+def _float64_warning(what: str) -> str:
+    return (f"convert: the {what} is float64, but the ternary ops take float32, bfloat16 or "
+            f"float16 input; call {what}.float() (or .bfloat16()) before running it")
 
 
 def _excluded(name: str, patterns: Iterable[str]) -> bool:
@@ -67,11 +83,62 @@ def dense_weight(module: nn.Module):
     return None
 
 
+def weight_owners(model: nn.Module) -> Dict[int, List[str]]:
+    """``id(parameter) -> qualified names of the modules holding it`` (more than one name for a
+    tied weight)."""
+    owners: Dict[int, List[str]] = {}
+    for name, module in model.named_modules():
+        for p in module.parameters(recurse=False):
+            owners.setdefault(id(p), []).append(name)
+    return owners
+
+
+def untie_config(config) -> None:
+    """Sets a Hugging Face config's ``tie_word_embeddings`` to False (on its text config too,
+    where it has one), so that ``tie_weights()`` and a later load do not tie an output layer
+    that now has its own ternary weight back to the embedding. ``None`` is a no-op."""
+    configs = [config]
+    if hasattr(config, "get_text_config"):
+        configs.append(config.get_text_config())
+    for c in configs:
+        if getattr(c, "tie_word_embeddings", False):
+            c.tie_word_embeddings = False
+
+
+def _turn_off_fast_paths(model: nn.Module, targets, summary: ConvertSummary) -> None:
+    """``nn.TransformerEncoderLayer`` has an inference fast path (eval mode, no grad) that reads
+    ``linear1`` / ``linear2``'s ``.weight`` directly instead of calling them. Where either is
+    about to be replaced, that layer's fast path is turned off (it checks
+    ``activation_relu_or_gelu``, which nothing else reads; the activation itself is
+    ``.activation``), and so is the nested-tensor path of an ``nn.TransformerEncoder`` that
+    holds it, which would feed such a layer nested tensors."""
+    layers = set()
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.TransformerEncoderLayer):
+            continue
+        dot = f"{name}." if name else ""
+        if not {dot + "linear1", dot + "linear2"} & targets:
+            continue
+        layers.add(id(module))
+        if module.activation_relu_or_gelu:
+            module.activation_relu_or_gelu = 0
+            summary.notes[name or type(module).__name__] = (
+                "inference fast path turned off: it reads linear1 / linear2's weight directly "
+                "instead of calling them")
+    for name, module in model.named_modules():
+        if (isinstance(module, nn.TransformerEncoder) and getattr(module, "use_nested_tensor",
+                                                                  False)
+                and any(id(m) in layers for m in module.layers)):
+            module.use_nested_tensor = False
+            summary.notes[name or type(module).__name__] = (
+                "nested-tensor fast path turned off (its layers now call ternary layers)")
+
+
 def convert(model: nn.Module, format: str = "i2", act: str = "int8",
             granularity: str = "tensor",
             exclude: Optional[Union[Iterable[str], str]] = None,
             filter: Optional[Filter] = None,
-            progress: Optional[bool] = None) -> ConvertSummary:
+            progress: Optional[bool] = None) -> Union[ConvertSummary, TernaryLinear]:
     """Replaces ``nn.Linear`` (and HF ``Conv1D``) modules of ``model`` with :class:`TernaryLinear`, in place.
 
     Args:
@@ -88,17 +155,30 @@ def convert(model: nn.Module, format: str = "i2", act: str = "int8",
 
     Only layers the model calls as modules are replaced: the ``out_proj`` of
     ``nn.MultiheadAttention`` (which reads its ``.weight`` directly) stays dense, and the summary
-    says so. A layer whose weight is shared with another module (a language-model head tied to
-    the input embedding) gets its own ternary weight: it is untied, the other module keeps the
+    says so. The inference fast path of an ``nn.TransformerEncoderLayer`` whose ``linear1`` /
+    ``linear2`` are converted (it reads their weights directly too) is turned off.
+
+    A layer whose weight is shared with another module (a language-model head tied to the
+    input embedding) gets its own ternary weight: it is untied, the other module keeps the
     dense weight, a Hugging Face ``config.tie_word_embeddings`` is set to False so that loading
     does not tie them again, and the summary says so. Layers that are already
-    ``TernaryLinear`` are left as they are (a warning says how many). To convert a single
-    ``nn.Linear``, use :meth:`TernaryLinear.from_linear`.
+    ``TernaryLinear`` are left as they are (a warning and the summary say how many).
+
+    ``model`` may itself be an ``nn.Linear`` (or ``Conv1D``): a layer cannot replace itself in
+    place, so ``convert`` then returns a new :class:`TernaryLinear` (``exclude``, ``filter`` and
+    ``progress`` do not apply) and leaves the layer as it was:
+    ``layer = tops.convert(nn.Linear(64, 32))``.
     """
-    if dense_weight(model) is not None:
-        raise TypeError(f"convert replaces the linear layers inside a model, and got a "
-                        f"{type(model).__name__} itself; for one layer use "
-                        "ternary_ops.TernaryLinear.from_linear(layer)")
+    dense = dense_weight(model)
+    if dense is not None:
+        if dense[0].device.type == "meta":
+            raise ValueError("convert: the layer's weight is on the meta device; load the "
+                             "weights before converting")
+        if dense[0].dtype == torch.float64:
+            warnings.warn(_float64_warning("layer"), UserWarning, stacklevel=2)
+        with torch.no_grad():
+            return TernaryLinear.from_dense(dense[0], dense[1], format=format, act=act,
+                                            granularity=granularity)
     if isinstance(exclude, str):
         exclude = (exclude,)
     patterns = tuple(DEFAULT_EXCLUDE if exclude is None else exclude)
@@ -108,11 +188,9 @@ def convert(model: nn.Module, format: str = "i2", act: str = "int8",
                      for name, module in model.named_modules()
                      if isinstance(module, nn.MultiheadAttention)
                      for child, _ in module.named_children()}
-    owners = {}  # id(parameter) -> qualified names of the modules holding it
-    for name, module in model.named_modules():
-        for p in module.parameters(recurse=False):
-            owners.setdefault(id(p), []).append(name)
-    already = sum(isinstance(m, TernaryLinear) for m in model.modules())
+    owners = weight_owners(model)
+    already = summary.already_ternary = sum(isinstance(m, TernaryLinear)
+                                            for m in model.modules())
     if already:
         warnings.warn(f"convert: {already} layers of the model are already TernaryLinear and "
                       "are left as they are (their format and act do not change)",
@@ -137,19 +215,16 @@ def convert(model: nn.Module, format: str = "i2", act: str = "int8",
             if shared:
                 summary.notes[name] = (f"untied from '{shared[0]}', which keeps the dense weight")
     if any(dense_weight(model.get_submodule(n))[0].dtype == torch.float64 for n in targets):
-        warnings.warn("convert: the model is float64, but the ternary ops take float32, bfloat16 "
-                      "or float16 input; call model.float() (or .bfloat16()) before running it",
-                      UserWarning, stacklevel=2)
+        warnings.warn(_float64_warning("model"), UserWarning, stacklevel=2)
     if any(n in summary.notes and n in targets for n in summary.notes):
-        config = getattr(model, "config", None)
-        if getattr(config, "tie_word_embeddings", False):
-            config.tie_word_embeddings = False
+        untie_config(getattr(model, "config", None))
     if progress is None:
         progress = len(targets) > 32
     names = targets
     if progress:
         from tqdm.auto import tqdm
         names = tqdm(targets, desc="ternary convert", unit="layer")
+    _turn_off_fast_paths(model, set(targets), summary)
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)

@@ -9,6 +9,7 @@ The formats (docs/DESIGN.md; the constants below are csrc/ternary_format.h's for
 """
 from __future__ import annotations
 
+import operator
 from typing import Optional, Tuple
 
 import torch
@@ -31,9 +32,41 @@ ACT_EPS = 1e-5
 ACT_MAX_K = (1 << 24) - 1
 
 
+# The largest size a tensor can have (int64 sizes, strides and byte counts).
+INT64_MAX = (1 << 63) - 1
+
+
 def packed_rows(out_features: int) -> int:
     """Rows of the i2 packed tensor for ``out_features`` outputs: ``ceil(N / 4)``."""
+    if isinstance(out_features, bool) or isinstance(out_features, float) or (
+            isinstance(out_features, int) and not 0 <= out_features <= INT64_MAX):
+        raise ValueError(f"out_features must be an int in [0, 2**63 - 1], got {out_features!r}")
     return (out_features + ROWS_PER_BYTE - 1) // ROWS_PER_BYTE
+
+
+def check_features(in_features, out_features, format: str, where: str) -> Tuple[int, int]:
+    """``(in_features, out_features)`` as ints, after checking that they are ints >= 1 and that
+    a weight of that shape in ``format`` (and a float bias) can exist as a tensor: a
+    ``TypeError`` or ``ValueError`` naming ``where`` otherwise."""
+    sizes = []
+    for name, v in (("in_features", in_features), ("out_features", out_features)):
+        if isinstance(v, bool):
+            raise TypeError(f"{where}: {name} must be an int, got bool {v!r}")
+        try:
+            v = operator.index(v)
+        except TypeError:
+            raise TypeError(f"{where}: {name} must be an int, got {type(v).__name__} "
+                            f"{v!r}") from None
+        if v < 1:
+            raise ValueError(f"{where}: {name} must be >= 1, got {v}")
+        sizes.append(v)
+    k, n = sizes
+    rows = (n + ROWS_PER_BYTE - 1) // ROWS_PER_BYTE if check_format(format) == "i2" else n
+    if rows * k > INT64_MAX or n * 8 > INT64_MAX:
+        raise ValueError(f"{where}: in_features={k}, out_features={n} is too large: an {format} "
+                         f"weight of {rows} x {k} bytes (or a bias of {n} values) cannot exist "
+                         "as a tensor, whose size in bytes must be below 2**63")
+    return k, n
 
 
 def _i2_plane(packed: torch.Tensor, i: int) -> torch.Tensor:
@@ -106,7 +139,8 @@ def _check_i2_shape(packed: torch.Tensor, out_features: Optional[int]) -> None:
     if packed.dtype != torch.uint8 or packed.dim() != 2:
         raise ValueError(f"i2 weight must be a 2-D uint8 tensor, got {packed.dim()}-D "
                          f"{packed.dtype}")
-    if out_features is None or out_features < 1:
+    if (out_features is None or isinstance(out_features, (bool, float))
+            or out_features < 1 or out_features > INT64_MAX):
         raise ValueError(f"out_features must be a positive int, got {out_features!r}")
     if packed.shape[0] != packed_rows(out_features):
         raise ValueError(f"i2 weight for out_features={out_features} must have "

@@ -18,7 +18,7 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from .formats import FORMATS, packed_rows, validate_weight
+from .formats import FORMATS, INT64_MAX, packed_rows, validate_weight
 from .nn import TernaryLinear
 from .reference import ACT_MODES
 
@@ -87,11 +87,16 @@ def _save_file(tensors, path, metadata):
 
 
 def write_atomic(path: str, write) -> None:
-    """Calls ``write(tmp)`` for a temporary path beside ``path``, syncs it, gives it the mode a
-    new file gets under the current umask, and renames it over ``path``. On any failure the
-    temporary file is removed and ``path`` is left as it was."""
+    """Calls ``write(tmp)`` for a temporary path beside ``path`` (``.<name>.tmp-XXXXXXXX``),
+    syncs it, gives it the mode a new file gets under the current umask, and renames it over
+    ``path``. On any failure the temporary file is removed and ``path`` is left as it was (a
+    process killed midway leaves the temporary file behind, never a partial ``path``)."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"{path}: directory {directory} does not exist")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path}: is a directory; save takes a file path")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.tmp-")
     os.close(fd)
     try:
         write(tmp)
@@ -126,12 +131,16 @@ def _safe_open(path: _Path):
     from safetensors import safe_open
 
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path}: is a directory, not a safetensors file (a folder "
+                                "written by ternary_ops.hf.save_pretrained loads with "
+                                "ternary_ops.hf.load_pretrained)")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such file")
     try:
         return safe_open(path, framework="pt", device="cpu")
     except Exception as e:  # safetensors' own error type differs across its versions
-        raise ValueError(f"{path}: not a safetensors file ({e})") from None
+        raise ValueError(f"{path}: not a safetensors file, or a damaged one ({e})") from None
 
 
 def read_metadata(path: _Path) -> Dict[str, str]:
@@ -164,10 +173,12 @@ def _read(path) -> Tuple[Dict[str, torch.Tensor], dict]:
         info = json.loads(raw)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: corrupt '{METADATA_KEY}' metadata ({e})") from None
-    if not isinstance(info, dict) or info.get("version") != FORMAT_VERSION:
+    if not isinstance(info, dict):
+        raise ValueError(f"{path}: malformed '{METADATA_KEY}' metadata: must be a JSON object, "
+                         f"got {type(info).__name__}")
+    if info.get("version") != FORMAT_VERSION:
         raise ValueError(f"{path}: unsupported '{METADATA_KEY}' metadata version "
-                         f"{info.get('version') if isinstance(info, dict) else info!r}; "
-                         f"expected {FORMAT_VERSION}")
+                         f"{info.get('version')!r}; expected {FORMAT_VERSION}")
     for key, kind in (("layers", dict), ("aliases", dict)):
         if not isinstance(info.get(key, {}), kind):
             raise ValueError(f"{path}: malformed '{METADATA_KEY}' metadata: '{key}' must be a "
@@ -194,7 +205,8 @@ def _check_layer(path, prefix: str, spec: dict, tensors: Dict[str, torch.Tensor]
     if act not in ACT_MODES:
         raise ValueError(f"{where}: unknown act {act!r}; expected one of {ACT_MODES}")
     n, k = spec.get("out_features"), spec.get("in_features")
-    if not (isinstance(n, int) and isinstance(k, int) and n >= 1 and k >= 1):
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= INT64_MAX
+               for v in (n, k)):
         raise ValueError(f"{where}: bad shapes in metadata: in_features={k!r}, out_features={n!r}")
     dot = prefix + "." if prefix else ""
     for key in ("weight", "weight_scale") + (("bias",) if spec.get("bias") else ()):
@@ -233,7 +245,10 @@ def load(path: Union[str, os.PathLike], model: Optional[nn.Module] = None, stric
       ``strict=False`` a warning says when the file matched nothing in the model). Returns
       ``model``. ``load(model, path)`` is accepted too.
     """
-    if isinstance(path, nn.Module) and (model is None or _is_path(model)):
+    if isinstance(path, nn.Module) and model is None:
+        raise TypeError(f"load(path, model): got a {type(path).__name__} as path and no model; "
+                        "pass the file's path first")
+    if isinstance(path, nn.Module) and _is_path(model):
         path, model = model, path
     if not _is_path(path):
         raise TypeError(f"load(path, model): path must be a str or os.PathLike, got "
@@ -241,7 +256,7 @@ def load(path: Union[str, os.PathLike], model: Optional[nn.Module] = None, stric
     if model is not None and not isinstance(model, nn.Module):
         raise TypeError(f"load(path, model): model must be an nn.Module, got "
                         f"{type(model).__name__}")
-    from .convert import dense_weight
+    from .convert import dense_weight, untie_config, weight_owners
 
     tensors, info = _read(path)
     layers = info.get("layers", {})
@@ -251,6 +266,7 @@ def load(path: Union[str, os.PathLike], model: Optional[nn.Module] = None, stric
         tensors = {k: v.to(device) for k, v in tensors.items()}
     if model is None:
         return tensors
+    owners = weight_owners(model)
     for prefix, spec in layers.items():
         try:
             module = model.get_submodule(prefix)
@@ -259,6 +275,7 @@ def load(path: Union[str, os.PathLike], model: Optional[nn.Module] = None, stric
                 raise ValueError(f"{path}: layer '{prefix}' does not exist in the model") from None
             continue
         if isinstance(module, TernaryLinear):
+            module.layer_name = prefix
             if (module.in_features, module.out_features) != (spec["in_features"],
                                                              spec["out_features"]):
                 raise ValueError(f"{path}: layer '{prefix}' is {spec['in_features']} -> "
@@ -282,6 +299,8 @@ def load(path: Union[str, os.PathLike], model: Optional[nn.Module] = None, stric
                             format=spec["format"], act=spec["act"], device=dense[0].device,
                             dtype=dense[0].dtype)
         new.layer_name = prefix
+        if len(owners.get(id(module.weight), ())) > 1:  # a tied head gets its own weight,
+            untie_config(getattr(model, "config", None))  # as convert does
         parent_name, _, child = prefix.rpartition(".")
         setattr(model.get_submodule(parent_name), child, new)
     result = model.load_state_dict(tensors, strict=strict)

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from . import ops  # noqa: F401  (registers fake kernels and autograd)
-from .formats import (GRANULARITIES, I2_ZERO_BYTE, check_format, dequantize, pack_i2,
-                      packed_rows, quantize, validate_weight)
+from .formats import (GRANULARITIES, I2_ZERO_BYTE, check_features, check_format, dequantize,
+                      pack_i2, packed_rows, quantize, validate_weight)
 from .reference import ACT_MODES
 
 
@@ -48,9 +48,8 @@ class TernaryLinear(nn.Module):
                  format: str = "i2", act: str = "int8", granularity: str = "tensor",
                  device=None, dtype=None):
         super().__init__()
-        if in_features < 1 or out_features < 1:
-            raise ValueError(f"in_features and out_features must be >= 1, got {in_features}, "
-                             f"{out_features}")
+        in_features, out_features = check_features(in_features, out_features,
+                                                   check_format(format), type(self).__name__)
         self.in_features = in_features
         self.out_features = out_features
         self.format = check_format(format)
@@ -112,16 +111,21 @@ class TernaryLinear(nn.Module):
             layer.bias = nn.Parameter(bias.detach().clone())
         return layer
 
-    # The layer's qualified name in its model, set by convert() and load() for error messages.
+    # The layer's qualified name in its model, for error messages; set by convert(), load(),
+    # ternary_ops.hf's loaders, or by hand.
     layer_name: Optional[str] = None
+
+    def _wrong_width(self, x: torch.Tensor) -> ValueError:
+        name = f" '{self.layer_name}'" if self.layer_name else ""
+        width = f"width {x.shape[-1]}" if x.dim() else "no dimensions"
+        return ValueError(f"{type(self).__name__}{name} (in_features={self.in_features}, "
+                          f"out_features={self.out_features}): x has {width} (shape "
+                          f"{list(x.shape)}); its last dimension must be in_features = "
+                          f"{self.in_features}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 0 or x.shape[-1] != self.in_features:
-            what = (f"layer '{self.layer_name}'" if self.layer_name else
-                    f"TernaryLinear(in_features={self.in_features}, "
-                    f"out_features={self.out_features})")
-            raise ValueError(f"{what}: x must have in_features = {self.in_features} as its last "
-                             f"dimension, got x of shape {list(x.shape)}")
+            raise self._wrong_width(x)
         if self.format == "i2":
             return torch.ops.ternary.linear_i2(x, self.weight, self.weight_scale,
                                                self.out_features, self.bias, self.act)

@@ -436,3 +436,73 @@ def test_load_rebuilds_conv1d_layers_of_a_fresh_model(tmp_path):
     ids = torch.randint(0, 100, (2, 8))
     with torch.no_grad():
         assert torch.equal(fresh(ids).logits, model(ids).logits)
+
+
+def test_load_into_a_fresh_model_unties_a_ternary_head(tmp_path):
+    """A file holding a ternary lm_head, loaded into a fresh GPT-2 (whose head is tied to the
+    embedding): the head is replaced and the config untied, so tie_weights() and a
+    save_pretrained / load_pretrained round trip keep it ternary."""
+    model = small_gpt2()
+    tops.convert(model, exclude=[])
+    path = tmp_path / "gpt2.safetensors"
+    tops.save(model, path)
+    fresh = small_gpt2()
+    tops.load(path, fresh)
+    assert fresh.config.tie_word_embeddings is False
+    fresh.tie_weights()
+    ids = torch.randint(0, 100, (2, 8))
+    with torch.no_grad():
+        want = model(ids).logits
+        assert torch.equal(fresh(ids).logits, want)
+    tops_hf.save_pretrained(fresh, tmp_path / "hf")
+    again = tops_hf.load_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        assert torch.equal(again(ids).logits, want)
+
+
+def test_save_pretrained_never_saves_a_ternary_head_as_tied(tmp_path):
+    model = small_gpt2()
+    tops.convert(model, exclude=[])
+    model.config.tie_word_embeddings = True  # e.g. a config set by hand after convert
+    tops_hf.save_pretrained(model, tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["tie_word_embeddings"] is False
+    ids = torch.randint(0, 100, (1, 8))
+    with torch.no_grad():
+        assert torch.equal(tops_hf.load_pretrained(tmp_path).eval()(ids).logits,
+                           model(ids).logits)
+
+
+def test_load_pretrained_names_the_file_for_malformed_metadata(tmp_path):
+    from safetensors.torch import load_file, save_file
+    model = small_gpt2()
+    tops.convert(model)
+    tops_hf.save_pretrained(model, tmp_path)
+    file = tmp_path / tops_hf.CHECKPOINT_NAME
+    tensors, meta = load_file(file), tops.io.read_metadata(file)
+    for key, raw, match in [
+            ("ternary_ops", "[1]", "'ternary_ops' metadata: must be a JSON object, got list"),
+            ("ternary_ops", '{"version": 1, "layers": []}', "'layers' must be a JSON object"),
+            ("ternary_ops.hf", "[1]", "malformed 'ternary_ops.hf' metadata"),
+            ("ternary_ops.hf", '{"rms_norm": {"lm_head": 1}}', "malformed 'ternary_ops.hf'")]:
+        save_file(tensors, file, metadata={**meta, key: raw})
+        with pytest.raises(ValueError, match=f"{file}: .*{match}"):
+            tops_hf.load_pretrained(tmp_path)
+
+
+def test_save_pretrained_failing_midway_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    model = small_gpt2()
+    tops.convert(model)
+    tops_hf.save_pretrained(model, tmp_path)
+    file = tmp_path / tops_hf.CHECKPOINT_NAME
+    before = file.read_bytes()
+
+    def half_write(tensors, tmp, metadata):
+        with open(tmp, "wb") as f:
+            f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(tops.io, "_save_file", half_write)
+    with pytest.raises(OSError, match="disk full"):
+        tops_hf.save_pretrained(model, tmp_path)
+    assert file.read_bytes() == before
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]

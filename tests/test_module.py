@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import torch
@@ -268,8 +269,50 @@ def test_convert_leaves_multihead_attention_out_proj_dense():
     assert "self_attn.out_proj" in summary.skipped
     assert "reads its weight directly" in summary.notes["self_attn.out_proj"]
     assert "self_attn.out_proj: left dense" in str(summary)
-    out = layer(torch.randn(2, 5, 32))
+    x = torch.randn(2, 5, 32)
+    out = layer(x)
     assert out.shape == (2, 5, 32) and torch.isfinite(out).all()
+    # eval + no grad is the inference fast path, which reads linear1 / linear2's weights
+    assert "inference fast path turned off" in summary.notes["TransformerEncoderLayer"]
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), out)
+
+
+class AttentionModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(32, 4, batch_first=True)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.head(self.attn(x, x, x, need_weights=False)[0])
+
+
+def test_convert_a_model_calling_multihead_attention():
+    model = AttentionModel().eval()
+    summary = tops.convert(model, exclude=[])
+    assert summary.replaced == ["head"] and summary.skipped == ["attn.out_proj"]
+    assert ("attn.out_proj: left dense: MultiheadAttention reads its weight directly instead "
+            "of calling it") in str(summary)
+    x = torch.randn(2, 5, 32)
+    out = model(x)
+    with torch.no_grad():  # MultiheadAttention's own fast path
+        torch.testing.assert_close(model(x), out)
+
+
+def test_convert_transformer_encoder_with_padding_mask():
+    enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), 2,
+                                enable_nested_tensor=True).eval()
+    summary = tops.convert(enc, exclude=[], act="none")
+    assert len(summary.replaced) == 4 and not enc.use_nested_tensor
+    x = torch.randn(2, 5, 32)
+    mask = torch.zeros(2, 5, dtype=torch.bool)
+    mask[0, 3:] = True
+    want = enc(x, src_key_padding_mask=mask)
+    with torch.inference_mode():
+        got = enc(x, src_key_padding_mask=mask)
+    torch.testing.assert_close(got[1], want[1])
+    torch.testing.assert_close(got[0, :3], want[0, :3])
 
 
 def test_convert_warns_on_float64_and_on_a_second_run():
@@ -279,23 +322,80 @@ def test_convert_warns_on_float64_and_on_a_second_run():
     with pytest.warns(UserWarning, match="2 layers of the model are already TernaryLinear"):
         summary = tops.convert(model, exclude=[], format="i8")
     assert summary.replaced == [] and model[0].format == "i2"
+    assert summary.already_ternary == 2
+    assert str(summary) == "converted no layers (2 layers already TernaryLinear, left as they are)"
+    model.append(nn.Linear(4, 4))
+    with pytest.warns(UserWarning, match="2 layers of the model are already TernaryLinear"):
+        summary = tops.convert(model.float(), exclude=[])
+    assert summary.replaced == ["2"]
+    assert str(summary).endswith("; 2 layers already TernaryLinear, left as they are")
 
 
-def test_convert_rejects_a_bare_linear_and_reports_nothing_to_convert():
-    with pytest.raises(TypeError, match="TernaryLinear.from_linear"):
-        tops.convert(nn.Linear(4, 4))
+def test_convert_a_bare_linear_returns_a_ternary_layer_and_reports_nothing_to_convert():
+    lin = nn.Linear(16, 8)
+    layer = tops.convert(lin, format="i8", act="none", granularity="channel")
+    assert isinstance(layer, tops.TernaryLinear) and isinstance(lin, nn.Linear)
+    assert (layer.format, layer.act, layer.granularity) == ("i8", "none", "channel")
+    x = torch.randn(3, 16)
+    want = tops.TernaryLinear.from_linear(lin, format="i8", act="none", granularity="channel")
+    assert torch.equal(layer(x), want(x))
+    with pytest.warns(UserWarning, match=r"the layer is float64.*call layer.float\(\)"):
+        tops.convert(nn.Linear(4, 4).double())
     summary = tops.convert(nn.Sequential(nn.ReLU()))
     assert str(summary) == "converted no layers: the model has no nn.Linear or Conv1D layer"
+    assert "nan" not in str(summary)
 
 
-def test_wrong_x_width_names_x_and_the_layer():
-    with pytest.raises(ValueError, match=r"TernaryLinear\(in_features=16, out_features=8\): x must "
-                       r"have in_features = 16 as its last dimension, got x of shape \[2, 15\]"):
+def test_absurd_layer_sizes_are_refused_clearly():
+    big = 2 ** 63 - 1
+    with pytest.raises(ValueError, match=rf"^TernaryLinear: in_features=16, out_features={big} is "
+                       r"too large: an i2 weight of 2305843009213693952 x 16 bytes"):
+        tops.TernaryLinear(16, big)
+    with pytest.raises(ValueError, match=rf"in_features={big}, out_features=8 is too large: an "
+                       rf"i8 weight of 8 x {big} bytes"):
+        tops.TernaryLinear(big, 8, format="i8")
+    with pytest.raises(ValueError, match=r"too large"):
+        tops.TernaryLinear(2 ** 40, 2 ** 40)
+    with pytest.raises(TypeError, match=r"^TernaryLinear: in_features must be an int, got float"):
+        tops.TernaryLinear(16.0, 8)
+    with pytest.raises(TypeError, match=r"out_features must be an int, got bool"):
+        tops.TernaryLinear(16, True)
+    with pytest.raises(ValueError, match=r"^TernaryLinear: out_features must be >= 1, got 0"):
+        tops.TernaryLinear(16, 0)
+    for n in (2 ** 64, -1, 2.5, True):
+        with pytest.raises(ValueError, match=r"out_features must be an int in \[0, 2\*\*63 - 1\]"):
+            tops.formats.packed_rows(n)
+    packed = torch.full((2, 3), 0x55, dtype=torch.uint8)
+    for n in (big, 2 ** 64, 2.0, True):
+        with pytest.raises(ValueError, match=r"out_features"):
+            tops.unpack_i2(packed, n)
+        with pytest.raises(ValueError, match=r"out_features"):
+            tops.validate_weight(packed, "i2", n)
+
+
+def test_wrong_x_width_names_x_and_the_layer(tmp_path):
+    with pytest.raises(ValueError, match=r"^TernaryLinear \(in_features=16, out_features=8\): x "
+                       r"has width 15 \(shape \[2, 15\]\); its last dimension must be "
+                       r"in_features = 16$"):
         tops.TernaryLinear(16, 8)(torch.randn(2, 15))
+    with pytest.raises(ValueError, match=r"x has no dimensions \(shape \[\]\)"):
+        tops.TernaryLinear(16, 8)(torch.tensor(1.0))
     model = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
     tops.convert(model, exclude=[])
-    with pytest.raises(ValueError, match=r"layer '2': x must have in_features = 8"):
+    with pytest.raises(ValueError, match=r"^TernaryLinear '2' \(in_features=8, out_features=4\): "
+                       r"x has width 9 "):
         model[2](torch.randn(3, 9))
+    path = tmp_path / "m.safetensors"
+    tops.save(model, path)
+    fresh = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), tops.TernaryLinear(8, 4))
+    tops.load(path, fresh)
+    for i in (0, 2):
+        with pytest.raises(ValueError, match=rf"^TernaryLinear '{i}' .* x has width 5 "):
+            fresh[i](torch.randn(5))
+    from ternary_ops.hf import BitNetLinear
+    with pytest.raises(ValueError, match=r"^BitNetLinear \(in_features=16, out_features=8\): x has "
+                       r"width 12"):
+        BitNetLinear(16, 8, use_rms_norm=True)(torch.randn(12))
 
 
 def test_save_and_load_take_either_argument_order(tmp_path):
@@ -311,6 +411,22 @@ def test_save_and_load_take_either_argument_order(tmp_path):
         tops.save(model, 3)
     with pytest.raises(TypeError, match=r"model must be an nn.Module, got dict"):
         tops.load(path, {})
+    # ambiguous: nothing to swap; the error names the order
+    with pytest.raises(TypeError, match=r"^save\(model_or_state, path\): path must be a str or "
+                       r"os.PathLike, got Sequential"):
+        tops.save(model, fresh)
+    with pytest.raises(TypeError, match=r"^save\(model_or_state, path\): model_or_state must be "
+                       r"an nn.Module or a state dict, got PosixPath"):
+        tops.save(path, path)
+    with pytest.raises(TypeError, match=r"^load\(path, model\): path must be a str or "
+                       r"os.PathLike, got Sequential"):
+        tops.load(model, fresh)
+    with pytest.raises(TypeError, match=r"^load\(path, model\): model must be an nn.Module, got "
+                       r"str"):
+        tops.load(path, str(path))
+    with pytest.raises(TypeError, match=r"^load\(path, model\): got a Sequential as path and no "
+                       r"model"):
+        tops.load(model)
 
 
 def test_load_errors_name_the_file(tmp_path):
@@ -318,6 +434,8 @@ def test_load_errors_name_the_file(tmp_path):
     bad.write_bytes(b"x" * 100)
     with pytest.raises(ValueError, match=f"{bad}: not a safetensors file"):
         tops.load(bad)
+    with pytest.raises(IsADirectoryError, match=f"{tmp_path}: is a directory.*load_pretrained"):
+        tops.load(tmp_path)
     model = nn.Sequential(nn.Linear(16, 8))
     tops.convert(model, exclude=[])
     path = tmp_path / "m.safetensors"
@@ -327,44 +445,97 @@ def test_load_errors_name_the_file(tmp_path):
     save_file(load_file(path), tmp_path / "list.safetensors", metadata=meta)
     with pytest.raises(ValueError, match="'layers' must be a JSON object, got list"):
         tops.load(tmp_path / "list.safetensors")
+    for raw, match in [("null", "metadata: must be a JSON object, got NoneType"),
+                       ("[1]", "metadata: must be a JSON object, got list"),
+                       ('{"layers": {}}', "metadata version None; expected 1"),
+                       ('{"version": 1, "layers": {"0": {"format": "i2", "act": "int8", '
+                        '"in_features": true, "out_features": 8}}}', "bad shapes in metadata"),
+                       ('{"version": 1, "layers": {"0": []}}', "layer '0' must be a JSON object")]:
+        bad_meta = tmp_path / "meta.safetensors"
+        save_file(load_file(path), bad_meta, metadata={"ternary_ops": raw})
+        with pytest.raises(ValueError, match=f"{bad_meta}: .*{match}"):
+            tops.load(bad_meta)
+    data = path.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[:-10])
+    with pytest.raises(ValueError, match="cut.safetensors: not a safetensors file, or a damaged"):
+        tops.load(tmp_path / "cut.safetensors")
     with pytest.warns(UserWarning, match="nothing in .* matched"):
         tops.load(path, nn.ModuleDict({"other": nn.Linear(2, 2)}), strict=False)
 
 
-def test_save_keeps_the_umask_mode_and_leaves_no_temporary_file(tmp_path):
+def test_save_keeps_the_umask_mode(tmp_path):
     model = nn.Sequential(nn.Linear(16, 8))
     tops.convert(model, exclude=[])
     for umask, mode in [(0o022, 0o644), (0o077, 0o600)]:
         old = os.umask(umask)
         try:
             path = tmp_path / f"m{umask:o}.safetensors"
-            tops.save(model, path)
+            tops.save(model, path)  # a new file
+            os.chmod(path, 0o640)
+            tops.save(model, path)  # replacing a file
         finally:
             os.umask(old)
         assert os.stat(path).st_mode & 0o777 == mode
-    before = sorted(os.listdir(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m22.safetensors", "m77.safetensors"]
 
-    class Unsaveable(nn.Module):
-        def state_dict(self, *a, **k):
-            return {"w": torch.zeros(2), "bad": "not a tensor"}
 
-    with pytest.raises(TypeError):
-        tops.save(Unsaveable(), tmp_path / "m22.safetensors")
-    assert sorted(os.listdir(tmp_path)) == before
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_a_save_failing_midway_keeps_the_old_file_and_no_temporary_file(tmp_path, monkeypatch,
+                                                                        error):
+    path = tmp_path / "m.safetensors"
+    tops.save({"w": torch.arange(10.0)}, path)
+    before = path.read_bytes()
+    seen = []
+
+    def half_write(tensors, tmp, metadata):
+        seen.append(os.path.basename(tmp))
+        with open(tmp, "wb") as f:
+            f.write(b"partial")
+        raise error("disk full")
+
+    monkeypatch.setattr(tops.io, "_save_file", half_write)
+    with pytest.raises(error, match="disk full"):
+        tops.save({"w": torch.zeros(1000)}, path)
+    assert len(seen) == 1 and seen[0].startswith(".m.safetensors.tmp-")
+    assert os.listdir(tmp_path) == ["m.safetensors"] and path.read_bytes() == before
+    with pytest.raises(FileNotFoundError, match="directory .*nowhere does not exist"):
+        tops.save({"w": torch.zeros(2)}, tmp_path / "nowhere" / "m.safetensors")
+    with pytest.raises(IsADirectoryError):
+        tops.save({"w": torch.zeros(2)}, tmp_path)
 
 
 def test_killed_save_leaves_the_previous_file_intact(tmp_path):
-    """A save killed midway (SIGKILL while safetensors writes a large file) leaves the file it
-    was replacing as it was."""
+    """A save killed (SIGKILL) while it writes a large file leaves the file it was replacing as
+    it was. The test kills the saving process as soon as a new file appears in the folder or the
+    old one changes."""
     path = tmp_path / "m.safetensors"
     small = {"w": torch.arange(10.0)}
     tops.save(small, path)
+    before, stat = path.read_bytes(), os.stat(path)
     script = textwrap.dedent(f"""
-        import os, signal, threading, torch, ternary_ops as tops
-        big = {{"w": torch.zeros(256, 1024, 1024)}}  # 1 GiB
-        threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGKILL)).start()
-        tops.save(big, {str(path)!r})
+        import torch, ternary_ops as tops
+        tops.save({{"w": torch.ones(128, 1024, 1024)}}, {str(path)!r})  # 512 MiB
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True)
-    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE)
+    killed = False
+    while proc.poll() is None:
+        try:
+            now = os.stat(path)
+            writing = [p for p in tmp_path.iterdir() if p != path and p.stat().st_size > 0]
+        except FileNotFoundError:  # a file came or went between the calls
+            writing = [path]
+        if writing or (now.st_ino, now.st_size, now.st_mtime_ns) != (
+                stat.st_ino, stat.st_size, stat.st_mtime_ns):
+            proc.kill()
+            killed = True
+            break
+        time.sleep(0.0005)
+    proc.wait()
+    assert killed and proc.returncode == -9, proc.stderr.read().decode()[-2000:]
+    assert path.read_bytes() == before
     assert torch.equal(tops.load(path)["w"], small["w"])
+    # what a kill leaves behind is hidden temporaries (ours, .m.safetensors.tmp-XXXXXXXX, and
+    # any safetensors itself writes through), never a partial m.safetensors
+    left = [p.name for p in tmp_path.iterdir() if p != path]
+    assert any(n.startswith(".m.safetensors.tmp-") for n in left), left
+    assert all(n.startswith(".") for n in left), left

@@ -57,6 +57,7 @@ def patch_bitnet(model: nn.Module, format: str = "i2", act: str = "int8") -> int
         module = model.get_submodule(name)
         with torch.no_grad():
             layer = _layer_from_hf_module(name, module, format, act)
+        layer.layer_name = name
         model.set_submodule(name, layer)
     return len(names)
 
@@ -173,6 +174,7 @@ def from_pretrained_bitnet(path_or_model, format: str = "i2", act: str = "int8",
             raise ValueError(f"{path}: {name} is {layer.in_features} -> {layer.out_features} in "
                              f"the checkpoint but {module.in_features} -> "
                              f"{module.out_features} in the config")
+        layer.layer_name = name
         model.set_submodule(name, layer)
     model = finish_load(model, tensors, path, dtype=dtype)
     return model if device is None else model.to(device)

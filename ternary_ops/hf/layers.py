@@ -52,6 +52,8 @@ class BitNetLinear(TernaryLinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.rms_norm is not None:
+            if x.dim() == 0 or x.shape[-1] != self.in_features:
+                raise self._wrong_width(x)
             x = self.rms_norm(x)
         return super().forward(x)
 

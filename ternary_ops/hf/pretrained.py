@@ -11,7 +11,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from ..convert import dense_weight
+from ..convert import dense_weight, untie_config
 from ..io import METADATA_KEY, load as _load_tensors, read_metadata, save as _save
 from ..nn import TernaryLinear
 from ._loading import (CHECKPOINT_NAME, check_folder, finish_load, model_skeleton,
@@ -38,6 +38,9 @@ def save_pretrained(model: nn.Module, save_directory: Union[str, os.PathLike]) -
         raise ValueError("save_pretrained: the model has no transformers config; use "
                          "ternary_ops.save for plain modules")
     config = copy.deepcopy(config)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if isinstance(head, TernaryLinear):
+        untie_config(config)  # loading must not tie the ternary head to the embedding
     if hasattr(config, "quantization_config"):
         delattr(config, "quantization_config")
     config.architectures = [type(model).__name__]
@@ -72,12 +75,18 @@ def load_pretrained(save_directory: Union[str, os.PathLike],
     if METADATA_KEY not in meta:
         raise ValueError(f"{file}: not written by ternary_ops (no '{METADATA_KEY}' metadata); "
                          "for a Hugging Face BitNet checkpoint use from_pretrained_bitnet")
+    tensors = _load_tensors(file)  # validates the metadata and every recorded ternary layer
     layers = json.loads(meta[METADATA_KEY]).get("layers", {})
     try:
-        norms = json.loads(meta.get(HF_METADATA_KEY, "{}")).get("rms_norm", {})
+        info = json.loads(meta.get(HF_METADATA_KEY, "{}"))
     except json.JSONDecodeError as e:
         raise ValueError(f"{file}: corrupt '{HF_METADATA_KEY}' metadata ({e})") from None
-    tensors = _load_tensors(file)  # validates every recorded ternary layer
+    norms = info.get("rms_norm", {}) if isinstance(info, dict) else None
+    if not (isinstance(norms, dict) and all(
+            isinstance(v, dict) and isinstance(v.get("rms_norm_eps"), (int, float))
+            for v in norms.values())):
+        raise ValueError(f"{file}: malformed '{HF_METADATA_KEY}' metadata: expected "
+                         "{\"rms_norm\": {layer: {\"rms_norm_eps\": number}}}")
     config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
     model = model_skeleton(config)
     keep = set()
@@ -100,6 +109,7 @@ def load_pretrained(save_directory: Union[str, os.PathLike],
                                  rms_norm_eps=norms[prefix]["rms_norm_eps"], **kwargs)
         else:
             layer = TernaryLinear(spec["in_features"], spec["out_features"], **kwargs)
+        layer.layer_name = prefix
         model.set_submodule(prefix, layer)
         keep.add(f"{prefix}.weight_scale" if prefix else "weight_scale")
     model = finish_load(model, tensors, file, keep_dtype=keep, dtype=dtype)

@@ -506,3 +506,16 @@ def test_save_pretrained_failing_midway_keeps_the_previous_checkpoint(tmp_path, 
         tops_hf.save_pretrained(model, tmp_path)
     assert file.read_bytes() == before
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]
+
+
+def test_cache_kwargs_feed_the_kv_cache():
+    """cache_kwargs names the keyword this transformers version's forward takes for a KV cache:
+    two cached steps give the logits of one uncached call."""
+    model = small_gpt2()
+    ids = torch.randint(0, 100, (1, 6))
+    cache = transformers.DynamicCache()
+    with torch.no_grad():
+        model(ids[:, :5], use_cache=True, **tops_hf.cache_kwargs(model, cache))
+        step = model(ids[:, 5:], use_cache=True, **tops_hf.cache_kwargs(model, cache)).logits
+        full = model(ids, use_cache=False).logits
+    torch.testing.assert_close(step[:, -1], full[:, -1], rtol=1e-4, atol=1e-4)

@@ -80,7 +80,3 @@ def cache_kwargs(model, cache) -> dict:
     params = inspect.signature(model.forward).parameters
     return {"cache" if "cache" in params else "past_key_values": cache}
 
-
-def output_cache(out):
-    """The KV cache a model call returned (``out.cache`` or, earlier, ``out.past_key_values``)."""
-    return out["cache"] if "cache" in out else out["past_key_values"]

@@ -479,6 +479,23 @@ def test_save_keeps_the_umask_mode(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m22.safetensors", "m77.safetensors"]
 
 
+def test_save_never_changes_the_process_umask(tmp_path, monkeypatch):
+    """The umask is process-wide: setting it, even for a moment, would give files other threads
+    create meanwhile the wrong mode. save lets the kernel apply it to a new file instead."""
+    old = os.umask(0o027)
+    try:
+        def no_umask(mask):
+            raise AssertionError(f"os.umask({mask:o}) called")
+
+        monkeypatch.setattr(os, "umask", no_umask)
+        path = tmp_path / "m.safetensors"
+        tops.save({"w": torch.zeros(4)}, path)
+        monkeypatch.undo()
+    finally:
+        os.umask(old)
+    assert os.stat(path).st_mode & 0o777 == 0o640
+
+
 @pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
 def test_a_save_failing_midway_keeps_the_old_file_and_no_temporary_file(tmp_path, monkeypatch,
                                                                         error):

@@ -300,6 +300,36 @@ def test_convert_a_model_calling_multihead_attention():
         torch.testing.assert_close(model(x), out)
 
 
+def _dequantized_twin(model, converted):
+    """A float copy of ``model`` whose layers replaced in ``converted`` hold ``s * T``."""
+    import copy
+    twin = copy.deepcopy(model)
+    for name, m in converted.named_modules():
+        if isinstance(m, tops.TernaryLinear):
+            lin = twin.get_submodule(name)
+            with torch.no_grad():
+                lin.weight.copy_(m.dequantize())
+    return twin
+
+
+@pytest.mark.parametrize("build", [
+    lambda: nn.TransformerEncoderLayer(32, 4, 64, batch_first=True),
+    lambda: nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), 2,
+                                  enable_nested_tensor=False),
+    AttentionModel], ids=["encoder_layer", "encoder", "mha_model"])
+def test_converted_attention_models_match_their_dequantized_float_model(build):
+    import copy
+    model = build().eval()
+    converted = copy.deepcopy(model)
+    summary = tops.convert(converted, exclude=[], act="none")
+    assert summary.replaced and all(s.endswith("out_proj") for s in summary.skipped)
+    twin = _dequantized_twin(model, converted)
+    x = torch.randn(2, 5, 32)
+    for grad in (True, False):  # with and without the inference fast paths
+        with torch.set_grad_enabled(grad):
+            torch.testing.assert_close(converted(x), twin(x), rtol=1e-4, atol=1e-4)
+
+
 def test_convert_transformer_encoder_with_padding_mask():
     enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), 2,
                                 enable_nested_tensor=True).eval()

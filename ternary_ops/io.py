@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
+import stat
 import warnings
 from typing import Dict, Optional, Sequence, Tuple, Union
 
@@ -86,25 +87,43 @@ def _save_file(tensors, path, metadata):
     save_file(tensors, path, metadata=metadata)
 
 
+def _create_temp(directory: str, name: str) -> Tuple[str, int]:
+    """Creates ``directory/.<name>.tmp-XXXXXXXX`` as a new file with mode 0o666, which the
+    kernel reduces by the umask (and any default ACL) as for any new file; returns its path and
+    that mode. The umask is never read with ``os.umask``, which sets it process-wide."""
+    for _ in range(100):
+        tmp = os.path.join(directory, f".{name}.tmp-{secrets.token_hex(4)}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                         | getattr(os, "O_CLOEXEC", 0), 0o666)
+        except FileExistsError:
+            continue
+        try:
+            return tmp, stat.S_IMODE(os.fstat(fd).st_mode)
+        finally:
+            os.close(fd)
+    raise FileExistsError(f"{directory}: no free temporary name .{name}.tmp-XXXXXXXX")
+
+
 def write_atomic(path: str, write) -> None:
     """Calls ``write(tmp)`` for a temporary path beside ``path`` (``.<name>.tmp-XXXXXXXX``),
-    syncs it, gives it the mode a new file gets under the current umask, and renames it over
-    ``path``. On any failure the temporary file is removed and ``path`` is left as it was (a
-    process killed midway leaves the temporary file behind, never a partial ``path``)."""
+    syncs it, gives it the mode a new file gets (the umask applied to 0o666), and renames it
+    over ``path``. On any failure the temporary file is removed and ``path`` is left as it was
+    (a process killed midway leaves the temporary file behind, never a partial ``path``).
+    ``write`` may replace the temporary file rather than write into it (recent safetensors
+    versions write a temporary file of their own, mode 0600, and rename it)."""
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"{path}: directory {directory} does not exist")
     if os.path.isdir(path):
         raise IsADirectoryError(f"{path}: is a directory; save takes a file path")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.tmp-")
-    os.close(fd)
+    tmp, mode = _create_temp(directory, os.path.basename(path))
     try:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+            if stat.S_IMODE(os.fstat(f.fileno()).st_mode) != mode:
+                os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         try:

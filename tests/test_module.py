@@ -300,6 +300,36 @@ def test_convert_a_model_calling_multihead_attention():
         torch.testing.assert_close(model(x), out)
 
 
+def _dequantized_twin(model, converted):
+    """A float copy of ``model`` whose layers replaced in ``converted`` hold ``s * T``."""
+    import copy
+    twin = copy.deepcopy(model)
+    for name, m in converted.named_modules():
+        if isinstance(m, tops.TernaryLinear):
+            lin = twin.get_submodule(name)
+            with torch.no_grad():
+                lin.weight.copy_(m.dequantize())
+    return twin
+
+
+@pytest.mark.parametrize("build", [
+    lambda: nn.TransformerEncoderLayer(32, 4, 64, batch_first=True),
+    lambda: nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), 2,
+                                  enable_nested_tensor=False),
+    AttentionModel], ids=["encoder_layer", "encoder", "mha_model"])
+def test_converted_attention_models_match_their_dequantized_float_model(build):
+    import copy
+    model = build().eval()
+    converted = copy.deepcopy(model)
+    summary = tops.convert(converted, exclude=[], act="none")
+    assert summary.replaced and all(s.endswith("out_proj") for s in summary.skipped)
+    twin = _dequantized_twin(model, converted)
+    x = torch.randn(2, 5, 32)
+    for grad in (True, False):  # with and without the inference fast paths
+        with torch.set_grad_enabled(grad):
+            torch.testing.assert_close(converted(x), twin(x), rtol=1e-4, atol=1e-4)
+
+
 def test_convert_transformer_encoder_with_padding_mask():
     enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), 2,
                                 enable_nested_tensor=True).eval()
@@ -477,6 +507,23 @@ def test_save_keeps_the_umask_mode(tmp_path):
             os.umask(old)
         assert os.stat(path).st_mode & 0o777 == mode
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m22.safetensors", "m77.safetensors"]
+
+
+def test_save_never_changes_the_process_umask(tmp_path, monkeypatch):
+    """The umask is process-wide: setting it, even for a moment, would give files other threads
+    create meanwhile the wrong mode. save lets the kernel apply it to a new file instead."""
+    old = os.umask(0o027)
+    try:
+        def no_umask(mask):
+            raise AssertionError(f"os.umask({mask:o}) called")
+
+        monkeypatch.setattr(os, "umask", no_umask)
+        path = tmp_path / "m.safetensors"
+        tops.save({"w": torch.zeros(4)}, path)
+        monkeypatch.undo()
+    finally:
+        os.umask(old)
+    assert os.stat(path).st_mode & 0o777 == 0o640
 
 
 @pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])

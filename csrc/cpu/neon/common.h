@@ -341,7 +341,7 @@ void quantize_rows(const float* x, int64_t ldx, int64_t K, int64_t m0, int64_t m
     uint32x4_t vmax = vdupq_n_u32(0);
     int64_t k = 0;
     for (; k + 4 <= K; k += 4)
-      vmax = vmaxq_u32(vmax, vandq_u32(vld1q_u32(reinterpret_cast<const uint32_t*>(xr + k)), absmask));
+      vmax = vmaxq_u32(vmax, vandq_u32(vreinterpretq_u32_f32(vld1q_f32(xr + k)), absmask));
     uint32_t amax_bits = vmaxvq_u32(vmax);
     for (; k < K; ++k) amax_bits = std::max(amax_bits, f32_abs_bits(xr[k]));
     if (!act_row_finite(amax_bits)) {

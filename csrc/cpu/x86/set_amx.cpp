@@ -45,8 +45,7 @@ void end_amx() {
 }
 
 uint8_t* aligned_buf(std::vector<uint8_t>& v, size_t n) {
-  if (v.size() < n + 64) v.resize(n + 64);
-  const auto a = reinterpret_cast<uintptr_t>(v.data());
+  const auto a = reinterpret_cast<uintptr_t>(scratch(v, static_cast<int64_t>(n + 64)));
   return reinterpret_cast<uint8_t*>((a + 63) & ~uintptr_t(63));
 }
 

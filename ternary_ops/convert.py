@@ -26,13 +26,15 @@ class ConvertSummary:
     ``notes`` says why a layer in ``skipped`` was left dense when it was not by ``exclude`` or
     ``filter``, and which replaced layers were untied from a weight they shared.
     ``already_ternary`` counts the layers that were ``TernaryLinear`` before the call (left as
-    they are)."""
+    they are). ``attention`` names the attention function a ``transformers`` model was switched
+    to (see :mod:`ternary_ops.hf.attention`), or is ``None``."""
     replaced: List[str] = field(default_factory=list)
     skipped: List[str] = field(default_factory=list)
     bytes_before: int = 0
     bytes_after: int = 0
     notes: Dict[str, str] = field(default_factory=dict)
     already_ternary: int = 0
+    attention: Optional[str] = None
 
     @property
     def layers_replaced(self) -> int:
@@ -58,6 +60,8 @@ class ConvertSummary:
                     f"dense): {_human_bytes(self.bytes_before)} -> "
                     f"{_human_bytes(self.bytes_after)} ({self.compression:.1f}x smaller)"
                     + (f"; {already}" if already else ""))
+        if self.attention:
+            text += f"; attention: {self.attention} (one-token queries on CUDA skip cuDNN)"
         return text + "".join(f"\n  {name}: {why}" for name, why in self.notes.items())
 
 
@@ -161,7 +165,11 @@ def convert(model: nn.Module, format: str = "i2", act: str = "int8",
     A layer whose weight is shared with another module (a language-model head tied to the
     input embedding) gets its own ternary weight: it is untied, the other module keeps the
     dense weight, a Hugging Face ``config.tie_word_embeddings`` is set to False so that loading
-    does not tie them again, and the summary says so. Layers that are already
+    does not tie them again, and the summary says so. A ``transformers`` model that uses SDPA
+    attention is switched to :data:`ternary_ops.hf.attention.ATTENTION_NAME`, the same attention
+    without PyTorch's cuDNN backend for one-token queries on CUDA, which rebuilds its plan on
+    every eager decode step (``model.set_attn_implementation("sdpa")`` undoes it). Layers that
+    are already
     ``TernaryLinear`` are left as they are (a warning and the summary say how many).
 
     ``model`` may itself be an ``nn.Linear`` (or ``Conv1D``): a layer cannot replace itself in
@@ -238,4 +246,8 @@ def convert(model: nn.Module, format: str = "i2", act: str = "int8",
         setattr(parent, child, layer)
         del weight, bias  # the dense weight goes as soon as nothing else holds it
         summary.replaced.append(name)
+    if summary.replaced and hasattr(model, "set_attn_implementation"):  # a transformers model
+        from .hf.attention import ATTENTION_NAME, use_decode_attention
+        if use_decode_attention(model):
+            summary.attention = ATTENTION_NAME
     return summary

@@ -255,3 +255,32 @@ def test_torch_compile(fmt, act):
                 assert torch.equal(got, eager)
             else:
                 torch.testing.assert_close(got, eager, rtol=2e-2, atol=2e-2)
+
+
+def test_decode_attention_skips_cudnn_for_one_token_queries(monkeypatch):
+    # cuDNN SDPA builds a plan per new key length and cache address: eager decode must not
+    # reach it. Prefill (several queries) keeps PyTorch's own choice.
+    transformers = pytest.importorskip("transformers")
+    from transformers.integrations import sdpa_attention
+
+    from ternary_ops.hf.attention import decode_safe_sdpa
+
+    seen = []
+    real = sdpa_attention.sdpa_attention_forward
+
+    def spy(module, q, k, v, mask, **kw):
+        seen.append((q.shape[-2], torch.backends.cuda.cudnn_sdp_enabled()))
+        return real(module, q, k, v, mask, **kw)
+
+    monkeypatch.setattr(sdpa_attention, "sdpa_attention_forward", spy)
+    module = torch.nn.Module()
+    module.is_causal = True
+    kv = torch.randn(1, 4, 37, 64, device="cuda", dtype=torch.bfloat16)
+    for q_len in (1, 5):
+        q = torch.randn(1, 4, q_len, 64, device="cuda", dtype=torch.bfloat16)
+        out, _ = decode_safe_sdpa(module, q, kv, kv, None)
+        want = torch.nn.functional.scaled_dot_product_attention(q, kv, kv, is_causal=q_len > 1)
+        torch.testing.assert_close(out.transpose(1, 2), want, rtol=2e-2, atol=2e-2)
+    enabled = torch.backends.cuda.cudnn_sdp_enabled()
+    assert seen == [(1, False), (5, enabled)]
+    assert torch.backends.cuda.cudnn_sdp_enabled() == enabled  # restored after the call

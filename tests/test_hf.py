@@ -327,6 +327,28 @@ def test_converted_compile_fullgraph_aot(converted):
                            model(PROMPT, use_cache=False).logits)
 
 
+def test_convert_switches_sdpa_to_decode_safe_attention():
+    model, stock = tiny_model("llama", seed=5), tiny_model("llama", seed=5)
+    assert model.config._attn_implementation == "sdpa"
+    summary = tops.convert(model)
+    assert summary.attention == tops_hf.ATTENTION_NAME == model.config._attn_implementation
+    assert tops_hf.ATTENTION_NAME in str(summary)
+    tops.convert(stock)
+    stock.set_attn_implementation("sdpa")  # the documented way back
+    assert stock.config._attn_implementation == "sdpa"
+    # Off CUDA the function is transformers' SDPA itself: identical logits and tokens.
+    with torch.no_grad():
+        assert torch.equal(model(PROMPT).logits, stock(PROMPT).logits)
+    assert torch.equal(greedy(model), greedy(stock))
+    # Other attention choices are left alone.
+    cfg = transformers.LlamaConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                                   num_attention_heads=2, vocab_size=64,
+                                   attn_implementation="eager")
+    eager = transformers.LlamaForCausalLM(cfg).eval()
+    assert tops.convert(eager).attention is None
+    assert eager.config._attn_implementation == "eager"
+
+
 def test_compiled_generate_static_cache():
     # The decode loop as users compile it: static KV cache, compiled forward, fullgraph.
     model = tiny_model("llama", seed=3)

@@ -1,19 +1,34 @@
-"""End-to-end decode benchmark: a BitNet-b1.58-2B-shaped transformers model with TernaryLinear
-(i2, act=int8) against the same model with dense bfloat16 nn.Linear, on the CPU.
+"""End-to-end decode benchmark: a transformers model with TernaryLinear layers (i2, act="int8"),
+and optionally the same model with dense bfloat16 nn.Linear, eager or compiled, on cpu, cuda or
+mps.
 
-    python benchmarks/e2e/decode.py                        # 2B shape, 2 threads, both variants
-    python benchmarks/e2e/decode.py --layers 2 --tokens 8  # quick smoke run
-    python benchmarks/e2e/decode.py --markdown out.md      # also write the results table
+    python benchmarks/e2e/decode.py --vs-dense                          # BitNet-2B shape, CPU
+    python benchmarks/e2e/decode.py --device cuda --mode eager,compiled --vs-dense
+    python benchmarks/e2e/decode.py --shape llama-8b --layers 2 --tokens 8   # a quick run
+    python benchmarks/e2e/decode.py --markdown out.md --json out.json
 
 Recorded results: benchmarks/results/e2e.md.
 
-Each variant runs in its own process (peak RSS is per variant and only one model is in memory
-at a time). The model is transformers' BitNetForCausalLM built from a config (30 layers, hidden
-2560, intermediate 6912, 20 heads, 5 KV heads, relu2) with random ternary weights (uniform over
-{-1, 0, 1}, one scale per tensor); the dense variant holds the same weights dequantized to
-bfloat16. Embeddings, norms and lm_head are bfloat16 in both. Decode is greedy with the
-transformers KV cache (DynamicCache), one token per step after a prompt prefill; tokens/s is the
-median over the timed steps.
+Every (round, mode, variant) runs in its own process, one after the other: round 1 runs every
+variant, then round 2, and so on, so the variants alternate in the same window and no process
+inherits another's caches (allocator, compiled graphs, attention plans). Each process builds the
+model from a config with random ternary weights (uniform over {-1, 0, 1}, one scale per tensor;
+the dense variant holds exactly those weights in bfloat16), measures the device's read bandwidth,
+prefills a prompt, and times greedy decode steps with batch 1:
+
+* eager: the transformers model called step by step with a DynamicCache;
+* compiled: a StaticCache and the decode step under ``torch.compile(fullgraph=True)``
+  (``mode="reduce-overhead"``, i.e. CUDA graphs, on cuda).
+
+Both variants use the attention ``convert()`` gives a transformers model
+(``ternary_ops.hf.attention``; ``--attention stock`` for transformers' own SDPA). The prefill
+computes the last position's logits only, as ``generate`` does.
+
+Reported per mode and variant: tokens/s (median over rounds of each round's median step, with the
+range over rounds), ms per token, prefill time, peak memory after the model is built (resident
+set on the CPU, allocated memory on CUDA, the driver's allocation on MPS), bytes read per token
+(weights, head and KV cache) and the fraction of the streaming floor (those bytes at the
+bandwidth measured in the same process) that the step reaches.
 """
 from __future__ import annotations
 
@@ -21,221 +36,404 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 import time
 
+SHAPES = {
+    # name: (architecture, layers, hidden, intermediate, heads, kv heads)
+    "bitnet-2b": ("bitnet", 30, 2560, 6912, 20, 5),
+    "llama-8b": ("llama", 32, 4096, 14336, 32, 8),
+    "llama-70b": ("llama", 80, 8192, 28672, 64, 8),
+}
+VARIANTS = ("ternary", "dense")
+MODES = ("eager", "compiled")
 
-def _peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+# ---- memory -----------------------------------------------------------------------------------
+
+def _proc_status_bytes(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def build_model(args, variant):
+def reset_peak_memory(device: str) -> None:
     import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    elif device == "cpu" and os.path.exists("/proc/self/clear_refs"):
+        with open("/proc/self/clear_refs", "w") as f:  # "5" resets the peak RSS (VmHWM)
+            f.write("5")
+
+
+def peak_memory(device: str) -> int:
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated()
+    if device == "mps":  # no peak counter: what the driver holds at the end
+        return torch.mps.driver_allocated_memory()
+    if os.path.exists("/proc/self/status"):
+        return _proc_status_bytes("VmHWM")
+    import resource
+    scale = 1 if sys.platform == "darwin" else 1024  # macOS reports bytes, Linux KiB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def sync(device: str) -> None:
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+    elif device == "mps":
+        torch.mps.synchronize()
+
+
+def read_bandwidth(device: str, reps: int = 7) -> float:
+    """Bytes/s of a plain reduction over a buffer far larger than the last-level cache (1.5 GiB
+    on the CPU, 4 GiB on a GPU): the streaming rate the decode step is compared with."""
+    import torch
+
+    nbytes = (3 << 29) if device == "cpu" else (4 << 30)
+    buf = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
+    times = []
+    for _ in range(reps):
+        sync(device)
+        t0 = time.perf_counter()
+        buf.sum()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    del buf
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return nbytes / statistics.median(times[1:])
+
+
+# ---- the model --------------------------------------------------------------------------------
+
+def model_config(args):
     import transformers
+
+    arch, layers, hidden, inter, heads, kv = SHAPES[args.shape]
+    common = dict(vocab_size=args.vocab, hidden_size=hidden, intermediate_size=inter,
+                  num_hidden_layers=args.layers or layers, num_attention_heads=heads,
+                  num_key_value_heads=kv, max_position_embeddings=8192, bos_token_id=1,
+                  eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)
+    if arch == "bitnet":
+        return transformers.BitNetConfig(**common), transformers.BitNetForCausalLM
+    return transformers.LlamaConfig(**common), transformers.LlamaForCausalLM
+
+
+def build_model(args, variant: str):
+    """The model on ``args.device`` with random ternary weights; returns ``(model, bytes)`` with
+    the bytes of all linear weights except the head."""
+    import torch
     from accelerate import init_empty_weights
     from torch import nn
 
     import ternary_ops as tops
     from ternary_ops.formats import packed_rows
 
-    config = transformers.BitNetConfig(
-        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
-        num_hidden_layers=args.layers, num_attention_heads=args.heads,
-        num_key_value_heads=args.kv_heads, max_position_embeddings=4096,
-        bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)
+    device = torch.device(args.device)
+    config, cls = model_config(args)
     with init_empty_weights(include_buffers=False):  # no dense weights are ever allocated
-        model = transformers.BitNetForCausalLM(config)
-    gen = torch.Generator().manual_seed(args.seed)
-    # Random i2 bytes drawn from the 81 bytes whose four codes are all valid: as fast as
-    # randint, no unpacked intermediate; the dense variant unpacks the very same bytes.
-    codes = torch.arange(256)
-    valid = codes[((codes[:, None] >> torch.tensor([0, 2, 4, 6])) & 3 != 3).all(1)]
-    valid = valid.to(torch.uint8)
+        model = cls(config)
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    # Random i2 bytes drawn from the 81 bytes whose four codes are all valid: no unpacked
+    # intermediate; the dense variant unpacks the very same bytes.
+    codes = torch.arange(256, device=device)
+    shifts = torch.tensor([0, 2, 4, 6], device=device)
+    valid = codes[((codes[:, None] >> shifts) & 3 != 3).all(1)].to(torch.uint8)
     linear_bytes = 0
     for name, module in list(model.named_modules()):
         if not isinstance(module, nn.Linear) or name == "lm_head":
             continue
         n, k = module.out_features, module.in_features
-        packed = valid[torch.randint(0, len(valid), (packed_rows(n), k), generator=gen)]
-        scale = torch.tensor(0.02 + 0.01 * torch.rand((), generator=gen).item())
+        idx = torch.randint(0, len(valid), (packed_rows(n), k), generator=gen, device=device)
+        packed = valid[idx]
+        del idx
+        scale = 0.02 + 0.01 * torch.rand((), generator=gen, device=device)
         if variant == "ternary":
             layer = tops.TernaryLinear(k, n, bias=False, format="i2", act="int8", device="meta")
-            layer.weight, layer.weight_scale = packed, scale
+            layer.weight, layer.weight_scale = packed, scale.float()
             linear_bytes += layer.weight_bytes()
         else:
+            dense = tops.unpack_i2(packed, n).to(torch.bfloat16) * scale.to(torch.bfloat16)
             layer = nn.Linear(k, n, bias=False, device="meta")
-            dense = (tops.unpack_i2(packed, n).to(torch.bfloat16) * scale.to(torch.bfloat16))
             layer.weight = nn.Parameter(dense, requires_grad=False)
             linear_bytes += dense.numel() * dense.element_size()
+            del packed
         model.set_submodule(name, layer)
     for module in model.modules():  # embeddings, norms, lm_head
         for pname, p in list(module.named_parameters(recurse=False)):
             if p.device.type != "meta":
                 continue
             if p.dim() == 1:
-                data = torch.ones(p.shape, dtype=torch.bfloat16)
+                data = torch.ones(p.shape, dtype=torch.bfloat16, device=device)
             else:
-                data = torch.randn(p.shape, generator=gen, dtype=torch.bfloat16) * 0.02
+                data = torch.randn(p.shape, generator=gen, dtype=torch.bfloat16, device=device)
+                data.mul_(0.02)
             setattr(module, pname, nn.Parameter(data, requires_grad=False))
-    return model.eval(), linear_bytes
+    if args.attention == "decode-safe":
+        from ternary_ops.hf import use_decode_attention
+        use_decode_attention(model)
+    return model.to(device).eval(), linear_bytes
 
 
-def run_variant(args, variant) -> dict:
+def kv_bytes_per_token(config, context: int) -> int:
+    head_dim = config.hidden_size // config.num_attention_heads
+    return 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * context * 2
+
+
+# ---- one process: one mode, one variant ------------------------------------------------------
+
+def run_child(args, mode: str, variant: str) -> dict:
     import torch
-    from transformers import DynamicCache
+    from transformers import DynamicCache, StaticCache
 
     import ternary_ops as tops
     from ternary_ops.hf import cache_kwargs
 
-    torch.set_num_threads(args.threads)
-    if args.kernel:
-        tops.select_cpu_kernel(args.kernel)
+    device = args.device
+    if device == "cpu":
+        torch.set_num_threads(args.threads)
+        if args.kernel:
+            tops.select_cpu_kernel(args.kernel)
+    bandwidth = read_bandwidth(device)
     t0 = time.perf_counter()
     model, linear_bytes = build_model(args, variant)
+    sync(device)
     build_s = time.perf_counter() - t0
-    rss_model = _rss_bytes()
+    # Peak memory from here on: the model plus what running it takes (building it from random
+    # numbers has transients a checkpoint load does not).
+    reset_peak_memory(device)
+    config = model.config
+    head = model.get_output_embeddings()
+    head_bytes = head.weight.numel() * head.weight.element_size()
     gen = torch.Generator().manual_seed(args.seed + 1)
-    prompt = torch.randint(3, args.vocab, (1, args.prompt), generator=gen)
-    steps = []
+    prompt = torch.randint(3, args.vocab, (1, args.prompt), generator=gen).to(device)
+    steps = args.warmup + args.tokens
+    max_len = args.prompt + steps + 1
+    kw = {}
     with torch.inference_mode():
-        cache = DynamicCache(config=model.config)
+        if mode == "eager":
+            cache = DynamicCache(config=config)
+            kw = cache_kwargs(model, cache)
+        else:
+            cache = StaticCache(config=config, max_cache_len=max_len)
+            kw = cache_kwargs(model, cache)
+        sync(device)
         t0 = time.perf_counter()
-        out = model(input_ids=prompt, use_cache=True, **cache_kwargs(model, cache))
-        prefill_s = time.perf_counter() - t0
+        out = model(input_ids=prompt, use_cache=True, logits_to_keep=1, **kw)
         token = out.logits[:, -1:].argmax(-1)
-        tokens = []
-        for i in range(args.warmup + args.tokens):
+        sync(device)
+        prefill_s = time.perf_counter() - t0
+        del out
+
+        if mode == "eager":
+            def step(tok, pos):
+                return model(input_ids=tok, use_cache=True, **kw).logits[:, -1:].argmax(-1)
+        else:
+            def decode(tok, pos):
+                logits = model(input_ids=tok, position_ids=pos[None], cache_position=pos,
+                               use_cache=True, **kw).logits
+                return logits[:, -1:].argmax(-1)
+            compiled = torch.compile(decode, fullgraph=True,
+                                     mode="reduce-overhead" if device == "cuda" else None)
+
+            def step(tok, pos):
+                return compiled(tok, pos).clone()  # CUDA graphs reuse their output buffer
+
+        times, tokens = [], []
+        for i in range(steps):
+            pos = torch.tensor([args.prompt + i], device=device)
+            sync(device)
             t0 = time.perf_counter()
-            out = model(input_ids=token, use_cache=True, **cache_kwargs(model, cache))
-            token = out.logits[:, -1:].argmax(-1)
+            token = step(token, pos)
+            sync(device)
             dt = time.perf_counter() - t0
             if i >= args.warmup:
-                steps.append(dt)
+                times.append(dt)
             tokens.append(int(token))
-    med = statistics.median(steps)
+    context = max_len if mode == "compiled" else args.prompt + args.warmup + args.tokens // 2
+    kv_bytes = kv_bytes_per_token(config, context)
+    med = statistics.median(times)
     return {
-        "variant": variant, "kernel": tops.cpu_kernel(), "threads": torch.get_num_threads(),
-        "build_s": build_s, "prefill_s": prefill_s, "prompt": args.prompt,
-        "decode_tokens": len(steps), "median_step_s": med, "tokens_per_s": 1.0 / med,
-        "min_step_s": min(steps), "linear_weight_bytes": linear_bytes,
-        "rss_after_build_bytes": rss_model, "peak_rss_bytes": _peak_rss_bytes(),
-        "tokens": tokens,
+        "mode": mode, "variant": variant, "device": device,
+        "kernel": tops.cpu_kernel() if device == "cpu" else device,
+        "threads": torch.get_num_threads() if device == "cpu" else None,
+        "build_s": build_s, "prefill_s": prefill_s, "median_step_s": med,
+        "step_s": times, "tokens": tokens, "linear_weight_bytes": linear_bytes,
+        "head_bytes": head_bytes, "kv_bytes": kv_bytes,
+        "bytes_per_token": linear_bytes + head_bytes + kv_bytes,
+        "read_bandwidth": bandwidth, "peak_memory_bytes": peak_memory(device),
     }
 
 
-def machine() -> str:
+# ---- the parent: rounds, summary, markdown ----------------------------------------------------
+
+def machine(device: str) -> str:
+    if device == "cuda":
+        import torch
+        return torch.cuda.get_device_name()
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
         fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
         cpu = fields.get("Model name", "?").strip()
-        flags = fields.get("Flags", "")
+        flags = fields.get("Flags", "").split()
         isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
-               if f in flags.split()]
+               if f in flags]
         return (f"{cpu}, {fields.get('CPU(s)', '?').strip()} CPUs, "
                 f"{fields.get('L3 cache', '?').strip()} L3, ISA: {' '.join(isa)}")
     except (OSError, subprocess.CalledProcessError, ValueError):
         return platform.processor() or platform.machine()
 
 
+def summarize(runs: list) -> dict:
+    tps = [1.0 / r["median_step_s"] for r in runs]
+    best = runs[0]
+    return {
+        "mode": best["mode"], "variant": best["variant"], "kernel": best["kernel"],
+        "rounds": len(runs), "tokens_per_s": statistics.median(tps),
+        "tokens_per_s_range": [min(tps), max(tps)],
+        "ms_per_token": 1000 * statistics.median(r["median_step_s"] for r in runs),
+        "prefill_s": statistics.median(r["prefill_s"] for r in runs),
+        "peak_memory_bytes": max(r["peak_memory_bytes"] for r in runs),
+        "bytes_per_token": best["bytes_per_token"],
+        "read_bandwidth": statistics.median(r["read_bandwidth"] for r in runs),
+        "floor_fraction": statistics.median(
+            r["bytes_per_token"] / r["read_bandwidth"] / r["median_step_s"] for r in runs),
+        "same_tokens": all(r["tokens"] == best["tokens"] for r in runs),
+    }
+
+
 def _gib(n):
     return f"{n / 2**30:.2f} GiB"
 
 
-def markdown(args, results) -> str:
+def markdown(args, summaries: list, argv) -> str:
     import torch
     import transformers
 
-    shape = (f"{args.layers} layers, hidden {args.hidden}, intermediate {args.intermediate}, "
-             f"{args.heads} heads / {args.kv_heads} KV heads, vocab {args.vocab}")
+    arch, layers, hidden, inter, heads, kv = SHAPES[args.shape]
+    memory = {"cpu": "peak RSS", "cuda": "peak allocated", "mps": "driver allocated"}[args.device]
     lines = [
-        "# End-to-end decode: BitNet-2B-shaped model, TernaryLinear vs dense bfloat16",
+        f"Command: `python benchmarks/e2e/decode.py {' '.join(argv)}`",
         "",
-        f"Command: `python benchmarks/e2e/decode.py {' '.join(sys.argv[1:])}`",
+        f"* Machine: {machine(args.device)}; torch {torch.__version__}, transformers "
+        f"{transformers.__version__}" + (f", {args.threads} threads" if args.device == "cpu"
+                                         else ""),
+        f"* Model: `{args.shape}` shape ({arch}), {args.layers or layers} layers, hidden {hidden}, "
+        f"intermediate {inter}, {heads} heads / {kv} KV heads, vocabulary {args.vocab}; "
+        f"bf16 embedding, norms and head; attention: {args.attention}. Prompt {args.prompt} "
+        f"tokens, then {args.tokens} timed greedy steps after {args.warmup} warm-up steps; {args.rounds} alternating rounds.",
         "",
-        f"* Machine: {machine()}",
-        f"* torch {torch.__version__}, transformers {transformers.__version__}, "
-        f"{args.threads} threads",
-        f"* Model: transformers `BitNetForCausalLM`, {shape}; random ternary weights. "
-        f"Prompt {args.prompt} tokens, then {args.tokens} timed greedy decode steps "
-        f"(after {args.warmup} warm-up steps) with the KV cache.",
-        "",
-        "| variant | CPU kernel | linear weights | RSS after build | peak RSS | prefill (s) "
-        "| decode tokens/s | median step (ms) |",
+        f"| mode | variant | decode tokens/s (range) | ms/token | prefill (s) | {memory} "
+        "| bytes/token | floor fraction |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for r in results:
-        name = ("TernaryLinear i2, act=int8" if r["variant"] == "ternary"
-                else "dense bf16 nn.Linear")
-        lines.append(f"| {name} | {r['kernel'] if r['variant'] == 'ternary' else '-'} "
-                     f"| {_gib(r['linear_weight_bytes'])} | {_gib(r['rss_after_build_bytes'])} "
-                     f"| {_gib(r['peak_rss_bytes'])} | {r['prefill_s']:.2f} "
-                     f"| {r['tokens_per_s']:.2f} | {1000 * r['median_step_s']:.1f} |")
-    by = {r["variant"]: r for r in results}
-    if {"ternary", "dense"} <= set(by):
-        t, d = by["ternary"], by["dense"]
-        lines += ["", f"Decode speed-up of ternary over dense bf16: "
-                  f"**{t['tokens_per_s'] / d['tokens_per_s']:.2f}x**; peak memory "
-                  f"{d['peak_rss_bytes'] / t['peak_rss_bytes']:.2f}x smaller."]
+    for s in summaries:
+        lo, hi = s["tokens_per_s_range"]
+        name = "TernaryLinear i2, act=int8" if s["variant"] == "ternary" else "dense bf16"
+        lines.append(f"| {s['mode']} | {name} | {s['tokens_per_s']:.2f} ({lo:.2f}-{hi:.2f}) "
+                     f"| {s['ms_per_token']:.2f} | {s['prefill_s']:.3f} "
+                     f"| {_gib(s['peak_memory_bytes'])} | {_gib(s['bytes_per_token'])} "
+                     f"| {100 * s['floor_fraction']:.0f}% |")
+    by = {(s["mode"], s["variant"]): s for s in summaries}
+    lines.append("")
+    for mode in MODES:
+        t, d = by.get((mode, "ternary")), by.get((mode, "dense"))
+        if t and d:
+            lines.append(f"* {mode}: ternary / dense bf16 tokens/s = "
+                         f"**{t['tokens_per_s'] / d['tokens_per_s']:.2f}x**, prefill "
+                         f"{d['prefill_s'] / t['prefill_s']:.2f}x faster, memory "
+                         f"{d['peak_memory_bytes'] / t['peak_memory_bytes']:.2f}x smaller")
+    bw = statistics.median(s["read_bandwidth"] for s in summaries)
+    lines.append(f"* Read bandwidth measured in the same processes: {bw / 1e9:.1f} GB/s "
+                 "(median); the floor fraction is bytes/token at that rate over the step time.")
+    if not all(s["same_tokens"] for s in summaries):
+        lines.append("* Note: a variant's greedy tokens differed between rounds.")
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None):
+def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--layers", type=int, default=30)
-    p.add_argument("--hidden", type=int, default=2560)
-    p.add_argument("--intermediate", type=int, default=6912)
-    p.add_argument("--heads", type=int, default=20)
-    p.add_argument("--kv-heads", type=int, default=5)
-    p.add_argument("--vocab", type=int, default=32000,
-                   help="vocabulary (BitNet-2B-4T has 128256; reduced by default: the dense "
-                        "bf16 embedding and lm_head are the same in both variants)")
-    p.add_argument("--prompt", type=int, default=32)
-    p.add_argument("--tokens", type=int, default=32, help="timed decode steps")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "mps"))
+    p.add_argument("--mode", default="eager",
+                   help="eager, compiled, or both comma-separated (default: eager)")
+    p.add_argument("--shape", default="bitnet-2b", choices=sorted(SHAPES))
+    p.add_argument("--layers", type=int, default=0,
+                   help="number of decoder layers (default: the shape's own)")
+    p.add_argument("--vocab", type=int, default=128256,
+                   help="vocabulary size (default 128256, the real one; 32000 for a small head)")
+    p.add_argument("--vs-dense", action="store_true",
+                   help="also run the same model with dense bf16 weights")
+    p.add_argument("--prompt", type=int, default=512, help="prompt tokens (prefill)")
+    p.add_argument("--tokens", type=int, default=32, help="timed decode steps per round")
+    p.add_argument("--warmup", type=int, default=4,
+                   help="untimed decode steps first (compiled: compilation and graph capture)")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds (>= 1)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads")
+    p.add_argument("--attention", default="decode-safe", choices=("decode-safe", "stock"),
+                   help="attention of both variants: the one convert() gives a transformers "
+                        "model (ternary_ops.hf.attention, default) or transformers' stock SDPA")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--kernel", default=None, help="force a CPU kernel set (default: best)")
-    p.add_argument("--variants", default="ternary,dense")
     p.add_argument("--markdown", default=None, help="write the results table to this file")
-    p.add_argument("--json", default=None, help="write raw results to this JSON file")
+    p.add_argument("--json", default=None, help="write every run's raw results to this file")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    modes = args.mode.split(",")
+    for m in modes:
+        if m not in MODES:
+            p.error(f"--mode: expected eager, compiled or both, got {m!r}")
+    if args.rounds < 1 or args.tokens < 1 or args.prompt < 1:
+        p.error("--rounds, --tokens and --prompt must be >= 1")
+    if args.layers < 0:
+        p.error(f"--layers must be >= 0, got {args.layers}")
+    return p, args, modes
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p, args, modes = parse_args(argv)
     if args.child:
-        print(json.dumps(run_variant(args, args.child)))
+        mode, variant = args.child.split(":")
+        print(json.dumps(run_child(args, mode, variant)))
         return 0
-    results = []
-    for variant in args.variants.split(","):
-        if variant not in ("ternary", "dense"):
-            p.error(f"unknown variant {variant!r}")
-        # one process per variant: separate peak RSS, one model in memory at a time
-        cmd = [sys.executable, os.path.abspath(__file__), *(argv or sys.argv[1:]),
-               "--child", variant]
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        if out.returncode != 0:
-            sys.stderr.write(out.stderr)
-            return out.returncode
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-        results.append(r)
-        print(f"{variant:8s} kernel={r['kernel']:12s} {r['tokens_per_s']:7.2f} tok/s  "
-              f"step {1000 * r['median_step_s']:7.1f} ms  prefill {r['prefill_s']:.2f} s  "
-              f"peak RSS {_gib(r['peak_rss_bytes'])}  (built in {r['build_s']:.1f} s)",
-              flush=True)
-    text = markdown(args, results)
+    variants = ["ternary", "dense"] if args.vs_dense else ["ternary"]
+    runs = {}
+    for rnd in range(args.rounds):
+        for mode in modes:
+            for variant in variants:
+                cmd = [sys.executable, os.path.abspath(__file__), *argv,
+                       "--child", f"{mode}:{variant}"]
+                out = subprocess.run(cmd, capture_output=True, text=True)
+                if out.returncode != 0:
+                    sys.stderr.write(out.stdout[-4000:] + out.stderr[-8000:])
+                    return out.returncode
+                r = json.loads(out.stdout.strip().splitlines()[-1])
+                runs.setdefault((mode, variant), []).append(r)
+                print(f"round {rnd + 1} {mode:8s} {variant:8s} {1 / r['median_step_s']:8.2f} "
+                      f"tok/s  prefill {r['prefill_s']:.3f} s  peak "
+                      f"{_gib(r['peak_memory_bytes'])}  bw {r['read_bandwidth'] / 1e9:.1f} GB/s "
+                      f"(built in {r['build_s']:.1f} s)", flush=True)
+    summaries = [summarize(runs[key]) for key in runs]
+    text = markdown(args, summaries, argv)
     print(text)
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(text)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+            json.dump({"args": vars(args), "summaries": summaries,
+                       "runs": [r for key in runs for r in runs[key]]}, f, indent=1)
     return 0
 
 

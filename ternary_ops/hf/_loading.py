@@ -47,8 +47,8 @@ def model_skeleton(config):
 def finish_load(model: nn.Module, tensors: Dict[str, torch.Tensor], where: str,
                 keep_dtype=(), dtype: Optional[torch.dtype] = None) -> nn.Module:
     """Assigns ``tensors`` into ``model`` (casting floats to ``dtype`` unless their key is in
-    ``keep_dtype``; shared tensors stay shared), ties weights, and checks nothing is left on
-    the meta device."""
+    ``keep_dtype``; shared tensors stay shared), ties weights, checks nothing is left on the
+    meta device, and switches SDPA attention to the decode-safe one (:mod:`.attention`)."""
     cast = {}
     state = {}
     for key, t in tensors.items():
@@ -69,6 +69,8 @@ def finish_load(model: nn.Module, tensors: Dict[str, torch.Tensor], where: str,
     if left:
         raise ValueError(f"{where}: the checkpoint lacks tensors the model needs: "
                          f"{left[:8]}{' ...' if len(left) > 8 else ''}")
+    from .attention import use_decode_attention
+    use_decode_attention(model)
     return model.eval()
 
 

@@ -14,6 +14,7 @@ from torch import nn
 from ..io import read_tensors
 from ._loading import (CHECKPOINT_NAME, check_folder, finish_load, model_skeleton,
                        require_transformers)
+from .attention import use_decode_attention
 from .layers import LINEAR_CLASSES, WEIGHT_QUANT_EPS, BitNetLinear, make_bitnet_linear
 
 
@@ -131,6 +132,7 @@ def from_pretrained_bitnet(path_or_model, format: str = "i2", act: str = "int8",
         if count == 0:
             raise ValueError("from_pretrained_bitnet: the model has no BitLinear/AutoBitLinear "
                              "layers; for a dense model use ternary_ops.convert")
+        use_decode_attention(path_or_model)
         return path_or_model
     transformers = require_transformers()
     path = os.fspath(path_or_model)

@@ -37,6 +37,9 @@ TORCH_LIBRARY(ternary, m) {
   m.def(
       "linear_i2(Tensor x, Tensor weight, Tensor scale, int out_features, Tensor? bias, str act) "
       "-> Tensor");
+  // Int8 weights in [-127, 127] with a per-row or per-tensor scale (e.g. a quantized output
+  // head); the same act modes and integer path as the ternary ops.
+  m.def("linear_q8(Tensor x, Tensor weight, Tensor scale, Tensor? bias, str act) -> Tensor");
 }
 
 }  // namespace ternary

@@ -65,6 +65,14 @@ TERNARY_FORMAT_CONST float kActEps = 1e-5f;
 // Largest K for act="int8": kernels sum int32 dots, |dot| <= 128 K < 2^31.
 TERNARY_FORMAT_CONST int64_t kActMaxK = (int64_t(1) << 24) - 1;
 
+// Format q8 (int8 weights in [-127, 127] with a scale per row or tensor: the quantized output
+// head). Largest K for act="int8": SIMD kernels without a signed x signed dot add 128 to each
+// weight (an unsigned operand 1..255) and subtract 128 * sum(q) afterwards, so their int32
+// accumulators reach 255 * 128 * K < 2^31.
+TERNARY_FORMAT_CONST int64_t kQ8ActMaxK = int64_t(1) << 16;
+TERNARY_FORMAT_CONST int kQ8WeightMax = 127;
+TERNARY_FORMAT_CONST int kQ8Offset = 128;
+
 // A row of x holding NaN or +-Inf gives an all-NaN output row (docs/DESIGN.md). Kernels find
 // such rows in the amax pass by taking the maximum of |x|'s bit pattern as an unsigned integer:
 // for non-negative floats it orders like the value, and NaN and Inf have the largest patterns,

@@ -4,21 +4,22 @@
     summary = tops.convert(model)          # nn.Linear -> TernaryLinear, in place
     tops.save(model, "model.safetensors")
 
-Ops: ``torch.ops.ternary.linear_i8`` and ``torch.ops.ternary.linear_i2`` (see docs/DESIGN.md
-for the formats and semantics); ``ternary_ops.reference`` holds their plain-torch definitions.
+Ops: ``torch.ops.ternary.linear_i8`` and ``torch.ops.ternary.linear_i2`` (ternary weights), and
+``torch.ops.ternary.linear_q8`` (int8 weights, for a quantized output head); see docs/DESIGN.md
+for the formats and semantics. ``ternary_ops.reference`` holds their plain-torch definitions.
 """
 from . import reference
 from .convert import DEFAULT_EXCLUDE, ConvertSummary, convert
-from .formats import dequantize, pack_i2, quantize, unpack_i2, validate_weight
+from .formats import dequantize, pack_i2, quantize, quantize_q8, unpack_i2, validate_weight
 from .io import load, save
-from .nn import TernaryLinear
-from .ops import (backends, cpu_kernel, cpu_kernels_available, linear_i2, linear_i8,
+from .nn import Int8Embedding, Int8Linear, TernaryLinear
+from .ops import (backends, cpu_kernel, cpu_kernels_available, linear_i2, linear_i8, linear_q8,
                   select_cpu_kernel)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "TernaryLinear", "convert", "ConvertSummary", "DEFAULT_EXCLUDE", "save", "load", "quantize",
+    "TernaryLinear", "Int8Linear", "Int8Embedding", "quantize_q8", "linear_q8", "convert", "ConvertSummary", "DEFAULT_EXCLUDE", "save", "load", "quantize",
     "pack_i2", "unpack_i2", "dequantize", "validate_weight", "linear_i8", "linear_i2",
     "cpu_kernel", "cpu_kernels_available", "select_cpu_kernel", "backends", "reference",
 ]

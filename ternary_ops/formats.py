@@ -32,6 +32,13 @@ ACT_EPS = 1e-5
 ACT_MAX_K = (1 << 24) - 1
 
 
+# Format q8: int8 weights in [-Q8_WEIGHT_MAX, Q8_WEIGHT_MAX] with a scale per row (or tensor),
+# for layers kept at 8 bits (the output head). act="int8" is exact for in_features <= Q8_ACT_MAX_K
+# (kernels add 128 to each weight for an unsigned operand: 255 * 128 * K < 2**31).
+Q8_WEIGHT_MAX = 127
+Q8_ACT_MAX_K = 1 << 16
+
+
 # The largest size a tensor can have (int64 sizes, strides and byte counts).
 INT64_MAX = (1 << 63) - 1
 
@@ -146,6 +153,36 @@ def _check_i2_shape(packed: torch.Tensor, out_features: Optional[int]) -> None:
         raise ValueError(f"i2 weight for out_features={out_features} must have "
                          f"ceil({out_features}/4) = {packed_rows(out_features)} rows, got "
                          f"shape {tuple(packed.shape)}")
+
+
+def quantize_q8(weight: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 quantization with one scale per output row (format q8).
+
+    ``s = max|W_row| / 127`` (a zero row gets ``s = 1``), ``Q = round(W / s)`` in [-127, 127].
+    Returns ``(Q int8 [N, K], s float32 [N])`` with ``W ~= s[:, None] * Q``.
+    """
+    if weight.dim() != 2 or not weight.is_floating_point():
+        raise ValueError(f"weight must be a 2-D floating tensor [N, K], got {weight.dim()}-D "
+                         f"{weight.dtype}")
+    w = weight.detach().float()
+    if not bool(torch.isfinite(w).all()):
+        raise ValueError("weight holds NaN or Inf; q8 quantization needs finite values")
+    amax = w.abs().amax(dim=1) if w.shape[1] else w.new_zeros(w.shape[0])
+    scale = torch.where(amax > 0, amax / Q8_WEIGHT_MAX, torch.ones_like(amax))
+    codes = torch.round(w / scale[:, None]).clamp_(-Q8_WEIGHT_MAX, Q8_WEIGHT_MAX)
+    return codes.to(torch.int8), scale
+
+
+def validate_q8(weight: torch.Tensor) -> None:
+    """Raises ``ValueError`` unless ``weight`` is a 2-D int8 tensor without -128."""
+    if weight.dtype != torch.int8 or weight.dim() != 2:
+        raise ValueError(f"q8 weight must be a 2-D int8 tensor, got {weight.dim()}-D "
+                         f"{weight.dtype}")
+    bad = weight == -128
+    if bool(bad.any()):
+        idx = tuple(int(i) for i in bad.nonzero()[0])
+        raise ValueError(f"q8 weight has {int(bad.sum())} values of -128 (expected -127..127); "
+                         f"first at {idx}")
 
 
 def validate_weight(weight: torch.Tensor, format: str,

@@ -8,7 +8,7 @@ from torch import nn
 
 from . import ops  # noqa: F401  (registers fake kernels and autograd)
 from .formats import (GRANULARITIES, I2_ZERO_BYTE, check_features, check_format, dequantize,
-                      pack_i2, packed_rows, quantize, validate_weight)
+                      pack_i2, packed_rows, quantize, quantize_q8, validate_q8, validate_weight)
 from .reference import ACT_MODES
 
 
@@ -187,5 +187,165 @@ class TernaryLinear(nn.Module):
                                   f"{list(s.shape)}")
                 return
             state_dict[skey] = state_dict[skey].float()
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+
+def _float_dtype_after(fn, dtype: torch.dtype) -> torch.dtype:
+    # What Module._apply's fn does to a floating tensor of `dtype` (a .to(dtype) / .half() cast,
+    # or a device move that keeps it).
+    out = fn(torch.empty(0, dtype=dtype))
+    return out.dtype if out.is_floating_point() else dtype
+
+
+class Int8Linear(nn.Module):
+    """Linear layer ``y = s * (a @ Q.T) + bias`` with int8 weights ``Q`` in [-127, 127] and one
+    float32 scale per output row (format q8): a layer kept at 8 bits, such as the output head of
+    a ternary model, at half of bf16's bytes.
+
+    Args:
+        in_features, out_features, bias, dtype: as ``nn.Linear`` (``dtype`` is the bias's).
+        act: ``"int8"`` (per-row int8 activations and an exact integer dot, as
+            :class:`TernaryLinear`) or ``"none"`` (float activations).
+
+    Buffers: ``weight`` (int8 ``[out_features, in_features]``) and ``weight_scale`` (float32
+    ``[out_features]``, kept in float32 by ``.to(dtype)``). Build one with :meth:`from_linear`.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 act: str = "int8", device=None, dtype=None):
+        super().__init__()
+        in_features, out_features = check_features(in_features, out_features, "i8",
+                                                   type(self).__name__)
+        self.in_features = in_features
+        self.out_features = out_features
+        self.act = _check_act(act)
+        self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8,
+                                                   device=device))
+        self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float32,
+                                                        device=device))
+        if bias:
+            self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype))
+        else:
+            self.register_parameter("bias", None)
+
+    layer_name: Optional[str] = None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, act: str = "int8") -> "Int8Linear":
+        """Quantizes ``linear.weight`` (per-row absmax, :func:`quantize_q8`) into a new layer."""
+        return cls.from_dense(linear.weight, linear.bias, act)
+
+    @classmethod
+    def from_dense(cls, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                   act: str = "int8") -> "Int8Linear":
+        """Quantizes a dense ``weight [out, in]`` into a new layer on its device."""
+        codes, scale = quantize_q8(weight)
+        n, k = codes.shape
+        layer = cls(k, n, bias=bias is not None, act=act, device=torch.device("meta"))
+        layer.weight, layer.weight_scale = codes, scale
+        if bias is not None:
+            layer.bias = nn.Parameter(bias.detach().clone(), requires_grad=bias.requires_grad)
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise TernaryLinear._wrong_width(self, x)
+        return torch.ops.ternary.linear_q8(x, self.weight, self.weight_scale, self.bias, self.act)
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The dense weight ``s[:, None] * Q`` as ``[out_features, in_features]``."""
+        return (self.weight.float() * self.weight_scale[:, None]).to(dtype)
+
+    def weight_bytes(self) -> int:
+        return self.weight.numel() + 4 * self.weight_scale.numel()
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, format=q8, act={self.act}, "
+                f"weight_memory={_human_bytes(self.weight_bytes())}")
+
+    def _apply(self, fn, recurse=True):
+        scale = self.weight_scale
+        super()._apply(fn, recurse)
+        if self.weight_scale.dtype != torch.float32:
+            self.weight_scale = scale.to(device=self.weight_scale.device)
+        return self
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        _check_q8_entries(self, state_dict, prefix, error_msgs)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+
+def _check_q8_entries(module, state_dict, prefix, error_msgs) -> None:
+    wkey, skey = prefix + "weight", prefix + "weight_scale"
+    if wkey in state_dict:
+        w = state_dict[wkey]
+        if w.dtype != torch.int8 or w.shape != module.weight.shape:
+            error_msgs.append(f"{wkey}: expected q8 weight torch.int8 {list(module.weight.shape)}, "
+                              f"got {w.dtype} {list(w.shape)}")
+        else:
+            try:
+                validate_q8(w)
+            except ValueError as e:
+                error_msgs.append(f"{wkey}: {e}")
+    if skey in state_dict:
+        s = state_dict[skey]
+        if s.shape != module.weight_scale.shape or not s.is_floating_point():
+            error_msgs.append(f"{skey}: expected a float tensor of shape "
+                              f"{list(module.weight_scale.shape)}, got {s.dtype} {list(s.shape)}")
+
+
+class Int8Embedding(nn.Module):
+    """``nn.Embedding`` with int8 rows in [-127, 127] and one float32 scale per row (format q8):
+    half of bf16's bytes. A lookup returns ``(Q[ids] * s[ids]).to(dtype)``; ``dtype`` is the
+    embedding's original dtype and follows ``.to(dtype)`` / ``.half()`` like a float weight."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int,
+                 padding_idx: Optional[int] = None, device=None, dtype=None):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = int(num_embeddings), int(embedding_dim)
+        self.padding_idx = padding_idx
+        self.dtype = dtype or torch.get_default_dtype()
+        self.register_buffer("weight", torch.zeros(num_embeddings, embedding_dim,
+                                                   dtype=torch.int8, device=device))
+        self.register_buffer("weight_scale", torch.ones(num_embeddings, dtype=torch.float32,
+                                                        device=device))
+
+    @classmethod
+    def from_embedding(cls, embedding: nn.Embedding) -> "Int8Embedding":
+        """Quantizes ``embedding.weight`` per row into a new module on the same device."""
+        codes, scale = quantize_q8(embedding.weight)
+        layer = cls(codes.shape[0], codes.shape[1], embedding.padding_idx, device="meta",
+                    dtype=embedding.weight.dtype)
+        layer.weight, layer.weight_scale = codes, scale
+        return layer
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if ids.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"Int8Embedding: ids must be int64 or int32, got {ids.dtype}")
+        rows = self.weight[ids].float() * self.weight_scale[ids].unsqueeze(-1)
+        return rows.to(self.dtype)
+
+    def weight_bytes(self) -> int:
+        return self.weight.numel() + 4 * self.weight_scale.numel()
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_embeddings}, {self.embedding_dim}, format=q8, dtype={self.dtype}, "
+                f"weight_memory={_human_bytes(self.weight_bytes())}")
+
+    def _apply(self, fn, recurse=True):
+        scale = self.weight_scale
+        self.dtype = _float_dtype_after(fn, self.dtype)
+        super()._apply(fn, recurse)
+        if self.weight_scale.dtype != torch.float32:
+            self.weight_scale = scale.to(device=self.weight_scale.device)
+        return self
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        _check_q8_entries(self, state_dict, prefix, error_msgs)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)

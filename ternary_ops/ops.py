@@ -14,7 +14,7 @@ import torch
 
 from . import _C  # noqa: F401  (registers the schemas and native kernels)
 from . import reference
-from .formats import ACT_MAX_K, packed_rows, unpack_i2
+from .formats import ACT_MAX_K, Q8_ACT_MAX_K, packed_rows, unpack_i2
 
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -30,9 +30,9 @@ def _check_args(op: str, x, weight, scale, out_features, bias, act) -> int:
     if weight.dim() != 2:
         raise ValueError(f"{op}: weight must be 2-D, got shape {list(weight.shape)}")
     k = x.shape[-1]
-    if op.endswith("i8"):
+    if not op.endswith("i2"):
         if weight.dtype != torch.int8:
-            raise ValueError(f"{op}: weight must be int8 (format i8), got {weight.dtype}")
+            raise ValueError(f"{op}: weight must be int8 (format {op[-2:]}), got {weight.dtype}")
         n = weight.shape[0]
     else:
         if weight.dtype != torch.uint8:
@@ -47,9 +47,10 @@ def _check_args(op: str, x, weight, scale, out_features, bias, act) -> int:
     if weight.shape[1] != k:
         raise ValueError(f"{op}: x must have shape [..., in_features] with in_features = "
                          f"weight.size(1) = {weight.shape[1]}, got x of shape {list(x.shape)}")
-    if act == "int8" and k > ACT_MAX_K:
+    max_k = Q8_ACT_MAX_K if op.endswith("q8") else ACT_MAX_K
+    if act == "int8" and k > max_k:
         raise ValueError(f"{op}: act='int8' sums int32 dot products, exact for in_features <= "
-                         f"{ACT_MAX_K}; got in_features = {k} (use act='none')")
+                         f"{max_k}; got in_features = {k} (use act='none')")
     if not scale.is_floating_point():
         raise ValueError(f"{op}: scale must be a floating tensor, got {scale.dtype}")
     if not (scale.numel() == 1 or (scale.dim() == 1 and scale.shape[0] == n)):
@@ -72,6 +73,12 @@ def _check_args(op: str, x, weight, scale, out_features, bias, act) -> int:
 @torch.library.register_fake("ternary::linear_i8")
 def _linear_i8_fake(x, weight, scale, bias, act):
     n = _check_args("ternary.linear_i8", x, weight, scale, 0, bias, act)
+    return x.new_empty((*x.shape[:-1], n))
+
+
+@torch.library.register_fake("ternary::linear_q8")
+def _linear_q8_fake(x, weight, scale, bias, act):
+    n = _check_args("ternary.linear_q8", x, weight, scale, 0, bias, act)
     return x.new_empty((*x.shape[:-1], n))
 
 
@@ -100,6 +107,12 @@ def _linear_i8_fallback(x, weight, scale, bias, act):
     return reference.linear_i8(x, weight, scale, bias, act)
 
 
+def _linear_q8_fallback(x, weight, scale, bias, act):
+    _check_args("ternary.linear_q8", x, weight, scale, 0, bias, act)
+    _warn_fallback("ternary.linear_q8", x.device)
+    return reference.linear_q8(x, weight, scale, bias, act)
+
+
 def _linear_i2_fallback(x, weight, scale, out_features, bias, act):
     _check_args("ternary.linear_i2", x, weight, scale, out_features, bias, act)
     _warn_fallback("ternary.linear_i2", x.device)
@@ -108,6 +121,7 @@ def _linear_i2_fallback(x, weight, scale, out_features, bias, act):
 
 torch.library.impl("ternary::linear_i8", "CompositeExplicitAutograd", func=_linear_i8_fallback)
 torch.library.impl("ternary::linear_i2", "CompositeExplicitAutograd", func=_linear_i2_fallback)
+torch.library.impl("ternary::linear_q8", "CompositeExplicitAutograd", func=_linear_q8_fallback)
 
 
 # ---- autograd: w.r.t. x and bias; weights are frozen -------------------------------------
@@ -115,7 +129,7 @@ torch.library.impl("ternary::linear_i2", "CompositeExplicitAutograd", func=_line
 # training: dL/dx = dL/dy @ (s * T). act="none" is linear in x, so that is its exact gradient.
 
 def _setup_context(ctx, inputs, output):
-    if len(inputs) == 5:  # linear_i8
+    if len(inputs) == 5:  # linear_i8, linear_q8
         x, weight, scale, bias, _ = inputs
         ctx.out_features = None
     else:
@@ -152,6 +166,7 @@ def _backward_i2(ctx, grad):
 
 torch.library.register_autograd("ternary::linear_i8", _backward_i8, setup_context=_setup_context)
 torch.library.register_autograd("ternary::linear_i2", _backward_i2, setup_context=_setup_context)
+torch.library.register_autograd("ternary::linear_q8", _backward_i8, setup_context=_setup_context)
 
 
 # ---- public wrappers ----------------------------------------------------------------------
@@ -160,6 +175,13 @@ def linear_i8(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
               bias: Optional[torch.Tensor] = None, act: str = "int8") -> torch.Tensor:
     """``y = s * (a @ T.T) (+ bias)`` with int8-direct weights ``T`` (int8 ``[N, K]``)."""
     return torch.ops.ternary.linear_i8(x, weight, scale, bias, act)
+
+
+def linear_q8(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
+              bias: Optional[torch.Tensor] = None, act: str = "int8") -> torch.Tensor:
+    """``y = s * (a @ Q.T) (+ bias)`` with int8 weights ``Q`` in [-127, 127] (int8 ``[N, K]``)
+    and a scale per row or tensor: the op behind :class:`~ternary_ops.Int8Linear`."""
+    return torch.ops.ternary.linear_q8(x, weight, scale, bias, act)
 
 
 def linear_i2(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, out_features: int,

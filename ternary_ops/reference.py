@@ -9,7 +9,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .formats import ACT_EPS, ACT_QMAX, unpack_i2
+from .formats import ACT_EPS, ACT_QMAX, Q8_WEIGHT_MAX, unpack_i2
 
 ACT_MODES = ("int8", "none")
 
@@ -31,22 +31,27 @@ def quantize_activations(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return q, inv
 
 
-def _integer_dot(q: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-    # float32 holds every integer up to 2^24 exactly: |dot| <= 128 K. Past that, float64 (CPU).
+def _integer_dot(q: torch.Tensor, codes: torch.Tensor, wmax: int) -> torch.Tensor:
+    # float32 holds every integer up to 2^24 exactly: |dot| <= 128 * wmax * K. Past that, float64
+    # (on the CPU for devices without it).
     k = q.shape[-1]
-    dt = torch.float32 if 128 * k < (1 << 24) else torch.float64
-    return (q.to(dt) @ codes.to(dt).T).float()
+    if 128 * wmax * k < (1 << 24):
+        return (q.float() @ codes.float().T)
+    if q.device.type == "mps":
+        return _integer_dot(q.cpu(), codes.cpu(), wmax).to(q.device)
+    return (q.double() @ codes.double().T).float()
 
 
 def linear_codes(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor,
-                 bias: Optional[torch.Tensor], act: str) -> torch.Tensor:
-    """``y = s * (a @ T.T) (+ bias)`` from unpacked ternary codes ``T`` (int8 ``[N, K]``)."""
+                 bias: Optional[torch.Tensor], act: str, wmax: int = 1) -> torch.Tensor:
+    """``y = s * (a @ T.T) (+ bias)`` from integer weights ``T`` (int8 ``[N, K]``, ``|T| <=
+    wmax``: 1 for ternary codes)."""
     if act not in ACT_MODES:
         raise ValueError(f"act must be 'int8' or 'none', got {act!r}")
     s = scale.float().reshape(-1)
     if act == "int8":
         q, inv = quantize_activations(x)
-        y = _integer_dot(q, codes) / inv * s
+        y = _integer_dot(q, codes, wmax) / inv * s
     else:
         y = (x.float() @ codes.float().T) * s
     if bias is not None:
@@ -62,3 +67,8 @@ def linear_i8(x, weight, scale, bias=None, act="int8"):
 def linear_i2(x, weight, scale, out_features, bias=None, act="int8"):
     """Reference for ``torch.ops.ternary.linear_i2``."""
     return linear_codes(x, unpack_i2(weight, out_features), scale, bias, act)
+
+
+def linear_q8(x, weight, scale, bias=None, act="int8"):
+    """Reference for ``torch.ops.ternary.linear_q8`` (int8 weights in [-127, 127])."""
+    return linear_codes(x, weight, scale, bias, act, wmax=Q8_WEIGHT_MAX)

@@ -52,8 +52,8 @@ inline LinearCall prepare_linear(WeightFormat f, c10::DeviceType device, const a
   return c;
 }
 
-// A backend's implementation of both ops: linear(format, x, weight, scale, out_features, bias,
-// act), out_features being ignored for i8.
+// A backend's implementation of the ops: linear(format, x, weight, scale, out_features, bias,
+// act), out_features being used by i2 only.
 using LinearImpl = at::Tensor (*)(WeightFormat, const at::Tensor&, const at::Tensor&,
                                   const at::Tensor&, int64_t, const c10::optional<at::Tensor>&,
                                   c10::string_view);
@@ -64,6 +64,13 @@ at::Tensor linear_i8_entry(const at::Tensor& x, const at::Tensor& weight,
                            const at::Tensor& scale, const c10::optional<at::Tensor>& bias,
                            c10::string_view act) {
   return Impl(WeightFormat::I8, x, weight, scale, 0, bias, act);
+}
+
+template <LinearImpl Impl>
+at::Tensor linear_q8_entry(const at::Tensor& x, const at::Tensor& weight,
+                           const at::Tensor& scale, const c10::optional<at::Tensor>& bias,
+                           c10::string_view act) {
+  return Impl(WeightFormat::Q8, x, weight, scale, 0, bias, act);
 }
 
 template <LinearImpl Impl>

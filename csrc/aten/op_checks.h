@@ -9,7 +9,8 @@
 
 namespace ternary {
 
-enum class WeightFormat { I8, I2 };
+// I8, I2: ternary weights (int8 direct, 2-bit packed); Q8: int8 weights in [-127, 127].
+enum class WeightFormat { I8, I2, Q8 };
 enum class ActMode { Int8, None };
 
 struct LinearShape {
@@ -18,7 +19,9 @@ struct LinearShape {
 };
 
 inline const char* op_name(WeightFormat f) {
-  return f == WeightFormat::I8 ? "ternary.linear_i8" : "ternary.linear_i2";
+  return f == WeightFormat::I8 ? "ternary.linear_i8"
+         : f == WeightFormat::I2 ? "ternary.linear_i2"
+                                 : "ternary.linear_q8";
 }
 
 inline ActMode parse_act(WeightFormat f, c10::string_view act) {
@@ -27,7 +30,8 @@ inline ActMode parse_act(WeightFormat f, c10::string_view act) {
   TORCH_CHECK_VALUE(false, op_name(f), ": act must be 'int8' or 'none', got '", std::string(act), "'");
 }
 
-// Validates the arguments of linear_i8 / linear_i2 (out_features is ignored for i8).
+// Validates the arguments of linear_i8 / linear_i2 / linear_q8 (out_features is used by i2
+// only).
 inline LinearShape check_linear_args(WeightFormat f, const at::Tensor& x, const at::Tensor& weight,
                                      const at::Tensor& scale, int64_t out_features,
                                      const c10::optional<at::Tensor>& bias, c10::string_view act) {
@@ -40,9 +44,9 @@ inline LinearShape check_linear_args(WeightFormat f, const at::Tensor& x, const 
   TORCH_CHECK_VALUE(weight.dim() == 2, op, ": weight must be 2-D, got shape ", weight.sizes());
   const int64_t K = x.size(-1);
   int64_t N;
-  if (f == WeightFormat::I8) {
-    TORCH_CHECK_VALUE(weight.scalar_type() == at::kChar, op, ": weight must be int8 (format i8), got ",
-                weight.scalar_type());
+  if (f != WeightFormat::I2) {
+    TORCH_CHECK_VALUE(weight.scalar_type() == at::kChar, op, ": weight must be int8 (format ",
+                      f == WeightFormat::I8 ? "i8" : "q8", "), got ", weight.scalar_type());
     N = weight.size(0);
   } else {
     TORCH_CHECK_VALUE(weight.scalar_type() == at::kByte, op, ": weight must be uint8 (format i2), got ",
@@ -56,8 +60,9 @@ inline LinearShape check_linear_args(WeightFormat f, const at::Tensor& x, const 
   // The weight fixes in_features; a wrong x is the likelier mistake, so the message names x.
   TORCH_CHECK_VALUE(weight.size(1) == K, op, ": x must have shape [..., in_features] with in_features = ",
               "weight.size(1) = ", weight.size(1), ", got x of shape ", x.sizes());
-  TORCH_CHECK_VALUE(mode != ActMode::Int8 || K <= kActMaxK, op,
-              ": act='int8' sums int32 dot products, exact for in_features <= ", kActMaxK,
+  const int64_t max_k = f == WeightFormat::Q8 ? kQ8ActMaxK : kActMaxK;
+  TORCH_CHECK_VALUE(mode != ActMode::Int8 || K <= max_k, op,
+              ": act='int8' sums int32 dot products, exact for in_features <= ", max_k,
               "; got in_features = ", K, " (use act='none')");
   TORCH_CHECK_VALUE(scale.is_floating_point(), op, ": scale must be a floating tensor, got ",
               scale.scalar_type());

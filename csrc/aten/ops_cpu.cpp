@@ -87,14 +87,15 @@ at::Tensor linear_cpu(WeightFormat f, const at::Tensor& x, const at::Tensor& wei
     p.xq = q;
     p.x_inv = inv;
     p.x_sum = sum;
-    fn = f == WeightFormat::I8 ? ks.i8_int8 : ks.i2_int8;
+    fn = f == WeightFormat::I8 ? ks.i8_int8 : f == WeightFormat::I2 ? ks.i2_int8 : ks.q8_int8;
   } else {
     p.xf = xf;
     p.ldx = s.K;
-    fn = f == WeightFormat::I8 ? ks.i8_none : ks.i2_none;
+    fn = f == WeightFormat::I2 ? ks.i2_none : ks.i8_none;  // i8_none takes any int8 weight
   }
-  const int64_t units = weight_units(f == WeightFormat::I2, s.N);
-  const int64_t rows_per_unit = f == WeightFormat::I8 ? 1 : kI2RowsPerByte;
+  const bool i2 = f == WeightFormat::I2;
+  const int64_t units = weight_units(i2, s.N);
+  const int64_t rows_per_unit = i2 ? kI2RowsPerByte : 1;
   at::parallel_for(0, units, grain_for(units, s.M * s.K * rows_per_unit),
                    [&](int64_t u0, int64_t u1) { fn(p, u0, u1); });
 
@@ -107,6 +108,7 @@ at::Tensor linear_cpu(WeightFormat f, const at::Tensor& x, const at::Tensor& wei
 TORCH_LIBRARY_IMPL(ternary, CPU, m) {
   m.impl("linear_i8", &linear_i8_entry<linear_cpu>);
   m.impl("linear_i2", &linear_i2_entry<linear_cpu>);
+  m.impl("linear_q8", &linear_q8_entry<linear_cpu>);
 }
 
 }  // namespace ternary

@@ -13,7 +13,7 @@ namespace ternary::cpu {
 // One linear problem: y[m, n] = s[n] * sum_k T[n, k] * a[m, k] (+ bias[n]).
 struct Problem {
   int64_t M = 0, N = 0, K = 0;
-  const void* weight = nullptr;  // i8: int8 [N, K]; i2: uint8 [ceil(N/4), K]; row-major
+  const void* weight = nullptr;  // i8, q8: int8 [N, K]; i2: uint8 [ceil(N/4), K]; row-major
   const float* scale = nullptr;  // s[n] = scale[n * scale_stride]
   int64_t scale_stride = 0;      // 0 (per tensor) or 1 (per output row)
   const float* bias = nullptr;   // [N] or nullptr
@@ -75,10 +75,12 @@ using LinearFn = void (*)(const Problem& p, int64_t u0, int64_t u1);
 using QuantizeFn = void (*)(const float* x, int64_t ldx, int64_t K, int64_t m0, int64_t m1,
                             int8_t* q, int64_t ldq, float* inv, int32_t* sum);
 
+// i8_* and i2_* take ternary weights; q8_int8 takes any int8 weights in [-127, 127] and K up to
+// kQ8ActMaxK. act="none" on q8 weights runs i8_none, which every set writes for any int8 weight.
 struct KernelSet {
   const char* name;  // e.g. "portable", "avx2", "avx512_vnni", "neon_dotprod"
   QuantizeFn quantize;
-  LinearFn i8_int8, i8_none, i2_int8, i2_none;
+  LinearFn i8_int8, i8_none, i2_int8, i2_none, q8_int8;
 };
 
 // Always available: plain C++ that compilers vectorize.

@@ -34,6 +34,7 @@ void quantize_rows(const float* x, int64_t ldx, int64_t K, int64_t m0, int64_t m
   }
 }
 
+// Any int8 weight: i8 and q8 (int32 products, no offset).
 void i8_int8(const Problem& p, int64_t n0, int64_t n1) {
   const auto* W = static_cast<const int8_t*>(p.weight);
   for (int64_t n = n0; n < n1; ++n) {
@@ -111,7 +112,8 @@ void i2_none(const Problem& p, int64_t j0, int64_t j1) {
 }  // namespace
 
 const KernelSet& portable_kernels() {
-  static const KernelSet set{"portable", quantize_rows, i8_int8, i8_none, i2_int8, i2_none};
+  static const KernelSet set{"portable", quantize_rows, i8_int8, i8_none, i2_int8, i2_none,
+                             i8_int8};
   return set;
 }
 

@@ -191,9 +191,12 @@ void linear_int8_one_dot(const Problem& p, int64_t u0, int64_t u1) {
 
 // ---------------------------------------------------------------------------------------------
 // Baseline integer dot (no dotprod): SMULL/SMLAL(2) into int16 lanes, SADALP into int32 once per
-// 64 columns. An int16 lane takes 8 products of |code| <= 2 by |q| <= 128 (<= 2048) per flush.
+// FLUSH columns. Ternary codes (|code| <= 2, |q| <= 128): 8 products (<= 2048) per lane in 64
+// columns. q8 weights (|w| <= 127): 2 products (<= 32512) per lane, so a flush every 16 columns.
 // ---------------------------------------------------------------------------------------------
-struct SmullDot {
+template <int FLUSH>
+struct SmullDotT {
+static_assert(FLUSH % 16 == 0 && kKBlock % FLUSH == 0, "FLUSH: whole 16-column steps");
 template <class Src, int MB>
 static void dot(const Src& src, const int8_t* const* q, int64_t K, int64_t (*out)[MB]) {
   constexpr int R = Src::kRows;
@@ -206,11 +209,11 @@ static void dot(const Src& src, const int8_t* const* q, int64_t K, int64_t (*out
     int32x4_t acc[R][MB];
     for (int r = 0; r < R; ++r)
       for (int i = 0; i < MB; ++i) acc[r][i] = vdupq_n_s32(0);
-    for (int64_t k64 = kb; k64 < ke; k64 += 64) {
+    for (int64_t kf = kb; kf < ke; kf += FLUSH) {
       int16x8_t a16[R][MB];
       for (int r = 0; r < R; ++r)
         for (int i = 0; i < MB; ++i) a16[r][i] = vdupq_n_s16(0);
-      for_each_k16(k64, std::min(ke, k64 + 64), [&](int64_t k, int64_t len) {
+      for_each_k16(kf, std::min(ke, kf + FLUSH), [&](int64_t k, int64_t len) {
         int8x16_t w[R];
         if (len == 16) src.codes(k, w); else src.codes_tail(k, len, w);
         for (int i = 0; i < MB; ++i) {
@@ -229,6 +232,8 @@ static void dot(const Src& src, const int8_t* const* q, int64_t K, int64_t (*out
   }
 }
 };
+using SmullDot = SmullDotT<64>;
+using SmullDotQ8 = SmullDotT<16>;
 
 #if defined(__ARM_FEATURE_DOTPROD)
 // ---------------------------------------------------------------------------------------------

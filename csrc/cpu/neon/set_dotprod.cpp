@@ -15,7 +15,8 @@ const KernelSet& detail::dotprod_set() {
   static const KernelSet set{
       "neon_dotprod", quantize_rows,
       linear_int8_one_dot<SdotDot, I8Rows<8>, I8Rows<4>>, linear_none<false>,
-      linear_int8_one_dot<SdotDot, I2Rows<2, true>, I2Rows<1, true>>, linear_none<true>};
+      linear_int8_one_dot<SdotDot, I2Rows<2, true>, I2Rows<1, true>>, linear_none<true>,
+      linear_int8_one_dot<SdotDot, I8Rows<8>, I8Rows<4>>};  // q8: SDOT takes any int8
   return set;
 }
 

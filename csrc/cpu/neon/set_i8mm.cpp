@@ -75,7 +75,8 @@ void linear_int8(const Problem& p, int64_t u0, int64_t u1) {
 
 const KernelSet& detail::i8mm_set() {
   static const KernelSet set{"neon_i8mm", quantize_rows, linear_int8<I8Rows<8>>,
-                             linear_none<false>, linear_int8<I2Rows<2, true>>, linear_none<true>};
+                             linear_none<false>, linear_int8<I2Rows<2, true>>, linear_none<true>,
+                             linear_int8<I8Rows<8>>};  // q8: SDOT / SMMLA take any int8
   return set;
 }
 

@@ -271,6 +271,54 @@ void i8_int8_block(const Problem& p, const int8_t* W, int64_t n, int64_t m) {
 TERNARY_X86_I8_BLOCK(I8Int8, i8_int8_block);
 void i8_int8_impl(const Problem& p, int64_t n0, int64_t n1) { tile_units<I8Int8, 4, 2, 2>(p, n0, n1); }
 
+// act="int8", q8 (any weight in [-127, 127]). AVX-VNNI: code = w + 128 (an unsigned 1..255) into
+// int32 lanes, minus 128 * sum(q). AVX2: vpmaddubsw(|w|, q * sign(w)) pair sums stay within
+// 2 * 127 * 128 < 32767 and are widened to int32 on every step.
+template <int RB, int MB>
+void q8_int8_block(const Problem& p, const int8_t* W, int64_t n, int64_t m) {
+  const int64_t K = p.K;
+  __m256i acc[RB][MB];
+  for (int rb = 0; rb < RB; ++rb)
+    for (int mb = 0; mb < MB; ++mb) acc[rb][mb] = _mm256_setzero_si256();
+  auto step = [&](int64_t k, int64_t len) TERNARY_LAMBDA_INLINE {
+    __m256i qv[MB];
+    for (int mb = 0; mb < MB; ++mb)
+      qv[mb] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.xq + (m + mb) * p.ldq + k));
+    for (int rb = 0; rb < RB; ++rb) {
+      const int8_t* src = W + (n + rb) * K + k;
+      if (MB == 1) TERNARY_PREFETCH(src);
+      // Zero-padded tail bytes are w = 0 against zero activations.
+      const __m256i w = len < 32 ? load_tail32(src, len)
+                                 : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
+#if defined(TERNARY_X86_AVXVNNI)
+      const __m256i c = _mm256_xor_si256(w, _mm256_set1_epi8(static_cast<char>(0x80)));
+      for (int mb = 0; mb < MB; ++mb) acc[rb][mb] = dot_acc(acc[rb][mb], c, qv[mb]);
+#else
+      const __m256i u = _mm256_abs_epi8(w);
+      for (int mb = 0; mb < MB; ++mb) {
+        const __m256i pairs = _mm256_maddubs_epi16(u, _mm256_sign_epi8(qv[mb], w));
+        acc[rb][mb] = _mm256_add_epi32(acc[rb][mb], _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+      }
+#endif
+    }
+  };
+  int64_t k = 0;
+  for (; k + 32 <= K; k += 32) step(k, 32);
+  if (k < K) step(k, K - k);
+#if defined(TERNARY_X86_AVXVNNI)
+  constexpr int32_t kOffset = kQ8Offset;
+#else
+  constexpr int32_t kOffset = 0;
+#endif
+  for (int rb = 0; rb < RB; ++rb)
+    for (int mb = 0; mb < MB; ++mb)
+      p.y[(m + mb) * p.ldy + n + rb] = epilogue_int8(
+          p, m + mb, n + rb, hsum_epi32(acc[rb][mb]) - kOffset * p.x_sum[m + mb]);
+}
+
+TERNARY_X86_I8_BLOCK(Q8Int8, q8_int8_block);
+void q8_int8_impl(const Problem& p, int64_t n0, int64_t n1) { tile_units<Q8Int8, 4, 2, 2>(p, n0, n1); }
+
 // ---------------------------------------------------------------------------------------------
 // act="none", i2: 8 bytes -> 8 dwords; vpermps on the low 3 bits reads the float weight
 // ((i & 3) - 1) of the plane shifted down to bits 0-1; FMA in fp32.
@@ -355,7 +403,7 @@ void i8_none_impl(const Problem& p, int64_t n0, int64_t n1) { tile_units<I8None,
 namespace detail {
 const KernelSet& TERNARY_X86_SET_FN() {
   static const KernelSet set{TERNARY_X86_SET_NAME, quantize_impl, i8_int8_impl, i8_none_impl,
-                             i2_int8_impl, i2_none_impl};
+                             i2_int8_impl, i2_none_impl, q8_int8_impl};
   return set;
 }
 }  // namespace detail

@@ -30,6 +30,7 @@ void i8_int8(const Problem& p, int64_t n0, int64_t n1);
 void i8_none(const Problem& p, int64_t n0, int64_t n1);
 void i2_int8(const Problem& p, int64_t j0, int64_t j1);
 void i2_none(const Problem& p, int64_t j0, int64_t j1);
+void q8_int8(const Problem& p, int64_t n0, int64_t n1);
 }  // namespace avx512
 
 }  // namespace ternary::cpu::x86

@@ -324,7 +324,7 @@ void i8_int8_amx(const Problem& p, int64_t n0, int64_t n1) {
 namespace detail {
 const KernelSet& avx512_amx_set() {
   static const KernelSet set{"avx512_amx", avx512::quantize, i8_int8_amx, avx512::i8_none,
-                             i2_int8_amx, avx512::i2_none};
+                             i2_int8_amx, avx512::i2_none, avx512::q8_int8};
   return set;
 }
 }  // namespace detail

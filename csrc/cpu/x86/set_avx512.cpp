@@ -1,9 +1,9 @@
 // cpu/x86/set_avx512.cpp: AVX-512 (F/BW/VL/DQ) + VNNI kernels. Built with the "_avx512" flags
 // (tools/kernel_build.py); runs only after the avx512_vnni probe accepted the CPU.
 //
-// act="int8": vpdpbusd multiplies unsigned codes (w + 1, in 0..2) by signed int8 activations
-// into int32 lanes, exact for any int8 input (no int16 intermediate); the activation sum is
-// subtracted once per output. For i2 the four code planes of a byte are isolated with masks
+// act="int8": vpdpbusd multiplies unsigned codes (w + 1, in 0..2; q8: w + 128) by signed int8
+// activations into int32 lanes, exact for any int8 input (no int16 intermediate); the offset
+// times the activation sum is subtracted once per output. For i2 the four code planes of a byte are isolated with masks
 // (plane r comes out as 4^s * code, undone exactly after the horizontal sum).
 // act="none": 16 bytes are widened to dwords once; vpermps looks the float weight up from a
 // 16-entry table by the code bits (two planes per table, no per-weight decode), then FMA.
@@ -156,11 +156,21 @@ TERNARY_X86_I2_BLOCK(I2Int8, i2_int8_block);
 void i2_int8_impl(const Problem& p, int64_t j0, int64_t j1) { tile_units<I2Int8, 4, 1, 4>(p, j0, j1); }
 
 // ---------------------------------------------------------------------------------------------
-// act="int8", i8: code = w + 1 (vpaddb), vpdpbusd, minus the activation sum.
-template <int RB, int MB>
-void i8_int8_block(const Problem& p, const int8_t* W, int64_t n, int64_t m) {
+// act="int8", i8: code = w + 1 (vpaddb), vpdpbusd, minus the activation sum. q8 (Q8): code =
+// w + 128 (vpxorb 0x80, an unsigned 1..255), minus 128 times the activation sum.
+template <bool Q8>
+struct I8Code {
+  static constexpr int32_t kOffset = Q8 ? kQ8Offset : 1;
+  TERNARY_INLINE static __m512i code(__m512i w) {
+    return Q8 ? _mm512_xor_si512(w, _mm512_set1_epi8(static_cast<char>(0x80)))
+              : _mm512_add_epi8(w, _mm512_set1_epi8(1));
+  }
+};
+
+template <bool Q8, int RB, int MB>
+void int8_rows_block(const Problem& p, const int8_t* W, int64_t n, int64_t m) {
+  using Code = I8Code<Q8>;
   const int64_t K = p.K;
-  const __m512i one = _mm512_set1_epi8(1);
   __m512i acc[RB][MB];
   for (int rb = 0; rb < RB; ++rb)
     for (int mb = 0; mb < MB; ++mb) acc[rb][mb] = _mm512_setzero_si512();
@@ -170,10 +180,10 @@ void i8_int8_block(const Problem& p, const int8_t* W, int64_t n, int64_t m) {
     for (int rb = 0; rb < RB; ++rb) {
       const int8_t* src = W + (n + rb) * K + k;
       if (MB == 1) TERNARY_PREFETCH(src);
-      // Masked-off bytes load as w = 0 (code 1) against zero activations: no contribution.
+      // Masked-off bytes load as w = 0 against zero activations: no contribution.
       const __m512i w = tail ? _mm512_maskz_loadu_epi8(tail_mask64(K - k), src)
                              : _mm512_loadu_si512(src);
-      const __m512i c = _mm512_add_epi8(w, one);
+      const __m512i c = Code::code(w);
       for (int mb = 0; mb < MB; ++mb) acc[rb][mb] = dpbusd_asm(acc[rb][mb], c, qv[mb]);
     }
   };
@@ -187,11 +197,22 @@ void i8_int8_block(const Problem& p, const int8_t* W, int64_t n, int64_t m) {
   hsum_epi32_n(&tmp[0][0], RB * MB, &sums[0][0]);
   for (int rb = 0; rb < RB; ++rb)
     for (int mb = 0; mb < MB; ++mb)
-      p.y[(m + mb) * p.ldy + n + rb] = epilogue_int8(p, m + mb, n + rb, sums[rb][mb] - p.x_sum[m + mb]);
+      p.y[(m + mb) * p.ldy + n + rb] = epilogue_int8(
+          p, m + mb, n + rb, sums[rb][mb] - Code::kOffset * p.x_sum[m + mb]);
+}
+template <int RB, int MB>
+void i8_int8_block(const Problem& p, const int8_t* W, int64_t n, int64_t m) {
+  int8_rows_block<false, RB, MB>(p, W, n, m);
+}
+template <int RB, int MB>
+void q8_int8_block(const Problem& p, const int8_t* W, int64_t n, int64_t m) {
+  int8_rows_block<true, RB, MB>(p, W, n, m);
 }
 
 TERNARY_X86_I8_BLOCK(I8Int8, i8_int8_block);
 void i8_int8_impl(const Problem& p, int64_t n0, int64_t n1) { tile_units<I8Int8, 8, 4, 4>(p, n0, n1); }
+TERNARY_X86_I8_BLOCK(Q8Int8, q8_int8_block);
+void q8_int8_impl(const Problem& p, int64_t n0, int64_t n1) { tile_units<Q8Int8, 8, 4, 4>(p, n0, n1); }
 
 // ---------------------------------------------------------------------------------------------
 // act="none", i2: 16 bytes -> 16 dwords; vpermps reads the float weight of planes 0/1 (table
@@ -296,12 +317,13 @@ void i8_int8(const Problem& p, int64_t n0, int64_t n1) { i8_int8_impl(p, n0, n1)
 void i8_none(const Problem& p, int64_t n0, int64_t n1) { i8_none_impl(p, n0, n1); }
 void i2_int8(const Problem& p, int64_t j0, int64_t j1) { i2_int8_impl(p, j0, j1); }
 void i2_none(const Problem& p, int64_t j0, int64_t j1) { i2_none_impl(p, j0, j1); }
+void q8_int8(const Problem& p, int64_t n0, int64_t n1) { q8_int8_impl(p, n0, n1); }
 }  // namespace avx512
 
 namespace detail {
 const KernelSet& avx512_vnni_set() {
   static const KernelSet set{"avx512_vnni", quantize_impl, i8_int8_impl, i8_none_impl,
-                             i2_int8_impl, i2_none_impl};
+                             i2_int8_impl, i2_none_impl, q8_int8_impl};
   return set;
 }
 }  // namespace detail

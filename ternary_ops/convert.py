@@ -10,7 +10,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Union
 import torch
 from torch import nn
 
-from .nn import TernaryLinear, _human_bytes
+from .nn import Int8Embedding, Int8Linear, TernaryLinear, _human_bytes
 
 # Output layers left dense by default: quantizing the vocabulary projection costs the most
 # accuracy for the least memory (and it is often tied to the embedding).
@@ -25,7 +25,8 @@ class ConvertSummary:
     """What :func:`convert` did. ``bytes_before``/``bytes_after`` cover the replaced weights.
     ``notes`` says why a layer in ``skipped`` was left dense when it was not by ``exclude`` or
     ``filter``, and which replaced layers were untied from a weight they shared.
-    ``already_ternary`` counts the layers that were ``TernaryLinear`` before the call (left as
+    ``int8`` names the head and embedding kept at 8 bits (``head=`` / ``embedding="int8"``;
+    an int8 head is also in ``replaced``). ``already_ternary`` counts the layers that were ``TernaryLinear`` before the call (left as
     they are). ``attention`` names the attention function a ``transformers`` model was switched
     to (see :mod:`ternary_ops.hf.attention`), or is ``None``."""
     replaced: List[str] = field(default_factory=list)
@@ -35,6 +36,7 @@ class ConvertSummary:
     notes: Dict[str, str] = field(default_factory=dict)
     already_ternary: int = 0
     attention: Optional[str] = None
+    int8: List[str] = field(default_factory=list)
 
     @property
     def layers_replaced(self) -> int:
@@ -60,6 +62,8 @@ class ConvertSummary:
                     f"dense): {_human_bytes(self.bytes_before)} -> "
                     f"{_human_bytes(self.bytes_after)} ({self.compression:.1f}x smaller)"
                     + (f"; {already}" if already else ""))
+        if self.int8:
+            text += f"; int8: {', '.join(self.int8)}"
         if self.attention:
             text += f"; attention: {self.attention} (one-token queries on CUDA skip cuDNN)"
         return text + "".join(f"\n  {name}: {why}" for name, why in self.notes.items())
@@ -138,11 +142,60 @@ def _turn_off_fast_paths(model: nn.Module, targets, summary: ConvertSummary) -> 
                 "nested-tensor fast path turned off (its layers now call ternary layers)")
 
 
+def _head_names(model: nn.Module) -> List[str]:
+    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if out is not None:
+        return [n for n, m in model.named_modules() if m is out]
+    return [n for n, m in model.named_modules()
+            if isinstance(m, nn.Linear) and _excluded(n, DEFAULT_EXCLUDE)]
+
+
+def _quantize_head(model: nn.Module, act: str, owners, summary: ConvertSummary) -> None:
+    names = [n for n in _head_names(model) if isinstance(model.get_submodule(n), nn.Linear)]
+    if not names:
+        raise ValueError("convert: head='int8' but the model has no nn.Linear output head "
+                         "(get_output_embeddings() or a layer named like "
+                         f"{DEFAULT_EXCLUDE[:2]})")
+    for name in names:
+        module = model.get_submodule(name)
+        if module.weight.device.type == "meta":
+            raise ValueError(f"convert: head '{name}' has its weight on the meta device")
+        shared = [o for o in owners.get(id(module.weight), []) if o != name]
+        with torch.no_grad():
+            layer = Int8Linear.from_linear(module, act=act)
+        layer.layer_name = name
+        summary.bytes_before += module.weight.numel() * module.weight.element_size()
+        summary.bytes_after += layer.weight_bytes()
+        if shared:
+            summary.notes[name] = f"untied from '{shared[0]}', which keeps its own weight"
+            untie_config(getattr(model, "config", None))
+        if name in summary.skipped:
+            summary.skipped.remove(name)
+        model.set_submodule(name, layer)
+        summary.replaced.append(name)
+        summary.int8.append(name)
+
+
+def _quantize_embedding(model: nn.Module, summary: ConvertSummary) -> None:
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if not isinstance(emb, nn.Embedding):
+        raise ValueError("convert: embedding='int8' needs a model whose get_input_embeddings() "
+                         f"is an nn.Embedding, got {type(emb).__name__}")
+    name = next(n for n, m in model.named_modules() if m is emb)
+    with torch.no_grad():
+        new = Int8Embedding.from_embedding(emb)
+    summary.bytes_before += emb.weight.numel() * emb.weight.element_size()
+    summary.bytes_after += new.weight_bytes()
+    model.set_submodule(name, new)
+    summary.int8.append(name)
+
+
 def convert(model: nn.Module, format: str = "i2", act: str = "int8",
             granularity: str = "tensor",
             exclude: Optional[Union[Iterable[str], str]] = None,
             filter: Optional[Filter] = None,
-            progress: Optional[bool] = None) -> Union[ConvertSummary, TernaryLinear]:
+            progress: Optional[bool] = None,
+            head: str = "dense", embedding: str = "dense") -> Union[ConvertSummary, TernaryLinear]:
     """Replaces ``nn.Linear`` (and HF ``Conv1D``) modules of ``model`` with :class:`TernaryLinear`, in place.
 
     Args:
@@ -152,6 +205,12 @@ def convert(model: nn.Module, format: str = "i2", act: str = "int8",
         filter: ``filter(name, module) -> bool``; only layers it accepts are converted (applied
             after ``exclude``).
         progress: show a progress bar (default: when there are more than 32 layers).
+        head: ``"int8"`` replaces the output head (``model.get_output_embeddings()``, else the
+            excluded ``lm_head``-like linear layers) with an :class:`Int8Linear` (int8 weights,
+            one scale per row, this ``act``): half of bf16's bytes, for decode speed and memory.
+            ``"dense"`` (default) leaves it as it is.
+        embedding: ``"int8"`` replaces the input embedding (``model.get_input_embeddings()``)
+            with an :class:`Int8Embedding`; ``"dense"`` (default) leaves it.
 
     Layers are converted one at a time and each dense weight is released as soon as its
     replacement is in place, so peak memory stays near the model's own size. Returns a
@@ -187,6 +246,9 @@ def convert(model: nn.Module, format: str = "i2", act: str = "int8",
         with torch.no_grad():
             return TernaryLinear.from_dense(dense[0], dense[1], format=format, act=act,
                                             granularity=granularity)
+    for arg, value in (("head", head), ("embedding", embedding)):
+        if value not in ("dense", "int8"):
+            raise ValueError(f"convert: {arg} must be 'dense' or 'int8', got {value!r}")
     if isinstance(exclude, str):
         exclude = (exclude,)
     patterns = tuple(DEFAULT_EXCLUDE if exclude is None else exclude)
@@ -246,6 +308,10 @@ def convert(model: nn.Module, format: str = "i2", act: str = "int8",
         setattr(parent, child, layer)
         del weight, bias  # the dense weight goes as soon as nothing else holds it
         summary.replaced.append(name)
+    if head == "int8":
+        _quantize_head(model, act, owners, summary)
+    if embedding == "int8":
+        _quantize_embedding(model, summary)
     if summary.replaced and hasattr(model, "set_attn_implementation"):  # a transformers model
         from .hf.attention import ATTENTION_NAME, use_decode_attention
         if use_decode_attention(model):

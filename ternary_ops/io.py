@@ -19,18 +19,58 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from .formats import FORMATS, INT64_MAX, packed_rows, validate_weight
-from .nn import TernaryLinear
+from .formats import FORMATS, INT64_MAX, packed_rows, validate_q8, validate_weight
+from .nn import Int8Embedding, Int8Linear, TernaryLinear
 from .reference import ACT_MODES
 
 METADATA_KEY = "ternary_ops"
 FORMAT_VERSION = 1
 
 
+# Layers kept at 8 bits, recorded next to the ternary ones: "q8" an Int8Linear, "q8_embedding" an
+# Int8Embedding (in_features = embedding_dim, out_features = num_embeddings).
+Q8_FORMATS = ("q8", "q8_embedding")
+PACKED_MODULES = (TernaryLinear, Int8Linear, Int8Embedding)
+
+
 def _layer_info(model: nn.Module) -> Dict[str, dict]:
-    return {name: {"format": m.format, "act": m.act, "in_features": m.in_features,
-                   "out_features": m.out_features, "bias": m.bias is not None}
-            for name, m in model.named_modules() if isinstance(m, TernaryLinear)}
+    info = {}
+    for name, m in model.named_modules():
+        if isinstance(m, (TernaryLinear, Int8Linear)):
+            info[name] = {"format": getattr(m, "format", "q8"), "act": m.act,
+                          "in_features": m.in_features, "out_features": m.out_features,
+                          "bias": m.bias is not None}
+        elif isinstance(m, Int8Embedding):
+            info[name] = {"format": "q8_embedding", "act": "none", "in_features": m.embedding_dim,
+                          "out_features": m.num_embeddings, "bias": False,
+                          "dtype": str(m.dtype).replace("torch.", ""),
+                          "padding_idx": m.padding_idx}
+    return info
+
+
+def build_layer(spec: dict, device=None, dtype: Optional[torch.dtype] = None) -> nn.Module:
+    """The (zero-filled) module a checked layer spec of the metadata describes."""
+    n, k, fmt = spec["out_features"], spec["in_features"], spec["format"]
+    if fmt == "q8":
+        return Int8Linear(k, n, bias=spec.get("bias", False), act=spec["act"], device=device,
+                          dtype=dtype)
+    if fmt == "q8_embedding":
+        if dtype is None:
+            dtype = getattr(torch, str(spec.get("dtype", "float32")), None)
+            if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+                raise ValueError(f"embedding spec has a bad dtype {spec.get('dtype')!r}")
+        return Int8Embedding(n, k, spec.get("padding_idx"), device=device, dtype=dtype)
+    return TernaryLinear(k, n, bias=spec.get("bias", False), format=fmt, act=spec["act"],
+                         device=device, dtype=dtype)
+
+
+def _spec_matches(module: nn.Module, spec: dict) -> bool:
+    fmt = spec["format"]
+    if fmt == "q8":
+        return isinstance(module, Int8Linear)
+    if fmt == "q8_embedding":
+        return isinstance(module, Int8Embedding)
+    return isinstance(module, TernaryLinear)
 
 
 def _is_path(p) -> bool:
@@ -219,8 +259,9 @@ def _read(path) -> Tuple[Dict[str, torch.Tensor], dict]:
 def _check_layer(path, prefix: str, spec: dict, tensors: Dict[str, torch.Tensor]) -> None:
     where = f"{path}: layer '{prefix}'"
     fmt, act = spec.get("format"), spec.get("act")
-    if fmt not in FORMATS:
-        raise ValueError(f"{where}: unknown format {fmt!r}; expected one of {FORMATS}")
+    if fmt not in FORMATS + Q8_FORMATS:
+        raise ValueError(f"{where}: unknown format {fmt!r}; expected one of "
+                         f"{FORMATS + Q8_FORMATS}")
     if act not in ACT_MODES:
         raise ValueError(f"{where}: unknown act {act!r}; expected one of {ACT_MODES}")
     n, k = spec.get("out_features"), spec.get("in_features")
@@ -237,14 +278,23 @@ def _check_layer(path, prefix: str, spec: dict, tensors: Dict[str, torch.Tensor]
     if w.dtype != wdtype or tuple(w.shape) != expect:
         raise ValueError(f"{where}: weight must be {wdtype} {list(expect)} for format {fmt}, "
                          f"in_features={k}, out_features={n}; got {w.dtype} {list(w.shape)}")
-    if not s.is_floating_point() or not (s.numel() == 1 or tuple(s.shape) == (n,)):
+    if fmt in Q8_FORMATS:
+        if not s.is_floating_point() or tuple(s.shape) != (n,):
+            raise ValueError(f"{where}: weight_scale must be a float [{n}], got {s.dtype} "
+                             f"{list(s.shape)}")
+    elif not s.is_floating_point() or not (s.numel() == 1 or tuple(s.shape) == (n,)):
         raise ValueError(f"{where}: weight_scale must be a float scalar or [{n}], got "
                          f"{s.dtype} {list(s.shape)}")
     if spec.get("bias") and tuple(tensors[dot + "bias"].shape) != (n,):
         raise ValueError(f"{where}: bias must have shape [{n}], got "
                          f"{list(tensors[dot + 'bias'].shape)}")
     try:
-        validate_weight(w, fmt, n)
+        if fmt in Q8_FORMATS:
+            validate_q8(w)
+            if fmt == "q8_embedding":
+                build_layer(spec, device="meta")  # checks the recorded dtype
+        else:
+            validate_weight(w, fmt, n)
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
 
@@ -293,17 +343,28 @@ def load(path: Union[str, os.PathLike], model: Optional[nn.Module] = None, stric
             if strict:
                 raise ValueError(f"{path}: layer '{prefix}' does not exist in the model") from None
             continue
-        if isinstance(module, TernaryLinear):
+        if _spec_matches(module, spec):
             module.layer_name = prefix
             if (module.in_features, module.out_features) != (spec["in_features"],
                                                              spec["out_features"]):
                 raise ValueError(f"{path}: layer '{prefix}' is {spec['in_features']} -> "
                                  f"{spec['out_features']} in the file but {module.in_features} "
                                  f"-> {module.out_features} in the model")
-            if module.format != spec["format"] or module.act != spec["act"]:
+            if getattr(module, "format", spec["format"]) != spec["format"] or getattr(
+                    module, "act", spec["act"]) != spec["act"]:
                 raise ValueError(f"{path}: layer '{prefix}' is format={spec['format']}, "
                                  f"act={spec['act']} in the file but format={module.format}, "
                                  f"act={module.act} in the model")
+            continue
+        if spec["format"] == "q8_embedding":
+            if not isinstance(module, nn.Embedding) or tuple(module.weight.shape) != (
+                    spec["out_features"], spec["in_features"]):
+                raise ValueError(f"{path}: layer '{prefix}' is an int8 embedding "
+                                 f"[{spec['out_features']}, {spec['in_features']}] in the file "
+                                 f"but a {type(module).__name__} in the model")
+            new = build_layer(spec, device=module.weight.device, dtype=module.weight.dtype)
+            new.layer_name = prefix
+            model.set_submodule(prefix, new)
             continue
         dense = dense_weight(module)
         if dense is None:
@@ -314,9 +375,7 @@ def load(path: Union[str, os.PathLike], model: Optional[nn.Module] = None, stric
             raise ValueError(f"{path}: layer '{prefix}' is {spec['in_features']} -> "
                              f"{spec['out_features']} in the file but {in_features} -> "
                              f"{out_features} in the model")
-        new = TernaryLinear(spec["in_features"], spec["out_features"], bias=spec.get("bias", False),
-                            format=spec["format"], act=spec["act"], device=dense[0].device,
-                            dtype=dense[0].dtype)
+        new = build_layer(spec, device=dense[0].device, dtype=dense[0].dtype)
         new.layer_name = prefix
         if len(owners.get(id(module.weight), ())) > 1:  # a tied head gets its own weight,
             untie_config(getattr(model, "config", None))  # as convert does

@@ -274,12 +274,16 @@ class Int8Linear(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
-        _check_q8_entries(self, state_dict, prefix, error_msgs)
+        if not _check_q8_entries(self, state_dict, prefix, error_msgs):
+            return  # nothing is copied from a bad entry
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
 
 
-def _check_q8_entries(module, state_dict, prefix, error_msgs) -> None:
+def _check_q8_entries(module, state_dict, prefix, error_msgs) -> bool:
+    """Validates the q8 weight and scale entries of ``state_dict``; False (with messages in
+    ``error_msgs``) when one is bad."""
+    count = len(error_msgs)
     wkey, skey = prefix + "weight", prefix + "weight_scale"
     if wkey in state_dict:
         w = state_dict[wkey]
@@ -296,6 +300,7 @@ def _check_q8_entries(module, state_dict, prefix, error_msgs) -> None:
         if s.shape != module.weight_scale.shape or not s.is_floating_point():
             error_msgs.append(f"{skey}: expected a float tensor of shape "
                               f"{list(module.weight_scale.shape)}, got {s.dtype} {list(s.shape)}")
+    return len(error_msgs) == count
 
 
 class Int8Embedding(nn.Module):
@@ -346,6 +351,7 @@ class Int8Embedding(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
-        _check_q8_entries(self, state_dict, prefix, error_msgs)
+        if not _check_q8_entries(self, state_dict, prefix, error_msgs):
+            return  # nothing is copied from a bad entry
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)

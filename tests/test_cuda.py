@@ -284,3 +284,25 @@ def test_decode_attention_skips_cudnn_for_one_token_queries(monkeypatch):
     enabled = torch.backends.cuda.cudnn_sdp_enabled()
     assert seen == [(1, False), (5, enabled)]
     assert torch.backends.cuda.cudnn_sdp_enabled() == enabled  # restored after the call
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_q8_matches_reference(dtype):
+    # linear_q8 takes the i8 int8 paths (fused GEMV, GEMV, tensor cores), which accept any int8
+    # weight; act="none" the dense path.
+    from ternary_ops import reference
+    from ternary_ops.formats import Q8_ACT_MAX_K
+    for i, (m, n, k) in enumerate([(1, 67, 131), (2, 1000, 2560), (5, 33, 200), (16, 300, 1040),
+                                   (100, 70, 77), (1, 1, 1), (3, 5, Q8_ACT_MAX_K)]):
+        gen = torch.Generator().manual_seed(i)
+        w = torch.randint(-127, 128, (n, k), generator=gen).to(torch.int8)
+        w[0], w[-1] = 127, -127
+        scale = torch.rand(n, generator=gen) + 0.1
+        x = (torch.randn(m, k, generator=gen) * 3).to(dtype)
+        x[0] = -x[0].abs().amax()
+        bias = torch.randn(n, generator=gen).to(dtype) if i % 2 else None
+        for act in ("int8", "none"):
+            want = reference.linear_q8(x, w, scale, bias, act)
+            got = tops.linear_q8(x.cuda(), w.cuda(), scale.cuda(),
+                                 None if bias is None else bias.cuda(), act)
+            check(got, want, act, dtype, f"q8 {act} {(m, n, k)}")

@@ -279,6 +279,21 @@ def test_seeds_and_thread_orders(emu):
         check(y, x, t, scale, bias, act)
 
 
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=lambda d: SUFFIX[d])
+@pytest.mark.parametrize("act", ACTS)
+def test_q8_weights_on_i8_kernels(emu, act, dtype):
+    """linear_q8 (int8 weights in [-127, 127]) runs the i8 kernels on MPS: exact for any int8."""
+    gen = torch.Generator().manual_seed(hash((act, str(dtype), "q8")) % 2**31)
+    for i, (M, N, K) in enumerate([(1, 17, 63), (1, 65, 1041), (3, 33, 257), (5, 7, 1040)]):
+        x, _, scale, bias = make_case(gen, M, N, K, dtype, per_channel=True,
+                                      bias_dtype=[None, dtype][i % 2])
+        t = torch.randint(-127, 128, (N, K), generator=gen, dtype=torch.int8)
+        t[0], t[-1] = 127, -127
+        y, used = run(emu, "i8", act, x, t, scale, bias, seed=i)
+        assert used == f"ternary_{'mv' if M == 1 else 'mm'}_i8_{act}_{SUFFIX[dtype]}"
+        check(y, x, t, scale, bias, act)
+
+
 def test_agrees_with_package_reference(emu):
     """Same semantics as ternary_ops.reference, when the package provides it."""
     tops = pytest.importorskip("ternary_ops")

@@ -180,6 +180,10 @@ def build_model(args, variant: str):
                 data = torch.randn(p.shape, generator=gen, dtype=torch.bfloat16, device=device)
                 data.mul_(0.02)
             setattr(module, pname, nn.Parameter(data, requires_grad=False))
+    if variant == "ternary" and args.head == "int8":
+        model.lm_head = tops.Int8Linear.from_linear(model.lm_head)
+    if variant == "ternary" and args.embedding == "int8":
+        model.set_input_embeddings(tops.Int8Embedding.from_embedding(model.get_input_embeddings()))
     if args.attention == "decode-safe":
         from ternary_ops.hf import use_decode_attention
         use_decode_attention(model)
@@ -215,7 +219,7 @@ def run_child(args, mode: str, variant: str) -> dict:
     reset_peak_memory(device)
     config = model.config
     head = model.get_output_embeddings()
-    head_bytes = head.weight.numel() * head.weight.element_size()
+    head_bytes = head.weight.numel() * head.weight.element_size()  # int8 or bf16
     gen = torch.Generator().manual_seed(args.seed + 1)
     prompt = torch.randint(3, args.vocab, (1, args.prompt), generator=gen).to(device)
     steps = args.warmup + args.tokens
@@ -331,7 +335,8 @@ def markdown(args, summaries: list, argv) -> str:
                                          else ""),
         f"* Model: `{args.shape}` shape ({arch}), {args.layers or layers} layers, hidden {hidden}, "
         f"intermediate {inter}, {heads} heads / {kv} KV heads, vocabulary {args.vocab}; "
-        f"bf16 embedding, norms and head; attention: {args.attention}. Prompt {args.prompt} "
+        f"ternary variant's head {args.head}, embedding {args.embedding} (bf16 in the dense "
+        f"variant), bf16 norms; attention: {args.attention}. Prompt {args.prompt} "
         f"tokens, then {args.tokens} timed greedy steps after {args.warmup} warm-up steps; {args.rounds} alternating rounds.",
         "",
         f"| mode | variant | decode tokens/s (range) | ms/token | prefill (s) | {memory} "
@@ -380,6 +385,10 @@ def parse_args(argv):
                    help="untimed decode steps first (compiled: compilation and graph capture)")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds (>= 1)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads")
+    p.add_argument("--head", default="bf16", choices=("bf16", "int8"),
+                   help="the ternary variant's output head: bf16 or int8 (convert(head='int8'))")
+    p.add_argument("--embedding", default="bf16", choices=("bf16", "int8"),
+                   help="the ternary variant's input embedding: bf16 or int8")
     p.add_argument("--attention", default="decode-safe", choices=("decode-safe", "stock"),
                    help="attention of both variants: the one convert() gives a transformers "
                         "model (ternary_ops.hf.attention, default) or transformers' stock SDPA")

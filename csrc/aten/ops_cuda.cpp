@@ -46,6 +46,7 @@ at::Tensor linear_cuda(WeightFormat f, const at::Tensor& x, const at::Tensor& we
   p.N = s.N;
   p.K = s.K;
   p.i2 = f == WeightFormat::I2;
+  p.q8 = f == WeightFormat::Q8;
   p.weight = c.weight.data_ptr();
   p.scale = sc.data_ptr<float>();
   p.scale_stride = sc.numel() == 1 ? 0 : 1;
@@ -74,6 +75,7 @@ at::Tensor linear_cuda(WeightFormat f, const at::Tensor& x, const at::Tensor& we
 TORCH_LIBRARY_IMPL(ternary, CUDA, m) {
   m.impl("linear_i8", &linear_i8_entry<linear_cuda>);
   m.impl("linear_i2", &linear_i2_entry<linear_cuda>);
+  m.impl("linear_q8", &linear_q8_entry<linear_cuda>);
 }
 
 }  // namespace ternary

@@ -154,6 +154,7 @@ at::Tensor linear_mps(WeightFormat f, const at::Tensor& x, const at::Tensor& wei
   const at::Tensor sc = as_kernel_vector(scale);
   const at::Tensor b = bias.has_value() ? as_kernel_vector(*bias) : sc;  // bound, unread
 
+  // q8 runs the i8 kernels: they take any int8 weight (int32 dots, float decode).
   const bool i2 = f == WeightFormat::I2, act_int8 = s.act == ActMode::Int8;
   const uint32_t dtype = dtype_code(x.scalar_type());
   id<MTLBuffer> wbuf = buffer_of(w);
@@ -208,6 +209,7 @@ at::Tensor linear_mps(WeightFormat f, const at::Tensor& x, const at::Tensor& wei
 TORCH_LIBRARY_IMPL(ternary, MPS, m) {
   m.impl("linear_i8", &linear_i8_entry<linear_mps>);
   m.impl("linear_i2", &linear_i2_entry<linear_mps>);
+  m.impl("linear_q8", &linear_q8_entry<linear_mps>);
 }
 
 }  // namespace ternary

@@ -25,6 +25,8 @@ enum class Act { Int8, None };
 struct Linear {
   int64_t M = 0, N = 0, K = 0;
   bool i2 = false;                 // weight format: i2 (uint8 [ceil(N/4), K]) or i8 (int8 [N, K])
+  bool q8 = false;                 // int8 [N, K] weights in [-127, 127], not only ternary: the
+                                   // int8 paths as i8; act="none" takes the dense path
   const void* weight = nullptr;    // row-major
   const float* scale = nullptr;    // s[n] = scale[n * scale_stride]
   int64_t scale_stride = 0;        // 0 (per tensor) or 1 (per output row)

@@ -19,9 +19,9 @@ Plan plan_linear(const Linear& p, Act act) {
       // q [M, act_padded_k(K)], then inv [M] float32 and qsum [M] int32.
       plan.scratch_bytes = p.M * act_padded_k(p.K) + 8 * p.M;
     }
-  } else if (p.M <= kGemvMaxM) {
+  } else if (p.M <= kGemvMaxM && !p.q8) {  // the float paths decode ternary weights only
     plan.path = Path::kNoneGemv;
-  } else if (linear_none_mma_ok(p)) {
+  } else if (!p.q8 && linear_none_mma_ok(p)) {
     plan.path = Path::kNoneMma;
   } else {
     plan.path = Path::kNoneDense;

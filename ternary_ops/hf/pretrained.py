@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from ..convert import dense_weight, untie_config
-from ..io import METADATA_KEY, load as _load_tensors, read_metadata, save as _save
-from ..nn import TernaryLinear
+from ..io import METADATA_KEY, build_layer, load as _load_tensors, read_metadata, save as _save
+from ..nn import Int8Linear, TernaryLinear
 from ._loading import (CHECKPOINT_NAME, check_folder, finish_load, model_skeleton,
                        require_transformers)
 from .layers import BitNetLinear
@@ -39,7 +39,7 @@ def save_pretrained(model: nn.Module, save_directory: Union[str, os.PathLike]) -
                          "ternary_ops.save for plain modules")
     config = copy.deepcopy(config)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if isinstance(head, TernaryLinear):
+    if isinstance(head, (TernaryLinear, Int8Linear)):
         untie_config(config)  # loading must not tie the ternary head to the embedding
     if hasattr(config, "quantization_config"):
         delattr(config, "quantization_config")
@@ -102,13 +102,13 @@ def load_pretrained(save_directory: Union[str, os.PathLike],
             raise ValueError(f"{file}: layer '{prefix}' is {shape[0]} -> {shape[1]} in the file "
                              f"but {dense[0].shape[1]} -> {dense[0].shape[0]} in the model built "
                              f"from {path}/config.json")
-        kwargs = dict(bias=spec.get("bias", False), format=spec["format"], act=spec["act"],
-                      device="meta")
         if prefix in norms:
             layer = BitNetLinear(spec["in_features"], spec["out_features"], use_rms_norm=True,
-                                 rms_norm_eps=norms[prefix]["rms_norm_eps"], **kwargs)
+                                 rms_norm_eps=norms[prefix]["rms_norm_eps"],
+                                 bias=spec.get("bias", False), format=spec["format"],
+                                 act=spec["act"], device="meta")
         else:
-            layer = TernaryLinear(spec["in_features"], spec["out_features"], **kwargs)
+            layer = build_layer(spec, device="meta", dtype=dtype)
         layer.layer_name = prefix
         model.set_submodule(prefix, layer)
         keep.add(f"{prefix}.weight_scale" if prefix else "weight_scale")

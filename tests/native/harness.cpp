@@ -48,6 +48,7 @@ bool same_or_both_nan(float a, float b) { return a == b || (std::isnan(a) && std
 
 struct Data {
   std::vector<int8_t> w8;    // [N, K]
+  std::vector<int8_t> wq;    // [N, K] q8 weights in [-127, 127] (mode 1: +-127)
   std::vector<uint8_t> w2;   // [R, K]
   std::vector<float> x, scale, bias;
 };
@@ -58,6 +59,9 @@ Data make_data(const Case& c, std::mt19937& rng) {
   d.w8.resize(c.N * c.K);
   std::uniform_int_distribution<int> tri(-1, 1), pm(0, 1);
   for (auto& v : d.w8) v = static_cast<int8_t>(c.mode == 1 ? (pm(rng) ? 1 : -1) : tri(rng));
+  std::uniform_int_distribution<int> any8(-127, 127);
+  d.wq.resize(c.N * c.K);
+  for (auto& v : d.wq) v = static_cast<int8_t>(c.mode == 1 ? (pm(rng) ? 127 : -127) : any8(rng));
   d.w2.assign(R * c.K, kI2ZeroByte);
   for (int64_t n = 0; n < c.N; ++n)
     for (int64_t k = 0; k < c.K; ++k) {
@@ -90,13 +94,13 @@ Data make_data(const Case& c, std::mt19937& rng) {
 }
 
 // Scalar definition of the integer dots, independent of every kernel set.
-std::vector<int64_t> scalar_dots(const Case& c, const Data& d, const std::vector<int8_t>& q,
-                                 int64_t ldq) {
+std::vector<int64_t> scalar_dots(const Case& c, const std::vector<int8_t>& w,
+                                 const std::vector<int8_t>& q, int64_t ldq) {
   std::vector<int64_t> dots(c.M * c.N);
   for (int64_t m = 0; m < c.M; ++m)
     for (int64_t n = 0; n < c.N; ++n) {
       int64_t acc = 0;
-      for (int64_t k = 0; k < c.K; ++k) acc += int64_t(d.w8[n * c.K + k]) * q[m * ldq + k];
+      for (int64_t k = 0; k < c.K; ++k) acc += int64_t(w[n * c.K + k]) * q[m * ldq + k];
       dots[m * c.N + n] = acc;
     }
   return dots;
@@ -109,12 +113,17 @@ struct Run {
 };
 
 // Runs one kernel set on one case, splitting units into uneven chunks like threads would.
-Run run_set(const KernelSet& ks, const Case& c, const Data& d, bool i2, bool int8_act) {
+enum Fmt { kFmtI8 = 0, kFmtI2 = 1, kFmtQ8 = 2 };
+const char* const kFmtNames[] = {"i8", "i2", "q8"};
+
+Run run_set(const KernelSet& ks, const Case& c, const Data& d, int fmt, bool int8_act) {
+  const bool i2 = fmt == kFmtI2;
   Run r;
   const int64_t ldq = act_padded_k(c.K);
   Problem p;
   p.M = c.M; p.N = c.N; p.K = c.K;
-  p.weight = i2 ? static_cast<const void*>(d.w2.data()) : static_cast<const void*>(d.w8.data());
+  p.weight = i2 ? static_cast<const void*>(d.w2.data())
+                : static_cast<const void*>(fmt == kFmtQ8 ? d.wq.data() : d.w8.data());
   p.scale = d.scale.data();
   p.scale_stride = c.per_row_scale ? 1 : 0;
   p.bias = c.with_bias ? d.bias.data() : nullptr;
@@ -131,7 +140,8 @@ Run run_set(const KernelSet& ks, const Case& c, const Data& d, bool i2, bool int
     p.xf = d.x.data();
     p.ldx = c.K;
   }
-  LinearFn fn = i2 ? (int8_act ? ks.i2_int8 : ks.i2_none) : (int8_act ? ks.i8_int8 : ks.i8_none);
+  LinearFn fn = i2 ? (int8_act ? ks.i2_int8 : ks.i2_none)
+                  : (int8_act ? (fmt == kFmtQ8 ? ks.q8_int8 : ks.i8_int8) : ks.i8_none);
   const int64_t units = i2 ? i2_packed_rows(c.N) : c.N;
   // Uneven splits (1, 3, 7, ... units) exercise every kernel's row tails.
   int64_t u = 0, step = 1;
@@ -148,15 +158,17 @@ void check_case(const KernelSet& ks, const Case& c, std::mt19937& rng) {
   const Data d = make_data(c, rng);
   const KernelSet& ref = portable_kernels();
   char tag[200];
-  for (int fmt = 0; fmt < 2; ++fmt)
+  for (int fmt = 0; fmt < 3; ++fmt)
     for (int act = 0; act < 2; ++act) {
-      const bool i2 = fmt == 1, int8_act = act == 0;
+      const bool int8_act = act == 0;
+      const std::vector<int8_t>& w = fmt == kFmtQ8 ? d.wq : d.w8;  // i2 packs w8
       if (c.mode == 3 && !int8_act) continue;
+      if (fmt == kFmtQ8 && int8_act && c.K > kQ8ActMaxK) continue;
       std::snprintf(tag, sizeof tag, "[%s %s act=%s M=%lld N=%lld K=%lld mode=%d]", ks.name,
-                    i2 ? "i2" : "i8", int8_act ? "int8" : "none", (long long)c.M,
+                    kFmtNames[fmt], int8_act ? "int8" : "none", (long long)c.M,
                     (long long)c.N, (long long)c.K, c.mode);
-      const Run got = run_set(ks, c, d, i2, int8_act);
-      const Run want = run_set(ref, c, d, i2, int8_act);
+      const Run got = run_set(ks, c, d, fmt, int8_act);
+      const Run want = run_set(ref, c, d, fmt, int8_act);
       if (int8_act) {
         CHECK(got.q == want.q, "%s quantized activations differ", tag);
         int inv_bad = 0;
@@ -167,7 +179,7 @@ void check_case(const KernelSet& ks, const Case& c, std::mt19937& rng) {
         CHECK(inv_bad == 0, "%s inv scales differ or miss a non-finite row", tag);
         CHECK(got.sum == want.sum, "%s activation sums differ", tag);
         // Exactness of the integer dot: recover it from the kernel's float output with scale 1.
-        const auto dots = scalar_dots(c, d, want.q, act_padded_k(c.K));
+        const auto dots = scalar_dots(c, w, want.q, act_padded_k(c.K));
         int bad = 0;
         for (int64_t m = 0; m < c.M; ++m)
           for (int64_t n = 0; n < c.N; ++n) {
@@ -187,8 +199,8 @@ void check_case(const KernelSet& ks, const Case& c, std::mt19937& rng) {
           for (int64_t n = 0; n < c.N; ++n) {
             double acc = 0.0, mag = 0.0;
             for (int64_t k = 0; k < c.K; ++k) {
-              acc += double(d.w8[n * c.K + k]) * d.x[m * c.K + k];
-              mag += std::fabs(double(d.x[m * c.K + k]));
+              acc += double(w[n * c.K + k]) * d.x[m * c.K + k];
+              mag += std::fabs(double(w[n * c.K + k]) * d.x[m * c.K + k]);
             }
             const double s = d.scale[c.per_row_scale ? n : 0];
             const double want = acc * s + (c.with_bias ? d.bias[n] : 0.0);

@@ -297,7 +297,7 @@ def test_q8_matches_reference(dtype):
         gen = torch.Generator().manual_seed(i)
         w = torch.randint(-127, 128, (n, k), generator=gen).to(torch.int8)
         w[0], w[-1] = 127, -127
-        scale = torch.rand(n, generator=gen) + 0.1
+        scale = (torch.rand(n, generator=gen) + 0.1) / (127 * k ** 0.5)  # float16 range
         x = (torch.randn(m, k, generator=gen) * 3).to(dtype)
         x[0] = -x[0].abs().amax()
         bias = torch.randn(n, generator=gen).to(dtype) if i % 2 else None
@@ -305,4 +305,7 @@ def test_q8_matches_reference(dtype):
             want = reference.linear_q8(x, w, scale, bias, act)
             got = tops.linear_q8(x.cuda(), w.cuda(), scale.cuda(),
                                  None if bias is None else bias.cuda(), act)
-            check(got, want, act, dtype, f"q8 {act} {(m, n, k)}")
+            # float32 act="none": cuBLAS and the CPU sum 65536 terms of up to 127 * |x| in
+            # different orders
+            helpers.check(got, want, act, f"q8 {act} {(m, n, k)}", finite=True, dtype=dtype,
+                          rel_tol={**CUDA_REL_TOL, torch.float32: 1e-4})

@@ -4,7 +4,8 @@
 # Usage (a CUDA toolkit and a CUDA build of torch; transformers and accelerate installed):
 #   benchmarks/e2e/run_cuda.sh [results-dir]          (default: build/e2e-cuda)
 #   E2E_RUNS=$'--shape llama-8b --mode compiled --vs-dense' SKIP_TESTS=1 benchmarks/e2e/run_cuda.sh
-# TEST_ARGS narrows the tests (e.g. "-k q8"); SKIP_TESTS=1 skips them.
+# TEST_K narrows the tests to a pytest -k expression (e.g. "q8 or attention"); SKIP_TESTS=1
+# skips them.
 # Writes build.log, test.log, e2e.md (every run's table) and e2e_json.tar.gz there.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -22,7 +23,7 @@ TERNARY_OPS_NO_SIMD=${TERNARY_OPS_NO_SIMD:-1} MAX_JOBS=${MAX_JOBS:-16} $PY setup
 
 if [ -z "${SKIP_TESTS:-}" ]; then
   echo "=== tests ($(($(date +%s) - t0))s)"
-  $PY -m pytest -q tests/test_cuda.py ${TEST_ARGS:-} 2>&1 | tee "$OUTDIR/test.log" | tail -5
+  $PY -m pytest -q tests/test_cuda.py ${TEST_K:+-k "$TEST_K"} 2>&1 | tee "$OUTDIR/test.log" | tail -5
 fi
 
 DEFAULT_RUNS="--shape bitnet-2b --mode eager,compiled --vs-dense --head int8 --embedding int8"

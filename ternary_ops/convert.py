@@ -26,8 +26,8 @@ class ConvertSummary:
     ``notes`` says why a layer in ``skipped`` was left dense when it was not by ``exclude`` or
     ``filter``, and which replaced layers were untied from a weight they shared.
     ``int8`` names the head and embedding kept at 8 bits (``head=`` / ``embedding="int8"``;
-    an int8 head is also in ``replaced``). ``already_ternary`` counts the layers that were ``TernaryLinear`` before the call (left as
-    they are). ``attention`` names the attention function a ``transformers`` model was switched
+    an int8 head is also in ``replaced``). ``already_ternary`` counts the layers that were
+    ``TernaryLinear`` before the call (left as they are). ``attention`` names the attention function a ``transformers`` model was switched
     to (see :mod:`ternary_ops.hf.attention`), or is ``None``."""
     replaced: List[str] = field(default_factory=list)
     skipped: List[str] = field(default_factory=list)
@@ -148,6 +148,25 @@ def _head_names(model: nn.Module) -> List[str]:
         return [n for n, m in model.named_modules() if m is out]
     return [n for n, m in model.named_modules()
             if isinstance(m, nn.Linear) and _excluded(n, DEFAULT_EXCLUDE)]
+
+
+def quantize_head_and_embedding(model: nn.Module, head: str = "dense", embedding: str = "dense",
+                                act: str = "int8",
+                                summary: Optional[ConvertSummary] = None) -> ConvertSummary:
+    """Keeps a model's output head and/or input embedding at 8 bits (format q8), in place:
+    ``head="int8"`` makes the head an :class:`Int8Linear` (with this ``act``),
+    ``embedding="int8"`` the input embedding an :class:`Int8Embedding`. What ``convert(model,
+    head=..., embedding=...)`` does after the ternary layers; also for models whose other
+    layers are ternary already (e.g. from :func:`ternary_ops.hf.from_pretrained_bitnet`)."""
+    for arg, value in (("head", head), ("embedding", embedding)):
+        if value not in ("dense", "int8"):
+            raise ValueError(f"{arg} must be 'dense' or 'int8', got {value!r}")
+    summary = ConvertSummary() if summary is None else summary
+    if head == "int8":
+        _quantize_head(model, act, weight_owners(model), summary)
+    if embedding == "int8":
+        _quantize_embedding(model, summary)
+    return summary
 
 
 def _quantize_head(model: nn.Module, act: str, owners, summary: ConvertSummary) -> None:
@@ -308,10 +327,7 @@ def convert(model: nn.Module, format: str = "i2", act: str = "int8",
         setattr(parent, child, layer)
         del weight, bias  # the dense weight goes as soon as nothing else holds it
         summary.replaced.append(name)
-    if head == "int8":
-        _quantize_head(model, act, owners, summary)
-    if embedding == "int8":
-        _quantize_embedding(model, summary)
+    quantize_head_and_embedding(model, head, embedding, act, summary)
     if summary.replaced and hasattr(model, "set_attn_implementation"):  # a transformers model
         from .hf.attention import ATTENTION_NAME, use_decode_attention
         if use_decode_attention(model):

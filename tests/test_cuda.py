@@ -260,7 +260,7 @@ def test_torch_compile(fmt, act):
 def test_decode_attention_skips_cudnn_for_one_token_queries(monkeypatch):
     # cuDNN SDPA builds a plan per new key length and cache address: eager decode must not
     # reach it. Prefill (several queries) keeps PyTorch's own choice.
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
     from transformers.integrations import sdpa_attention
 
     from ternary_ops.hf.attention import decode_safe_sdpa

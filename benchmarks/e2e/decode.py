@@ -65,6 +65,12 @@ def _proc_status_bytes(field: str) -> int:
 def reset_peak_memory(device: str) -> None:
     import torch
 
+    if device == "cpu" and sys.platform.startswith("linux"):
+        import ctypes
+        try:  # glibc keeps freed heap (the build's temporaries) mapped until trimmed
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -96,24 +102,18 @@ def sync(device: str) -> None:
         torch.mps.synchronize()
 
 
-def read_bandwidth(device: str, reps: int = 7) -> float:
+def read_bandwidth(device: str) -> float:
     """Bytes/s of a plain reduction over a buffer far larger than the last-level cache (1.5 GiB
     on the CPU, 4 GiB on a GPU): the streaming rate the decode step is compared with."""
     import torch
 
+    from ternary_ops.bench import read_bandwidth as measure
+
     nbytes = (3 << 29) if device == "cpu" else (4 << 30)
-    buf = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
-    times = []
-    for _ in range(reps):
-        sync(device)
-        t0 = time.perf_counter()
-        buf.sum()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    del buf
+    gbs = measure(torch.device(device), nbytes)["median"]
     if device == "cuda":
         torch.cuda.empty_cache()
-    return nbytes / statistics.median(times[1:])
+    return gbs * 1e9
 
 
 # ---- the model --------------------------------------------------------------------------------
@@ -339,7 +339,8 @@ def markdown(args, summaries: list, argv) -> str:
         f"intermediate {inter}, {heads} heads / {kv} KV heads, vocabulary {args.vocab}; "
         f"ternary variant's head {args.head}, embedding {args.embedding} (bf16 in the dense "
         f"variant), bf16 norms; attention: {args.attention}. Prompt {args.prompt} "
-        f"tokens, then {args.tokens} timed greedy steps after {args.warmup} warm-up steps; {args.rounds} alternating rounds.",
+        f"tokens, then {args.tokens} timed greedy steps after {args.warmup} warm-up steps; "
+        f"{args.rounds} alternating rounds.",
         "",
         f"| mode | variant | decode tokens/s (range) | ms/token | prefill (s) | {memory} "
         "| bytes/token | floor fraction |",

@@ -11,6 +11,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
+from ..convert import quantize_head_and_embedding
 from ..io import read_tensors
 from ._loading import (CHECKPOINT_NAME, check_folder, finish_load, model_skeleton,
                        require_transformers)
@@ -107,7 +108,8 @@ def _should_convert(name: str, patterns) -> bool:
 
 def from_pretrained_bitnet(path_or_model, format: str = "i2", act: str = "int8",
                            dtype: Optional[torch.dtype] = None,
-                           device: Optional[Union[str, torch.device]] = None) -> nn.Module:
+                           device: Optional[Union[str, torch.device]] = None,
+                           head: str = "dense", embedding: str = "dense") -> nn.Module:
     """Loads a Hugging Face BitNet b1.58 model with :class:`BitNetLinear` layers.
 
     Args:
@@ -122,17 +124,25 @@ def from_pretrained_bitnet(path_or_model, format: str = "i2", act: str = "int8",
         dtype: dtype of everything that is not ternary (embeddings, norms, biases). Default:
             the config's dtype, else float32. Folder loads only.
         device: where to put the model (default CPU). Folder loads only.
+        head, embedding: ``"int8"`` keeps the output head / input embedding at 8 bits
+            (:func:`ternary_ops.convert.quantize_head_and_embedding`); ``"dense"`` (default)
+            leaves them as the checkpoint has them.
 
     Which layers are ternary follows the config: for ``quantization_mode="offline"`` every
     linear layer with a ``weight_scale`` in the checkpoint; for ``"online"`` every linear
     layer except ``modules_to_not_convert`` and the output embedding.
     """
+    for arg, value in (("head", head), ("embedding", embedding)):
+        if value not in ("dense", "int8"):
+            raise ValueError(f"from_pretrained_bitnet: {arg} must be 'dense' or 'int8', got "
+                             f"{value!r}")
     if isinstance(path_or_model, nn.Module):
         count = patch_bitnet(path_or_model, format=format, act=act)
         if count == 0:
             raise ValueError("from_pretrained_bitnet: the model has no BitLinear/AutoBitLinear "
                              "layers; for a dense model use ternary_ops.convert")
         use_decode_attention(path_or_model)
+        quantize_head_and_embedding(path_or_model, head, embedding, act)
         return path_or_model
     transformers = require_transformers()
     path = os.fspath(path_or_model)
@@ -179,6 +189,7 @@ def from_pretrained_bitnet(path_or_model, format: str = "i2", act: str = "int8",
         layer.layer_name = name
         model.set_submodule(name, layer)
     model = finish_load(model, tensors, path, dtype=dtype)
+    quantize_head_and_embedding(model, head, embedding, act)
     return model if device is None else model.to(device)
 
 

@@ -263,7 +263,7 @@ def test_decode_attention_skips_cudnn_for_one_token_queries(monkeypatch):
     pytest.importorskip("transformers")
     from transformers.integrations import sdpa_attention
 
-    from ternary_ops.hf.attention import decode_safe_sdpa
+    from ternary_ops.hf.attention import decode_sdpa
 
     seen = []
     real = sdpa_attention.sdpa_attention_forward
@@ -278,7 +278,7 @@ def test_decode_attention_skips_cudnn_for_one_token_queries(monkeypatch):
     kv = torch.randn(1, 4, 37, 64, device="cuda", dtype=torch.bfloat16)
     for q_len in (1, 5):
         q = torch.randn(1, 4, q_len, 64, device="cuda", dtype=torch.bfloat16)
-        out, _ = decode_safe_sdpa(module, q, kv, kv, None)
+        out, _ = decode_sdpa(module, q, kv, kv, None)
         want = torch.nn.functional.scaled_dot_product_attention(q, kv, kv, is_causal=q_len > 1)
         torch.testing.assert_close(out.transpose(1, 2), want, rtol=2e-2, atol=2e-2)
     enabled = torch.backends.cuda.cudnn_sdp_enabled()

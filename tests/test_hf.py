@@ -349,6 +349,38 @@ def test_convert_switches_sdpa_to_decode_safe_attention():
     assert eager.config._attn_implementation == "eager"
 
 
+def test_decode_attention_backends(monkeypatch):
+    # One-token queries: math on the CPU while compiling (eager unchanged), never cuDNN on CUDA
+    # (checked on the GPU in test_cuda.py); prefill always PyTorch's own choice.
+    from transformers.integrations import sdpa_attention
+
+    from ternary_ops.hf.attention import decode_sdpa
+
+    seen = []
+    real = sdpa_attention.sdpa_attention_forward
+
+    def spy(module, q, k, v, mask, **kw):
+        seen.append((q.shape[-2], torch.backends.cuda.flash_sdp_enabled(),
+                     torch.backends.cuda.math_sdp_enabled()))
+        return real(module, q, k, v, mask, **kw)
+
+    monkeypatch.setattr(sdpa_attention, "sdpa_attention_forward", spy)
+    module = torch.nn.Module()
+    module.is_causal = True
+    kv = torch.randn(1, 4, 37, 16)
+    flash = torch.backends.cuda.flash_sdp_enabled()
+    for compiling in (False, True):
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: compiling)
+        for q_len in (1, 5):
+            q = torch.randn(1, 4, q_len, 16)
+            out, _ = decode_sdpa(module, q, kv, kv, None)
+            want = torch.nn.functional.scaled_dot_product_attention(q, kv, kv,
+                                                                    is_causal=q_len > 1)
+            torch.testing.assert_close(out.transpose(1, 2), want)
+    assert seen == [(1, flash, True), (5, flash, True), (1, False, True), (5, flash, True)]
+    assert torch.backends.cuda.flash_sdp_enabled() == flash
+
+
 def test_compiled_generate_static_cache():
     # The decode loop as users compile it: static KV cache, compiled forward, fullgraph.
     model = tiny_model("llama", seed=3)

@@ -183,3 +183,29 @@ def test_cli_plot_without_matplotlib_fails_before_running():
                 prelude="sys.modules['matplotlib'] = None; ")
     assert r.returncode != 0
     assert 'pip install -e ".[bench]"' in r.stderr and "DRAM" not in r.stdout
+
+
+def test_e2e_decode_smoke(tmp_path):
+    # The end-to-end benchmark on a one-layer model: every variant and round runs in its own
+    # process and is reported; nothing about speed is asserted.
+    pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    out = tmp_path / "e2e.json"
+    md = tmp_path / "e2e.md"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks/e2e/decode.py"), "--layers", "1",
+                        "--vocab", "512", "--prompt", "4", "--tokens", "3", "--warmup", "1",
+                        "--rounds", "2", "--vs-dense", "--head", "int8", "--embedding", "int8",
+                        "--json", str(out), "--markdown", str(md)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    data = json.loads(out.read_text())
+    assert [(s["mode"], s["variant"], s["rounds"]) for s in data["summaries"]] == [
+        ("eager", "ternary", 2), ("eager", "dense", 2)]
+    t, d = data["summaries"]
+    assert t["tokens_per_s"] > 0 and d["tokens_per_s"] > 0
+    assert t["bytes_per_token"] < d["bytes_per_token"]  # ternary layers, int8 head
+    assert all(len(run["step_s"]) == 3 for run in data["runs"])
+    assert "ternary / dense bf16 tokens/s" in md.read_text()
+    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks/e2e/decode.py"), "--mode",
+                          "jit"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "expected eager, compiled or both" in bad.stderr

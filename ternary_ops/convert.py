@@ -65,7 +65,7 @@ class ConvertSummary:
         if self.int8:
             text += f"; int8: {', '.join(self.int8)}"
         if self.attention:
-            text += f"; attention: {self.attention} (one-token queries on CUDA skip cuDNN)"
+            text += f"; attention: {self.attention} (the SDPA backend of decode steps per device)"
         return text + "".join(f"\n  {name}: {why}" for name, why in self.notes.items())
 
 

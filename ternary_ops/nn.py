@@ -26,7 +26,26 @@ def _human_bytes(n: int) -> str:
     return f"{n:.2f} GiB"
 
 
-class TernaryLinear(nn.Module):
+class _PackedWeight(nn.Module):
+    """What the modules with an integer ``weight`` and a float32 ``weight_scale`` buffer share."""
+
+    def weight_bytes(self) -> int:
+        """Bytes of the stored weight and scale (what the module holds instead of a dense
+        weight)."""
+        return (self.weight.numel() * self.weight.element_size()
+                + self.weight_scale.numel() * self.weight_scale.element_size())
+
+    def _apply(self, fn, recurse=True):
+        # Module.to(dtype) / .half() would cast the float32 scale; keep it float32 and let only
+        # the device follow (the weight is integer, so casts never touch it).
+        scale = self.weight_scale
+        super()._apply(fn, recurse)
+        if self.weight_scale.dtype != torch.float32:
+            self.weight_scale = scale.to(device=self.weight_scale.device)
+        return self
+
+
+class TernaryLinear(_PackedWeight):
     """Linear layer ``y = s * (a @ T.T) + bias`` with ternary weights ``T`` in {-1, 0, +1}.
 
     Args:
@@ -135,24 +154,10 @@ class TernaryLinear(nn.Module):
         """The dense weight ``s * T`` as ``[out_features, in_features]``."""
         return dequantize(self.weight, self.weight_scale, self.format, self.out_features, dtype)
 
-    def weight_bytes(self) -> int:
-        """Bytes of the stored weight and scale (what this layer holds instead of a dense weight)."""
-        return (self.weight.numel() * self.weight.element_size()
-                + self.weight_scale.numel() * self.weight_scale.element_size())
-
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, format={self.format}, act={self.act}, "
                 f"granularity={self.granularity}, weight_memory={_human_bytes(self.weight_bytes())}")
-
-    def _apply(self, fn, recurse=True):
-        # Module.to(dtype) / .half() would cast the float32 scale; keep it float32 and let only
-        # the device follow (the packed weight is integer, so casts never touch it).
-        scale = self.weight_scale
-        super()._apply(fn, recurse)
-        if self.weight_scale.dtype != torch.float32:
-            self.weight_scale = scale.to(device=self.weight_scale.device)
-        return self
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
@@ -198,7 +203,18 @@ def _float_dtype_after(fn, dtype: torch.dtype) -> torch.dtype:
     return out.dtype if out.is_floating_point() else dtype
 
 
-class Int8Linear(nn.Module):
+class _Q8Weight(_PackedWeight):
+    """The q8 modules: a state dict entry is validated before anything is copied in."""
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        if not _check_q8_entries(self, state_dict, prefix, error_msgs):
+            return  # nothing is copied from a bad entry
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+
+class Int8Linear(_Q8Weight):
     """Linear layer ``y = s * (a @ Q.T) + bias`` with int8 weights ``Q`` in [-127, 127] and one
     float32 scale per output row (format q8): a layer kept at 8 bits, such as the output head of
     a ternary model, at half of bf16's bytes.
@@ -257,27 +273,10 @@ class Int8Linear(nn.Module):
         """The dense weight ``s[:, None] * Q`` as ``[out_features, in_features]``."""
         return (self.weight.float() * self.weight_scale[:, None]).to(dtype)
 
-    def weight_bytes(self) -> int:
-        return self.weight.numel() + 4 * self.weight_scale.numel()
-
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, format=q8, act={self.act}, "
                 f"weight_memory={_human_bytes(self.weight_bytes())}")
-
-    def _apply(self, fn, recurse=True):
-        scale = self.weight_scale
-        super()._apply(fn, recurse)
-        if self.weight_scale.dtype != torch.float32:
-            self.weight_scale = scale.to(device=self.weight_scale.device)
-        return self
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
-        if not _check_q8_entries(self, state_dict, prefix, error_msgs):
-            return  # nothing is copied from a bad entry
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
 
 
 def _check_q8_entries(module, state_dict, prefix, error_msgs) -> bool:
@@ -303,7 +302,7 @@ def _check_q8_entries(module, state_dict, prefix, error_msgs) -> bool:
     return len(error_msgs) == count
 
 
-class Int8Embedding(nn.Module):
+class Int8Embedding(_Q8Weight):
     """``nn.Embedding`` with int8 rows in [-127, 127] and one float32 scale per row (format q8):
     half of bf16's bytes. A lookup returns ``(Q[ids] * s[ids]).to(dtype)``; ``dtype`` is the
     embedding's original dtype and follows ``.to(dtype)`` / ``.half()`` like a float weight."""
@@ -334,24 +333,11 @@ class Int8Embedding(nn.Module):
         rows = self.weight[ids].float() * self.weight_scale[ids].unsqueeze(-1)
         return rows.to(self.dtype)
 
-    def weight_bytes(self) -> int:
-        return self.weight.numel() + 4 * self.weight_scale.numel()
-
     def extra_repr(self) -> str:
         return (f"{self.num_embeddings}, {self.embedding_dim}, format=q8, dtype={self.dtype}, "
                 f"weight_memory={_human_bytes(self.weight_bytes())}")
 
     def _apply(self, fn, recurse=True):
-        scale = self.weight_scale
         self.dtype = _float_dtype_after(fn, self.dtype)
-        super()._apply(fn, recurse)
-        if self.weight_scale.dtype != torch.float32:
-            self.weight_scale = scale.to(device=self.weight_scale.device)
-        return self
+        return super()._apply(fn, recurse)
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
-        if not _check_q8_entries(self, state_dict, prefix, error_msgs):
-            return  # nothing is copied from a bad entry
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)

@@ -27,7 +27,8 @@ prefill without a cache (first-call costs).
 
 Reported per mode and variant: tokens/s (median over rounds of each round's median step, with the
 range over rounds), ms per token, prefill time, peak memory after the model is built (resident
-set on the CPU, allocated memory on CUDA, the driver's allocation on MPS), bytes read per token
+set on the CPU, where Linux can reset its peak, else the process's whole peak; allocated memory
+on CUDA; the driver's allocation on MPS), bytes read per token
 (weights, head and KV cache) and the fraction of the streaming floor (those bytes at the
 bandwidth measured in the same process) that the step reaches.
 """

@@ -27,8 +27,9 @@ class ConvertSummary:
     ``filter``, and which replaced layers were untied from a weight they shared.
     ``int8`` names the head and embedding kept at 8 bits (``head=`` / ``embedding="int8"``;
     an int8 head is also in ``replaced``). ``already_ternary`` counts the layers that were
-    ``TernaryLinear`` before the call (left as they are). ``attention`` names the attention function a ``transformers`` model was switched
-    to (see :mod:`ternary_ops.hf.attention`), or is ``None``."""
+    ``TernaryLinear`` before the call (left as they are). ``attention`` names the attention
+    function a ``transformers`` model was switched to (see :mod:`ternary_ops.hf.attention`), or
+    is ``None``."""
     replaced: List[str] = field(default_factory=list)
     skipped: List[str] = field(default_factory=list)
     bytes_before: int = 0
@@ -245,9 +246,9 @@ def convert(model: nn.Module, format: str = "i2", act: str = "int8",
     dense weight, a Hugging Face ``config.tie_word_embeddings`` is set to False so that loading
     does not tie them again, and the summary says so. A ``transformers`` model that uses SDPA
     attention is switched to :data:`ternary_ops.hf.attention.ATTENTION_NAME`, the same attention
-    without PyTorch's cuDNN backend for one-token queries on CUDA, which rebuilds its plan on
-    every eager decode step (``model.set_attn_implementation("sdpa")`` undoes it). Layers that
-    are already
+    with the backend of one-token queries chosen per device (on CUDA never cuDNN, which rebuilds
+    its plan on every eager decode step; on the CPU under ``torch.compile``, math);
+    ``model.set_attn_implementation("sdpa")`` undoes it. Layers that are already
     ``TernaryLinear`` are left as they are (a warning and the summary say how many).
 
     ``model`` may itself be an ``nn.Linear`` (or ``Conv1D``): a layer cannot replace itself in

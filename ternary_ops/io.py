@@ -30,7 +30,6 @@ FORMAT_VERSION = 1
 # Layers kept at 8 bits, recorded next to the ternary ones: "q8" an Int8Linear, "q8_embedding" an
 # Int8Embedding (in_features = embedding_dim, out_features = num_embeddings).
 Q8_FORMATS = ("q8", "q8_embedding")
-PACKED_MODULES = (TernaryLinear, Int8Linear, Int8Embedding)
 
 
 def _layer_info(model: nn.Module) -> Dict[str, dict]:
@@ -350,11 +349,12 @@ def load(path: Union[str, os.PathLike], model: Optional[nn.Module] = None, stric
                 raise ValueError(f"{path}: layer '{prefix}' is {spec['in_features']} -> "
                                  f"{spec['out_features']} in the file but {module.in_features} "
                                  f"-> {module.out_features} in the model")
-            if getattr(module, "format", spec["format"]) != spec["format"] or getattr(
-                    module, "act", spec["act"]) != spec["act"]:
+            fmt, act = getattr(module, "format", spec["format"]), getattr(module, "act",
+                                                                           spec["act"])
+            if fmt != spec["format"] or act != spec["act"]:
                 raise ValueError(f"{path}: layer '{prefix}' is format={spec['format']}, "
-                                 f"act={spec['act']} in the file but format={module.format}, "
-                                 f"act={module.act} in the model")
+                                 f"act={spec['act']} in the file but format={fmt}, act={act} "
+                                 "in the model")
             continue
         if spec["format"] == "q8_embedding":
             if not isinstance(module, nn.Embedding) or tuple(module.weight.shape) != (

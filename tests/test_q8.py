@@ -193,3 +193,16 @@ def test_convert_head_errors():
         tops.convert(nn.Sequential(nn.Linear(4, 4)), head="int8")
     with pytest.raises(ValueError, match="get_input_embeddings"):
         tops.convert(nn.Sequential(nn.Linear(4, 4)), embedding="int8")
+
+
+def test_load_refuses_a_q8_layer_of_another_act(tmp_path):
+    model = nn.Sequential(tops.Int8Linear.from_linear(nn.Linear(8, 6)))
+    tops.save(model, tmp_path / "q8.safetensors")
+    other = nn.Sequential(tops.Int8Linear(8, 6, act="none"))
+    with pytest.raises(ValueError, match="format=q8, act=int8 in the file but format=q8, "
+                                         "act=none in the model"):
+        tops.load(tmp_path / "q8.safetensors", other)
+    fresh = nn.Sequential(nn.Linear(8, 6))
+    tops.load(tmp_path / "q8.safetensors", fresh)  # a dense layer is rebuilt as the file says
+    assert isinstance(fresh[0], tops.Int8Linear)
+    assert torch.equal(fresh[0].weight, model[0].weight)

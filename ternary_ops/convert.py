@@ -151,6 +151,13 @@ def _head_names(model: nn.Module) -> List[str]:
             if isinstance(m, nn.Linear) and _excluded(n, DEFAULT_EXCLUDE)]
 
 
+def check_head_and_embedding(head: str, embedding: str, where: str) -> None:
+    """Raises ``ValueError`` (prefixed with ``where``) unless both are "dense" or "int8"."""
+    for arg, value in (("head", head), ("embedding", embedding)):
+        if value not in ("dense", "int8"):
+            raise ValueError(f"{where}: {arg} must be 'dense' or 'int8', got {value!r}")
+
+
 def quantize_head_and_embedding(model: nn.Module, head: str = "dense", embedding: str = "dense",
                                 act: str = "int8",
                                 summary: Optional[ConvertSummary] = None) -> ConvertSummary:
@@ -159,9 +166,7 @@ def quantize_head_and_embedding(model: nn.Module, head: str = "dense", embedding
     ``embedding="int8"`` the input embedding an :class:`Int8Embedding`. What ``convert(model,
     head=..., embedding=...)`` does after the ternary layers; also for models whose other
     layers are ternary already (e.g. from :func:`ternary_ops.hf.from_pretrained_bitnet`)."""
-    for arg, value in (("head", head), ("embedding", embedding)):
-        if value not in ("dense", "int8"):
-            raise ValueError(f"{arg} must be 'dense' or 'int8', got {value!r}")
+    check_head_and_embedding(head, embedding, "quantize_head_and_embedding")
     summary = ConvertSummary() if summary is None else summary
     if head == "int8":
         _quantize_head(model, act, weight_owners(model), summary)
@@ -266,9 +271,7 @@ def convert(model: nn.Module, format: str = "i2", act: str = "int8",
         with torch.no_grad():
             return TernaryLinear.from_dense(dense[0], dense[1], format=format, act=act,
                                             granularity=granularity)
-    for arg, value in (("head", head), ("embedding", embedding)):
-        if value not in ("dense", "int8"):
-            raise ValueError(f"convert: {arg} must be 'dense' or 'int8', got {value!r}")
+    check_head_and_embedding(head, embedding, "convert")
     if isinstance(exclude, str):
         exclude = (exclude,)
     patterns = tuple(DEFAULT_EXCLUDE if exclude is None else exclude)

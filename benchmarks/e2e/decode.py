@@ -182,10 +182,10 @@ def build_model(args, variant: str):
                 data = torch.randn(p.shape, generator=gen, dtype=torch.bfloat16, device=device)
                 data.mul_(0.02)
             setattr(module, pname, nn.Parameter(data, requires_grad=False))
-    if variant == "ternary" and args.head == "int8":
-        model.lm_head = tops.Int8Linear.from_linear(model.lm_head)
-    if variant == "ternary" and args.embedding == "int8":
-        model.set_input_embeddings(tops.Int8Embedding.from_embedding(model.get_input_embeddings()))
+    if variant == "ternary":
+        dense_or = {"bf16": "dense", "int8": "int8"}
+        tops.quantize_head_and_embedding(model, head=dense_or[args.head],
+                                         embedding=dense_or[args.embedding])
     if args.attention == "decode-safe":
         from ternary_ops.hf import use_decode_attention
         use_decode_attention(model)
@@ -226,14 +226,10 @@ def run_child(args, mode: str, variant: str) -> dict:
     prompt = torch.randint(3, args.vocab, (1, args.prompt), generator=gen).to(device)
     steps = args.warmup + args.tokens
     max_len = args.prompt + steps + 1
-    kw = {}
     with torch.inference_mode():
-        if mode == "eager":
-            cache = DynamicCache(config=config)
-            kw = cache_kwargs(model, cache)
-        else:
-            cache = StaticCache(config=config, max_cache_len=max_len)
-            kw = cache_kwargs(model, cache)
+        cache = (DynamicCache(config=config) if mode == "eager"
+                 else StaticCache(config=config, max_cache_len=max_len))
+        kw = cache_kwargs(model, cache)
         model(input_ids=prompt, use_cache=False, logits_to_keep=1)  # first-call costs, untimed
         sync(device)
         t0 = time.perf_counter()

@@ -11,7 +11,7 @@ from typing import Optional, Union
 import torch
 from torch import nn
 
-from ..convert import quantize_head_and_embedding
+from ..convert import check_head_and_embedding, quantize_head_and_embedding
 from ..io import read_tensors
 from ._loading import (CHECKPOINT_NAME, check_folder, finish_load, model_skeleton,
                        require_transformers)
@@ -132,10 +132,7 @@ def from_pretrained_bitnet(path_or_model, format: str = "i2", act: str = "int8",
     linear layer with a ``weight_scale`` in the checkpoint; for ``"online"`` every linear
     layer except ``modules_to_not_convert`` and the output embedding.
     """
-    for arg, value in (("head", head), ("embedding", embedding)):
-        if value not in ("dense", "int8"):
-            raise ValueError(f"from_pretrained_bitnet: {arg} must be 'dense' or 'int8', got "
-                             f"{value!r}")
+    check_head_and_embedding(head, embedding, "from_pretrained_bitnet")
     if isinstance(path_or_model, nn.Module):
         count = patch_bitnet(path_or_model, format=format, act=act)
         if count == 0:

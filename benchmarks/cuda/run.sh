@@ -13,12 +13,7 @@ t0=$(date +%s)
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv | tee "$OUTDIR/gpu.txt"
 
 echo "=== build ($(($(date +%s) - t0))s)"
-# The CPU SIMD sets are not needed for the CUDA checks (the reference is plain torch).
-TERNARY_OPS_NO_SIMD=${TERNARY_OPS_NO_SIMD:-1} MAX_JOBS=${MAX_JOBS:-16} $PY setup.py build_ext --inplace > "$OUTDIR/build.log" 2>&1
-rc=$?; tail -3 "$OUTDIR/build.log"
-[ $rc -eq 0 ] || { grep -E "error|Error" "$OUTDIR/build.log" | head -40; exit 1; }
-grep -A2 "mma_int8\|gemv" "$OUTDIR/build.log" | grep -E "registers|spill" | sort | uniq -c | head -5
-$PY -c "import ternary_ops as t; print('backends:', t.backends())" || exit 1
+benchmarks/cuda/build.sh "$OUTDIR" || exit 1
 
 echo "=== tests ($(($(date +%s) - t0))s)"
 $PY -m pytest -q -x tests/test_cuda.py 2>&1 | tee "$OUTDIR/test.log" | tail -15

@@ -18,8 +18,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 $PY -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 
 echo "=== build ($(($(date +%s) - t0))s)"
-TERNARY_OPS_NO_SIMD=${TERNARY_OPS_NO_SIMD:-1} MAX_JOBS=${MAX_JOBS:-16} $PY setup.py build_ext --inplace \
-  > "$OUTDIR/build.log" 2>&1 || { grep -E "error|Error" "$OUTDIR/build.log" | head -40; exit 1; }
+benchmarks/cuda/build.sh "$OUTDIR" || exit 1
 
 if [ -z "${SKIP_TESTS:-}" ]; then
   echo "=== tests ($(($(date +%s) - t0))s)"

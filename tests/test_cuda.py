@@ -286,6 +286,42 @@ def test_decode_attention_skips_cudnn_for_one_token_queries(monkeypatch):
     assert torch.backends.cuda.cudnn_sdp_enabled() == enabled  # restored after the call
 
 
+def test_compiled_decode_attention_uses_grouped_heads():
+    # A compiled one-token step over a fixed-length cache with a mask: one SDPA call on the
+    # grouped K/V heads (no repeat_kv copies), cuDNN or math, matching transformers' result.
+    pytest.importorskip("transformers")
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from ternary_ops.hf.attention import decode_sdpa
+
+    module = torch.nn.Module()
+    module.is_causal, module.num_key_value_groups = True, 4
+    gen = torch.Generator(device="cuda").manual_seed(7)
+    q = torch.randn(2, 20, 1, 128, device="cuda", dtype=torch.bfloat16, generator=gen)
+    k, v = (torch.randn(2, 5, 553, 128, device="cuda", dtype=torch.bfloat16, generator=gen)
+            for _ in range(2))
+    mask = torch.zeros(2, 1, 1, 553, dtype=torch.bool, device="cuda")
+    mask[0, ..., :300] = True
+    mask[1, ..., :41] = True
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    step = lambda *a: decode_sdpa(module, *a, scaling=0.125)[0]  # noqa: E731
+    with torch.no_grad():
+        want = sdpa_attention_forward(module, q, k, v, mask, scaling=0.125)[0]
+        got = torch.compile(step, fullgraph=True, backend=record)(q, k, v, mask)
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
+        code = graphs[0].code
+        assert "enable_gqa = True" in code and "expand" not in code, code
+        compiled = torch.compile(step, fullgraph=True, mode="reduce-overhead")
+        for _ in range(3):  # CUDA-graph warm-up, record and replay
+            got = compiled(q, k, v, mask).clone()
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 def test_q8_matches_reference(dtype):
     # linear_q8 takes the i8 int8 paths (fused GEMV, GEMV, tensor cores), which accept any int8

@@ -381,6 +381,27 @@ def test_decode_attention_backends(monkeypatch):
     assert torch.backends.cuda.flash_sdp_enabled() == flash
 
 
+def test_grouped_decode_attention_matches_transformers():
+    # The compiled CUDA decode path's attention, on the CPU: grouped K/V heads with a padding
+    # mask give transformers' result (K/V repeated to every head); all-masked-but-one rows too.
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from ternary_ops.hf.attention import _grouped_decode
+
+    module = torch.nn.Module()
+    module.is_causal = True
+    for hq, hkv, slots in ((8, 2, 37), (4, 4, 1), (6, 1, 19)):
+        module.num_key_value_groups = hq // hkv
+        q = torch.randn(3, hq, 1, 16)
+        k, v = torch.randn(3, hkv, slots, 16), torch.randn(3, hkv, slots, 16)
+        mask = torch.rand(3, 1, 1, slots) < 0.6
+        mask[..., 0] = True
+        want, _ = sdpa_attention_forward(module, q, k, v, mask, scaling=0.3)
+        got, none = _grouped_decode(q, k, v, mask, 0.3)
+        assert none is None and got.shape == (3, 1, hq, 16) and got.is_contiguous()
+        torch.testing.assert_close(got, want)
+
+
 def test_compiled_generate_static_cache():
     # The decode loop as users compile it: static KV cache, compiled forward, fullgraph.
     model = tiny_model("llama", seed=3)

@@ -10,6 +10,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Union
 import torch
 from torch import nn
 
+from .fuse import fuse_projections
 from .nn import Int8Embedding, Int8Linear, TernaryLinear, _human_bytes
 
 # Output layers left dense by default: quantizing the vocabulary projection costs the most
@@ -29,7 +30,8 @@ class ConvertSummary:
     an int8 head is also in ``replaced``). ``already_ternary`` counts the layers that were
     ``TernaryLinear`` before the call (left as they are). ``attention`` names the attention
     function a ``transformers`` model was switched to (see :mod:`ternary_ops.hf.attention`), or
-    is ``None``."""
+    is ``None``. ``fused`` maps each fused layer to the layers it replaced
+    (:mod:`ternary_ops.fuse`)."""
     replaced: List[str] = field(default_factory=list)
     skipped: List[str] = field(default_factory=list)
     bytes_before: int = 0
@@ -38,6 +40,7 @@ class ConvertSummary:
     already_ternary: int = 0
     attention: Optional[str] = None
     int8: List[str] = field(default_factory=list)
+    fused: Dict[str, List[str]] = field(default_factory=dict)
 
     @property
     def layers_replaced(self) -> int:
@@ -63,6 +66,10 @@ class ConvertSummary:
                     f"dense): {_human_bytes(self.bytes_before)} -> "
                     f"{_human_bytes(self.bytes_after)} ({self.compression:.1f}x smaller)"
                     + (f"; {already}" if already else ""))
+        if self.fused:
+            kinds = sorted({"/".join(m.rpartition(".")[2] for m in members) + " -> "
+                            + name.rpartition(".")[2] for name, members in self.fused.items()})
+            text += f"; fused {len(self.fused)} groups ({', '.join(kinds)})"
         if self.int8:
             text += f"; int8: {', '.join(self.int8)}"
         if self.attention:
@@ -220,7 +227,8 @@ def convert(model: nn.Module, format: str = "i2", act: str = "int8",
             exclude: Optional[Union[Iterable[str], str]] = None,
             filter: Optional[Filter] = None,
             progress: Optional[bool] = None,
-            head: str = "dense", embedding: str = "dense") -> Union[ConvertSummary, TernaryLinear]:
+            head: str = "dense", embedding: str = "dense",
+            fuse: bool = True) -> Union[ConvertSummary, TernaryLinear]:
     """Replaces ``nn.Linear`` (and HF ``Conv1D``) modules of ``model`` with :class:`TernaryLinear`, in place.
 
     Args:
@@ -236,6 +244,11 @@ def convert(model: nn.Module, format: str = "i2", act: str = "int8",
             ``"dense"`` (default) leaves it as it is.
         embedding: ``"int8"`` replaces the input embedding (``model.get_input_embeddings()``)
             with an :class:`Int8Embedding`; ``"dense"`` (default) leaves it.
+        fuse: fuse sibling projections that read the same input (``q_proj``/``k_proj``/
+            ``v_proj`` into ``qkv_proj``, ``gate_proj``/``up_proj`` into ``gate_up_proj``) into
+            one ternary layer each, with the same results; the old names become
+            :class:`~ternary_ops.fuse.FusedSlice` modules (see
+            :func:`ternary_ops.fuse.fuse_projections`). Default True.
 
     Layers are converted one at a time and each dense weight is released as soon as its
     replacement is in place, so peak memory stays near the model's own size. Returns a
@@ -331,6 +344,8 @@ def convert(model: nn.Module, format: str = "i2", act: str = "int8",
         setattr(parent, child, layer)
         del weight, bias  # the dense weight goes as soon as nothing else holds it
         summary.replaced.append(name)
+    if fuse and summary.replaced:
+        summary.fused = fuse_projections(model)
     quantize_head_and_embedding(model, head, embedding, act, summary)
     if summary.replaced and hasattr(model, "set_attn_implementation"):  # a transformers model
         from .hf.attention import ATTENTION_NAME, use_decode_attention

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .formats import FORMATS, INT64_MAX, packed_rows, validate_q8, validate_weight
+from .fuse import fused_members, install_fused
 from .nn import Int8Embedding, Int8Linear, TernaryLinear
 from .reference import ACT_MODES
 
@@ -39,6 +40,10 @@ def _layer_info(model: nn.Module) -> Dict[str, dict]:
             info[name] = {"format": getattr(m, "format", "q8"), "act": m.act,
                           "in_features": m.in_features, "out_features": m.out_features,
                           "bias": m.bias is not None}
+            parent_name, _, child = name.rpartition(".")
+            members = fused_members(model.get_submodule(parent_name), child) if child else []
+            if members:
+                info[name]["fuses"] = [list(member) for member in members]
         elif isinstance(m, Int8Embedding):
             info[name] = {"format": "q8_embedding", "act": "none", "in_features": m.embedding_dim,
                           "out_features": m.num_embeddings, "bias": False,
@@ -267,6 +272,7 @@ def _check_layer(path, prefix: str, spec: dict, tensors: Dict[str, torch.Tensor]
     if not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= INT64_MAX
                for v in (n, k)):
         raise ValueError(f"{where}: bad shapes in metadata: in_features={k!r}, out_features={n!r}")
+    _check_fuses(where, spec, n)
     dot = prefix + "." if prefix else ""
     for key in ("weight", "weight_scale") + (("bias",) if spec.get("bias") else ()):
         if dot + key not in tensors:
@@ -296,6 +302,53 @@ def _check_layer(path, prefix: str, spec: dict, tensors: Dict[str, torch.Tensor]
             validate_weight(w, fmt, n)
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
+
+
+def _check_fuses(where: str, spec: dict, out_features: int) -> None:
+    """A fused layer's ``"fuses"``: ``[[member name, rows], ...]`` covering its rows."""
+    fuses = spec.get("fuses")
+    if fuses is None:
+        return
+    if spec.get("format") not in FORMATS or not isinstance(fuses, list) or len(fuses) < 2 or not all(
+            isinstance(f, list) and len(f) == 2 and isinstance(f[0], str) and f[0].isidentifier()
+            and isinstance(f[1], int) and not isinstance(f[1], bool) and f[1] >= 1
+            for f in fuses):
+        raise ValueError(f"{where}: malformed 'fuses' in metadata: expected a ternary layer's "
+                         f"[[member name, rows], ...] with at least 2 members, got {fuses!r}")
+    names = [f[0] for f in fuses]
+    if len(set(names)) != len(names) or sum(f[1] for f in fuses) != out_features:
+        raise ValueError(f"{where}: 'fuses' members {fuses!r} must have distinct names and rows "
+                         f"adding up to out_features={out_features}")
+
+
+def fuse_into(model: nn.Module, prefix: str, spec: dict, where: str, device=None,
+              dtype: Optional[torch.dtype] = None) -> None:
+    """Puts the (zero-filled) fused layer of ``spec`` at ``prefix`` and replaces its members,
+    which must be linear layers of ``model`` with the recorded widths (dense ones, as a model
+    is built, or ternary ones), by their slices of it."""
+    parent_name, _, fused_name = prefix.rpartition(".")
+    parent = model.get_submodule(parent_name)
+    for name, rows in spec["fuses"]:
+        member = getattr(parent, name, None)
+        shape = None
+        if isinstance(member, (nn.Linear, TernaryLinear)):
+            shape = (member.in_features, member.out_features)
+        elif member is not None:
+            from .convert import dense_weight
+            dense = dense_weight(member)
+            if dense is not None:
+                shape = tuple(dense[0].shape[::-1])
+        if shape is None:
+            raise ValueError(f"{where}: fuses '{name}', which is "
+                             f"{'missing' if member is None else 'a ' + type(member).__name__} "
+                             "in the model, not a linear layer")
+        if shape != (spec["in_features"], rows):
+            raise ValueError(f"{where}: member '{name}' is {spec['in_features']} -> {rows} in the "
+                             f"file but {shape[0]} -> {shape[1]} in the model")
+    fused = build_layer({k: v for k, v in spec.items() if k != "fuses"}, device=device,
+                        dtype=dtype)
+    fused.layer_name = prefix
+    install_fused(parent, fused_name, [tuple(f) for f in spec["fuses"]], fused)
 
 
 def load(path: Union[str, os.PathLike], model: Optional[nn.Module] = None, strict: bool = True,
@@ -339,6 +392,18 @@ def load(path: Union[str, os.PathLike], model: Optional[nn.Module] = None, stric
         try:
             module = model.get_submodule(prefix)
         except AttributeError:
+            if "fuses" in spec:
+                parent_name = prefix.rpartition(".")[0]
+                anchor = dict(model.named_modules()).get(parent_name)
+                member = getattr(anchor, spec["fuses"][0][0], None) if anchor else None
+                weight = getattr(member, "weight", None)
+                if isinstance(weight, torch.Tensor):
+                    bias = getattr(member, "bias", None)
+                    dtype = (weight.dtype if weight.is_floating_point()
+                             else bias.dtype if isinstance(bias, torch.Tensor) else None)
+                    fuse_into(model, prefix, spec, f"{path}: layer '{prefix}'",
+                              device=weight.device, dtype=dtype)
+                    continue
             if strict:
                 raise ValueError(f"{path}: layer '{prefix}' does not exist in the model") from None
             continue

@@ -87,15 +87,21 @@ def test_bitnet_reference_is_hf_bitlinear(bitnet):
 def test_bitnet_folder_matches_transformers(bitnet):
     name, path, ref = bitnet
     model = tops_hf.from_pretrained_bitnet(path)
-    layers = [m for m in model.modules() if isinstance(m, tops_hf.BitNetLinear)]
+    apart = tops_hf.from_pretrained_bitnet(path, fuse=False)
+    layers = [m for m in apart.modules() if isinstance(m, tops_hf.BitNetLinear)]
     assert len(layers) == 2 * 7
     assert isinstance(model.lm_head, torch.nn.Linear) and not isinstance(
         model.lm_head, tops.TernaryLinear)
     variant = BITNET_VARIANTS[name]
     assert all((m.rms_norm is not None) == variant.get("use_rms_norm", False) for m in layers)
+    # Layers with their own input norm stay apart; the others are fused (q/k/v, gate/up).
+    fused = [n for n, _ in model.named_modules() if n.endswith(("qkv_proj", "gate_up_proj"))]
+    assert len(fused) == (0 if variant.get("use_rms_norm") else 2 * 2)
     with torch.no_grad(), hf_eager():
         want = ref(PROMPT).logits
     got = model(PROMPT).logits
+    with torch.no_grad():
+        assert torch.equal(apart(PROMPT).logits, got)
     # Same int8 activations and ternary codes; only the float scaling is rounded differently.
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
     with hf_eager():
@@ -123,7 +129,7 @@ def test_bitnet_i8_and_save_load_round_trip(bitnet, tmp_path):
     _, path, _ = bitnet
     i2 = tops_hf.from_pretrained_bitnet(path)
     i8 = tops_hf.from_pretrained_bitnet(path, format="i8")
-    assert i8.model.layers[0].mlp.up_proj.weight.dtype == torch.int8
+    assert i8.model.layers[0].mlp.down_proj.weight.dtype == torch.int8
     with torch.no_grad():
         want = i2(PROMPT).logits
         torch.testing.assert_close(i8(PROMPT).logits, want, rtol=0, atol=0)
@@ -148,7 +154,7 @@ def test_bitnet_bfloat16_close_to_transformers(tmp_path):
     ref = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     model = tops_hf.from_pretrained_bitnet(path, dtype=torch.bfloat16)
     assert model.model.embed_tokens.weight.dtype == torch.bfloat16
-    assert model.model.layers[0].self_attn.q_proj.weight_scale.dtype == torch.float32
+    assert model.model.layers[0].self_attn.o_proj.weight_scale.dtype == torch.float32
     with torch.no_grad(), hf_eager():
         want = ref(PROMPT).logits
         got = model(PROMPT).logits
@@ -166,8 +172,8 @@ def test_bitnet_scale_conventions_differ(tmp_path):
     cfg["quantization_config"]["linear_class"] = "autobitlinear"
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     wrong = tops_hf.from_pretrained_bitnet(path)
-    a = good.model.layers[0].self_attn.q_proj.weight_scale
-    b = wrong.model.layers[0].self_attn.q_proj.weight_scale
+    a = good.model.layers[0].self_attn.o_proj.weight_scale
+    b = wrong.model.layers[0].self_attn.o_proj.weight_scale
     torch.testing.assert_close(a * b, torch.ones(()), rtol=1e-6, atol=0)
 
 
@@ -381,6 +387,22 @@ def test_decode_attention_backends(monkeypatch):
     assert torch.backends.cuda.flash_sdp_enabled() == flash
 
 
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_converted_fused_projections_match_separate_layers(arch):
+    # convert fuses q/k/v and gate/up by default; logits and generated tokens are those of the
+    # separate layers, bit for bit (act="int8"), and the tree names what each slice is.
+    model, apart = tiny_model(arch, seed=8), tiny_model(arch, seed=8)
+    summary = tops.convert(model)
+    tops.convert(apart, fuse=False)
+    layers = model.config.num_hidden_layers
+    assert len(summary.fused) == 2 * layers and not tops.convert(tiny_model(arch), fuse=False).fused
+    attn = model.model.layers[0].self_attn
+    assert isinstance(attn.v_proj, tops.FusedSlice) and "of qkv_proj" in repr(attn)
+    with torch.no_grad():
+        assert torch.equal(model(PROMPT).logits, apart(PROMPT).logits)
+    assert torch.equal(greedy(model), greedy(apart))
+
+
 def test_grouped_decode_attention_matches_transformers():
     # The compiled CUDA decode path's attention, on the CPU: grouped K/V heads with a padding
     # mask give transformers' result (K/V repeated to every head); all-masked-but-one rows too.
@@ -452,8 +474,9 @@ def test_load_pretrained_dtype_and_errors(tmp_path):
     tops.convert(model)
     tops_hf.save_pretrained(model, tmp_path / "m")
     half = tops_hf.load_pretrained(tmp_path / "m", dtype=torch.bfloat16)
-    proj = half.model.layers[0].self_attn.q_proj
-    assert proj.bias.dtype == torch.bfloat16 and proj.weight_scale.dtype == torch.float32
+    attn = half.model.layers[0].self_attn
+    assert isinstance(attn.q_proj, tops.FusedSlice) and attn.q_proj.bias.dtype == torch.bfloat16
+    assert attn.qkv_proj.weight_scale.dtype == torch.float32
     assert half(PROMPT).logits.dtype == torch.bfloat16
     with pytest.raises(ValueError, match="no transformers config"):
         tops_hf.save_pretrained(torch.nn.Linear(2, 2), tmp_path / "x")

@@ -186,6 +186,8 @@ def build_model(args, variant: str):
         dense_or = {"bf16": "dense", "int8": "int8"}
         tops.quantize_head_and_embedding(model, head=dense_or[args.head],
                                          embedding=dense_or[args.embedding])
+        if args.fuse == "on":
+            tops.fuse_projections(model)
     if args.attention == "decode-safe":
         from ternary_ops.hf import use_decode_attention
         use_decode_attention(model)
@@ -335,8 +337,8 @@ def markdown(args, summaries: list, argv) -> str:
         f"* Model: `{args.shape}` shape ({arch}), {args.layers or layers} layers, hidden {hidden}, "
         f"intermediate {inter}, {heads} heads / {kv} KV heads, vocabulary {args.vocab}; "
         f"ternary variant's head {args.head}, embedding {args.embedding} (bf16 in the dense "
-        f"variant), bf16 norms; attention: {args.attention}. Prompt {args.prompt} "
-        f"tokens, then {args.tokens} timed greedy steps after {args.warmup} warm-up steps; "
+        f"variant), bf16 norms; fused projections: {args.fuse}; attention: {args.attention}. "
+        f"Prompt {args.prompt} tokens, then {args.tokens} timed greedy steps after {args.warmup} warm-up steps; "
         f"{args.rounds} alternating rounds.",
         "",
         f"| mode | variant | decode tokens/s (range) | ms/token | prefill (s) | {memory} "
@@ -392,6 +394,9 @@ def parse_args(argv):
     p.add_argument("--attention", default="decode-safe", choices=("decode-safe", "stock"),
                    help="attention of both variants: the one convert() gives a transformers "
                         "model (ternary_ops.hf.attention, default) or transformers' stock SDPA")
+    p.add_argument("--fuse", default="on", choices=("on", "off"),
+                   help="the ternary variant's q/k/v and gate/up as one layer each "
+                        "(tops.fuse_projections, what convert() does; default on)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--kernel", default=None, help="force a CPU kernel set (default: best)")
     p.add_argument("--markdown", default=None, help="write the results table to this file")
@@ -401,7 +406,7 @@ def parse_args(argv):
     modes = args.mode.split(",")
     for m in modes:
         if m not in MODES:
-            p.error(f"--mode: expected eager, compiled or both, got {m!r}")
+            p.error(f"--mode: expected eager, compiled or eager,compiled; got {m!r}")
     if args.rounds < 1 or args.tokens < 1 or args.prompt < 1:
         p.error("--rounds, --tokens and --prompt must be >= 1")
     if args.layers < 0:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..convert import check_head_and_embedding, quantize_head_and_embedding
+from ..fuse import fuse_projections
 from ..io import read_tensors
 from ._loading import (CHECKPOINT_NAME, check_folder, finish_load, model_skeleton,
                        require_transformers)
@@ -109,7 +110,8 @@ def _should_convert(name: str, patterns) -> bool:
 def from_pretrained_bitnet(path_or_model, format: str = "i2", act: str = "int8",
                            dtype: Optional[torch.dtype] = None,
                            device: Optional[Union[str, torch.device]] = None,
-                           head: str = "dense", embedding: str = "dense") -> nn.Module:
+                           head: str = "dense", embedding: str = "dense",
+                           fuse: bool = True) -> nn.Module:
     """Loads a Hugging Face BitNet b1.58 model with :class:`BitNetLinear` layers.
 
     Args:
@@ -127,6 +129,9 @@ def from_pretrained_bitnet(path_or_model, format: str = "i2", act: str = "int8",
         head, embedding: ``"int8"`` keeps the output head / input embedding at 8 bits
             (:func:`ternary_ops.convert.quantize_head_and_embedding`); ``"dense"`` (default)
             leaves them as the checkpoint has them.
+        fuse: fuse q/k/v and gate/up into one ternary layer each
+            (:func:`ternary_ops.fuse_projections`; layers with their own input RMSNorm are
+            left apart). Default True.
 
     Which layers are ternary follows the config: for ``quantization_mode="offline"`` every
     linear layer with a ``weight_scale`` in the checkpoint; for ``"online"`` every linear
@@ -139,6 +144,8 @@ def from_pretrained_bitnet(path_or_model, format: str = "i2", act: str = "int8",
             raise ValueError("from_pretrained_bitnet: the model has no BitLinear/AutoBitLinear "
                              "layers; for a dense model use ternary_ops.convert")
         use_decode_attention(path_or_model)
+        if fuse:
+            fuse_projections(path_or_model)
         quantize_head_and_embedding(path_or_model, head, embedding, act)
         return path_or_model
     transformers = require_transformers()
@@ -186,6 +193,8 @@ def from_pretrained_bitnet(path_or_model, format: str = "i2", act: str = "int8",
         layer.layer_name = name
         model.set_submodule(name, layer)
     model = finish_load(model, tensors, path, dtype=dtype)
+    if fuse:
+        fuse_projections(model)
     quantize_head_and_embedding(model, head, embedding, act)
     return model if device is None else model.to(device)
 

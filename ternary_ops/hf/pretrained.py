@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from ..convert import dense_weight, untie_config
-from ..io import METADATA_KEY, build_layer, load as _load_tensors, read_metadata, save as _save
+from ..io import (METADATA_KEY, build_layer, fuse_into, load as _load_tensors, read_metadata,
+                  save as _save)
 from ..nn import Int8Linear, TernaryLinear
 from ._loading import (CHECKPOINT_NAME, check_folder, finish_load, model_skeleton,
                        require_transformers)
@@ -91,6 +92,11 @@ def load_pretrained(save_directory: Union[str, os.PathLike],
     model = model_skeleton(config)
     keep = set()
     for prefix, spec in layers.items():
+        if "fuses" in spec:  # its members are layers of the skeleton
+            fuse_into(model, prefix, spec, f"{file}: layer '{prefix}'", device="meta",
+                      dtype=dtype)
+            keep.add(f"{prefix}.weight_scale")
+            continue
         try:
             module = model.get_submodule(prefix)
         except AttributeError:

@@ -64,8 +64,10 @@ at::Tensor linear_cuda(WeightFormat f, const at::Tensor& x, const at::Tensor& we
                                   stream));
   if (plan.path == cuda::Path::kNoneDense) {
     const at::Tensor dense = scratch.view(x.scalar_type()).view({s.N, s.K});
-    const at::Tensor acc = at::mm(x2, dense.t());
-    C10_CUDA_CHECK(cuda::finish_dense(p, acc.data_ptr(), stream));
+    // float32 result: see dense.cu
+    const at::Tensor acc = x.scalar_type() == at::kFloat ? at::mm(x2, dense.t())
+                                                         : at::mm(x2, dense.t(), at::kFloat);
+    C10_CUDA_CHECK(cuda::finish_dense(p, acc.data_ptr<float>(), stream));
   }
   return out;
 }

@@ -1,7 +1,9 @@
 // dense.cu: act="none" for M > 8 where mma_float.cu does not apply (float32 x, unaligned x or
 // weights, K % 8 != 0, i8 past 32 rows). Ternary weights are exact in every float type, so decoding
 // them to a dense [N, K] matrix in x's dtype and handing it to the library GEMM (float32
-// accumulation) computes exactly x @ T^T; the scale and bias follow in one elementwise pass.
+// accumulation and a float32 result) computes exactly x @ T^T; the scale and bias follow in one
+// elementwise pass. The result stays float32 until then: an unscaled dot, int8 (q8) weights
+// above all, can pass float16's range although the scaled output does not.
 #include "common.cuh"
 
 namespace ternary::cuda {
@@ -24,14 +26,12 @@ __global__ void dequantize_kernel(const Linear p, T* __restrict__ out) {
   }
 }
 
-template <typename T>
-__global__ void scale_bias_kernel(const Linear p, const T* __restrict__ acc) {
+__global__ void scale_bias_kernel(const Linear p, const float* __restrict__ acc) {
   const int64_t total = p.M * p.N;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
        i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t n = i % p.N;
-    store_out(p.y, i, epilogue_none(to_float(acc[i]), scale_of(p, n), p.bias, n),
-              p.dtype);
+    store_out(p.y, i, epilogue_none(acc[i], scale_of(p, n), p.bias, n), p.dtype);
   }
 }
 
@@ -58,19 +58,8 @@ cudaError_t dequantize(const Linear& p, void* dense, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-cudaError_t finish_dense(const Linear& p, const void* acc, cudaStream_t stream) {
-  const dim3 grid = grid_for(p.M * p.N);
-  switch (p.dtype) {
-    case DType::F32:
-      scale_bias_kernel<<<grid, 256, 0, stream>>>(p, static_cast<const float*>(acc));
-      break;
-    case DType::BF16:
-      scale_bias_kernel<<<grid, 256, 0, stream>>>(p, static_cast<const __nv_bfloat16*>(acc));
-      break;
-    case DType::F16:
-      scale_bias_kernel<<<grid, 256, 0, stream>>>(p, static_cast<const __half*>(acc));
-      break;
-  }
+cudaError_t finish_dense(const Linear& p, const float* acc, cudaStream_t stream) {
+  scale_bias_kernel<<<grid_for(p.M * p.N), 256, 0, stream>>>(p, acc);
   return cudaGetLastError();
 }
 

@@ -61,8 +61,8 @@ Plan plan_linear(const Linear& p, Act act);
 
 // Launches the plan's kernels on `stream`, with `scratch` of plan.scratch_bytes bytes. For
 // Path::kNoneDense it writes the dense weights T [N, K] in x's dtype to scratch and returns;
-// the caller then computes acc = x @ T^T ([M, N], x's dtype) and calls finish_dense.
+// the caller then computes acc = x @ T^T ([M, N], float32) and calls finish_dense.
 cudaError_t run_linear(const Plan& plan, Linear p, void* scratch, cudaStream_t stream);
-cudaError_t finish_dense(const Linear& p, const void* acc, cudaStream_t stream);
+cudaError_t finish_dense(const Linear& p, const float* acc, cudaStream_t stream);
 
 }  // namespace ternary::cuda

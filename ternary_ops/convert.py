@@ -264,8 +264,9 @@ def convert(model: nn.Module, format: str = "i2", act: str = "int8",
     dense weight, a Hugging Face ``config.tie_word_embeddings`` is set to False so that loading
     does not tie them again, and the summary says so. A ``transformers`` model that uses SDPA
     attention is switched to :data:`ternary_ops.hf.attention.ATTENTION_NAME`, the same attention
-    with the backend of one-token queries chosen per device (on CUDA never cuDNN, which rebuilds
-    its plan on every eager decode step; on the CPU under ``torch.compile``, math);
+    with the backend of one-token queries chosen per device and mode (on CUDA in eager mode
+    never cuDNN, which rebuilds its plan on every decode step; compiled over a static cache,
+    cuDNN on the grouped K/V heads; on the CPU under ``torch.compile``, math);
     ``model.set_attn_implementation("sdpa")`` undoes it. Layers that are already
     ``TernaryLinear`` are left as they are (a warning and the summary say how many).
 

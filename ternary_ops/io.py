@@ -309,7 +309,8 @@ def _check_fuses(where: str, spec: dict, out_features: int) -> None:
     fuses = spec.get("fuses")
     if fuses is None:
         return
-    if spec.get("format") not in FORMATS or not isinstance(fuses, list) or len(fuses) < 2 or not all(
+    well_formed = spec.get("format") in FORMATS and isinstance(fuses, list) and len(fuses) >= 2
+    if not well_formed or not all(
             isinstance(f, list) and len(f) == 2 and isinstance(f[0], str) and f[0].isidentifier()
             and isinstance(f[1], int) and not isinstance(f[1], bool) and f[1] >= 1
             for f in fuses):

@@ -28,7 +28,8 @@ def test_fused_layer_is_the_members_side_by_side(fmt, dtype):
     # against the separate layers and the reference.
     seed = torch.randint(0, 2**31, ()).item()
     for widths, k, gran, bias in (((5, 1, 9), 37, "tensor", False), ((7, 3), 1, "channel", True),
-                                  ((64, 16, 16), 130, "tensor", True), ((1, 1), 5, "channel", False)):
+                                  ((64, 16, 16), 130, "tensor", True),
+                                  ((1, 1), 5, "channel", False)):
         for act in ("int8", "none"):
             layers = [m.to(dtype) for m in layers_like(fmt, act, widths, k, gran=gran, bias=bias,
                                                        seed=seed)]
@@ -55,14 +56,16 @@ def test_fuse_layers_scales_and_refusals():
     diff = layers_like("i2", "int8", (4, 2), 8)
     diff[1].weight_scale = torch.tensor(0.25)
     scale = fuse_layers(diff).weight_scale
-    assert scale.shape == (6,) and scale[:4].eq(diff[0].weight_scale).all() and scale[4:].eq(0.25).all()
+    assert scale.shape == (6,) and scale[4:].eq(0.25).all()
+    assert scale[:4].eq(diff[0].weight_scale).all()
     cases = [(layers_like("i2", "int8", (4,), 8) + layers_like("i2", "int8", (4,), 9),
               "in_features differ"),
              (layers_like("i2", "int8", (4,), 8) + layers_like("i8", "int8", (4,), 8),
               "format or act differ"),
              (layers_like("i2", "int8", (4,), 8) + layers_like("i2", "int8", (4,), 8, bias=True),
               "some layers have a bias"),
-             ([nn.Linear(8, 4)] + layers_like("i2", "int8", (4,), 8), "Linear is not a TernaryLinear")]
+             ([nn.Linear(8, 4)] + layers_like("i2", "int8", (4,), 8),
+              "Linear is not a TernaryLinear")]
     for layers, why in cases:
         with pytest.raises(ValueError, match=why):
             fuse_layers(layers)

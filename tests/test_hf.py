@@ -356,8 +356,8 @@ def test_convert_switches_sdpa_to_decode_safe_attention():
 
 
 def test_decode_attention_backends(monkeypatch):
-    # One-token queries: math on the CPU while compiling (eager unchanged), never cuDNN on CUDA
-    # (checked on the GPU in test_cuda.py); prefill always PyTorch's own choice.
+    # One-token queries: math on the CPU while compiling (eager unchanged), no cuDNN on CUDA in
+    # eager mode (checked on the GPU in test_cuda.py); prefill always PyTorch's own choice.
     from transformers.integrations import sdpa_attention
 
     from ternary_ops.hf.attention import decode_sdpa

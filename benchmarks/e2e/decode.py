@@ -338,7 +338,8 @@ def markdown(args, summaries: list, argv) -> str:
         f"intermediate {inter}, {heads} heads / {kv} KV heads, vocabulary {args.vocab}; "
         f"ternary variant's head {args.head}, embedding {args.embedding} (bf16 in the dense "
         f"variant), bf16 norms; fused projections: {args.fuse}; attention: {args.attention}. "
-        f"Prompt {args.prompt} tokens, then {args.tokens} timed greedy steps after {args.warmup} warm-up steps; "
+        f"Prompt {args.prompt} tokens, then {args.tokens} timed greedy steps after "
+        f"{args.warmup} warm-up steps; "
         f"{args.rounds} alternating rounds.",
         "",
         f"| mode | variant | decode tokens/s (range) | ms/token | prefill (s) | {memory} "

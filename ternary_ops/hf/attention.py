@@ -28,7 +28,8 @@ chosen per device and mode:
 
 Everything else (prefill, eager CPU, other devices) is unchanged. :func:`use_decode_attention`
 switches a model that uses ``"sdpa"`` to it; ``convert()`` and the checkpoint loaders of
-:mod:`ternary_ops.hf` do so for the models they return. ``model.set_attn_implementation("sdpa")`` restores the stock function.
+:mod:`ternary_ops.hf` do so for the models they return.
+``model.set_attn_implementation("sdpa")`` restores the stock function.
 """
 from __future__ import annotations
 

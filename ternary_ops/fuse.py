@@ -33,14 +33,15 @@ DEFAULT_GROUPS: Tuple[Tuple[Tuple[str, ...], str], ...] = (
 
 
 class _Pending:
-    """The last fused output and which slices have not returned their rows of it yet."""
+    """The group's last fused output: ``state`` is ``None`` or ``(input, version, output,
+    waiting)``, bit i of ``waiting`` set while slice i has not read ``output`` yet. One tuple,
+    replaced whole, so a slice never pairs one call's input with another call's output, even
+    when threads share the model."""
 
-    __slots__ = ("input", "version", "output", "waiting")
+    __slots__ = ("state",)
 
     def __init__(self):
-        self.input = self.output = None
-        self.version = -1
-        self.waiting = 0  # bit i: slice i still to read ``output``
+        self.state = None
 
 
 def _version(x: torch.Tensor) -> int:
@@ -70,16 +71,14 @@ class FusedSlice(nn.Module):
         self.in_features, self.out_features = fused.in_features, stop - start
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pending, bit = self._pending, 1 << self.index
-        if pending.waiting & bit and pending.input is x and pending.version == _version(x):
-            y = pending.output
-            pending.waiting &= ~bit
-            if not pending.waiting:
-                pending.input = pending.output = None
+        pending, bit, version = self._pending, 1 << self.index, _version(x)
+        state = pending.state
+        if state is not None and state[0] is x and state[1] == version and state[3] & bit:
+            y, waiting = state[2], state[3] & ~bit
+            pending.state = (x, version, y, waiting) if waiting else None
         else:
             y = self.fused(x)
-            pending.input, pending.output, pending.waiting = x, y, self._all & ~bit
-            pending.version = _version(x)
+            pending.state = (x, version, y, self._all & ~bit)
         return y[..., self.start:self.stop]
 
     @property

@@ -10,8 +10,8 @@ for the formats and semantics. ``ternary_ops.reference`` holds their plain-torch
 """
 from . import reference
 from .convert import DEFAULT_EXCLUDE, ConvertSummary, convert, quantize_head_and_embedding
-from .fuse import FusedSlice, fuse_projections
 from .formats import dequantize, pack_i2, quantize, quantize_q8, unpack_i2, validate_weight
+from .fuse import FusedSlice, fuse_projections
 from .io import load, save
 from .nn import Int8Embedding, Int8Linear, TernaryLinear
 from .ops import (backends, cpu_kernel, cpu_kernels_available, linear_i2, linear_i8, linear_q8,
@@ -20,7 +20,8 @@ from .ops import (backends, cpu_kernel, cpu_kernels_available, linear_i2, linear
 __version__ = "0.1.0"
 
 __all__ = [
-    "TernaryLinear", "FusedSlice", "fuse_projections", "Int8Linear", "Int8Embedding", "quantize_q8", "linear_q8", "convert",
+    "TernaryLinear", "FusedSlice", "fuse_projections", "Int8Linear", "Int8Embedding",
+    "quantize_q8", "linear_q8", "convert",
     "quantize_head_and_embedding", "ConvertSummary", "DEFAULT_EXCLUDE", "save", "load", "quantize",
     "pack_i2", "unpack_i2", "dequantize", "validate_weight", "linear_i8", "linear_i2",
     "cpu_kernel", "cpu_kernels_available", "select_cpu_kernel", "backends", "reference",

@@ -394,9 +394,11 @@ def load(path: Union[str, os.PathLike], model: Optional[nn.Module] = None, stric
             module = model.get_submodule(prefix)
         except AttributeError:
             if "fuses" in spec:
-                parent_name = prefix.rpartition(".")[0]
-                anchor = dict(model.named_modules()).get(parent_name)
-                member = getattr(anchor, spec["fuses"][0][0], None) if anchor else None
+                try:
+                    parent = model.get_submodule(prefix.rpartition(".")[0])
+                except AttributeError:
+                    parent = None
+                member = getattr(parent, spec["fuses"][0][0], None)
                 weight = getattr(member, "weight", None)
                 if isinstance(weight, torch.Tensor):
                     bias = getattr(member, "bias", None)

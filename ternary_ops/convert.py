@@ -175,11 +175,20 @@ def quantize_head_and_embedding(model: nn.Module, head: str = "dense", embedding
     layers are ternary already (e.g. from :func:`ternary_ops.hf.from_pretrained_bitnet`)."""
     check_head_and_embedding(head, embedding, "quantize_head_and_embedding")
     summary = ConvertSummary() if summary is None else summary
+    tied = head == "int8" and embedding == "int8" and _head_tied_to_embedding(model)
     if head == "int8":
         _quantize_head(model, act, weight_owners(model), summary)
     if embedding == "int8":
-        _quantize_embedding(model, summary)
+        _quantize_embedding(model, summary, model.get_output_embeddings() if tied else None)
     return summary
+
+
+def _head_tied_to_embedding(model: nn.Module) -> bool:
+    if not (hasattr(model, "get_output_embeddings") and hasattr(model, "get_input_embeddings")):
+        return False
+    out, emb = model.get_output_embeddings(), model.get_input_embeddings()
+    return (isinstance(out, nn.Linear) and isinstance(emb, nn.Embedding)
+            and out.weight is emb.weight)
 
 
 def _quantize_head(model: nn.Module, act: str, owners, summary: ConvertSummary) -> None:
@@ -200,7 +209,7 @@ def _quantize_head(model: nn.Module, act: str, owners, summary: ConvertSummary) 
         summary.bytes_after += layer.weight_bytes()
         if shared:
             summary.notes[name] = f"untied from '{shared[0]}', which keeps its own weight"
-            untie_config(getattr(model, "config", None))
+            untie_config(getattr(model, "config", None))  # the q8 tensors are shared instead
         if name in summary.skipped:
             summary.skipped.remove(name)
         model.set_submodule(name, layer)
@@ -208,16 +217,25 @@ def _quantize_head(model: nn.Module, act: str, owners, summary: ConvertSummary) 
         summary.int8.append(name)
 
 
-def _quantize_embedding(model: nn.Module, summary: ConvertSummary) -> None:
+def _quantize_embedding(model: nn.Module, summary: ConvertSummary,
+                        tied_head: Optional[Int8Linear] = None) -> None:
     emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     if not isinstance(emb, nn.Embedding):
         raise ValueError("convert: embedding='int8' needs a model whose get_input_embeddings() "
                          f"is an nn.Embedding, got {type(emb).__name__}")
     name = next(n for n, m in model.named_modules() if m is emb)
-    with torch.no_grad():
-        new = Int8Embedding.from_embedding(emb)
-    summary.bytes_before += emb.weight.numel() * emb.weight.element_size()
-    summary.bytes_after += new.weight_bytes()
+    if tied_head is not None:
+        # The head was quantized from this very weight, row by row as the embedding would be:
+        # one set of int8 rows and scales serves both.
+        new = Int8Embedding.from_q8(tied_head.weight, tied_head.weight_scale, emb.padding_idx,
+                                    dtype=emb.weight.dtype)
+        head_name = next(n for n, m in model.named_modules() if m is tied_head)
+        summary.notes[head_name] = f"shares its int8 weight and scales with '{name}'"
+    else:
+        with torch.no_grad():
+            new = Int8Embedding.from_embedding(emb)
+        summary.bytes_before += emb.weight.numel() * emb.weight.element_size()
+        summary.bytes_after += new.weight_bytes()
     model.set_submodule(name, new)
     summary.int8.append(name)
 
@@ -243,7 +261,9 @@ def convert(model: nn.Module, format: str = "i2", act: str = "int8",
             one scale per row, this ``act``): half of bf16's bytes, for decode speed and memory.
             ``"dense"`` (default) leaves it as it is.
         embedding: ``"int8"`` replaces the input embedding (``model.get_input_embeddings()``)
-            with an :class:`Int8Embedding`; ``"dense"`` (default) leaves it.
+            with an :class:`Int8Embedding`; ``"dense"`` (default) leaves it. With both at
+            ``"int8"``, a head tied to the embedding keeps one set of int8 rows and scales for
+            both (saved once, shared again on load and through ``.to()``).
         fuse: fuse sibling projections that read the same input (``q_proj``/``k_proj``/
             ``v_proj`` into ``qkv_proj``, ``gate_proj``/``up_proj`` into ``gate_up_proj``) into
             one ternary layer each, with the same results; the old names become

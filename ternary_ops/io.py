@@ -126,6 +126,28 @@ def save(model_or_state: Union[nn.Module, Dict[str, torch.Tensor]], path: Union[
     write_atomic(os.fspath(path), lambda tmp: _save_file(tensors, tmp, meta))
 
 
+def _share_aliased_buffers(model: nn.Module, aliases: Dict[str, str]) -> None:
+    """Buffers the file stored once because they were one tensor when saved (the int8 rows of
+    a tied head and embedding) become one tensor again; ``load_state_dict`` copied them apart."""
+    for alias, target in aliases.items():
+        owners = []
+        for key in (alias, target):
+            prefix, _, name = key.rpartition(".")
+            try:
+                module = model.get_submodule(prefix)
+            except AttributeError:
+                break
+            if module._buffers.get(name) is None:
+                break
+            owners.append((module, name))
+        if len(owners) == 2:
+            (module, name), (source, source_name) = owners
+            shared, mine = source._buffers[source_name], module._buffers[name]
+            if (shared.shape, shared.dtype, shared.device) == (mine.shape, mine.dtype,
+                                                               mine.device):
+                module._buffers[name] = shared
+
+
 def _save_file(tensors, path, metadata):
     from safetensors.torch import save_file
     save_file(tensors, path, metadata=metadata)
@@ -450,6 +472,7 @@ def load(path: Union[str, os.PathLike], model: Optional[nn.Module] = None, stric
         parent_name, _, child = prefix.rpartition(".")
         setattr(model.get_submodule(parent_name), child, new)
     result = model.load_state_dict(tensors, strict=strict)
+    _share_aliased_buffers(model, info.get("aliases", {}))
     if not strict and len(result.unexpected_keys) == len(tensors):
         warnings.warn(f"load: nothing in {os.fspath(path)} matched a parameter or buffer of the "
                       f"{type(model).__name__} ({len(tensors)} tensors, all unexpected)",

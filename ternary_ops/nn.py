@@ -1,6 +1,7 @@
 """``TernaryLinear``: a drop-in replacement for ``nn.Linear`` with ternary weights."""
 from __future__ import annotations
 
+import weakref
 from typing import Optional
 
 import torch
@@ -39,10 +40,32 @@ class _PackedWeight(nn.Module):
         # Module.to(dtype) / .half() would cast the float32 scale; keep it float32 and let only
         # the device follow (the weight is integer, so casts never touch it).
         scale = self.weight_scale
-        super()._apply(fn, recurse)
+        super()._apply(lambda t: _convert_once(fn, t, "", fn), recurse)
         if self.weight_scale.dtype != torch.float32:
-            self.weight_scale = scale.to(device=self.weight_scale.device)
+            device = self.weight_scale.device
+            self.weight_scale = _convert_once(fn, scale, "float32",
+                                              lambda s: s.to(device=device))
         return self
+
+
+# Buffers that two modules share (a tied head and embedding kept at int8) must stay one tensor
+# through Module.to() / .cuda(), which converts each module's buffers on its own: within one
+# conversion (one `fn`), a tensor converted before gives the same result again. Weak references
+# only: the memo never keeps a tensor alive.
+_converted: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _convert_once(fn, t: torch.Tensor, tag: str, convert):
+    try:
+        memo = _converted.setdefault(fn, {})
+    except TypeError:  # an fn that takes no weak reference: convert without sharing
+        return convert(t)
+    hit = memo.get((id(t), tag))
+    out = hit[1]() if hit is not None and hit[0]() is t else None
+    if out is None:
+        out = convert(t)
+        memo[(id(t), tag)] = (weakref.ref(t), weakref.ref(out))
+    return out
 
 
 class TernaryLinear(_PackedWeight):
@@ -322,9 +345,26 @@ class Int8Embedding(_Q8Weight):
     def from_embedding(cls, embedding: nn.Embedding) -> "Int8Embedding":
         """Quantizes ``embedding.weight`` per row into a new module on the same device."""
         codes, scale = quantize_q8(embedding.weight)
-        layer = cls(codes.shape[0], codes.shape[1], embedding.padding_idx, device="meta",
-                    dtype=embedding.weight.dtype)
-        layer.weight, layer.weight_scale = codes, scale
+        return cls.from_q8(codes, scale, embedding.padding_idx, dtype=embedding.weight.dtype)
+
+    @classmethod
+    def from_q8(cls, weight: torch.Tensor, weight_scale: torch.Tensor,
+                padding_idx: Optional[int] = None,
+                dtype: Optional[torch.dtype] = None) -> "Int8Embedding":
+        """A module over existing q8 rows (int8 ``[num, dim]``, float32 scales ``[num]``),
+        without a copy: the tensors stay shared with whatever else holds them (such as the
+        :class:`Int8Linear` head of a model whose head and embedding were tied)."""
+        if weight.dtype != torch.int8 or weight.dim() != 2:
+            raise ValueError(f"Int8Embedding.from_q8: weight must be a 2-D torch.int8 tensor, "
+                             f"got {weight.dtype} {list(weight.shape)}")
+        if weight_scale.dtype != torch.float32 or tuple(weight_scale.shape) != weight.shape[:1]:
+            raise ValueError(f"Int8Embedding.from_q8: weight_scale must be float32 "
+                             f"[{weight.shape[0]}], got {weight_scale.dtype} "
+                             f"{list(weight_scale.shape)}")
+        if weight.numel() and int(weight.min()) == -128:  # a reduction, no mask of the table
+            validate_q8(weight)
+        layer = cls(weight.shape[0], weight.shape[1], padding_idx, device="meta", dtype=dtype)
+        layer.weight, layer.weight_scale = weight, weight_scale
         return layer
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:

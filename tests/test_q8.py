@@ -165,6 +165,18 @@ def test_convert_int8_head_and_embedding_round_trip(tied, tmp_path):
     assert isinstance(model.model.embed_tokens, tops.Int8Embedding)
     assert summary.int8 == ["lm_head", "model.embed_tokens"] and "lm_head" in summary.replaced
     assert model.config.tie_word_embeddings is False
+    # A tied head and embedding keep one set of int8 rows and scales (quantized from the same
+    # weight, row by row, they would be equal anyway); untied ones have their own.
+    def shared(m):
+        head, emb = m.lm_head, m.model.embed_tokens
+        return head.weight is emb.weight and head.weight_scale is emb.weight_scale
+    assert shared(model) is tied
+    if tied:
+        assert summary.notes["lm_head"] == "shares its int8 weight and scales with " \
+                                           "'model.embed_tokens'"
+        alone = tops.Int8Embedding.from_embedding(ternary_only.model.embed_tokens)
+        assert torch.equal(alone.weight, model.model.embed_tokens.weight)
+        assert torch.equal(alone.weight_scale, model.model.embed_tokens.weight_scale)
     with torch.no_grad():
         got = model(ids).logits
     # int8 head and embedding: close to the same model with bf16/float ones
@@ -176,14 +188,38 @@ def test_convert_int8_head_and_embedding_round_trip(tied, tmp_path):
     import ternary_ops.hf as tops_hf
     tops_hf.save_pretrained(model, tmp_path / "hf")
     loaded = tops_hf.load_pretrained(tmp_path / "hf")
+    stored = tops.load(tmp_path / "m.safetensors")
+    assert (stored["lm_head.weight"] is stored["model.embed_tokens.weight"]) is tied
     for other in (fresh, loaded):
         assert isinstance(other.lm_head, tops.Int8Linear)
         assert isinstance(other.model.embed_tokens, tops.Int8Embedding)
+        assert shared(other) is tied
         with torch.no_grad():
             assert torch.equal(other(ids).logits, got)
     bf = tops_hf.load_pretrained(tmp_path / "hf", dtype=torch.bfloat16)
     assert bf.model.embed_tokens.dtype == torch.bfloat16
     assert bf.lm_head.weight_scale.dtype == torch.float32
+    # Module.to converts each module's buffers on its own: shared ones must stay shared.
+    bf.to(torch.float16)
+    assert shared(bf) is tied and bf.lm_head.weight_scale.dtype == torch.float32
+    bf.to("meta")
+    assert shared(bf) is tied and bf.lm_head.weight.device.type == "meta"
+
+
+def test_int8_embedding_from_q8_checks_its_tensors():
+    codes, scale = tops.quantize_q8(torch.randn(6, 5))
+    emb = tops.Int8Embedding.from_q8(codes, scale, padding_idx=1, dtype=torch.float16)
+    assert emb.weight is codes and emb.weight_scale is scale and emb.padding_idx == 1
+    assert emb(torch.tensor([2])).dtype == torch.float16
+    with pytest.raises(ValueError, match="2-D torch.int8 tensor, got torch.float32"):
+        tops.Int8Embedding.from_q8(codes.float(), scale)
+    with pytest.raises(ValueError, match=r"weight_scale must be float32 \[6\], got "
+                                         r"torch.float32 \[5\]"):
+        tops.Int8Embedding.from_q8(codes, scale[:5])
+    bad = codes.clone()
+    bad[2, 3] = -128
+    with pytest.raises(ValueError, match="values of -128"):
+        tops.Int8Embedding.from_q8(bad, scale)
 
 
 def test_convert_head_errors():

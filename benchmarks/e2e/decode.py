@@ -44,10 +44,10 @@ import sys
 import time
 
 SHAPES = {
-    # name: (architecture, layers, hidden, intermediate, heads, kv heads)
-    "bitnet-2b": ("bitnet", 30, 2560, 6912, 20, 5),
-    "llama-8b": ("llama", 32, 4096, 14336, 32, 8),
-    "llama-70b": ("llama", 80, 8192, 28672, 64, 8),
+    # name: (architecture, layers, hidden, intermediate, heads, kv heads, tied head/embedding)
+    "bitnet-2b": ("bitnet", 30, 2560, 6912, 20, 5, True),
+    "llama-8b": ("llama", 32, 4096, 14336, 32, 8, False),
+    "llama-70b": ("llama", 80, 8192, 28672, 64, 8, False),
 }
 VARIANTS = ("ternary", "dense")
 MODES = ("eager", "compiled")
@@ -122,11 +122,11 @@ def read_bandwidth(device: str) -> float:
 def model_config(args):
     import transformers
 
-    arch, layers, hidden, inter, heads, kv = SHAPES[args.shape]
+    arch, layers, hidden, inter, heads, kv, tied = SHAPES[args.shape]
     common = dict(vocab_size=args.vocab, hidden_size=hidden, intermediate_size=inter,
                   num_hidden_layers=args.layers or layers, num_attention_heads=heads,
                   num_key_value_heads=kv, max_position_embeddings=8192, bos_token_id=1,
-                  eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)
+                  eos_token_id=2, pad_token_id=0, tie_word_embeddings=tied)
     if arch == "bitnet":
         return transformers.BitNetConfig(**common), transformers.BitNetForCausalLM
     return transformers.LlamaConfig(**common), transformers.LlamaForCausalLM
@@ -182,6 +182,8 @@ def build_model(args, variant: str):
                 data = torch.randn(p.shape, generator=gen, dtype=torch.bfloat16, device=device)
                 data.mul_(0.02)
             setattr(module, pname, nn.Parameter(data, requires_grad=False))
+    if config.tie_word_embeddings:  # the head got its own random weight above: tie it again
+        model.get_output_embeddings().weight = model.get_input_embeddings().weight
     if variant == "ternary":
         dense_or = {"bf16": "dense", "int8": "int8"}
         tops.quantize_head_and_embedding(model, head=dense_or[args.head],
@@ -326,7 +328,7 @@ def markdown(args, summaries: list, argv) -> str:
     import torch
     import transformers
 
-    arch, layers, hidden, inter, heads, kv = SHAPES[args.shape]
+    arch, layers, hidden, inter, heads, kv, tied = SHAPES[args.shape]
     memory = {"cpu": "peak RSS", "cuda": "peak allocated", "mps": "driver allocated"}[args.device]
     lines = [
         f"Command: `python benchmarks/e2e/decode.py {' '.join(argv)}`",
@@ -335,7 +337,8 @@ def markdown(args, summaries: list, argv) -> str:
         f"{transformers.__version__}" + (f", {args.threads} threads" if args.device == "cpu"
                                          else ""),
         f"* Model: `{args.shape}` shape ({arch}), {args.layers or layers} layers, hidden {hidden}, "
-        f"intermediate {inter}, {heads} heads / {kv} KV heads, vocabulary {args.vocab}; "
+        f"intermediate {inter}, {heads} heads / {kv} KV heads, vocabulary {args.vocab}, "
+        f"head and embedding {'tied' if tied else 'untied'}; "
         f"ternary variant's head {args.head}, embedding {args.embedding} (bf16 in the dense "
         f"variant), bf16 norms; fused projections: {args.fuse}; attention: {args.attention}. "
         f"Prompt {args.prompt} tokens, then {args.tokens} timed greedy steps after "

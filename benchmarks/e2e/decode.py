@@ -17,8 +17,10 @@ the dense variant holds exactly those weights in bfloat16), measures the device'
 prefills a prompt, and times greedy decode steps with batch 1:
 
 * eager: the transformers model called step by step with a DynamicCache;
-* compiled: a StaticCache and the decode step under ``torch.compile(fullgraph=True)``
-  (``mode="reduce-overhead"``, i.e. CUDA graphs, on cuda).
+* compiled: a StaticCache and the decode step under ``torch.compile`` with
+  ``ternary_ops.hf.compile_kwargs(device)``: ``fullgraph=True``, CUDA graphs on cuda (what
+  ``mode="reduce-overhead"`` turns on), and no guards on the model's module state
+  (``--module-guards on`` keeps them), for both variants.
 
 Both variants use the attention ``convert()`` gives a transformers model
 (``ternary_ops.hf.attention``; ``--attention stock`` for transformers' own SDPA). The prefill
@@ -208,7 +210,7 @@ def run_child(args, mode: str, variant: str) -> dict:
     from transformers import DynamicCache, StaticCache
 
     import ternary_ops as tops
-    from ternary_ops.hf import cache_kwargs
+    from ternary_ops.hf import cache_kwargs, compile_kwargs
 
     device = args.device
     if device == "cpu":
@@ -251,8 +253,8 @@ def run_child(args, mode: str, variant: str) -> dict:
                 logits = model(input_ids=tok, position_ids=pos[None], cache_position=pos,
                                use_cache=True, **kw).logits
                 return logits[:, -1:].argmax(-1)
-            compiled = torch.compile(decode, fullgraph=True,
-                                     mode="reduce-overhead" if device == "cuda" else None)
+            compiled = torch.compile(
+                decode, **compile_kwargs(device, module_guards=args.module_guards == "on"))
 
             def step(tok, pos):
                 return compiled(tok, pos).clone()  # CUDA graphs reuse their output buffer
@@ -340,7 +342,8 @@ def markdown(args, summaries: list, argv) -> str:
         f"intermediate {inter}, {heads} heads / {kv} KV heads, vocabulary {args.vocab}, "
         f"head and embedding {'tied' if tied else 'untied'}; "
         f"ternary variant's head {args.head}, embedding {args.embedding} (bf16 in the dense "
-        f"variant), bf16 norms; fused projections: {args.fuse}; attention: {args.attention}. "
+        f"variant), bf16 norms; fused projections: {args.fuse}; attention: {args.attention}; "
+        f"compiled with module guards {args.module_guards}. "
         f"Prompt {args.prompt} tokens, then {args.tokens} timed greedy steps after "
         f"{args.warmup} warm-up steps; "
         f"{args.rounds} alternating rounds.",
@@ -401,6 +404,10 @@ def parse_args(argv):
     p.add_argument("--fuse", default="on", choices=("on", "off"),
                    help="the ternary variant's q/k/v and gate/up as one layer each "
                         "(tops.fuse_projections, what convert() does; default on)")
+    p.add_argument("--module-guards", default="off", choices=("on", "off"),
+                   help="compiled mode: keep torch.compile's guards on the model's module state "
+                        "(default off, as ternary_ops.hf.compile_kwargs gives: the model is not "
+                        "changed after compiling)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--kernel", default=None, help="force a CPU kernel set (default: best)")
     p.add_argument("--markdown", default=None, help="write the results table to this file")

@@ -6,10 +6,13 @@
     python examples/fast_decode.py --eager                  # the same without torch.compile
 
 The recipe: ternary layers (i2, act="int8"), the output head and the input embedding at 8 bits
-(``head="int8"``, ``embedding="int8"``), a static KV cache and a compiled forward (on CUDA
-``generate`` compiles it itself with CUDA graphs once the cache is static; on the CPU
-``torch.compile(model.forward, fullgraph=True)``), and on the CPU one thread per core. Prints the greedy tokens/s (median of the steps,
-with their spread) and checks that the compiled model decodes the same tokens as the eager one.
+(``head="int8"``, ``embedding="int8"``; tied, as in BitNet-2B-4T, they share one int8 table), a
+static KV cache and a compiled forward with ``ternary_ops.hf.compile_kwargs`` (fullgraph, CUDA
+graphs on CUDA, no guards on the model's module state; on CUDA ``generate`` compiles the
+forward itself once the cache is static, with those arguments as its ``compile_config``; on the
+CPU ``torch.compile(model.forward, **compile_kwargs("cpu"))``), and on the CPU one thread per
+core. Prints the greedy tokens/s (median of the steps, with their spread) and checks that the
+compiled model decodes the same tokens as the eager one.
 """
 import argparse
 import os
@@ -35,7 +38,7 @@ def random_bitnet(layers: int, vocab: int, seed: int = 0):
     config = transformers.BitNetConfig(
         vocab_size=vocab, hidden_size=2560, intermediate_size=6912, num_hidden_layers=layers,
         num_attention_heads=20, num_key_value_heads=5, max_position_embeddings=4096,
-        bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)
+        bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=True)
     model = transformers.BitNetForCausalLM(config).to(torch.bfloat16).eval()
     print(tops.convert(model, head="int8", embedding="int8"))
     return model
@@ -66,11 +69,16 @@ def main(argv=None):
     # The eager model first: its tokens are what the compiled one must reproduce.
     want, _, eager_steps = greedy_decode(model, ids, args.tokens)
     if not args.eager:
-        # A static cache; on CUDA, generate() then compiles the forward itself
-        # (mode="reduce-overhead", fullgraph); on the CPU it does not, so compile it here.
+        # A static cache; on CUDA, generate() then compiles the forward itself with its
+        # compile_config; on the CPU it does not, so compile it here. The model is not changed
+        # after this point, which is what compile_kwargs' missing module guards assume.
+        import transformers
+
         model.generation_config.cache_implementation = "static"
+        model.generation_config.compile_config = transformers.CompileConfig(
+            **tops_hf.compile_kwargs(args.device))
         if args.device == "cpu":
-            model.forward = torch.compile(model.forward, fullgraph=True)
+            model.forward = torch.compile(model.forward, **tops_hf.compile_kwargs("cpu"))
         greedy_decode(model, ids, args.tokens)  # compiles (same cache length), untimed
     got, _, steps = greedy_decode(model, ids, args.tokens)
     if not torch.equal(got, want):

@@ -450,6 +450,34 @@ def test_compile_inductor_llama():
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("module_guards", [False, True])
+def test_compile_kwargs(module_guards):
+    from torch._dynamo.utils import counters
+
+    kw = tops_hf.compile_kwargs("cpu", module_guards=module_guards)
+    assert kw["fullgraph"] is True and kw["mode"] is None
+    assert ("guard_filter_fn" in (kw["options"] or {})) is not module_guards
+    assert tops_hf.compile_kwargs("cuda")["options"]["triton.cudagraphs"] is True
+    assert tops_hf.compile_kwargs("cpu") is not tops_hf.compile_kwargs("cpu")  # fresh each call
+    model = tiny_model("llama", seed=4)
+    tops.convert(model, head="int8", embedding="int8")
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(model, **kw)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(PROMPT, use_cache=False).logits,
+                                   model(PROMPT, use_cache=False).logits, rtol=1e-4, atol=1e-4)
+        graphs = counters["stats"]["unique_graphs"]
+        # A change to module state: only the module guards see it (and compile again).
+        model.model.norm.variance_epsilon = 0.5
+        got = compiled(PROMPT, use_cache=False).logits
+        assert (counters["stats"]["unique_graphs"] > graphs) is module_guards
+        if module_guards:
+            torch.testing.assert_close(got, model(PROMPT, use_cache=False).logits, rtol=1e-4,
+                                       atol=1e-4)
+    torch._dynamo.reset()
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("fmt", ["i2", "i8"])
 def test_converted_save_load_round_trip(arch, fmt, tmp_path):

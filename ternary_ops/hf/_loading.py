@@ -99,6 +99,9 @@ def compile_kwargs(device: Union[str, torch.device], module_guards: bool = False
     replacing a layer, a parameter or a buffer, changing an attribute such as ``act``, or
     switching ``train()``/``eval()`` would not compile again, and the old code would run.
     Call ``torch.compiler.reset()`` after such a change, or pass ``module_guards=True``.
+
+    Returns a new dict on every call: ``torch.compile`` takes ``guard_filter_fn`` out of the
+    ``options`` it is given, so one dict serves one ``torch.compile`` call.
     """
     device = torch.device(device).type
     options = {}

@@ -48,6 +48,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "ternary_ops native kernels; the ops themselves are torch.ops.ternary.*";
   m.def("cpu_kernel", [] { return std::string(ternary::cpu::selected_kernels().name); },
         "Name of the CPU kernel set that serves the ternary ops.");
+  m.def("cpu_decode_kernel", [] { return std::string(ternary::cpu::decode_i2_kernels().name); },
+        "Name of the CPU kernel set that serves M = 1 i2 act='int8' products.");
   m.def("cpu_kernels_available", &ternary::cpu_kernels_available,
         "CPU kernel sets this build and this CPU can run, best first.");
   m.def(

@@ -191,8 +191,19 @@ def linear_i2(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, out_fe
 
 
 def cpu_kernel() -> str:
-    """Name of the CPU kernel set serving the ops (e.g. ``"avx512_vnni"``, ``"portable"``)."""
+    """Name of the CPU kernel set serving the ops (e.g. ``"avx512_vnni"``, ``"portable"``).
+
+    One exception, under the automatic choice only: M = 1 (batch-1 decode) i2 act="int8"
+    products run the set :func:`cpu_decode_kernel` names, where another set was measured faster
+    for them on this kind of CPU (same results bit for bit)."""
     return _C.cpu_kernel()
+
+
+def cpu_decode_kernel() -> str:
+    """Name of the CPU kernel set serving M = 1 i2 act="int8" products: :func:`cpu_kernel`'s,
+    except under the automatic choice on AMD CPUs with both AVX-512 VNNI and AVX-VNNI (Zen 5),
+    where the 256-bit ``"avxvnni"`` kernel streams the packed weights faster."""
+    return _C.cpu_decode_kernel()
 
 
 def cpu_kernels_available() -> list:

@@ -184,6 +184,53 @@ def test_dispatcher_picks_avx512_when_the_cpu_has_it():
     assert out == ("avx512_amx" if AMX_FLAGS <= flags else "avx512_vnni")
 
 
+def cpu_vendor() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def test_decode_kernel_choice():
+    # Under the automatic choice, M = 1 i2 act="int8" products run avxvnni on AMD CPUs with both
+    # VNNI kinds (the rest stays on the selected set); a forced set serves every M.
+    flags = cpu_flags()
+    env = {k: v for k, v in os.environ.items() if k != "TERNARY_OPS_KERNEL"}
+    code = textwrap.dedent("""
+        import torch, ternary_ops as tops
+        from ternary_ops import reference
+        print(tops.cpu_kernel(), tops.cpu_decode_kernel())
+        g = torch.Generator().manual_seed(1)
+        codes = torch.randint(-1, 2, (70, 2600), dtype=torch.int8, generator=g)
+        w = tops.pack_i2(codes)
+        for M in (1, 3):
+            x = torch.randn(M, 2600, generator=g)
+            y = torch.ops.ternary.linear_i2(x, w, torch.ones(1), 70, None, "int8")
+            assert torch.equal(y, reference.linear_i2(x, w, torch.ones(1), 70, None, "int8"))
+        for name in tops.cpu_kernels_available():
+            tops.select_cpu_kernel(name)
+            assert tops.cpu_decode_kernel() == name, (name, tops.cpu_decode_kernel())
+        tops.select_cpu_kernel("auto")
+        print(tops.cpu_decode_kernel())
+    """)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    selected, decode, after_auto = out
+    amd_vnni = cpu_vendor() == "AuthenticAMD" and AVX512_VNNI_FLAGS <= flags and \
+        "avx_vnni" in flags
+    assert decode == ("avxvnni" if amd_vnni else selected)
+    assert after_auto == decode
+    forced = subprocess.run(
+        [sys.executable, "-c", "import ternary_ops as t; print(t.cpu_decode_kernel())"],
+        env={**env, "TERNARY_OPS_KERNEL": selected}, capture_output=True, text=True,
+        check=True).stdout.strip()
+    assert forced == selected
+
+
 @pytest.mark.parametrize("name", X86_SETS)
 def test_env_var_forces_set(name):
     skip_unless_cpu_kernel(name)

@@ -87,7 +87,9 @@ at::Tensor linear_cpu(WeightFormat f, const at::Tensor& x, const at::Tensor& wei
     p.xq = q;
     p.x_inv = inv;
     p.x_sum = sum;
-    fn = f == WeightFormat::I8 ? ks.i8_int8 : f == WeightFormat::I2 ? ks.i2_int8 : ks.q8_int8;
+    fn = f == WeightFormat::I8 ? ks.i8_int8
+         : f == WeightFormat::I2 ? (s.M == 1 ? cpu::decode_i2_kernels().i2_int8 : ks.i2_int8)
+                                 : ks.q8_int8;
   } else {
     p.xf = xf;
     p.ldx = s.K;

@@ -63,11 +63,13 @@ std::string names() {
 }
 
 std::atomic<const KernelSet*> g_selected{nullptr};
+std::atomic<bool> g_forced{false};  // a set named by TERNARY_OPS_KERNEL or select_kernels()
 
 const KernelSet* default_selection() {
   const char* forced = std::getenv("TERNARY_OPS_KERNEL");
   if (forced == nullptr || *forced == '\0' || std::strcmp(forced, "auto") == 0)
     return available().front();
+  g_forced.store(true, std::memory_order_release);
   if (const KernelSet* s = find(forced)) return s;
   throw std::runtime_error(std::string("TERNARY_OPS_KERNEL=") + forced +
                            " is not available on this CPU/build; expected one of: auto, " +
@@ -92,8 +94,20 @@ const KernelSet& selected_kernels() {
 bool select_kernels(const char* name) {
   const KernelSet* s = name == nullptr ? nullptr : find(name);
   if (name != nullptr && s == nullptr) return false;
+  g_forced.store(s != nullptr, std::memory_order_release);
   g_selected.store(s, std::memory_order_release);
   return true;
+}
+
+const KernelSet& decode_i2_kernels() {
+  const KernelSet& selected = selected_kernels();
+  if (g_forced.load(std::memory_order_acquire)) return selected;
+#if defined(TERNARY_HAVE_X86)
+  static const KernelSet* const preferred = x86::decode_i2_kernels();
+#else
+  static const KernelSet* const preferred = nullptr;
+#endif
+  return preferred != nullptr ? *preferred : selected;
 }
 
 }  // namespace ternary::cpu

@@ -95,5 +95,9 @@ const KernelSet& selected_kernels();
 // Overrides the selection for this process (nullptr name restores the default). Returns false
 // when no available set has that name.
 bool select_kernels(const char* name);
+// The set whose i2_int8 serves M = 1 (batch-1 decode): the selected set, except under the
+// automatic choice on CPUs where another available set was measured faster for it (x86:
+// decode_i2_kernels in cpu/x86/sets.h). Every set computes the same bits.
+const KernelSet& decode_i2_kernels();
 
 }  // namespace ternary::cpu

@@ -17,6 +17,7 @@ namespace {
 struct Features {
   bool avx2 = false, fma = false, avx512 = false, avx512_vnni = false, avxvnni = false;
   bool amx_int8 = false;
+  bool amd = false;
 };
 
 uint64_t xgetbv0() {
@@ -28,6 +29,8 @@ uint64_t xgetbv0() {
 Features read_features() {
   Features f;
   unsigned a, b, c, d;
+  if (__get_cpuid(0, &a, &b, &c, &d))  // vendor string in ebx, edx, ecx
+    f.amd = b == 0x68747541u && d == 0x69746e65u && c == 0x444d4163u;  // "AuthenticAMD"
   if (!__get_cpuid(1, &a, &b, &c, &d)) return f;
   const bool osxsave = (c >> 27) & 1, avx = (c >> 28) & 1;
   f.fma = (c >> 12) & 1;
@@ -79,6 +82,10 @@ const KernelSet* avx512_vnni_kernels() {
 }
 const KernelSet* avxvnni_kernels() {
   return features().avxvnni ? &detail::avxvnni_set() : nullptr;
+}
+const KernelSet* decode_i2_kernels() {
+  const Features& f = features();
+  return f.amd && f.avx512_vnni && f.avxvnni ? &detail::avxvnni_set() : nullptr;
 }
 const KernelSet* avx2_kernels() {
   return features().avx2 && features().fma ? &detail::avx2_set() : nullptr;

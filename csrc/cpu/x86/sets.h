@@ -17,6 +17,12 @@ const KernelSet* avxvnni_kernels();
 // AVX2 + FMA: vpmaddubsw/vpmaddwd for act="int8".
 const KernelSet* avx2_kernels();
 
+// The set for M = 1 i2 act="int8" products (batch-1 decode) when it is not the best set, else
+// nullptr. On AMD CPUs with both AVX-512 VNNI and AVX-VNNI (Zen 5) the 256-bit avxvnni kernel
+// streams packed weights at the memory's speed and the AVX-512 one does not
+// (docs/perf-notes.md).
+const KernelSet* decode_i2_kernels();
+
 // The sets themselves, defined in the ISA translation units. Only call them through the probes.
 namespace detail {
 const KernelSet& avx512_amx_set();

@@ -70,15 +70,16 @@ def main(argv=None):
     want, _, eager_steps = greedy_decode(model, ids, args.tokens)
     if not args.eager:
         # A static cache; on CUDA, generate() then compiles the forward itself with its
-        # compile_config; on the CPU it does not, so compile it here. The model is not changed
+        # compile_config; elsewhere it does not, so compile it here. The model is not changed
         # after this point, which is what compile_kwargs' missing module guards assume.
         import transformers
 
         model.generation_config.cache_implementation = "static"
-        model.generation_config.compile_config = transformers.CompileConfig(
-            **tops_hf.compile_kwargs(args.device))
-        if args.device == "cpu":
-            model.forward = torch.compile(model.forward, **tops_hf.compile_kwargs("cpu"))
+        if args.device == "cuda":
+            model.generation_config.compile_config = transformers.CompileConfig(
+                **tops_hf.compile_kwargs("cuda"))
+        else:
+            model.forward = torch.compile(model.forward, **tops_hf.compile_kwargs(args.device))
         greedy_decode(model, ids, args.tokens)  # compiles (same cache length), untimed
     got, _, steps = greedy_decode(model, ids, args.tokens)
     if not torch.equal(got, want):

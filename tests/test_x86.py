@@ -184,6 +184,21 @@ def test_dispatcher_picks_avx512_when_the_cpu_has_it():
     assert out == ("avx512_amx" if AMX_FLAGS <= flags else "avx512_vnni")
 
 
+# Child-process code: i2 act="int8" through the op (the process's kernel choice), bit-exact
+# against the reference, for 70 x K weights and each M in Ms.
+I2_CHECK = textwrap.dedent("""
+    import torch, ternary_ops as tops
+    from ternary_ops import reference
+    g = torch.Generator().manual_seed(0)
+    codes = torch.randint(-1, 2, (70, {K}), dtype=torch.int8, generator=g)
+    w = tops.pack_i2(codes)
+    for M in {Ms}:
+        x = torch.randn(M, {K}, generator=g)
+        y = torch.ops.ternary.linear_i2(x, w, torch.ones(1), 70, None, "int8")
+        assert torch.equal(y, reference.linear_i2(x, w, torch.ones(1), 70, None, "int8"))
+""")
+
+
 def cpu_vendor() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -200,17 +215,8 @@ def test_decode_kernel_choice():
     # VNNI kinds (the rest stays on the selected set); a forced set serves every M.
     flags = cpu_flags()
     env = {k: v for k, v in os.environ.items() if k != "TERNARY_OPS_KERNEL"}
-    code = textwrap.dedent("""
-        import torch, ternary_ops as tops
-        from ternary_ops import reference
+    code = I2_CHECK.format(K=2600, Ms=(1, 3)) + textwrap.dedent("""
         print(tops.cpu_kernel(), tops.cpu_decode_kernel())
-        g = torch.Generator().manual_seed(1)
-        codes = torch.randint(-1, 2, (70, 2600), dtype=torch.int8, generator=g)
-        w = tops.pack_i2(codes)
-        for M in (1, 3):
-            x = torch.randn(M, 2600, generator=g)
-            y = torch.ops.ternary.linear_i2(x, w, torch.ones(1), 70, None, "int8")
-            assert torch.equal(y, reference.linear_i2(x, w, torch.ones(1), 70, None, "int8"))
         for name in tops.cpu_kernels_available():
             tops.select_cpu_kernel(name)
             assert tops.cpu_decode_kernel() == name, (name, tops.cpu_decode_kernel())
@@ -234,18 +240,7 @@ def test_decode_kernel_choice():
 @pytest.mark.parametrize("name", X86_SETS)
 def test_env_var_forces_set(name):
     skip_unless_cpu_kernel(name)
-    code = textwrap.dedent("""
-        import torch, ternary_ops as tops
-        from ternary_ops import reference
-        g = torch.Generator().manual_seed(0)
-        codes = torch.randint(-1, 2, (70, 300), dtype=torch.int8, generator=g)
-        w = tops.pack_i2(codes)
-        for M in (1, 20):
-            x = torch.randn(M, 300, generator=g)
-            y = torch.ops.ternary.linear_i2(x, w, torch.ones(1), 70, None, "int8")
-            assert torch.equal(y, reference.linear_i2(x, w, torch.ones(1), 70, None, "int8"))
-        print(tops.cpu_kernel())
-    """)
+    code = I2_CHECK.format(K=300, Ms=(1, 20)) + "print(tops.cpu_kernel())\n"
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "TERNARY_OPS_KERNEL": name},
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

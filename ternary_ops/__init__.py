@@ -13,6 +13,7 @@ from .convert import DEFAULT_EXCLUDE, ConvertSummary, convert, quantize_head_and
 from .formats import dequantize, pack_i2, quantize, quantize_q8, unpack_i2, validate_weight
 from .fuse import FusedSlice, fuse_projections
 from .io import load, save
+from .memory import use_huge_pages
 from .nn import Int8Embedding, Int8Linear, TernaryLinear
 from .ops import (backends, cpu_decode_kernel, cpu_kernel, cpu_kernels_available, linear_i2,
                   linear_i8, linear_q8, select_cpu_kernel)
@@ -20,7 +21,8 @@ from .ops import (backends, cpu_decode_kernel, cpu_kernel, cpu_kernels_available
 __version__ = "0.1.0"
 
 __all__ = [
-    "TernaryLinear", "FusedSlice", "fuse_projections", "Int8Linear", "Int8Embedding",
+    "TernaryLinear", "FusedSlice", "fuse_projections", "use_huge_pages", "Int8Linear",
+    "Int8Embedding",
     "quantize_q8", "linear_q8", "convert",
     "quantize_head_and_embedding", "ConvertSummary", "DEFAULT_EXCLUDE", "save", "load", "quantize",
     "pack_i2", "unpack_i2", "dequantize", "validate_weight", "linear_i8", "linear_i2",

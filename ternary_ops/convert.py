@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .fuse import fuse_projections
+from .memory import use_huge_pages
 from .nn import Int8Embedding, Int8Linear, TernaryLinear, _human_bytes
 
 # Output layers left dense by default: quantizing the vocabulary projection costs the most
@@ -271,7 +272,8 @@ def convert(model: nn.Module, format: str = "i2", act: str = "int8",
             :func:`ternary_ops.fuse.fuse_projections`). Default True.
 
     Layers are converted one at a time and each dense weight is released as soon as its
-    replacement is in place, so peak memory stays near the model's own size. Returns a
+    replacement is in place, so peak memory stays near the model's own size. On Linux the
+    packed weights then move to one buffer of 2 MiB pages (:func:`ternary_ops.use_huge_pages`). Returns a
     :class:`ConvertSummary`.
 
     Only layers the model calls as modules are replaced: the ``out_proj`` of
@@ -372,4 +374,5 @@ def convert(model: nn.Module, format: str = "i2", act: str = "int8",
         from .hf.attention import ATTENTION_NAME, use_decode_attention
         if use_decode_attention(model):
             summary.attention = ATTENTION_NAME
+    use_huge_pages(model)
     return summary

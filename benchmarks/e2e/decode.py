@@ -192,6 +192,8 @@ def build_model(args, variant: str):
                                          embedding=dense_or[args.embedding])
         if args.fuse == "on":
             tops.fuse_projections(model)
+        if args.huge_pages == "on":
+            tops.use_huge_pages(model)  # what convert() ends with (on the CPU, under Linux)
     if args.attention == "decode-safe":
         from ternary_ops.hf import use_decode_attention
         use_decode_attention(model)
@@ -343,7 +345,7 @@ def markdown(args, summaries: list, argv) -> str:
         f"head and embedding {'tied' if tied else 'untied'}; "
         f"ternary variant's head {args.head}, embedding {args.embedding} (bf16 in the dense "
         f"variant), bf16 norms; fused projections: {args.fuse}; attention: {args.attention}; "
-        f"compiled with module guards {args.module_guards}. "
+        f"compiled with module guards {args.module_guards}; huge pages: {args.huge_pages}. "
         f"Prompt {args.prompt} tokens, then {args.tokens} timed greedy steps after "
         f"{args.warmup} warm-up steps; "
         f"{args.rounds} alternating rounds.",
@@ -404,6 +406,9 @@ def parse_args(argv):
     p.add_argument("--fuse", default="on", choices=("on", "off"),
                    help="the ternary variant's q/k/v and gate/up as one layer each "
                         "(tops.fuse_projections, what convert() does; default on)")
+    p.add_argument("--huge-pages", default="on", choices=("on", "off"),
+                   help="the ternary variant's packed weights in one buffer of 2 MiB pages "
+                        "(tops.use_huge_pages, what convert() does; Linux CPU; default on)")
     p.add_argument("--module-guards", default="off", choices=("on", "off"),
                    help="compiled mode: keep torch.compile's guards on the model's module state "
                         "(default off, as ternary_ops.hf.compile_kwargs gives: the model is not "

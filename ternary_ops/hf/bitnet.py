@@ -14,6 +14,7 @@ from torch import nn
 from ..convert import check_head_and_embedding, quantize_head_and_embedding
 from ..fuse import fuse_projections
 from ..io import read_tensors
+from ..memory import use_huge_pages
 from ._loading import (CHECKPOINT_NAME, check_folder, finish_load, model_skeleton,
                        require_transformers)
 from .attention import use_decode_attention
@@ -147,6 +148,7 @@ def from_pretrained_bitnet(path_or_model, format: str = "i2", act: str = "int8",
         if fuse:
             fuse_projections(path_or_model)
         quantize_head_and_embedding(path_or_model, head, embedding, act)
+        use_huge_pages(path_or_model)
         return path_or_model
     transformers = require_transformers()
     path = os.fspath(path_or_model)
@@ -196,7 +198,9 @@ def from_pretrained_bitnet(path_or_model, format: str = "i2", act: str = "int8",
     if fuse:
         fuse_projections(model)
     quantize_head_and_embedding(model, head, embedding, act)
-    return model if device is None else model.to(device)
+    model = model if device is None else model.to(device)
+    use_huge_pages(model)
+    return model
 
 
 def save_random_bitnet(save_directory: Union[str, os.PathLike], config=None,

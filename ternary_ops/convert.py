@@ -273,8 +273,8 @@ def convert(model: nn.Module, format: str = "i2", act: str = "int8",
 
     Layers are converted one at a time and each dense weight is released as soon as its
     replacement is in place, so peak memory stays near the model's own size. On Linux the
-    packed weights then move to one buffer of 2 MiB pages (:func:`ternary_ops.use_huge_pages`). Returns a
-    :class:`ConvertSummary`.
+    packed weights then move to one buffer of 2 MiB pages (:func:`ternary_ops.use_huge_pages`).
+    Returns a :class:`ConvertSummary`.
 
     Only layers the model calls as modules are replaced: the ``out_proj`` of
     ``nn.MultiheadAttention`` (which reads its ``.weight`` directly) stays dense, and the summary

@@ -473,6 +473,8 @@ def load(path: Union[str, os.PathLike], model: Optional[nn.Module] = None, stric
         setattr(model.get_submodule(parent_name), child, new)
     result = model.load_state_dict(tensors, strict=strict)
     _share_aliased_buffers(model, info.get("aliases", {}))
+    from .memory import use_huge_pages
+    use_huge_pages(model)
     if not strict and len(result.unexpected_keys) == len(tensors):
         warnings.warn(f"load: nothing in {os.fspath(path)} matched a parameter or buffer of the "
                       f"{type(model).__name__} ({len(tensors)} tensors, all unexpected)",

@@ -22,6 +22,8 @@ prefills a prompt, and times greedy decode steps with batch 1:
   ``mode="reduce-overhead"`` turns on), and no guards on the model's module state
   (``--module-guards on`` keeps them), for both variants.
 
+The ternary variant is built as ``convert()`` leaves a model: fused q/k/v and gate/up
+(``--fuse off``), packed weights on 2 MiB pages on a Linux CPU (``--huge-pages off``).
 Both variants use the attention ``convert()`` gives a transformers model
 (``ternary_ops.hf.attention``; ``--attention stock`` for transformers' own SDPA). The prefill
 computes the last position's logits only, as ``generate`` does, and is timed after one untimed

@@ -46,9 +46,9 @@ def use_huge_pages(model: nn.Module) -> int:
 
     Values do not change, only where they live: each weight becomes a view of the shared
     buffer (a weight two modules share stays shared). ``convert``, ``load``,
-    ``from_pretrained_bitnet`` and ``load_pretrained`` call it; call it again after building
-    or changing layers by hand. Moving the model to another device, or replacing a weight,
-    leaves the buffer (it is freed with its last view).
+    ``from_pretrained_bitnet`` (from a folder) and ``load_pretrained`` call it; call it again
+    after building or changing layers by hand. Moving the model to another device, or
+    replacing a weight, leaves the buffer (it is freed with its last view).
     """
     from .nn import _PackedWeight
 

@@ -148,8 +148,7 @@ def from_pretrained_bitnet(path_or_model, format: str = "i2", act: str = "int8",
         if fuse:
             fuse_projections(path_or_model)
         quantize_head_and_embedding(path_or_model, head, embedding, act)
-        use_huge_pages(path_or_model)
-        return path_or_model
+        return path_or_model  # its packed buffers are used as they are: no use_huge_pages copy
     transformers = require_transformers()
     path = os.fspath(path_or_model)
     check_folder(path)

@@ -72,13 +72,20 @@ def use_huge_pages(model: nn.Module) -> int:
         return 0
     offset = start - arena.data_ptr()
     moved = 0
+    items = list(owners.values())
+    owners.clear()
     with torch.no_grad():
-        for (w, modules), size in zip(owners.values(), sizes):
+        for i, size in enumerate(sizes):
+            # The buffer's pages are touched as it fills, and each old weight is released right
+            # after its copy: peak memory stays near one copy of the weights, not two.
+            w, modules = items[i]
+            items[i] = None
             n = w.numel() * w.element_size()
             view = arena[offset:offset + n].view(w.dtype).view(w.shape)
             view.copy_(w)
             for module in modules:
                 module._buffers["weight"] = view
+            del w, modules
             offset += size
             moved += n
     return moved

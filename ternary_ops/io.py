@@ -21,6 +21,7 @@ from torch import nn
 
 from .formats import FORMATS, INT64_MAX, packed_rows, validate_q8, validate_weight
 from .fuse import fused_members, install_fused
+from .memory import use_huge_pages
 from .nn import Int8Embedding, Int8Linear, TernaryLinear
 from .reference import ACT_MODES
 
@@ -473,7 +474,6 @@ def load(path: Union[str, os.PathLike], model: Optional[nn.Module] = None, stric
         setattr(model.get_submodule(parent_name), child, new)
     result = model.load_state_dict(tensors, strict=strict)
     _share_aliased_buffers(model, info.get("aliases", {}))
-    from .memory import use_huge_pages
     use_huge_pages(model)
     if not strict and len(result.unexpected_keys) == len(tensors):
         warnings.warn(f"load: nothing in {os.fspath(path)} matched a parameter or buffer of the "

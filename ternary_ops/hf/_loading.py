@@ -1,5 +1,7 @@
 """What both checkpoint loaders share: the lazy ``transformers`` import, the folder check, the
-model skeleton on the meta device and the final assignment of the tensors."""
+model skeleton on the meta device and the final assignment of the tensors; and the two
+keyword helpers for running a loaded model's decode loop (``cache_kwargs``,
+``compile_kwargs``)."""
 from __future__ import annotations
 
 import contextlib

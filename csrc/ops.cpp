@@ -40,6 +40,14 @@ TORCH_LIBRARY(ternary, m) {
   // Int8 weights in [-127, 127] with a per-row or per-tensor scale (e.g. a quantized output
   // head); the same act modes and integer path as the ternary ops.
   m.def("linear_q8(Tensor x, Tensor weight, Tensor scale, Tensor? bias, str act) -> Tensor");
+  // act="int8" of RMSNorm(x) * norm_weight, the norm folded into the quantization of x
+  // (docs/DESIGN.md, "Op semantics").
+  m.def(
+      "rms_norm_linear_i8(Tensor x, Tensor norm_weight, float eps, Tensor weight, Tensor scale, "
+      "Tensor? bias) -> Tensor");
+  m.def(
+      "rms_norm_linear_i2(Tensor x, Tensor norm_weight, float eps, Tensor weight, Tensor scale, "
+      "int out_features, Tensor? bias) -> Tensor");
 }
 
 }  // namespace ternary

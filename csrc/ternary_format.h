@@ -65,6 +65,13 @@ TERNARY_FORMAT_CONST float kActEps = 1e-5f;
 // Largest K for act="int8": kernels sum int32 dots, |dot| <= 128 K < 2^31.
 TERNARY_FORMAT_CONST int64_t kActMaxK = (int64_t(1) << 24) - 1;
 
+// The rms_norm_linear ops' mean square (docs/DESIGN.md): x rounded to kNormQMax steps of
+// max(max|x_row|, kNormAmaxMin), an exact integer sum of squares, then float32 steps in a fixed
+// order.
+TERNARY_FORMAT_CONST float kNormQMax = 32767.0f;
+TERNARY_FORMAT_CONST float kNormAmaxMin = 1e-30f;
+TERNARY_FORMAT_CONST float kF32MinNormal = 1.17549435e-38f;  // 2^-126
+
 // Format q8 (int8 weights in [-127, 127] with a scale per row or tensor: the quantized output
 // head). Largest K for act="int8": SIMD kernels without a signed x signed dot add 128 to each
 // weight (an unsigned operand 1..255) and subtract 128 * sum(q) afterwards, so their int32

@@ -16,7 +16,8 @@ from .io import load, save
 from .memory import use_huge_pages
 from .nn import Int8Embedding, Int8Linear, TernaryLinear
 from .ops import (backends, cpu_decode_kernel, cpu_kernel, cpu_kernels_available, linear_i2,
-                  linear_i8, linear_q8, select_cpu_kernel)
+                  linear_i8, linear_q8, rms_norm_linear_i2, rms_norm_linear_i8,
+                  select_cpu_kernel)
 
 __version__ = "0.1.0"
 
@@ -26,6 +27,7 @@ __all__ = [
     "quantize_q8", "linear_q8", "convert",
     "quantize_head_and_embedding", "ConvertSummary", "DEFAULT_EXCLUDE", "save", "load", "quantize",
     "pack_i2", "unpack_i2", "dequantize", "validate_weight", "linear_i8", "linear_i2",
+    "rms_norm_linear_i8", "rms_norm_linear_i2",
     "cpu_kernel", "cpu_decode_kernel", "cpu_kernels_available", "select_cpu_kernel", "backends",
     "reference",
 ]

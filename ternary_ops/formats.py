@@ -30,6 +30,12 @@ ACT_QMAX = 127.0
 ACT_EPS = 1e-5
 # Largest in_features for act="int8": kernels sum int32 dots, |dot| <= 128 K < 2**31.
 ACT_MAX_K = (1 << 24) - 1
+# The rms_norm_linear ops' mean square is an exact integer sum: x is first rounded to
+# NORM_QMAX steps of max|x_row| (clamped below at NORM_AMAX_MIN); see reference.rms_norm_factor.
+NORM_QMAX = 32767.0
+NORM_AMAX_MIN = 1e-30
+# float32's smallest normal number: a mean square below it counts as 0 on every backend.
+F32_MIN_NORMAL = 2.0 ** -126
 
 
 # Format q8: int8 weights in [-Q8_WEIGHT_MAX, Q8_WEIGHT_MAX] with a scale per row (or tensor),

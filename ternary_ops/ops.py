@@ -7,6 +7,7 @@ register per dispatch key (CPU always; CUDA and MPS when built). Anything else r
 """
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Optional
 
@@ -88,6 +89,36 @@ def _linear_i2_fake(x, weight, scale, out_features, bias, act):
     return x.new_empty((*x.shape[:-1], n))
 
 
+def _check_norm_args(op: str, x, norm_weight, eps) -> None:
+    """Python twin of the norm checks in csrc/aten/op_checks.h."""
+    if not isinstance(norm_weight, torch.Tensor) or not norm_weight.is_floating_point():
+        got = norm_weight.dtype if isinstance(norm_weight, torch.Tensor) else type(norm_weight)
+        raise ValueError(f"{op}: norm_weight must be a floating tensor, got {got}")
+    k = x.shape[-1] if x.dim() >= 1 else None
+    if norm_weight.dim() != 1 or norm_weight.shape[0] != k:
+        raise ValueError(f"{op}: norm_weight must have shape [in_features] = [{k}], got "
+                         f"{list(norm_weight.shape)}")
+    if norm_weight.device != x.device:
+        raise ValueError(f"{op}: all tensors must be on x's device ({x.device}), got norm_weight "
+                         f"on {norm_weight.device}")
+    if not (math.isfinite(eps) and eps >= 0):
+        raise ValueError(f"{op}: eps must be finite and >= 0, got {eps}")
+
+
+@torch.library.register_fake("ternary::rms_norm_linear_i8")
+def _rms_norm_linear_i8_fake(x, norm_weight, eps, weight, scale, bias):
+    n = _check_args("ternary.rms_norm_linear_i8", x, weight, scale, 0, bias, "int8")
+    _check_norm_args("ternary.rms_norm_linear_i8", x, norm_weight, eps)
+    return x.new_empty((*x.shape[:-1], n))
+
+
+@torch.library.register_fake("ternary::rms_norm_linear_i2")
+def _rms_norm_linear_i2_fake(x, norm_weight, eps, weight, scale, out_features, bias):
+    n = _check_args("ternary.rms_norm_linear_i2", x, weight, scale, out_features, bias, "int8")
+    _check_norm_args("ternary.rms_norm_linear_i2", x, norm_weight, eps)
+    return x.new_empty((*x.shape[:-1], n))
+
+
 # ---- fallback for devices with no native kernel -----------------------------------------
 
 _warned_devices = set()
@@ -119,9 +150,25 @@ def _linear_i2_fallback(x, weight, scale, out_features, bias, act):
     return reference.linear_i2(x, weight, scale, out_features, bias, act)
 
 
+def _rms_norm_linear_i8_fallback(x, norm_weight, eps, weight, scale, bias):
+    _rms_norm_linear_i8_fake(x, norm_weight, eps, weight, scale, bias)
+    _warn_fallback("ternary.rms_norm_linear_i8", x.device)
+    return reference.rms_norm_linear_i8(x, norm_weight, eps, weight, scale, bias)
+
+
+def _rms_norm_linear_i2_fallback(x, norm_weight, eps, weight, scale, out_features, bias):
+    _rms_norm_linear_i2_fake(x, norm_weight, eps, weight, scale, out_features, bias)
+    _warn_fallback("ternary.rms_norm_linear_i2", x.device)
+    return reference.rms_norm_linear_i2(x, norm_weight, eps, weight, scale, out_features, bias)
+
+
 torch.library.impl("ternary::linear_i8", "CompositeExplicitAutograd", func=_linear_i8_fallback)
 torch.library.impl("ternary::linear_i2", "CompositeExplicitAutograd", func=_linear_i2_fallback)
 torch.library.impl("ternary::linear_q8", "CompositeExplicitAutograd", func=_linear_q8_fallback)
+torch.library.impl("ternary::rms_norm_linear_i8", "CompositeExplicitAutograd",
+                   func=_rms_norm_linear_i8_fallback)
+torch.library.impl("ternary::rms_norm_linear_i2", "CompositeExplicitAutograd",
+                   func=_rms_norm_linear_i2_fallback)
 
 
 # ---- autograd: w.r.t. x and bias; weights are frozen -------------------------------------
@@ -169,6 +216,61 @@ torch.library.register_autograd("ternary::linear_i2", _backward_i2, setup_contex
 torch.library.register_autograd("ternary::linear_q8", _backward_i8, setup_context=_setup_context)
 
 
+# The rms_norm_linear ops: the straight-through estimator through the quantization, the
+# RMSNorm differentiated as it is written (float32), w.r.t. x, norm_weight and bias.
+
+def _setup_context_norm(ctx, inputs, output):
+    if len(inputs) == 6:  # rms_norm_linear_i8
+        x, norm_weight, eps, weight, scale, bias = inputs
+        ctx.out_features = None
+    else:
+        x, norm_weight, eps, weight, scale, out_features, bias = inputs
+        ctx.out_features = out_features
+    ctx.save_for_backward(x, norm_weight, weight, scale)
+    ctx.eps = eps
+    ctx.has_bias = bias is not None
+    ctx.bias_dtype = bias.dtype if bias is not None else None
+
+
+def _grads_norm(ctx, grad):
+    x, norm_weight, weight, scale = ctx.saved_tensors
+    codes = weight if ctx.out_features is None else unpack_i2(weight, ctx.out_features)
+    s = scale.float().reshape(-1, 1) if scale.numel() > 1 else scale.float().reshape(())
+    grad_n = grad.float() @ (codes.float() * s)
+    grad_x = grad_w = grad_bias = None
+    if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+        with torch.enable_grad():
+            xf = x.detach().float().requires_grad_(ctx.needs_input_grad[0])
+            gf = norm_weight.detach().float().requires_grad_(ctx.needs_input_grad[1])
+            n = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + ctx.eps) * gf
+            wrt = [t for t in (xf, gf) if t.requires_grad]
+            got = iter(torch.autograd.grad(n, wrt, grad_n))
+        if ctx.needs_input_grad[0]:
+            grad_x = next(got).to(x.dtype)
+        if ctx.needs_input_grad[1]:
+            grad_w = next(got).to(norm_weight.dtype)
+    bias_index = 5 if ctx.out_features is None else 6
+    if ctx.has_bias and ctx.needs_input_grad[bias_index]:
+        grad_bias = grad.float().reshape(-1, grad.shape[-1]).sum(0).to(ctx.bias_dtype)
+    return grad_x, grad_w, grad_bias
+
+
+def _backward_norm_i8(ctx, grad):
+    grad_x, grad_w, grad_bias = _grads_norm(ctx, grad)
+    return grad_x, grad_w, None, None, None, grad_bias
+
+
+def _backward_norm_i2(ctx, grad):
+    grad_x, grad_w, grad_bias = _grads_norm(ctx, grad)
+    return grad_x, grad_w, None, None, None, None, grad_bias
+
+
+torch.library.register_autograd("ternary::rms_norm_linear_i8", _backward_norm_i8,
+                                setup_context=_setup_context_norm)
+torch.library.register_autograd("ternary::rms_norm_linear_i2", _backward_norm_i2,
+                                setup_context=_setup_context_norm)
+
+
 # ---- public wrappers ----------------------------------------------------------------------
 
 def linear_i8(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
@@ -188,6 +290,24 @@ def linear_i2(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, out_fe
               bias: Optional[torch.Tensor] = None, act: str = "int8") -> torch.Tensor:
     """``y = s * (a @ T.T) (+ bias)`` with 2-bit packed weights (uint8 ``[ceil(N/4), K]``)."""
     return torch.ops.ternary.linear_i2(x, weight, scale, out_features, bias, act)
+
+
+def rms_norm_linear_i8(x: torch.Tensor, norm_weight: torch.Tensor, eps: float,
+                       weight: torch.Tensor, scale: torch.Tensor,
+                       bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """:func:`linear_i8` with act="int8" of ``RMSNorm(x) * norm_weight`` (eps ``eps``), the
+    norm folded into the activation quantization: the normalised activations are never
+    formed. Semantics: :func:`ternary_ops.reference.rms_norm_quantize`."""
+    return torch.ops.ternary.rms_norm_linear_i8(x, norm_weight, eps, weight, scale, bias)
+
+
+def rms_norm_linear_i2(x: torch.Tensor, norm_weight: torch.Tensor, eps: float,
+                       weight: torch.Tensor, scale: torch.Tensor, out_features: int,
+                       bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """:func:`linear_i2` with act="int8" of ``RMSNorm(x) * norm_weight``, the norm folded into
+    the activation quantization (see :func:`rms_norm_linear_i8`)."""
+    return torch.ops.ternary.rms_norm_linear_i2(x, norm_weight, eps, weight, scale, out_features,
+                                                bias)
 
 
 def cpu_kernel() -> str:

@@ -31,7 +31,8 @@ KERNEL_CFLAGS = ["-O3", "-std=c++17", "-fPIC", "-Wall", "-Wextra", "-fno-math-er
                  "-ffp-contract=off"]
 
 # Sources every build has (torch-free).
-CORE_SOURCES = [CSRC / "cpu" / "portable.cpp", CSRC / "cpu" / "dispatch.cpp"]
+CORE_SOURCES = [CSRC / "cpu" / "portable.cpp", CSRC / "cpu" / "dispatch.cpp",
+                CSRC / "cpu" / "rms_norm.cpp"]
 
 # arch -> (backend folder under csrc/, define that enables it in cpu/dispatch.cpp)
 SIMD_BACKENDS = {

@@ -33,10 +33,11 @@ struct LinearCall {
 inline LinearCall prepare_linear(WeightFormat f, c10::DeviceType device, const at::Tensor& x,
                                  const at::Tensor& weight, const at::Tensor& scale,
                                  int64_t out_features, const c10::optional<at::Tensor>& bias,
-                                 c10::string_view act) {
+                                 c10::string_view act, const RmsNormArgs* norm = nullptr) {
   LinearCall c;
-  c.shape = check_linear_args(f, x, weight, scale, out_features, bias, act);
-  TORCH_CHECK(x.device().type() == device, op_name(f), ": the ", c10::DeviceTypeName(device),
+  c.shape = check_linear_args(f, x, weight, scale, out_features, bias, act, norm);
+  TORCH_CHECK(x.device().type() == device, op_name(f, norm != nullptr), ": the ",
+              c10::DeviceTypeName(device),
               " kernel got x on ", x.device());
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = c.shape.N;
@@ -53,31 +54,50 @@ inline LinearCall prepare_linear(WeightFormat f, c10::DeviceType device, const a
 }
 
 // A backend's implementation of the ops: linear(format, x, weight, scale, out_features, bias,
-// act), out_features being used by i2 only.
+// act, norm), out_features being used by i2 only; norm is nullptr except for the
+// rms_norm_linear ops (act "int8").
 using LinearImpl = at::Tensor (*)(WeightFormat, const at::Tensor&, const at::Tensor&,
                                   const at::Tensor&, int64_t, const c10::optional<at::Tensor>&,
-                                  c10::string_view);
+                                  c10::string_view, const RmsNormArgs*);
 
 // The op entry points with the schemas' signatures (csrc/ops.cpp), for TORCH_LIBRARY_IMPL.
 template <LinearImpl Impl>
 at::Tensor linear_i8_entry(const at::Tensor& x, const at::Tensor& weight,
                            const at::Tensor& scale, const c10::optional<at::Tensor>& bias,
                            c10::string_view act) {
-  return Impl(WeightFormat::I8, x, weight, scale, 0, bias, act);
+  return Impl(WeightFormat::I8, x, weight, scale, 0, bias, act, nullptr);
 }
 
 template <LinearImpl Impl>
 at::Tensor linear_q8_entry(const at::Tensor& x, const at::Tensor& weight,
                            const at::Tensor& scale, const c10::optional<at::Tensor>& bias,
                            c10::string_view act) {
-  return Impl(WeightFormat::Q8, x, weight, scale, 0, bias, act);
+  return Impl(WeightFormat::Q8, x, weight, scale, 0, bias, act, nullptr);
 }
 
 template <LinearImpl Impl>
 at::Tensor linear_i2_entry(const at::Tensor& x, const at::Tensor& weight,
                            const at::Tensor& scale, int64_t out_features,
                            const c10::optional<at::Tensor>& bias, c10::string_view act) {
-  return Impl(WeightFormat::I2, x, weight, scale, out_features, bias, act);
+  return Impl(WeightFormat::I2, x, weight, scale, out_features, bias, act, nullptr);
+}
+
+template <LinearImpl Impl>
+at::Tensor rms_norm_linear_i8_entry(const at::Tensor& x, const at::Tensor& norm_weight,
+                                    double eps, const at::Tensor& weight,
+                                    const at::Tensor& scale,
+                                    const c10::optional<at::Tensor>& bias) {
+  const RmsNormArgs norm{norm_weight, eps};
+  return Impl(WeightFormat::I8, x, weight, scale, 0, bias, "int8", &norm);
+}
+
+template <LinearImpl Impl>
+at::Tensor rms_norm_linear_i2_entry(const at::Tensor& x, const at::Tensor& norm_weight,
+                                    double eps, const at::Tensor& weight,
+                                    const at::Tensor& scale, int64_t out_features,
+                                    const c10::optional<at::Tensor>& bias) {
+  const RmsNormArgs norm{norm_weight, eps};
+  return Impl(WeightFormat::I2, x, weight, scale, out_features, bias, "int8", &norm);
 }
 
 }  // namespace ternary

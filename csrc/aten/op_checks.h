@@ -3,6 +3,7 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <cmath>
 #include <string>
 
 #include "ternary_format.h"
@@ -18,25 +19,41 @@ struct LinearShape {
   ActMode act;
 };
 
-inline const char* op_name(WeightFormat f) {
+// rms_norm: the op with an input RMSNorm (rms_norm_linear_i8 / _i2).
+inline const char* op_name(WeightFormat f, bool rms_norm = false) {
+  if (rms_norm) return f == WeightFormat::I2 ? "ternary.rms_norm_linear_i2"
+                                             : "ternary.rms_norm_linear_i8";
   return f == WeightFormat::I8 ? "ternary.linear_i8"
          : f == WeightFormat::I2 ? "ternary.linear_i2"
                                  : "ternary.linear_q8";
 }
 
-inline ActMode parse_act(WeightFormat f, c10::string_view act) {
+inline ActMode parse_act(const char* op, c10::string_view act) {
   if (act == "int8") return ActMode::Int8;
   if (act == "none") return ActMode::None;
-  TORCH_CHECK_VALUE(false, op_name(f), ": act must be 'int8' or 'none', got '", std::string(act), "'");
+  TORCH_CHECK_VALUE(false, op, ": act must be 'int8' or 'none', got '", std::string(act), "'");
 }
 
+// An input RMSNorm folded into act="int8" (the rms_norm_linear ops): its weight [K] and eps.
+struct RmsNormArgs {
+  at::Tensor weight;
+  double eps = 0.0;
+  // eps as the kernels add it: float32, 0 below float32's smallest normal number (GPUs that
+  // flush subnormals would drop it).
+  float eps_f32() const {
+    const float e = static_cast<float>(eps);
+    return e < kF32MinNormal ? 0.0f : e;
+  }
+};
+
 // Validates the arguments of linear_i8 / linear_i2 / linear_q8 (out_features is used by i2
-// only).
+// only), and of rms_norm_linear_i8 / _i2 where `norm` is given (act is then "int8").
 inline LinearShape check_linear_args(WeightFormat f, const at::Tensor& x, const at::Tensor& weight,
                                      const at::Tensor& scale, int64_t out_features,
-                                     const c10::optional<at::Tensor>& bias, c10::string_view act) {
-  const char* op = op_name(f);
-  const ActMode mode = parse_act(f, act);
+                                     const c10::optional<at::Tensor>& bias, c10::string_view act,
+                                     const RmsNormArgs* norm = nullptr) {
+  const char* op = op_name(f, norm != nullptr);
+  const ActMode mode = parse_act(op, act);
   const auto xt = x.scalar_type();
   TORCH_CHECK_VALUE(xt == at::kFloat || xt == at::kBFloat16 || xt == at::kHalf, op,
               ": x must be float32, bfloat16 or float16, got ", xt);
@@ -82,6 +99,16 @@ inline LinearShape check_linear_args(WeightFormat f, const at::Tensor& x, const 
   same_device(weight, "weight");
   same_device(scale, "scale");
   if (bias.has_value()) same_device(*bias, "bias");
+  if (norm != nullptr) {
+    const at::Tensor& g = norm->weight;
+    TORCH_CHECK_VALUE(g.is_floating_point(), op, ": norm_weight must be a floating tensor, got ",
+                      g.scalar_type());
+    TORCH_CHECK_VALUE(g.dim() == 1 && g.size(0) == K, op,
+                      ": norm_weight must have shape [in_features] = [", K, "], got ", g.sizes());
+    same_device(g, "norm_weight");
+    TORCH_CHECK_VALUE(std::isfinite(norm->eps) && norm->eps >= 0.0, op,
+                      ": eps must be finite and >= 0, got ", norm->eps);
+  }
   const int64_t M = c10::multiply_integers(x.sizes().slice(0, x.dim() - 1));
   return LinearShape{M, N, K, mode};
 }

@@ -17,7 +17,7 @@ using cpu::scratch;
 
 // The calling thread's scratch (cpu/scratch.h): kept between calls, trimmed after large ones.
 struct Scratch {
-  std::vector<float> xf, y, scale, bias, inv;
+  std::vector<float> xf, y, scale, bias, inv, gamma, z, factor;
   std::vector<int8_t> q;
   std::vector<int32_t> sum;
 };
@@ -31,6 +31,9 @@ struct ScratchTrim {
     cpu::release_if_large(tls.scale);
     cpu::release_if_large(tls.bias);
     cpu::release_if_large(tls.inv);
+    cpu::release_if_large(tls.gamma);
+    cpu::release_if_large(tls.z);
+    cpu::release_if_large(tls.factor);
     cpu::release_if_large(tls.q);
     cpu::release_if_large(tls.sum);
   }
@@ -53,9 +56,10 @@ int64_t grain_for(int64_t units, int64_t work_per_unit) {
 
 at::Tensor linear_cpu(WeightFormat f, const at::Tensor& x, const at::Tensor& weight,
                       const at::Tensor& scale, int64_t out_features,
-                      const c10::optional<at::Tensor>& bias, c10::string_view act) {
+                      const c10::optional<at::Tensor>& bias, c10::string_view act,
+                      const RmsNormArgs* norm) {
   LinearCall c =
-      prepare_linear(f, c10::DeviceType::CPU, x, weight, scale, out_features, bias, act);
+      prepare_linear(f, c10::DeviceType::CPU, x, weight, scale, out_features, bias, act, norm);
   if (c.done) return c.out;
   const LinearShape& s = c.shape;
   at::Tensor& out = c.out;
@@ -81,9 +85,22 @@ at::Tensor linear_cpu(WeightFormat f, const at::Tensor& x, const at::Tensor& wei
     int8_t* q = scratch(tls.q, s.M * p.ldq);
     float* inv = scratch(tls.inv, s.M);
     int32_t* sum = scratch(tls.sum, s.M);
-    at::parallel_for(0, s.M, grain_for(s.M, s.K), [&](int64_t m0, int64_t m1) {
-      ks.quantize(xf, s.K, s.K, m0, m1, q, p.ldq, inv, sum);
-    });
+    if (norm == nullptr) {
+      at::parallel_for(0, s.M, grain_for(s.M, s.K), [&](int64_t m0, int64_t m1) {
+        ks.quantize(xf, s.K, s.K, m0, m1, q, p.ldq, inv, sum);
+      });
+    } else {
+      // The norm's rows z = x * gamma are quantized as x would be; inv takes the row's factor.
+      const float* gamma = as_float(norm->weight, tls.gamma);
+      const float eps = norm->eps_f32();
+      float* z = scratch(tls.z, s.M * s.K);
+      float* factor = scratch(tls.factor, s.M);
+      at::parallel_for(0, s.M, grain_for(s.M, 3 * s.K), [&](int64_t m0, int64_t m1) {
+        cpu::rms_norm_rows(xf, gamma, s.K, eps, m0, m1, z, factor);
+        ks.quantize(z, s.K, s.K, m0, m1, q, p.ldq, inv, sum);
+        for (int64_t m = m0; m < m1; ++m) inv[m] *= factor[m];
+      });
+    }
     p.xq = q;
     p.x_inv = inv;
     p.x_sum = sum;
@@ -111,6 +128,8 @@ TORCH_LIBRARY_IMPL(ternary, CPU, m) {
   m.impl("linear_i8", &linear_i8_entry<linear_cpu>);
   m.impl("linear_i2", &linear_i2_entry<linear_cpu>);
   m.impl("linear_q8", &linear_q8_entry<linear_cpu>);
+  m.impl("rms_norm_linear_i8", &rms_norm_linear_i8_entry<linear_cpu>);
+  m.impl("rms_norm_linear_i2", &rms_norm_linear_i2_entry<linear_cpu>);
 }
 
 }  // namespace ternary

@@ -29,9 +29,11 @@ at::Tensor as_f32(const at::Tensor& t) { return t.to(at::kFloat).contiguous(); }
 
 at::Tensor linear_cuda(WeightFormat f, const at::Tensor& x, const at::Tensor& weight,
                        const at::Tensor& scale, int64_t out_features,
-                       const c10::optional<at::Tensor>& bias, c10::string_view act) {
+                       const c10::optional<at::Tensor>& bias, c10::string_view act,
+                       const RmsNormArgs* norm) {
   LinearCall c =
-      prepare_linear(f, c10::DeviceType::CUDA, x, weight, scale, out_features, bias, act);
+      prepare_linear(f, c10::DeviceType::CUDA, x, weight, scale, out_features, bias, act,
+                     norm);
   if (c.done) return c.out;
   const c10::cuda::CUDAGuard guard(x.device());  // the launches go to x's device's stream
   const LinearShape& s = c.shape;

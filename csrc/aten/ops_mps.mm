@@ -138,9 +138,11 @@ at::Tensor as_kernel_vector(const at::Tensor& t) {
 
 at::Tensor linear_mps(WeightFormat f, const at::Tensor& x, const at::Tensor& weight,
                       const at::Tensor& scale, int64_t out_features,
-                      const c10::optional<at::Tensor>& bias, c10::string_view act) {
+                      const c10::optional<at::Tensor>& bias, c10::string_view act,
+                      const RmsNormArgs* norm) {
   LinearCall c =
-      prepare_linear(f, c10::DeviceType::MPS, x, weight, scale, out_features, bias, act);
+      prepare_linear(f, c10::DeviceType::MPS, x, weight, scale, out_features, bias, act,
+                     norm);
   if (c.done) return c.out;
   const LinearShape& s = c.shape;
   const at::Tensor& out = c.out;

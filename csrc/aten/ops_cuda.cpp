@@ -1,4 +1,4 @@
-// ops_cuda.cpp: the CUDA glue for ternary::linear_i8 / linear_i2. Validates (linear_frame.h),
+// ops_cuda.cpp: the CUDA glue for the ternary ops. Validates (linear_frame.h),
 // asks the router (kernels.h) for a plan, allocates its scratch through the caching allocator,
 // and runs it on the current stream (the dense fallback's GEMM is torch's). Nothing here synchronizes
 // with the host, so the ops can be captured in CUDA graphs.
@@ -56,6 +56,16 @@ at::Tensor linear_cuda(WeightFormat f, const at::Tensor& x, const at::Tensor& we
   p.x = x2.data_ptr();
   p.y = out.data_ptr();
   p.dtype = dtype_of(x);
+  at::Tensor gamma;  // kept alive until the launches are queued
+  if (norm != nullptr) {
+    const auto gt = norm->weight.scalar_type();
+    gamma = gt == at::kFloat || gt == at::kBFloat16 || gt == at::kHalf
+                ? norm->weight.contiguous()
+                : norm->weight.to(at::kFloat).contiguous();
+    p.norm_weight = gamma.data_ptr();
+    p.norm_dtype = dtype_of(gamma);
+    p.norm_eps = norm->eps_f32();
+  }
 
   const cuda::Plan plan =
       cuda::plan_linear(p, s.act == ActMode::Int8 ? cuda::Act::Int8 : cuda::Act::None);
@@ -80,6 +90,8 @@ TORCH_LIBRARY_IMPL(ternary, CUDA, m) {
   m.impl("linear_i8", &linear_i8_entry<linear_cuda>);
   m.impl("linear_i2", &linear_i2_entry<linear_cuda>);
   m.impl("linear_q8", &linear_q8_entry<linear_cuda>);
+  m.impl("rms_norm_linear_i8", &rms_norm_linear_i8_entry<linear_cuda>);
+  m.impl("rms_norm_linear_i2", &rms_norm_linear_i2_entry<linear_cuda>);
 }
 
 }  // namespace ternary

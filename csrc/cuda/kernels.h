@@ -39,12 +39,18 @@ struct Linear {
   int8_t* q = nullptr;
   float* inv = nullptr;
   int32_t* qsum = nullptr;
+  // The rms_norm_linear ops (act="int8"): x is normalised by RMSNorm with this weight [K] and
+  // eps (eps_f32 of op_checks.h) as it is quantized; nullptr for the plain ops.
+  const void* norm_weight = nullptr;
+  DType norm_dtype = DType::F32;
+  float norm_eps = 0.0f;
 };
 
 // The kernels that serve one problem.
 enum class Path {
   kInt8Fused,  // act="int8", M <= 2 and small M * K: the persistent GEMV quantizes x itself
-  kInt8Gemv,   // act="int8", M <= 8: the quantize pre-pass, then the persistent / block GEMV
+  kInt8Gemv,   // act="int8", M <= 8 (or any input RMSNorm): the quantize pre-pass, then the
+               // persistent / block GEMV
   kInt8Mma,    // act="int8", M > 8: the pre-pass, then int8 tensor-core tiles
   kNoneGemv,   // act="none", M <= 8: float32-accumulating GEMV
   kNoneMma,    // act="none", M > 8, 16-bit x, aligned: 16-bit tensor-core tiles

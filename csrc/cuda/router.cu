@@ -12,7 +12,7 @@ int64_t elem_bytes(DType d) { return d == DType::F32 ? 4 : 2; }
 Plan plan_linear(const Linear& p, Act act) {
   Plan plan;
   if (act == Act::Int8) {
-    if (!int8_needs_scratch(p.M, p.K)) {
+    if (!int8_needs_scratch(p.M, p.K) && p.norm_weight == nullptr) {
       plan.path = Path::kInt8Fused;
     } else {
       plan.path = p.M <= kGemvMaxM ? Path::kInt8Gemv : Path::kInt8Mma;
@@ -43,7 +43,8 @@ cudaError_t run_linear(const Plan& plan, Linear p, void* scratch, cudaStream_t s
       p.q = reinterpret_cast<int8_t*>(base);
       p.inv = reinterpret_cast<float*>(base + qbytes);
       p.qsum = reinterpret_cast<int32_t*>(base + qbytes + 4 * p.M);
-      const cudaError_t e = quantize_rows(p, stream);
+      const cudaError_t e =
+          p.norm_weight != nullptr ? rms_norm_quantize_rows(p, stream) : quantize_rows(p, stream);
       if (e != cudaSuccess) return e;
       if (plan.path == Path::kInt8Mma) return launch_mma_int8(p, stream, pdl);
       return p.M <= kPersistMaxM ? gemv_int8_persistent(p, stream, pdl)

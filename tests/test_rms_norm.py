@@ -1,0 +1,215 @@
+"""The rms_norm_linear ops: an input RMSNorm folded into act="int8", on every native backend this
+machine has (CPU kernel sets always; CUDA when present), bit for bit against the reference."""
+import math
+
+import pytest
+import torch
+from helpers import DTYPES, assert_bit_exact, dtype_id, forced_cpu_kernel, random_codes, \
+    random_scale, to_format
+
+import ternary_ops as tops
+from ternary_ops import reference
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and tops.backends()["cuda"] else [])
+
+# (M, N, K): K = 1, N = 1, odd sizes, the CUDA GEMV (M <= 8) and tensor-core (M > 8) paths.
+SHAPES = [(1, 1, 1), (1, 7, 1), (1, 1, 33), (1, 5, 2560), (2, 13, 130), (3, 17, 257),
+          (5, 64, 1000), (9, 33, 96), (17, 9, 4099), (40, 70, 640)]
+
+
+def _op(fmt):
+    return tops.rms_norm_linear_i2 if fmt == "i2" else tops.rms_norm_linear_i8
+
+
+def _case(fmt, m, n, k, dtype, *, norm_dtype=None, bias=True, per_channel=True):
+    x = (torch.randn(m, k) * 4).to(dtype)
+    g = (torch.rand(k) * 2 - 0.5).to(norm_dtype or dtype)
+    codes = random_codes(n, k)
+    w = to_format(codes, fmt)
+    scale = random_scale(n, per_channel)
+    b = torch.randn(n) if bias else None
+    return x, g, w, scale, n, b
+
+
+def _call(fmt, x, g, eps, w, scale, n, b):
+    if fmt == "i2":
+        return tops.rms_norm_linear_i2(x, g, eps, w, scale, n, b)
+    return tops.rms_norm_linear_i8(x, g, eps, w, scale, b)
+
+
+def _ref(fmt, x, g, eps, w, scale, n, b):
+    cpu = lambda t: None if t is None else t.cpu()  # noqa: E731
+    if fmt == "i2":
+        return reference.rms_norm_linear_i2(cpu(x), cpu(g), eps, cpu(w), cpu(scale), n, cpu(b))
+    return reference.rms_norm_linear_i8(cpu(x), cpu(g), eps, cpu(w), cpu(scale), cpu(b))
+
+
+def _on(device, *ts):
+    return [None if t is None else t.to(device) for t in ts]
+
+
+def _check_all_sets(device, fmt, args, what):
+    """args on the CPU; runs on `device` (every CPU kernel set on the CPU) and compares."""
+    want = _ref(fmt, *args)
+    x, g, eps, w, scale, n, b = args
+    x, g, w, scale, b = _on(device, x, g, w, scale, b)
+    sets = tops.cpu_kernels_available() if device == "cpu" else [None]
+    for name in sets:
+        if name is None:
+            got = _call(fmt, x, g, eps, w, scale, n, b)
+        else:
+            with forced_cpu_kernel(name):
+                got = _call(fmt, x, g, eps, w, scale, n, b)
+        assert_bit_exact(got.cpu(), want, f"{what} on {name or device}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("fmt", ["i2", "i8"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_matches_reference(device, fmt, dtype):
+    for i, (m, n, k) in enumerate(SHAPES):
+        norm_dtype = (torch.float32, dtype, torch.float64)[i % 3]
+        eps = (1e-6, 1e-5, 0.5, 1e-40)[i % 4]
+        args = _case(fmt, m, n, k, dtype, norm_dtype=norm_dtype, bias=i % 2 == 0,
+                     per_channel=i % 3 != 1)
+        x, g, w, scale, n, b = args
+        _check_all_sets(device, fmt, (x, g, eps, w, scale, n, b),
+                        f"{fmt} {dtype_id(dtype)} M={m} N={n} K={k} eps={eps}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_leading_dims_and_strided_x(device, dtype):
+    x, g, w, scale, n, b = _case("i2", 6, 19, 300, dtype)
+    x3 = x.reshape(2, 3, 300)
+    _check_all_sets(device, "i2", (x3, g, 1e-6, w, scale, n, b), "3-d x")
+    wide = torch.randn(6, 600).to(dtype)[:, ::2]  # K stride 2: the glue copies it
+    _check_all_sets(device, "i2", (wide, g, 1e-6, w, scale, n, b), "strided x")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("fmt", ["i2", "i8"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_extreme_rows(device, fmt, dtype):
+    """Zero rows, rows of tiny and of huge values, a single spike, eps = 0 (a zero row is then
+    0 / 0: NaN, as in the reference), and NaN / +-Inf in x or in norm_weight."""
+    m, n, k = 9, 11, 200
+    x, g, w, scale, n, b = _case(fmt, m, n, k, dtype)
+    big = 1e30 if dtype != torch.float16 else 6e4
+    tiny = 1e-35 if dtype != torch.float16 else 6e-8
+    x[0] = 0
+    x[1] = (torch.randn(k) * tiny).to(dtype)
+    x[2] = (torch.randn(k) * big / 8).to(dtype)
+    x[3] = 0
+    x[3, 17] = 3
+    x[4, 5] = float("nan")
+    x[5, 9] = float("inf")
+    x[6, 0] = float("-inf")
+    for eps in (1e-6, 0.0):
+        _check_all_sets(device, fmt, (x, g, eps, w, scale, n, b), f"extremes eps={eps}")
+    out = _call(fmt, *_on(device, x, g), 1e-6, *_on(device, w, scale), n, b if b is None
+                else b.to(device)).cpu()
+    assert out[4:7].isnan().all() and not out[7:].isnan().any()
+    g_bad = g.clone()
+    g_bad[3] = float("nan")
+    got = _call(fmt, *_on(device, x[7:], g_bad), 1e-6, *_on(device, w, scale), n,
+                None if b is None else b.to(device)).cpu()
+    assert got.isnan().all(), "a NaN in norm_weight makes every row NaN"
+
+
+@pytest.mark.parametrize("fmt", ["i2", "i8"])
+def test_close_to_rmsnorm_then_linear(fmt):
+    """The folded norm computes RMSNorm then the plain op, up to float rounding: the normalised
+    activations are not rounded to x's dtype first, and 1 / rms scales the output instead."""
+    x, g, w, scale, n, b = _case(fmt, 4, 96, 2560, torch.float32)
+    eps = 1e-6
+    normed = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * g
+    plain = (reference.linear_i2(normed, w, scale, n, b) if fmt == "i2"
+             else reference.linear_i8(normed, w, scale, b))
+    got = _call(fmt, x, g, eps, w, scale, n, b)
+    err = ((got - plain).norm() / plain.norm()).item()
+    assert err < 1e-5, err
+    x16 = x.bfloat16()
+    normed16 = (x16.float() * torch.rsqrt(x16.float().pow(2).mean(-1, keepdim=True) + eps)
+                ).bfloat16() * g.bfloat16()
+    plain16 = (reference.linear_i2(normed16, w, scale, n, b) if fmt == "i2"
+               else reference.linear_i8(normed16, w, scale, b))
+    got16 = _call(fmt, x16, g.bfloat16(), eps, w, scale, n, b)
+    err16 = ((got16.float() - plain16.float()).norm() / plain16.float().norm()).item()
+    assert err16 < 2e-2, err16
+
+
+def test_rms_norm_factor_is_the_root_mean_square():
+    x = torch.randn(5, 3000) * torch.logspace(-15, 15, 5)[:, None]  # mean squares in float32
+    got = reference.rms_norm_factor(x, 1e-6)
+    want = (x.double().pow(2).mean(-1, keepdim=True) + 1e-6).sqrt()
+    assert torch.allclose(got.double(), want, rtol=1e-5, atol=0)
+
+
+def test_empty_k_gives_bias():
+    x = torch.randn(3, 0)
+    w = tops.pack_i2(random_codes(5, 0))
+    b = torch.randn(5)
+    out = tops.rms_norm_linear_i2(x, torch.ones(0), 1e-6, w, torch.tensor(1.0), 5, b)
+    assert torch.equal(out, b.expand(3, 5))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bad_input_raises(device):
+    x, g, w, scale, n, b = _case("i2", 2, 8, 64, torch.float32)
+    x, g, w, scale, b = _on(device, x, g, w, scale, b)
+    op = "ternary.rms_norm_linear_i2"
+    with pytest.raises(ValueError, match=rf"{op}: norm_weight must have shape \[in_features\] "
+                                         r"= \[64\], got \[63\]"):
+        tops.rms_norm_linear_i2(x, g[:63], 1e-6, w, scale, n, b)
+    with pytest.raises(ValueError, match=rf"{op}: norm_weight must be a floating tensor"):
+        tops.rms_norm_linear_i2(x, g.to(torch.int32), 1e-6, w, scale, n, b)
+    for eps in (-1e-6, math.nan, math.inf):
+        with pytest.raises(ValueError, match=rf"{op}: eps must be finite and >= 0"):
+            tops.rms_norm_linear_i2(x, g, eps, w, scale, n, b)
+    with pytest.raises(ValueError, match=r"ternary.rms_norm_linear_i8: x must have shape"):
+        tops.rms_norm_linear_i8(x[:, :60], g[:60], 1e-6, torch.zeros(8, 64, dtype=torch.int8,
+                                                                     device=device), scale, b)
+
+
+@pytest.mark.parametrize("fmt", ["i2", "i8"])
+def test_opcheck(fmt):
+    x, g, w, scale, n, b = _case(fmt, 3, 10, 48, torch.bfloat16)
+    if fmt == "i2":
+        op, args = torch.ops.ternary.rms_norm_linear_i2.default, (x, g, 1e-6, w, scale, n, b)
+    else:
+        op, args = torch.ops.ternary.rms_norm_linear_i8.default, (x, g, 1e-6, w, scale, b)
+    torch.library.opcheck(op, args)
+    x.requires_grad_(True)
+    g.requires_grad_(True)
+    torch.library.opcheck(op, args, test_utils=("test_schema", "test_autograd_registration",
+                                                "test_faketensor"))
+
+
+def test_compiles_fullgraph():
+    x, g, w, scale, n, b = _case("i2", 2, 24, 64, torch.float32)
+
+    def f(x):
+        return tops.rms_norm_linear_i2(x + 1, g, 1e-6, w, scale, n, b) * 2
+
+    compiled = torch.compile(f, fullgraph=True, backend="inductor")
+    assert_bit_exact(compiled(x), f(x), "compiled")
+
+
+def test_gradients_follow_the_straight_through_estimator():
+    """d/dx and d/d(norm_weight) are those of RMSNorm(x) * g then the dense layer s * T (the
+    quantization counted as identity); d/d(bias) sums the output gradient."""
+    x, g, w, scale, n, b = _case("i2", 3, 12, 40, torch.float32)
+    x.requires_grad_(True)
+    g.requires_grad_(True)
+    b.requires_grad_(True)
+    y = tops.rms_norm_linear_i2(x, g, 1e-6, w, scale, n, b)
+    grad = torch.randn_like(y)
+    gx, gg, gb = torch.autograd.grad(y, (x, g, b), grad)
+    x2, g2 = x.detach().requires_grad_(True), g.detach().requires_grad_(True)
+    dense = tops.unpack_i2(w, n).float() * scale[:, None]
+    y2 = (x2 * torch.rsqrt(x2.pow(2).mean(-1, keepdim=True) + 1e-6) * g2) @ dense.T
+    wx, wg = torch.autograd.grad(y2, (x2, g2), grad)
+    torch.testing.assert_close(gx, wx)
+    torch.testing.assert_close(gg, wg)
+    torch.testing.assert_close(gb, grad.sum(0))

@@ -10,6 +10,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Union
 import torch
 from torch import nn
 
+from .fuse import fold_norms as fold_norms_into_layers
 from .fuse import fuse_projections
 from .memory import use_huge_pages
 from .nn import Int8Embedding, Int8Linear, TernaryLinear, _human_bytes
@@ -31,8 +32,8 @@ class ConvertSummary:
     an int8 head is also in ``replaced``). ``already_ternary`` counts the layers that were
     ``TernaryLinear`` before the call (left as they are). ``attention`` names the attention
     function a ``transformers`` model was switched to (see :mod:`ternary_ops.hf.attention`), or
-    is ``None``. ``fused`` maps each fused layer to the layers it replaced
-    (:mod:`ternary_ops.fuse`)."""
+    is ``None``. ``fused`` maps each fused layer to the layers it replaced, ``folded`` each
+    folded norm to the layers that apply it (:mod:`ternary_ops.fuse`)."""
     replaced: List[str] = field(default_factory=list)
     skipped: List[str] = field(default_factory=list)
     bytes_before: int = 0
@@ -42,6 +43,7 @@ class ConvertSummary:
     attention: Optional[str] = None
     int8: List[str] = field(default_factory=list)
     fused: Dict[str, List[str]] = field(default_factory=dict)
+    folded: Dict[str, List[str]] = field(default_factory=dict)
 
     @property
     def layers_replaced(self) -> int:
@@ -71,6 +73,9 @@ class ConvertSummary:
             kinds = sorted({"/".join(m.rpartition(".")[2] for m in members) + " -> "
                             + name.rpartition(".")[2] for name, members in self.fused.items()})
             text += f"; fused {len(self.fused)} groups ({', '.join(kinds)})"
+        if self.folded:
+            kinds = sorted({name.rpartition(".")[2] for name in self.folded})
+            text += f"; folded {len(self.folded)} RMSNorms into their layers ({', '.join(kinds)})"
         if self.int8:
             text += f"; int8: {', '.join(self.int8)}"
         if self.attention:
@@ -247,7 +252,7 @@ def convert(model: nn.Module, format: str = "i2", act: str = "int8",
             filter: Optional[Filter] = None,
             progress: Optional[bool] = None,
             head: str = "dense", embedding: str = "dense",
-            fuse: bool = True) -> Union[ConvertSummary, TernaryLinear]:
+            fuse: bool = True, fold_norms: bool = True) -> Union[ConvertSummary, TernaryLinear]:
     """Replaces ``nn.Linear`` (and HF ``Conv1D``) modules of ``model`` with :class:`TernaryLinear`, in place.
 
     Args:
@@ -270,6 +275,13 @@ def convert(model: nn.Module, format: str = "i2", act: str = "int8",
             one ternary layer each, with the same results; the old names become
             :class:`~ternary_ops.fuse.FusedSlice` modules (see
             :func:`ternary_ops.fuse.fuse_projections`). Default True.
+        fold_norms: fold each RMSNorm whose output feeds only act="int8" ternary layers (the
+            input, post-attention and BitNet sub-layer norms of Llama, Mistral, Qwen2 and BitNet
+            models) into those layers' activation quantization: the norm becomes a
+            :class:`~ternary_ops.fuse.FoldedRMSNorm` that passes ``x`` through, and the layers
+            run ``torch.ops.ternary.rms_norm_linear_*`` (see
+            :func:`ternary_ops.fuse.fold_norms`). Results equal RMSNorm then the layer up to
+            float rounding. Default True.
 
     Layers are converted one at a time and each dense weight is released as soon as its
     replacement is in place, so peak memory stays near the model's own size. On Linux the
@@ -369,6 +381,8 @@ def convert(model: nn.Module, format: str = "i2", act: str = "int8",
         summary.replaced.append(name)
     if fuse and summary.replaced:
         summary.fused = fuse_projections(model)
+    if fold_norms and summary.replaced:
+        summary.folded = fold_norms_into_layers(model)
     quantize_head_and_embedding(model, head, embedding, act, summary)
     if summary.replaced and hasattr(model, "set_attn_implementation"):  # a transformers model
         from .hf.attention import ATTENTION_NAME, use_decode_attention

@@ -1,5 +1,6 @@
 """Fused projections: sibling ternary layers that read the same input (attention's q/k/v, a gated
-MLP's gate/up) run as one :class:`TernaryLinear`.
+MLP's gate/up) run as one :class:`TernaryLinear`. Folded norms: an RMSNorm whose output only
+feeds ternary layers becomes part of their op (:func:`fold_norms`).
 
 One wide layer streams its weight in one kernel where the separate layers launch one each, and
 the activations are quantized once instead of once per layer. The model's code does not change:
@@ -110,8 +111,8 @@ def _fusable(layers: Sequence[nn.Module]) -> Optional[str]:
     for layer in layers:
         if not isinstance(layer, TernaryLinear):
             return f"{type(layer).__name__} is not a TernaryLinear"
-        if getattr(layer, "rms_norm", None) is not None:
-            return "a layer normalises its own input (rms_norm)"
+        if getattr(layer, "rms_norm", None) is not None or layer.input_norm is not None:
+            return "a layer normalises its own input (rms_norm or a folded norm)"
         if layer.in_features != first.in_features:
             return "in_features differ"
         if (layer.format, layer.act) != (first.format, first.act):
@@ -207,4 +208,128 @@ def fuse_projections(model: nn.Module,
             install_fused(parent, fused_name, [(m, layer.out_features)
                                                for m, layer in zip(members, layers)], fused)
             done[dot + fused_name] = [dot + m for m in members]
+    return done
+
+
+# ---- folded norms ----------------------------------------------------------------------------
+
+# Model types whose decoder layers feed each norm below to the listed layers only (the names
+# relative to the decoder layer), and the norm formula of LlamaRMSNorm. For each norm, the
+# first group whose layers are all ternary takes it: the fused layer, else its members.
+FOLDABLE_MODEL_TYPES = ("llama", "mistral", "qwen2", "bitnet")
+NORM_CONSUMERS: Tuple[Tuple[str, Tuple[Tuple[str, ...], ...]], ...] = (
+    ("input_layernorm", (("self_attn.qkv_proj",),
+                         ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"))),
+    ("post_attention_layernorm", (("mlp.gate_up_proj",), ("mlp.gate_proj", "mlp.up_proj"))),
+    ("self_attn.attn_sub_norm", (("self_attn.o_proj",),)),  # BitNet
+    ("mlp.ffn_sub_norm", (("mlp.down_proj",),)),  # BitNet
+)
+
+
+class FoldedRMSNorm(nn.Module):
+    """An RMSNorm that the ternary layers reading its output apply themselves, inside their
+    activation quantization (``torch.ops.ternary.rms_norm_linear_*``): ``forward(x)`` returns
+    ``x`` unchanged, and each layer of ``into`` normalises it as it quantizes it. It keeps the
+    norm's ``weight`` (same parameter, same state-dict key) and ``variance_epsilon``.
+
+    The layers compute RMSNorm then the plain op up to float rounding: the normalised
+    activations are never rounded to the model's dtype (see :mod:`ternary_ops.reference`).
+    Anything else that reads this module's output gets the un-normalised ``x``: fold only
+    norms whose output feeds nothing but ``into`` (:func:`fold_norms` knows which).
+    """
+
+    def __init__(self, weight: nn.Parameter, eps: float, norm_name: str, into: Sequence[str]):
+        super().__init__()
+        self.weight = weight
+        self.variance_epsilon = float(eps)
+        self.norm_name, self.into = norm_name, tuple(into)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def extra_repr(self) -> str:
+        return (f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}, applied by "
+                f"{', '.join(self.into)}")
+
+
+def _foldable_norm(norm: nn.Module, width: int) -> Optional[str]:
+    """Why ``norm`` cannot be folded into layers of in_features ``width``, or ``None``."""
+    if not type(norm).__name__.endswith("RMSNorm") or isinstance(norm, FoldedRMSNorm):
+        return f"{type(norm).__name__} is not an RMSNorm"
+    weight, eps = getattr(norm, "weight", None), getattr(norm, "variance_epsilon", None)
+    if not isinstance(weight, torch.Tensor) or weight.shape != (width,):
+        return f"its weight is not a [{width}] tensor"
+    if not isinstance(eps, (int, float)) or not eps >= 0:
+        return "it has no variance_epsilon >= 0"
+    return None
+
+
+def _foldable_layers(layers: Sequence[Optional[nn.Module]]) -> bool:
+    first = layers[0]
+    return all(isinstance(m, TernaryLinear) and m.act == "int8" and m.input_norm is None
+               and getattr(m, "rms_norm", None) is None and m.in_features == first.in_features
+               for m in layers)
+
+
+def fold_norm(model: nn.Module, norm_name: str, layer_names: Sequence[str]) -> FoldedRMSNorm:
+    """Folds the RMSNorm ``norm_name`` of ``model`` into the act="int8" ternary layers
+    ``layer_names``, which must be all that reads its output: the norm becomes a
+    :class:`FoldedRMSNorm` and each layer applies it. Raises ``ValueError`` naming what does
+    not fit."""
+    norm = model.get_submodule(norm_name)
+    layers = []
+    for name in layer_names:
+        try:
+            layers.append(model.get_submodule(name))
+        except AttributeError:
+            raise ValueError(f"fold_norm: '{norm_name}' feeds '{name}', which is not in the "
+                             "model") from None
+    if not layers or not _foldable_layers(layers):
+        raise ValueError(f"fold_norm: {list(layer_names)} must be act='int8' TernaryLinear "
+                         "layers of one width without a norm of their own")
+    why = _foldable_norm(norm, layers[0].in_features)
+    if why is not None:
+        raise ValueError(f"fold_norm: cannot fold '{norm_name}': {why}")
+    folded = FoldedRMSNorm(norm.weight, norm.variance_epsilon, norm_name, layer_names)
+    model.set_submodule(norm_name, folded)
+    for layer in layers:
+        object.__setattr__(layer, "input_norm", folded)  # not a child: the norm's parent owns it
+    return folded
+
+
+def fold_norms(model: nn.Module) -> Dict[str, List[str]]:
+    """Folds every RMSNorm of a known decoder layout into the ternary layers it feeds (after
+    :func:`fuse_projections`, which it does not undo): the input and post-attention norms into
+    q/k/v and gate/up, BitNet's sub-norms into o_proj and down_proj. The norm's work and its
+    activations' round trip through memory leave the step; on GPUs and in eager mode, so do
+    its kernel launches.
+
+    Only models whose ``config.model_type`` is in :data:`FOLDABLE_MODEL_TYPES` are touched,
+    and only norms whose readers are all act="int8" ternary layers. Returns ``{norm name:
+    [layer names]}``."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in FOLDABLE_MODEL_TYPES:
+        return {}
+    done: Dict[str, List[str]] = {}
+    for name, module in list(model.named_modules()):
+        dot = f"{name}." if name else ""
+        for norm_rel, groups in NORM_CONSUMERS:
+            try:
+                norm = module.get_submodule(norm_rel)
+            except AttributeError:
+                continue
+            for group in groups:
+                layers = []
+                for rel in group:
+                    try:
+                        layers.append(module.get_submodule(rel))
+                    except AttributeError:
+                        layers.append(None)
+                if None in layers or not _foldable_layers(layers):
+                    continue
+                if _foldable_norm(norm, layers[0].in_features) is None:
+                    names = [dot + rel for rel in group]
+                    fold_norm(model, dot + norm_rel, names)
+                    done[dot + norm_rel] = names
+                break
     return done

@@ -14,13 +14,13 @@ import os
 import secrets
 import stat
 import warnings
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
 from .formats import FORMATS, INT64_MAX, packed_rows, validate_q8, validate_weight
-from .fuse import fused_members, install_fused
+from .fuse import FoldedRMSNorm, fold_norm, fused_members, install_fused
 from .memory import use_huge_pages
 from .nn import Int8Embedding, Int8Linear, TernaryLinear
 from .reference import ACT_MODES
@@ -45,6 +45,8 @@ def _layer_info(model: nn.Module) -> Dict[str, dict]:
             members = fused_members(model.get_submodule(parent_name), child) if child else []
             if members:
                 info[name]["fuses"] = [list(member) for member in members]
+            if getattr(m, "input_norm", None) is not None:
+                info[name]["input_norm"] = m.input_norm.norm_name
         elif isinstance(m, Int8Embedding):
             info[name] = {"format": "q8_embedding", "act": "none", "in_features": m.embedding_dim,
                           "out_features": m.num_embeddings, "bias": False,
@@ -296,6 +298,11 @@ def _check_layer(path, prefix: str, spec: dict, tensors: Dict[str, torch.Tensor]
                for v in (n, k)):
         raise ValueError(f"{where}: bad shapes in metadata: in_features={k!r}, out_features={n!r}")
     _check_fuses(where, spec, n)
+    norm = spec.get("input_norm")
+    if norm is not None and not (fmt in FORMATS and act == "int8" and isinstance(norm, str)
+                                 and norm):
+        raise ValueError(f"{where}: malformed 'input_norm' in metadata: expected the name of "
+                         f"the RMSNorm folded into an act='int8' ternary layer, got {norm!r}")
     dot = prefix + "." if prefix else ""
     for key in ("weight", "weight_scale") + (("bias",) if spec.get("bias") else ()):
         if dot + key not in tensors:
@@ -373,6 +380,27 @@ def fuse_into(model: nn.Module, prefix: str, spec: dict, where: str, device=None
                         dtype=dtype)
     fused.layer_name = prefix
     install_fused(parent, fused_name, [tuple(f) for f in spec["fuses"]], fused)
+
+
+def fold_recorded_norms(model: nn.Module, layers: Dict[str, dict], where: str) -> None:
+    """Folds each norm the metadata records (a layer's ``"input_norm"``) into its layers again,
+    as :func:`ternary_ops.fuse.fold_norms` had; norms already folded that way are left."""
+    by_norm: Dict[str, List[str]] = {}
+    for prefix, spec in layers.items():
+        if spec.get("input_norm") is not None:
+            by_norm.setdefault(spec["input_norm"], []).append(prefix)
+    for norm_name, prefixes in by_norm.items():
+        try:
+            norm = model.get_submodule(norm_name)
+        except AttributeError:
+            raise ValueError(f"{where}: the norm '{norm_name}' folded into {prefixes} does not "
+                             "exist in the model") from None
+        if isinstance(norm, FoldedRMSNorm) and set(norm.into) == set(prefixes):
+            continue
+        try:
+            fold_norm(model, norm_name, prefixes)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
 
 
 def load(path: Union[str, os.PathLike], model: Optional[nn.Module] = None, strict: bool = True,
@@ -472,6 +500,7 @@ def load(path: Union[str, os.PathLike], model: Optional[nn.Module] = None, stric
             untie_config(getattr(model, "config", None))  # as convert does
         parent_name, _, child = prefix.rpartition(".")
         setattr(model.get_submodule(parent_name), child, new)
+    fold_recorded_norms(model, layers, os.fspath(path))
     result = model.load_state_dict(tensors, strict=strict)
     _share_aliased_buffers(model, info.get("aliases", {}))
     use_huge_pages(model)

@@ -165,9 +165,21 @@ class TernaryLinear(_PackedWeight):
                           f"{list(x.shape)}); its last dimension must be in_features = "
                           f"{self.in_features}")
 
+    # The RMSNorm folded into this layer (a ternary_ops.fuse.FoldedRMSNorm its parent owns), or
+    # None: forward then normalises x as it quantizes it (the rms_norm_linear ops).
+    input_norm: Optional[nn.Module] = None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 0 or x.shape[-1] != self.in_features:
             raise self._wrong_width(x)
+        norm = self.input_norm
+        if norm is not None:
+            if self.format == "i2":
+                return torch.ops.ternary.rms_norm_linear_i2(
+                    x, norm.weight, norm.variance_epsilon, self.weight, self.weight_scale,
+                    self.out_features, self.bias)
+            return torch.ops.ternary.rms_norm_linear_i8(x, norm.weight, norm.variance_epsilon,
+                                                        self.weight, self.weight_scale, self.bias)
         if self.format == "i2":
             return torch.ops.ternary.linear_i2(x, self.weight, self.weight_scale,
                                                self.out_features, self.bias, self.act)
@@ -180,7 +192,9 @@ class TernaryLinear(_PackedWeight):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, format={self.format}, act={self.act}, "
-                f"granularity={self.granularity}, weight_memory={_human_bytes(self.weight_bytes())}")
+                f"granularity={self.granularity}, weight_memory={_human_bytes(self.weight_bytes())}"
+                + (f", input_norm={self.input_norm.norm_name}" if self.input_norm is not None
+                   else ""))
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):

@@ -289,11 +289,21 @@ def converted(request):
 
 
 def _reference_forward(model):
-    """Swaps every TernaryLinear's forward for the plain-torch reference op."""
+    """Swaps every TernaryLinear's forward for the plain-torch reference op (with its folded
+    RMSNorm, where it has one)."""
+    def reference_op(m):
+        def forward(x):
+            if m.input_norm is not None:
+                return tops.reference.rms_norm_linear_i2(
+                    x, m.input_norm.weight, m.input_norm.variance_epsilon, m.weight,
+                    m.weight_scale, m.out_features, m.bias)
+            return tops.reference.linear_i2(x, m.weight, m.weight_scale, m.out_features, m.bias,
+                                            m.act)
+        return forward
+
     for m in model.modules():
         if isinstance(m, tops.TernaryLinear):
-            m.forward = (lambda m: lambda x: tops.reference.linear_i2(
-                x, m.weight, m.weight_scale, m.out_features, m.bias, m.act))(m)
+            m.forward = reference_op(m)
 
 
 def test_converted_matches_reference_ops(converted):

@@ -23,7 +23,8 @@ prefills a prompt, and times greedy decode steps with batch 1:
   (``--module-guards on`` keeps them), for both variants.
 
 The ternary variant is built as ``convert()`` leaves a model: fused q/k/v and gate/up
-(``--fuse off``), packed weights on 2 MiB pages on a Linux CPU (``--huge-pages off``).
+(``--fuse off``), RMSNorms folded into the ternary layers they feed (``--fold-norms off``),
+packed weights on 2 MiB pages on a Linux CPU (``--huge-pages off``).
 Both variants use the attention ``convert()`` gives a transformers model
 (``ternary_ops.hf.attention``; ``--attention stock`` for transformers' own SDPA). The prefill
 computes the last position's logits only, as ``generate`` does, and is timed after one untimed
@@ -194,6 +195,9 @@ def build_model(args, variant: str):
                                          embedding=dense_or[args.embedding])
         if args.fuse == "on":
             tops.fuse_projections(model)
+        if args.fold_norms == "on":
+            from ternary_ops.fuse import fold_norms
+            fold_norms(model)
         if args.huge_pages == "on":
             tops.use_huge_pages(model)  # what convert() ends with (on the CPU, under Linux)
     if args.attention == "decode-safe":
@@ -346,7 +350,8 @@ def markdown(args, summaries: list, argv) -> str:
         f"intermediate {inter}, {heads} heads / {kv} KV heads, vocabulary {args.vocab}, "
         f"head and embedding {'tied' if tied else 'untied'}; "
         f"ternary variant's head {args.head}, embedding {args.embedding} (bf16 in the dense "
-        f"variant), bf16 norms; fused projections: {args.fuse}; attention: {args.attention}; "
+        f"variant), bf16 norms; fused projections: {args.fuse}; folded norms: {args.fold_norms}; "
+        f"attention: {args.attention}; "
         f"compiled with module guards {args.module_guards}; huge pages: {args.huge_pages}. "
         f"Prompt {args.prompt} tokens, then {args.tokens} timed greedy steps after "
         f"{args.warmup} warm-up steps; "
@@ -408,6 +413,9 @@ def parse_args(argv):
     p.add_argument("--fuse", default="on", choices=("on", "off"),
                    help="the ternary variant's q/k/v and gate/up as one layer each "
                         "(tops.fuse_projections, what convert() does; default on)")
+    p.add_argument("--fold-norms", default="on", choices=("on", "off"),
+                   help="the ternary variant's RMSNorms folded into the ternary layers they feed "
+                        "(ternary_ops.fuse.fold_norms, what convert() does; default on)")
     p.add_argument("--huge-pages", default="on", choices=("on", "off"),
                    help="the ternary variant's packed weights in one buffer of 2 MiB pages "
                         "(tops.use_huge_pages, what convert() does; Linux CPU; default on)")

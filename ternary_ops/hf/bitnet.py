@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..convert import check_head_and_embedding, quantize_head_and_embedding
+from ..fuse import fold_norms as fold_norms_into_layers
 from ..fuse import fuse_projections
 from ..io import read_tensors
 from ..memory import use_huge_pages
@@ -112,7 +113,7 @@ def from_pretrained_bitnet(path_or_model, format: str = "i2", act: str = "int8",
                            dtype: Optional[torch.dtype] = None,
                            device: Optional[Union[str, torch.device]] = None,
                            head: str = "dense", embedding: str = "dense",
-                           fuse: bool = True) -> nn.Module:
+                           fuse: bool = True, fold_norms: bool = True) -> nn.Module:
     """Loads a Hugging Face BitNet b1.58 model with :class:`BitNetLinear` layers.
 
     Args:
@@ -133,6 +134,8 @@ def from_pretrained_bitnet(path_or_model, format: str = "i2", act: str = "int8",
         fuse: fuse q/k/v and gate/up into one ternary layer each
             (:func:`ternary_ops.fuse_projections`; layers with their own input RMSNorm are
             left apart). Default True.
+        fold_norms: fold the decoder layers' RMSNorms into the act="int8" ternary layers they
+            feed (:func:`ternary_ops.fuse.fold_norms`). Default True.
 
     Which layers are ternary follows the config: for ``quantization_mode="offline"`` every
     linear layer with a ``weight_scale`` in the checkpoint; for ``"online"`` every linear
@@ -147,6 +150,8 @@ def from_pretrained_bitnet(path_or_model, format: str = "i2", act: str = "int8",
         use_decode_attention(path_or_model)
         if fuse:
             fuse_projections(path_or_model)
+        if fold_norms:
+            fold_norms_into_layers(path_or_model)
         quantize_head_and_embedding(path_or_model, head, embedding, act)
         return path_or_model  # its packed buffers are used as they are: no use_huge_pages copy
     transformers = require_transformers()
@@ -196,6 +201,8 @@ def from_pretrained_bitnet(path_or_model, format: str = "i2", act: str = "int8",
     model = finish_load(model, tensors, path, dtype=dtype)
     if fuse:
         fuse_projections(model)
+    if fold_norms:
+        fold_norms_into_layers(model)
     quantize_head_and_embedding(model, head, embedding, act)
     model = model if device is None else model.to(device)
     use_huge_pages(model)

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from ..convert import dense_weight, untie_config
-from ..io import (METADATA_KEY, build_layer, fuse_into, load as _load_tensors, read_metadata,
-                  save as _save)
+from ..io import (METADATA_KEY, build_layer, fold_recorded_norms, fuse_into,
+                  load as _load_tensors, read_metadata, save as _save)
 from ..memory import use_huge_pages
 from ..nn import Int8Linear, TernaryLinear
 from ._loading import (CHECKPOINT_NAME, check_folder, finish_load, model_skeleton,
@@ -119,6 +119,7 @@ def load_pretrained(save_directory: Union[str, os.PathLike],
         layer.layer_name = prefix
         model.set_submodule(prefix, layer)
         keep.add(f"{prefix}.weight_scale" if prefix else "weight_scale")
+    fold_recorded_norms(model, layers, file)
     model = finish_load(model, tensors, file, keep_dtype=keep, dtype=dtype)
     model = model if device is None else model.to(device)
     use_huge_pages(model)

@@ -235,7 +235,9 @@ class FoldedRMSNorm(nn.Module):
     The layers compute RMSNorm then the plain op up to float rounding: the normalised
     activations are never rounded to the model's dtype (see :mod:`ternary_ops.reference`).
     Anything else that reads this module's output gets the un-normalised ``x``: fold only
-    norms whose output feeds nothing but ``into`` (:func:`fold_norms` knows which).
+    norms whose output feeds nothing but ``into`` (:func:`fold_norms` knows which). On devices
+    without a native kernel for those ops (MPS), the layers apply :meth:`apply_norm` and then
+    their plain op.
     """
 
     def __init__(self, weight: nn.Parameter, eps: float, norm_name: str, into: Sequence[str]):
@@ -246,6 +248,13 @@ class FoldedRMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
+
+    def apply_norm(self, x: torch.Tensor) -> torch.Tensor:
+        """The norm as the module it replaced computed it (``LlamaRMSNorm``'s arithmetic), for
+        devices without a native ``rms_norm_linear`` kernel."""
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        return self.weight * xf.to(x.dtype)
 
     def extra_repr(self) -> str:
         return (f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}, applied by "

@@ -27,6 +27,10 @@ def _human_bytes(n: int) -> str:
     return f"{n:.2f} GiB"
 
 
+# Devices with native kernels for the rms_norm_linear ops (a layer's folded norm).
+_FOLDED_NORM_DEVICES = ("cpu", "cuda")
+
+
 class _PackedWeight(nn.Module):
     """What the modules with an integer ``weight`` and a float32 ``weight_scale`` buffer share."""
 
@@ -173,7 +177,11 @@ class TernaryLinear(_PackedWeight):
         if x.dim() == 0 or x.shape[-1] != self.in_features:
             raise self._wrong_width(x)
         norm = self.input_norm
-        if norm is not None:
+        if norm is not None and x.device.type not in _FOLDED_NORM_DEVICES:
+            # No native rms_norm_linear kernel here (MPS): the norm's own arithmetic, then the
+            # plain op, rather than the reference's slow path.
+            x = norm.apply_norm(x)
+        elif norm is not None:
             if self.format == "i2":
                 return torch.ops.ternary.rms_norm_linear_i2(
                     x, norm.weight, norm.variance_epsilon, self.weight, self.weight_scale,

@@ -213,3 +213,125 @@ def test_gradients_follow_the_straight_through_estimator():
     torch.testing.assert_close(gx, wx)
     torch.testing.assert_close(gg, wg)
     torch.testing.assert_close(gb, grad.sum(0))
+
+
+# ---- folded norms in models (ternary_ops.fuse.fold_norms, convert(fold_norms=True)) ----------
+
+transformers = pytest.importorskip("transformers")
+
+
+def _tiny(arch, seed=0):
+    torch.manual_seed(seed)
+    common = dict(vocab_size=128, max_position_embeddings=64, hidden_size=64,
+                  intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    cfg = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config,
+           "bitnet": transformers.BitNetConfig}[arch](**common)
+    cls = {"llama": transformers.LlamaForCausalLM, "qwen2": transformers.Qwen2ForCausalLM,
+           "bitnet": transformers.BitNetForCausalLM}[arch]
+    model = cls(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight") or name.endswith("layernorm.weight"):
+                p.uniform_(0.5, 1.5)  # not all ones, so a lost norm weight shows
+    return model
+
+
+PROMPT = torch.tensor([[1, 17, 42, 99, 7, 50, 3, 64]])
+FOLDED = {"llama": 4, "qwen2": 4, "bitnet": 8}
+
+
+@pytest.mark.parametrize("arch", sorted(FOLDED))
+def test_convert_folds_the_decoder_norms(arch):
+    from ternary_ops.fuse import FoldedRMSNorm
+    model, plain = _tiny(arch), _tiny(arch)
+    summary = tops.convert(model)
+    tops.convert(plain, fold_norms=False)
+    assert len(summary.folded) == FOLDED[arch] and "folded" in str(summary)
+    layer = model.model.layers[0]
+    assert isinstance(layer.input_layernorm, FoldedRMSNorm)
+    assert layer.self_attn.qkv_proj.input_norm is layer.input_layernorm
+    assert not isinstance(model.model.norm, FoldedRMSNorm)  # the final norm feeds the head
+    assert model.state_dict().keys() == plain.state_dict().keys()
+    with torch.no_grad():
+        got, want = model(PROMPT).logits, plain(PROMPT).logits
+    # Equal up to where a value rounds: an int8 code may flip where RMSNorm's output, rounded
+    # on its own, lands at a rounding boundary.
+    err = ((got - want).norm() / want.norm()).item()
+    assert err < 1e-2, err
+    # Without fused projections the norm goes to each member.
+    unfused = _tiny(arch)
+    tops.convert(unfused, fuse=False)
+    q = unfused.model.layers[1].self_attn.q_proj
+    assert q.input_norm is unfused.model.layers[1].self_attn.k_proj.input_norm is not None
+    with torch.no_grad():
+        assert_bit_exact(unfused(PROMPT).logits, got, "fused vs unfused projections")
+
+
+def test_folded_model_matches_the_reference_ops_and_compiles():
+    model = _tiny("bitnet")
+    tops.convert(model)
+    with torch.no_grad():
+        eager = model(PROMPT).logits
+        ref = _tiny("bitnet")
+        tops.convert(ref)
+        for m in ref.modules():
+            if isinstance(m, tops.TernaryLinear) and m.input_norm is not None:
+                m.forward = (lambda m: lambda x: reference.rms_norm_linear_i2(
+                    x, m.input_norm.weight, m.input_norm.variance_epsilon, m.weight,
+                    m.weight_scale, m.out_features, m.bias))(m)
+        assert_bit_exact(ref(PROMPT).logits, eager, "reference ops")
+        compiled = torch.compile(model, fullgraph=True, backend="inductor")
+        torch.testing.assert_close(compiled(PROMPT).logits, eager, rtol=1e-5, atol=1e-5)
+
+
+def test_folded_norms_save_and_load(tmp_path):
+    import ternary_ops.hf as tops_hf
+    from ternary_ops.fuse import FoldedRMSNorm
+    model = _tiny("bitnet")
+    tops.convert(model)
+    with torch.no_grad():
+        want = model(PROMPT).logits
+    tops.save(model, tmp_path / "m.safetensors")
+    fresh = tops.load(tmp_path / "m.safetensors", _tiny("bitnet", seed=1))
+    assert isinstance(fresh.model.layers[1].mlp.ffn_sub_norm, FoldedRMSNorm)
+    tops_hf.save_pretrained(model, tmp_path / "hf")
+    again = tops_hf.load_pretrained(tmp_path / "hf")
+    assert again.model.layers[0].self_attn.o_proj.input_norm.norm_name == \
+        "model.layers.0.self_attn.attn_sub_norm"
+    with torch.no_grad():
+        assert_bit_exact(fresh(PROMPT).logits, want, "tops.load")
+        assert_bit_exact(again(PROMPT).logits, want, "hf.load_pretrained")
+    tops.load(tmp_path / "m.safetensors", fresh)  # loading into the folded model again
+
+
+def test_fold_norms_leaves_what_it_cannot_prove():
+    from ternary_ops.fuse import fold_norm, fold_norms
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        n_embd=32, n_layer=1, n_head=2, vocab_size=64, n_positions=32)).eval()
+    assert tops.convert(gpt2).folded == {}  # a model type whose layout is not known
+    none = _tiny("llama")
+    assert tops.convert(none, act="none").folded == {}  # act="none" layers keep the norm
+    model = _tiny("llama")
+    tops.convert(model, fold_norms=False)
+    assert fold_norms(model) and fold_norms(model) == {}  # nothing left to fold
+    other = _tiny("llama")
+    tops.convert(other, fold_norms=False)
+    with pytest.raises(ValueError, match=r"cannot fold 'model.norm': its weight is not a \[96\]"):
+        fold_norm(other, "model.norm", ["model.layers.0.mlp.down_proj"])
+    with pytest.raises(ValueError, match="must be act='int8' TernaryLinear layers"):
+        fold_norm(other, "model.norm", ["lm_head"])
+    with pytest.raises(ValueError, match="'model.layers.0.mlp.nope', which is not in the model"):
+        fold_norm(other, "model.layers.0.post_attention_layernorm", ["model.layers.0.mlp.nope"])
+
+
+def test_devices_without_a_native_kernel_use_the_norms_own_arithmetic(monkeypatch):
+    """Where the rms_norm_linear ops have no native kernel (MPS), a folded layer normalises as
+    the norm it replaced did, then runs the plain op: the unfolded model, bit for bit."""
+    import ternary_ops.nn as tnn
+    model, plain = _tiny("llama"), _tiny("llama")
+    tops.convert(model)
+    tops.convert(plain, fold_norms=False)
+    monkeypatch.setattr(tnn, "_FOLDED_NORM_DEVICES", ())
+    with torch.no_grad():
+        assert_bit_exact(model(PROMPT).logits, plain(PROMPT).logits, "norm's own arithmetic")

@@ -275,7 +275,7 @@ cudaError_t gemv_int8_persistent_launch(const Linear& p, cudaStream_t stream, bo
 
 template <int MT, bool I2>
 cudaError_t gemv_int8_persistent_dtype(const Linear& p, cudaStream_t stream, bool pdl) {
-  if (int8_needs_scratch(p.M, p.K))
+  if (!int8_quantized_in_gemv(p))
     return gemv_int8_persistent_launch<MT, I2, false, float>(p, stream, pdl);  // x is not read
   switch (p.dtype) {
     case DType::F32: return gemv_int8_persistent_launch<MT, I2, true, float>(p, stream, pdl);

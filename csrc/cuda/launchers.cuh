@@ -23,13 +23,20 @@ TERNARY_HD constexpr bool int8_needs_scratch(int64_t M, int64_t K) {
   return !(M <= kPersistMaxM && M * K <= kFusedQuantMaxMK);
 }
 
+// Whether the persistent GEMV quantizes x itself for p (Path::kInt8Fused): small M * K and no
+// input RMSNorm (the rms_norm_linear ops always take their own pre-pass). The router and the
+// GEMV decide by this one function.
+inline bool int8_quantized_in_gemv(const Linear& p) {
+  return !int8_needs_scratch(p.M, p.K) && p.norm_weight == nullptr;
+}
+
 // quantize.cu: act="int8" pre-pass, per-row quantization of x into q / inv / qsum (M blocks).
 cudaError_t quantize_rows(const Linear& p, cudaStream_t stream);
 // rms_norm.cu: the pre-pass of the rms_norm_linear ops (p.norm_weight set): quantize_rows'
 // output for RMSNorm(x) * norm_weight.
 cudaError_t rms_norm_quantize_rows(const Linear& p, cudaStream_t stream);
 // gemv_persist.cu: act="int8", M <= kPersistMaxM; quantizes x itself where
-// int8_needs_scratch is false, else reads the pre-pass's output.
+// int8_quantized_in_gemv, else reads the pre-pass's output.
 cudaError_t gemv_int8_persistent(const Linear& p, cudaStream_t stream, bool pdl);
 // gemv_block.cu: act="int8", kPersistMaxM < M <= kGemvMaxM, after the pre-pass; act="none",
 // M <= kGemvMaxM.

@@ -12,7 +12,7 @@ int64_t elem_bytes(DType d) { return d == DType::F32 ? 4 : 2; }
 Plan plan_linear(const Linear& p, Act act) {
   Plan plan;
   if (act == Act::Int8) {
-    if (!int8_needs_scratch(p.M, p.K) && p.norm_weight == nullptr) {
+    if (int8_quantized_in_gemv(p)) {
       plan.path = Path::kInt8Fused;
     } else {
       plan.path = p.M <= kGemvMaxM ? Path::kInt8Gemv : Path::kInt8Mma;

@@ -77,6 +77,51 @@ def test_matches_reference(device, fmt, dtype):
                         f"{fmt} {dtype_id(dtype)} M={m} N={n} K={k} eps={eps}")
 
 
+# One-row (decode) shapes with norm_weight in x's dtype, which the CUDA GEMV normalises and
+# quantizes in its own prologue: K = 1 and K not a multiple of 8 (no vector loads), x held in
+# registers at 2, 4, 8 and 16 groups per thread (2560, 6912, 14336, 20000 / 32768 for 16-bit x),
+# and two passes over x (N = 1 at K = 32768: one small block).
+DECODE_SHAPES = [(3, 1), (9, 130), (64, 2560), (33, 6912), (40, 14336), (20, 20000), (1, 32768),
+                 (300, 32768)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("fmt", ["i2", "i8"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_decode_rows_match_reference(device, fmt, dtype):
+    for i, (n, k) in enumerate(DECODE_SHAPES):
+        eps = (1e-6, 1e-5, 0.5)[i % 3]
+        x, g, w, scale, n, b = _case(fmt, 1, n, k, dtype, bias=i % 2 == 0,
+                                     per_channel=i % 3 != 1)
+        _check_all_sets(device, fmt, (x, g, eps, w, scale, n, b),
+                        f"{fmt} {dtype_id(dtype)} M=1 N={n} K={k}")
+    # x not 16-byte aligned (the second row of a [2, K] tensor, K odd) and not 4-element aligned
+    x, g, w, scale, n, b = _case(fmt, 2, 70, 2561, dtype)
+    _check_all_sets(device, fmt, (x[1:], g, 1e-6, w, scale, n, b), "unaligned row")
+    # One row each: zeros (eps = 0 too: 0 / 0), tiny, huge, a spike, NaN / +-Inf, NaN in g.
+    k = 2560
+    big = 1e30 if dtype != torch.float16 else 6e4
+    tiny = 1e-35 if dtype != torch.float16 else 6e-8
+    x, g, w, scale, n, b = _case(fmt, 1, 50, k, dtype)
+    rows = [torch.zeros(k), torch.randn(k) * tiny, torch.randn(k) * big / 8,
+            torch.zeros(k).index_fill_(0, torch.tensor([17]), 3.0)]
+    for j, row in enumerate(rows):
+        for eps in (1e-6, 0.0):
+            _check_all_sets(device, fmt, (row.to(dtype)[None], g, eps, w, scale, n, b),
+                            f"extreme row {j} eps={eps}")
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        row = torch.randn(1, k).to(dtype)
+        row[0, 1000] = bad
+        got = _call(fmt, *_on(device, row, g), 1e-6, *_on(device, w, scale), n,
+                    _on(device, b)[0]).cpu()
+        assert got.isnan().all(), f"x holding {bad} gives a NaN row"
+    g_bad = g.clone()
+    g_bad[2559] = float("nan")
+    got = _call(fmt, *_on(device, x, g_bad), 1e-6, *_on(device, w, scale), n,
+                _on(device, b)[0]).cpu()
+    assert got.isnan().all(), "a NaN in norm_weight gives a NaN row"
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 def test_leading_dims_and_strided_x(device, dtype):

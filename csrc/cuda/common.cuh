@@ -47,6 +47,25 @@ __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
 template <>
 __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
 
+// The rms_norm_linear ops' factor sqrt(t + eps) of one row (docs/DESIGN.md) from the exact sum
+// ss of its squares in kNormQMax steps of a = max(max|x|, kNormAmaxMin): float32 steps in the
+// reference's order, each an explicit round-to-nearest intrinsic (the build uses fast math).
+__device__ __forceinline__ float rms_norm_factor(unsigned long long ss, float a, int64_t K,
+                                                 float eps) {
+  const float d = __fdiv_rn(a, kNormQMax);
+  float t = __fdiv_rn(__ull2float_rn(ss), static_cast<float>(K));
+  t = __fmul_rn(__fmul_rn(t, d), d);
+  if (t < kF32MinNormal) t = 0.0f;
+  return __fsqrt_rn(__fadd_rn(t, eps));
+}
+
+// The sum of a warp's 64-bit unsigned integers (exact in any order).
+__device__ __forceinline__ unsigned long long warp_sum_u64(unsigned long long v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
 // Output stores pick the type at run time (a uniform branch): the integer kernels are the same
 // for every activation dtype, so they are not instantiated once per dtype.
 __device__ __forceinline__ void store_out(void* y, int64_t i, float v, DType d) {

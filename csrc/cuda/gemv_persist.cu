@@ -1,7 +1,7 @@
 // gemv_persist.cu: act="int8", M <= 2: the persistent dp4a GEMV. Weight units are streamed
 // once in 16-byte loads, decoded in registers and dotted with the int8 activations by __dp4a;
 // for small M * K the kernel quantizes x in its own prologue (quantize_x_block; one launch per
-// op).
+// op), and at M = 1 applies the input RMSNorm of the rms_norm_linear ops there too.
 #include "gemv.cuh"
 #include "launchers.cuh"
 #include "quantize.cuh"
@@ -57,7 +57,8 @@ struct Stage {
   float sc, bi;
 };
 
-template <int MT, bool I2, bool FUSED, bool VEC, typename T, int XNR>
+// NORM (FUSED only): the prologue quantizes RMSNorm(x) * norm_weight (quantize_x_block's NORM).
+template <int MT, bool I2, bool FUSED, bool VEC, typename T, int XNR, bool NORM = false>
 __global__ void __launch_bounds__(kPersistWarps * 32, 1)
     gemv_int8_persistent_kernel(const Linear p, const PersistOpts o) {
   constexpr int RPU = I2 ? kI2RowsPerByte : 1;
@@ -129,8 +130,9 @@ __global__ void __launch_bounds__(kPersistWarps * 32, 1)
     auto x_hook = [&](int phase) {
       if (phase == kXLanded && o.overlap) load_stage(sa, item, batch);
     };
-    quantize_x_block<MT, XNR, T>(static_cast<const T*>(p.x), M, K, o.xvec, o.xregs, smem_q, inv,
-                                 qsum, x_hook);
+    quantize_x_block<MT, XNR, T, NORM>(static_cast<const T*>(p.x), M, K, o.xvec, o.xregs, smem_q,
+                                       inv, qsum, x_hook, static_cast<const T*>(p.norm_weight),
+                                       p.norm_eps);
     q = reinterpret_cast<const int8_t*>(smem_q);
     if (!o.weights_first && !o.overlap) load_stage(sa, item, batch);
   } else {
@@ -234,7 +236,7 @@ PersistOpts persist_opts(const Linear& p, int64_t units, int64_t blocks, int spl
   return o;
 }
 
-template <int MT, bool I2, bool FUSED, typename T>
+template <int MT, bool I2, bool FUSED, typename T, bool NORM = false>
 cudaError_t gemv_int8_persistent_launch(const Linear& p, cudaStream_t stream, bool pdl) {
   const int64_t units = weight_units(I2, p.N);
   // One block per SM while there is a unit for each of its warps; fewer groups per block when
@@ -258,14 +260,14 @@ cudaError_t gemv_int8_persistent_launch(const Linear& p, cudaStream_t stream, bo
   // takes; otherwise one that picks it at run time.
   using Kernel = void (*)(const Linear, const PersistOpts);
   const Kernel kernel = [&]() -> Kernel {
-    if (!vec) return gemv_int8_persistent_kernel<MT, I2, FUSED, false, T, kXAnyPath>;
+    if (!vec) return gemv_int8_persistent_kernel<MT, I2, FUSED, false, T, kXAnyPath, NORM>;
     if constexpr (!FUSED) {
       return gemv_int8_persistent_kernel<MT, I2, false, true, T, kXAnyPath>;
     } else {
       Kernel k = nullptr;
       const int nr = o.xregs ? x_regs_groups(p.K, block.x, kGroupsPer16<T>, 16 / MT) : 0;
       with_x_path<MT>(nr, [&](auto path) {
-        k = gemv_int8_persistent_kernel<MT, I2, true, true, T, decltype(path)::value>;
+        k = gemv_int8_persistent_kernel<MT, I2, true, true, T, decltype(path)::value, NORM>;
       });
       return k;
     }
@@ -277,6 +279,17 @@ template <int MT, bool I2>
 cudaError_t gemv_int8_persistent_dtype(const Linear& p, cudaStream_t stream, bool pdl) {
   if (!int8_quantized_in_gemv(p))
     return gemv_int8_persistent_launch<MT, I2, false, float>(p, stream, pdl);  // x is not read
+  if (p.norm_weight != nullptr) {  // int8_quantized_in_gemv: M = 1, norm_weight in x's dtype
+    if constexpr (MT == 1) {
+      switch (p.dtype) {
+        case DType::F32: return gemv_int8_persistent_launch<1, I2, true, float, true>(p, stream, pdl);
+        case DType::BF16:
+          return gemv_int8_persistent_launch<1, I2, true, __nv_bfloat16, true>(p, stream, pdl);
+        case DType::F16: return gemv_int8_persistent_launch<1, I2, true, __half, true>(p, stream, pdl);
+      }
+    }
+    return cudaErrorInvalidValue;
+  }
   switch (p.dtype) {
     case DType::F32: return gemv_int8_persistent_launch<MT, I2, true, float>(p, stream, pdl);
     case DType::BF16: return gemv_int8_persistent_launch<MT, I2, true, __nv_bfloat16>(p, stream, pdl);

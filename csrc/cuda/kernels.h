@@ -48,9 +48,9 @@ struct Linear {
 
 // The kernels that serve one problem.
 enum class Path {
-  kInt8Fused,  // act="int8", M <= 2 and small M * K: the persistent GEMV quantizes x itself
-  kInt8Gemv,   // act="int8", M <= 8 (or any input RMSNorm): the quantize pre-pass, then the
-               // persistent / block GEMV
+  kInt8Fused,  // act="int8", M <= 2 and small M * K (an input RMSNorm: M = 1, its weight in
+               // x's dtype): the persistent GEMV quantizes x itself
+  kInt8Gemv,   // act="int8", M <= 8: the quantize pre-pass, then the persistent / block GEMV
   kInt8Mma,    // act="int8", M > 8: the pre-pass, then int8 tensor-core tiles
   kNoneGemv,   // act="none", M <= 8: float32-accumulating GEMV
   kNoneMma,    // act="none", M > 8, 16-bit x, aligned: 16-bit tensor-core tiles

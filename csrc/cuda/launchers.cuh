@@ -23,11 +23,12 @@ TERNARY_HD constexpr bool int8_needs_scratch(int64_t M, int64_t K) {
   return !(M <= kPersistMaxM && M * K <= kFusedQuantMaxMK);
 }
 
-// Whether the persistent GEMV quantizes x itself for p (Path::kInt8Fused): small M * K and no
-// input RMSNorm (the rms_norm_linear ops always take their own pre-pass). The router and the
-// GEMV decide by this one function.
+// Whether the persistent GEMV quantizes x itself for p (Path::kInt8Fused): small M * K, and for
+// the rms_norm_linear ops also M = 1 and norm_weight in x's dtype (the cases decode takes; the
+// others take the op's own pre-pass). The router and the GEMV decide by this one function.
 inline bool int8_quantized_in_gemv(const Linear& p) {
-  return !int8_needs_scratch(p.M, p.K) && p.norm_weight == nullptr;
+  if (int8_needs_scratch(p.M, p.K)) return false;
+  return p.norm_weight == nullptr || (p.M == 1 && p.norm_dtype == p.dtype);
 }
 
 // quantize.cu: act="int8" pre-pass, per-row quantization of x into q / inv / qsum (M blocks).

@@ -151,22 +151,37 @@ enum XPhase : int { kXLoadsIssued, kXLanded, kXScaled };
 // 16-byte aligned, quantize from registers when x fits (kXRegs groups of 4 per thread); else
 // two passes over x. x_hook(phase) runs at each XPhase point: the GEMV requests its first
 // weights there.
-template <int MT, int XNR, typename T, typename F>
+// NORM (the rms_norm_linear ops, docs/DESIGN.md): q and qsum are those of z = x * norm_weight
+// (norm_weight [K] in x's dtype, aligned as x's rows), and inv is z's multiplied by the row's
+// rms_norm_factor, from the exact sum of squares of x in kNormQMax steps: what the pre-pass
+// in rms_norm.cu gives, bit for bit.
+template <int MT, int XNR, typename T, bool NORM = false, typename F>
 __device__ void quantize_x_block(const T* __restrict__ X, int M, int64_t K, bool xvec, bool xregs,
                                  unsigned char* smem_q, float (&inv)[MT], int32_t (&qsum)[MT],
-                                 F&& x_hook) {
+                                 F&& x_hook, const T* __restrict__ norm_weight = nullptr,
+                                 float norm_eps = 0.0f) {
   __shared__ float red_f[kXBlockWarps * MT];
   __shared__ int32_t red_i[kXBlockWarps * MT];
+  // NORM: per-warp max |x| and sums of squares.
+  __shared__ float red_xmax[NORM ? kXBlockWarps * MT : 1];
+  __shared__ unsigned long long red_ss[NORM ? kXBlockWarps * MT : 1];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
   const int64_t ldq = act_padded_k(K);
   const int64_t qgroups = ldq / 4;  // groups of 4 columns, zero past K
   auto* qs = reinterpret_cast<uint32_t*>(smem_q);
-  float amax[MT];
+  float amax[MT];  // NORM: of z
   int32_t part_sum[MT];
+  // NORM: max |x| (as bits), then a = max(max|x|, kNormAmaxMin) and kNormQMax / a; the
+  // squares' sum; whether z is finite.
+  float xmax[MT], norm_a[MT], norm_unit[MT];
+  unsigned long long sq_sum[MT];
+  bool z_finite[MT];
 #pragma unroll
   for (int m = 0; m < MT; ++m) {
     amax[m] = 0.0f;
     part_sum[m] = 0;
+    xmax[m] = 0.0f;
+    sq_sum[m] = 0;
   }
   auto add_amax = [](float& a, const float (&v)[4]) {
     a = fmaxf(fmaxf(fmaxf(a, fabsf(v[0])), fmaxf(fabsf(v[1]), fabsf(v[2]))), fabsf(v[3]));
@@ -205,6 +220,48 @@ __device__ void quantize_x_block(const T* __restrict__ X, int M, int64_t K, bool
     qs[m * qgroups + g] = wq;
     part_sum[m] = __dp4a(int(wq), 0x01010101, part_sum[m]);
   };
+  // NORM: z = x * norm_weight for four elements (the reference's float32 product).
+  auto norm_z = [](const float (&v)[4], const float (&w)[4], float (&z)[4]) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) z[e] = __fmul_rn(v[e], w[e]);
+  };
+  // NORM: max |x| and max |z| of four elements, as bit patterns (NaN and +-Inf above every
+  // finite value).
+  auto add_norm_amax = [&](int m, const float (&v)[4], const float (&z)[4]) {
+    add_amax_bits(xmax[m], v);
+    add_amax_bits(amax[m], z);
+  };
+  // NORM: the squares of four elements of x in kNormQMax steps of a (|p| <= 32767).
+  auto add_squares = [&](int m, const float (&v)[4]) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int32_t pk = __float2int_rn(__fmul_rn(v[e], norm_unit[m]));
+      sq_sum[m] += static_cast<unsigned long long>(pk * pk);
+    }
+  };
+  // NORM: block-wide max |z| -> inv (NaN for a row whose z holds NaN or +-Inf: its output row is
+  // NaN) and max |x| -> the step of the squares.
+  auto reduce_norm_amax = [&] {
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+      const float az = warp_max_nonneg(amax[m]), ax = warp_max_nonneg(xmax[m]);
+      if (lane == 0) {
+        red_f[warp * MT + m] = az;
+        red_xmax[warp * MT + m] = ax;
+      }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+      const float az = warp_max_nonneg(lane < nwarps ? red_f[lane * MT + m] : 0.0f);
+      const float ax = warp_max_nonneg(lane < nwarps ? red_xmax[lane * MT + m] : 0.0f);
+      z_finite[m] = act_row_finite(__float_as_uint(az));
+      inv[m] = z_finite[m] ? __fdiv_rn(kActQMax, fmaxf(az, kActEps))
+                           : __uint_as_float(0x7FC00000u);
+      norm_a[m] = fmaxf(ax, kNormAmaxMin);
+      norm_unit[m] = __fdiv_rn(kNormQMax, norm_a[m]);
+    }
+  };
   // xregs and at most kXRegs groups per thread: every load is issued at once and x is
   // quantized from registers: one L2 round trip. Otherwise two passes over x. One 16-byte load
   // per G = kGroupsPer16<T> groups (bf16 / half: two; 8-byte loads, twice as many, are
@@ -220,6 +277,7 @@ __device__ void quantize_x_block(const T* __restrict__ X, int M, int64_t K, bool
     constexpr int NR = decltype(nr)::value;
     const int64_t groups = K / 4;  // xregs: K % (4 * G) == 0
     uint4 xr[MT][NR / G];  // x as loaded: converted to float only to be quantized
+    [[maybe_unused]] uint4 gr[NORM ? NR / G : 1];  // NORM: norm_weight at the same columns
 #pragma unroll
     for (int m = 0; m < MT; ++m)
 #pragma unroll
@@ -228,7 +286,61 @@ __device__ void quantize_x_block(const T* __restrict__ X, int M, int64_t K, bool
         xr[m][i / G] = m < M && g < groups ? *reinterpret_cast<const uint4*>(X + m * K + 4 * g)
                                            : make_uint4(0, 0, 0, 0);
       }
+    if constexpr (NORM) {
+#pragma unroll
+      for (int i = 0; i < NR; i += G) {
+        const int64_t g = group_of(i);
+        gr[i / G] = g < groups ? *reinterpret_cast<const uint4*>(norm_weight + 4 * g)
+                               : make_uint4(0, 0, 0, 0);
+      }
+    }
     x_hook(kXLoadsIssued);
+    if constexpr (NORM) {
+      // z's maximum needs z in floats; x's is taken from the same floats.
+#pragma unroll
+      for (int m = 0; m < MT; ++m)
+#pragma unroll
+        for (int j = 0; j < NR / G; ++j) {
+          float v[G][4], w[G][4];
+          unpack_x16(xr[m][j], X, v);
+          unpack_x16(gr[j], X, w);
+#pragma unroll
+          for (int h = 0; h < G; ++h) {
+            float z[4];
+            norm_z(v[h], w[h], z);
+            add_norm_amax(m, v[h], z);
+          }
+        }
+      x_hook(kXLanded);
+      reduce_norm_amax();
+      x_hook(kXScaled);
+#pragma unroll
+      for (int m = 0; m < MT; ++m)
+#pragma unroll
+        for (int i = 0; i < NR; i += G) {
+          const int64_t g = group_of(i);
+          if (m < M && g < qgroups) {
+            float v[G][4], w[G][4];
+            unpack_x16(xr[m][i / G], X, v);
+            unpack_x16(gr[i / G], X, w);
+            uint32_t wq[G];
+#pragma unroll
+            for (int h = 0; h < G; ++h) {
+              float z[4];
+              norm_z(v[h], w[h], z);
+              wq[h] = quant_pack4(z, inv[m]);  // clamps the NaN of a non-finite row
+              part_sum[m] = __dp4a(int(wq[h]), 0x01010101, part_sum[m]);
+              add_squares(m, v[h]);
+            }
+            if constexpr (G == 2) {
+              *reinterpret_cast<uint2*>(qs + m * qgroups + g) = make_uint2(wq[0], wq[1]);
+            } else {
+              qs[m * qgroups + g] = wq[0];
+            }
+          }
+        }
+      return;
+    }
     // amax from the bit patterns (no conversion; one instruction per 2-6 elements on sm_90).
     // Where this thread's x holds an infinity or NaN, its amax is taken again from floats and
     // the block takes the NaN branch below, which also makes such rows' inv NaN. Finite x pays
@@ -305,6 +417,28 @@ __device__ void quantize_x_block(const T* __restrict__ X, int M, int64_t K, bool
             f(m, g, v);
           }
     };
+    if constexpr (NORM) {
+      auto with_z = [&](auto&& f) {
+        each_x4([&](int m, int64_t g, const float (&v)[4]) {
+          float w[4], z[4];
+          load_x4(norm_weight, 4 * g, K, xvec, w);
+          norm_z(v, w, z);
+          f(m, g, v, z);
+        });
+      };
+      with_z([&](int m, int64_t, const float (&v)[4], const float (&z)[4]) {
+        add_norm_amax(m, v, z);
+      });
+      x_hook(kXLanded);
+      reduce_norm_amax();
+      x_hook(kXScaled);
+      x_hook(kXLoadsIssued);
+      with_z([&](int m, int64_t g, const float (&v)[4], const float (&z)[4]) {
+        store_q(m, g, z);
+        add_squares(m, v);
+      });
+      return;
+    }
     each_x4([&](int m, int64_t, const float (&v)[4]) { add_amax_bits(amax[m], v); });
     x_hook(kXLanded);
     reduce_amax(false, std::true_type());  // store_q clamps NaN whatever x holds
@@ -329,20 +463,32 @@ __device__ void quantize_x_block(const T* __restrict__ X, int M, int64_t K, bool
   for (int m = 0; m < MT; ++m) {
     const int32_t t = warp_sum(part_sum[m]);
     if (lane == 0) red_i[warp * MT + m] = t;
+    if constexpr (NORM) {
+      const unsigned long long s = warp_sum_u64(sq_sum[m]);
+      if (lane == 0) red_ss[warp * MT + m] = s;
+    }
   }
   __syncthreads();  // q and the partial sums are complete
 #pragma unroll
   for (int m = 0; m < MT; ++m) qsum[m] = warp_sum(lane < nwarps ? red_i[lane * MT + m] : 0);
+  if constexpr (NORM) {
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+      const unsigned long long s = warp_sum_u64(lane < nwarps ? red_ss[lane * MT + m] : 0ull);
+      if (z_finite[m]) inv[m] = __fmul_rn(inv[m], rms_norm_factor(s, norm_a[m], K, norm_eps));
+    }
+  }
 }
 
-// How quantize_x_block may read x [*, K] at p.x (x_elem-byte elements): xvec, K % 4 == 0 and
-// rows 4-element aligned; xregs (where `regs` allows it), rows 16-byte aligned: from registers
-// where x fits.
+// How quantize_x_block may read x [*, K] at p.x (x_elem-byte elements), and p.norm_weight where
+// set: xvec, K % 4 == 0 and rows 4-element aligned; xregs (where `regs` allows it), rows 16-byte
+// aligned: from registers where x fits.
 struct XAccess {
   bool vec = false, regs = false;
 };
 inline XAccess x_access(const Linear& p, int x_elem, bool regs) {
-  const auto xp = reinterpret_cast<uintptr_t>(p.x);
+  // Both pointers' low bits: aligned together or not at all (a null norm_weight adds none).
+  const auto xp = reinterpret_cast<uintptr_t>(p.x) | reinterpret_cast<uintptr_t>(p.norm_weight);
   return {p.K % 4 == 0 && xp % (4 * x_elem) == 0,
           regs && p.K % (16 / x_elem) == 0 && xp % 16 == 0};
 }

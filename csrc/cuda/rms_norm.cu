@@ -63,8 +63,7 @@ __global__ void __launch_bounds__(kNormThreads) rms_norm_quantize_kernel(const L
     qsum += c;
   }
   qsum = warp_sum(qsum);
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+  ss = warp_sum_u64(ss);
   if (lane == 0) {
     red_q[warp] = qsum;
     red_ss[warp] = ss;
@@ -77,15 +76,8 @@ __global__ void __launch_bounds__(kNormThreads) rms_norm_quantize_kernel(const L
       total_q += red_q[w];
       total_ss += red_ss[w];
     }
-    float factor = 1.0f;
-    if (finite) {
-      const float d = __fdiv_rn(a, kNormQMax);
-      float t = __fdiv_rn(__ull2float_rn(total_ss), static_cast<float>(K));
-      t = __fmul_rn(__fmul_rn(t, d), d);
-      if (t < kF32MinNormal) t = 0.0f;
-      factor = __fsqrt_rn(__fadd_rn(t, p.norm_eps));
-    }
-    p.inv[m] = finite ? __fmul_rn(inv, factor) : __uint_as_float(0x7FC00000u);
+    p.inv[m] = finite ? __fmul_rn(inv, rms_norm_factor(total_ss, a, K, p.norm_eps))
+                      : __uint_as_float(0x7FC00000u);
     p.qsum[m] = total_q;
   }
 }

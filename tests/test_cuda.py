@@ -345,3 +345,50 @@ def test_q8_matches_reference(dtype):
             # different orders
             helpers.check(got, want, act, f"q8 {act} {(m, n, k)}", finite=True, dtype=dtype,
                           rel_tol={**CUDA_REL_TOL, torch.float32: 1e-4})
+
+
+def test_cuda_graph_step_replays_a_compiled_decode_step():
+    # A converted Llama's one-token step over a StaticCache, captured once and replayed: each
+    # replay gives the logits the same compiled step gives called directly (its own cache), step
+    # after step, so the graph carries the cache position and the cache writes along, and the
+    # warm-up left the cache as it found it.
+    transformers = pytest.importorskip("transformers")
+    import ternary_ops.hf as tops_hf
+
+    torch.manual_seed(3)
+    cfg = transformers.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=96,
+                                   num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, max_position_embeddings=64)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    tops.convert(model, head="int8", embedding="int8")
+    model = model.to("cuda", torch.bfloat16)
+    caches = [transformers.StaticCache(config=cfg, max_cache_len=32) for _ in range(2)]
+    kws = [tops_hf.cache_kwargs(model, c) for c in caches]
+    prompt = torch.randint(3, 256, (1, 6), device="cuda")
+
+    def make_step(kw):
+        def step(tok, pos):
+            return model(input_ids=tok, position_ids=pos[None], cache_position=pos,
+                         use_cache=True, **kw).logits[:, -1]
+        return torch.compile(step, fullgraph=True, backend="aot_eager")
+
+    torch._dynamo.reset()
+    with torch.inference_mode():
+        tok = None
+        for kw in kws:
+            tok = model(input_ids=prompt, use_cache=True, **kw).logits[:, -1:].argmax(-1)
+        pos = torch.tensor([6], device="cuda")
+        direct = make_step(kws[0])
+        # StaticCache advances its own write position per call: the warm-up must be undone
+        replay = tops_hf.cuda_graph_step(make_step(kws[1]), tok, pos,
+                                         state=tops_hf.cache_tensors(caches[1]))
+        for i in range(8):
+            pos = torch.tensor([6 + i], device="cuda")
+            want = direct(tok, pos)
+            got = replay(tok, pos)
+            assert torch.equal(got, want), f"step {i}"
+            tok = want.argmax(-1, keepdim=True)
+        with pytest.raises(ValueError, match=r"input 0 must match the captured one: expected "
+                                             r"\(1, 1\) torch.int64"):
+            replay(tok.int(), pos)
+    torch._dynamo.reset()

@@ -468,6 +468,8 @@ def test_compile_kwargs(module_guards):
     assert kw["fullgraph"] is True and kw["mode"] is None
     assert ("guard_filter_fn" in (kw["options"] or {})) is not module_guards
     assert tops_hf.compile_kwargs("cuda")["options"]["triton.cudagraphs"] is True
+    assert "triton.cudagraphs" not in (tops_hf.compile_kwargs("cuda", cuda_graphs=False)["options"]
+                                       or {})
     assert tops_hf.compile_kwargs("cpu") is not tops_hf.compile_kwargs("cpu")  # fresh each call
     model = tiny_model("llama", seed=4)
     tops.convert(model, head="int8", embedding="int8")
@@ -486,6 +488,38 @@ def test_compile_kwargs(module_guards):
             torch.testing.assert_close(got, model(PROMPT, use_cache=False).logits, rtol=1e-4,
                                        atol=1e-4)
     torch._dynamo.reset()
+
+
+def test_cuda_graph_step_rejects_what_it_cannot_capture():
+    # Replays themselves run in tests/test_cuda.py.
+    with pytest.raises(ValueError, match="at least one example input"):
+        tops_hf.cuda_graph_step(lambda: None)
+    with pytest.raises(ValueError, match="example input 0 must be a CUDA tensor, got cpu"):
+        tops_hf.cuda_graph_step(lambda a, b: a, torch.zeros(1), torch.zeros(1))
+    with pytest.raises(ValueError, match="warmup must be at least 1"):
+        tops_hf.cuda_graph_step(lambda a: a, torch.zeros(1), warmup=0)
+    with pytest.raises(ValueError, match="state 0 must be a tensor, got int"):
+        tops_hf.cuda_graph_step(lambda a: a, torch.zeros(1), state=[0])
+    with pytest.raises(ValueError, match=r"expected a transformers cache .* got dict"):
+        tops_hf.cache_tensors({})
+
+
+def test_cache_tensors_are_what_a_step_changes():
+    model = tiny_model("llama", seed=2)
+    cache = transformers.StaticCache(config=model.config, max_cache_len=16)
+    with torch.inference_mode():
+        model(PROMPT, use_cache=True, **tops_hf.cache_kwargs(model, cache))
+        tensors = tops_hf.cache_tensors(cache)
+        before = [t.clone() for t in tensors]
+        model(PROMPT[:, :1], use_cache=True, **tops_hf.cache_kwargs(model, cache))
+    layers = model.config.num_hidden_layers
+    assert len(tensors) >= 2 * layers  # keys and values, and any write position
+    assert {id(t) for t in tensors} >= {id(x) for layer in cache.layers
+                                        for x in (layer.keys, layer.values)}
+    changed = [not torch.equal(a, b) for a, b in zip(before, tensors)]
+    assert all(changed[i] for i, t in enumerate(tensors) if t.dim() == 4)
+    with pytest.raises(ValueError, match="example input 0 must be a CUDA tensor, got int"):
+        tops_hf.cuda_graph_step(lambda a: a, 3)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

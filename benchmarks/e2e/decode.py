@@ -18,9 +18,10 @@ prefills a prompt, and times greedy decode steps with batch 1:
 
 * eager: the transformers model called step by step with a DynamicCache;
 * compiled: a StaticCache and the decode step under ``torch.compile`` with
-  ``ternary_ops.hf.compile_kwargs(device)``: ``fullgraph=True``, CUDA graphs on cuda (what
-  ``mode="reduce-overhead"`` turns on), and no guards on the model's module state
-  (``--module-guards on`` keeps them), for both variants.
+  ``ternary_ops.hf.compile_kwargs(device)``: ``fullgraph=True`` and no guards on the model's
+  module state (``--module-guards on`` keeps them), for both variants. On cuda the compiled
+  step is captured in one CUDA graph by ``ternary_ops.hf.cuda_graph_step`` and replayed per
+  token (``--cuda-graphs trees``: the graphs of ``mode="reduce-overhead"`` instead).
 
 The ternary variant is built as ``convert()`` leaves a model: fused q/k/v and gate/up
 (``--fuse off``), RMSNorms folded into the ternary layers they feed (``--fold-norms off``),
@@ -218,7 +219,7 @@ def run_child(args, mode: str, variant: str) -> dict:
     from transformers import DynamicCache, StaticCache
 
     import ternary_ops as tops
-    from ternary_ops.hf import cache_kwargs, compile_kwargs
+    from ternary_ops.hf import cache_kwargs, cache_tensors, compile_kwargs, cuda_graph_step
 
     device = args.device
     if device == "cpu":
@@ -261,8 +262,14 @@ def run_child(args, mode: str, variant: str) -> dict:
                 logits = model(input_ids=tok, position_ids=pos[None], cache_position=pos,
                                use_cache=True, **kw).logits
                 return logits[:, -1:].argmax(-1)
+            one_graph = device == "cuda" and args.cuda_graphs == "step"
             compiled = torch.compile(
-                decode, **compile_kwargs(device, module_guards=args.module_guards == "on"))
+                decode, **compile_kwargs(device, module_guards=args.module_guards == "on",
+                                         cuda_graphs=not one_graph))
+            if one_graph:
+                compiled = cuda_graph_step(compiled, token,
+                                           torch.tensor([args.prompt], device=device),
+                                           state=cache_tensors(cache))
 
             def step(tok, pos):
                 return compiled(tok, pos).clone()  # CUDA graphs reuse their output buffer
@@ -352,7 +359,9 @@ def markdown(args, summaries: list, argv) -> str:
         f"ternary variant's head {args.head}, embedding {args.embedding} (bf16 in the dense "
         f"variant), bf16 norms; fused projections: {args.fuse}; folded norms: {args.fold_norms}; "
         f"attention: {args.attention}; "
-        f"compiled with module guards {args.module_guards}; huge pages: {args.huge_pages}. "
+        f"compiled with module guards {args.module_guards}"
+        f"{f', CUDA graphs: {args.cuda_graphs}' if args.device == 'cuda' else ''}; "
+        f"huge pages: {args.huge_pages}. "
         f"Prompt {args.prompt} tokens, then {args.tokens} timed greedy steps after "
         f"{args.warmup} warm-up steps; "
         f"{args.rounds} alternating rounds.",
@@ -419,6 +428,10 @@ def parse_args(argv):
     p.add_argument("--huge-pages", default="on", choices=("on", "off"),
                    help="the ternary variant's packed weights in one buffer of 2 MiB pages "
                         "(tops.use_huge_pages, what convert() does; Linux CPU; default on)")
+    p.add_argument("--cuda-graphs", default="step", choices=("step", "trees"),
+                   help="compiled mode on cuda: the step captured in one CUDA graph by "
+                        "ternary_ops.hf.cuda_graph_step (default), or the graphs of "
+                        "mode='reduce-overhead' (cudagraph trees)")
     p.add_argument("--module-guards", default="off", choices=("on", "off"),
                    help="compiled mode: keep torch.compile's guards on the model's module state "
                         "(default off, as ternary_ops.hf.compile_kwargs gives: the model is not "

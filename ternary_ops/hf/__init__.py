@@ -37,14 +37,16 @@ How Hugging Face's BitNet layers map onto :class:`BitNetLinear` (a :class:`Terna
   so half-precision results differ from Hugging Face's by half-precision rounding (ours are the
   more accurate; the comparison tests run in float32).
 """
-from ._loading import CHECKPOINT_NAME, cache_kwargs, compile_kwargs
+from ._loading import CHECKPOINT_NAME
+from .decode import cache_kwargs, cache_tensors, compile_kwargs, cuda_graph_step
 from .attention import ATTENTION_NAME, use_decode_attention
 from .bitnet import from_pretrained_bitnet, patch_bitnet, save_random_bitnet
 from .layers import LINEAR_CLASSES, BitNetLinear, RMSNorm, make_bitnet_linear
 from .pretrained import HF_FORMAT_VERSION, HF_METADATA_KEY, load_pretrained, save_pretrained
 
 __all__ = [
-    "cache_kwargs", "compile_kwargs", "ATTENTION_NAME", "use_decode_attention",
+    "cache_kwargs", "cache_tensors", "compile_kwargs", "cuda_graph_step", "ATTENTION_NAME",
+    "use_decode_attention",
     "BitNetLinear", "RMSNorm", "make_bitnet_linear", "LINEAR_CLASSES", "patch_bitnet",
     "from_pretrained_bitnet", "save_random_bitnet", "save_pretrained", "load_pretrained",
     "CHECKPOINT_NAME", "HF_METADATA_KEY", "HF_FORMAT_VERSION",

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import warnings
-from typing import Dict, Optional, Union
+from typing import Dict, Optional
 
 import torch
 from torch import nn
@@ -75,46 +74,3 @@ def finish_load(model: nn.Module, tensors: Dict[str, torch.Tensor], where: str,
     from .attention import use_decode_attention
     use_decode_attention(model)
     return model.eval()
-
-
-def cache_kwargs(model, cache) -> dict:
-    """``{name: cache}`` for passing a KV cache to ``model(...)``: the keyword is ``cache`` in
-    the transformers versions that take it and ``past_key_values`` in earlier ones."""
-    import inspect
-
-    params = inspect.signature(model.forward).parameters
-    return {"cache" if "cache" in params else "past_key_values": cache}
-
-
-
-def compile_kwargs(device: Union[str, torch.device], module_guards: bool = False) -> dict:
-    """Keyword arguments for ``torch.compile`` of a model's decode step, which are also the
-    fields of ``transformers.CompileConfig``: ``fullgraph=True``; on CUDA, CUDA graphs (what
-    ``mode="reduce-overhead"`` turns on); and, unless ``module_guards``, no guards on the state
-    of the model's ``nn.Module`` objects (``torch.compiler.skip_guard_on_all_nn_modules_unsafe``).
-
-    Every call of a compiled function first checks its guards, and a model of a few hundred
-    modules has thousands of guards on their attributes, parameters and buffers. At batch 1
-    that check is a large share of a short step (benchmarks/results/e2e.md measures it).
-
-    Without them the compiled step assumes that the model does not change after compiling:
-    replacing a layer, a parameter or a buffer, changing an attribute such as ``act``, or
-    switching ``train()``/``eval()`` would not compile again, and the old code would run.
-    Call ``torch.compiler.reset()`` after such a change, or pass ``module_guards=True``.
-
-    Returns a new dict on every call: ``torch.compile`` takes ``guard_filter_fn`` out of the
-    ``options`` it is given, so one dict serves one ``torch.compile`` call.
-    """
-    device = torch.device(device).type
-    options = {}
-    if device == "cuda":
-        options["triton.cudagraphs"] = True
-    if not module_guards:
-        skip = getattr(torch.compiler, "skip_guard_on_all_nn_modules_unsafe", None)
-        if skip is None:
-            warnings.warn(f"compile_kwargs: torch {torch.__version__} cannot skip module guards "
-                          "(torch.compiler.skip_guard_on_all_nn_modules_unsafe); keeping them",
-                          UserWarning, stacklevel=2)
-        else:
-            options["guard_filter_fn"] = skip
-    return {"fullgraph": True, "mode": None, "options": options or None}

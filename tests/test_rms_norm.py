@@ -172,8 +172,15 @@ def test_close_to_rmsnorm_then_linear(fmt):
     plain = (reference.linear_i2(normed, w, scale, n, b) if fmt == "i2"
              else reference.linear_i8(normed, w, scale, b))
     got = _call(fmt, x, g, eps, w, scale, n, b)
+    # The int8 codes agree except where z * inv and normed * inv' fall on either side of a
+    # rounding boundary (then by one), and the scales to float32 rounding.
+    q, inv = reference.rms_norm_quantize(x, g, eps)
+    q_plain, inv_plain = reference.quantize_activations(normed)
+    flips = (q.int() - q_plain.int()).abs()
+    assert flips.max() <= 1 and flips.sum() <= q.numel() // 200, flips.sum()
+    torch.testing.assert_close(inv, inv_plain, rtol=1e-5, atol=0)
     err = ((got - plain).norm() / plain.norm()).item()
-    assert err < 1e-5, err
+    assert err < 1e-5 + 1e-3 * flips.sum().item(), (err, flips.sum())
     x16 = x.bfloat16()
     normed16 = (x16.float() * torch.rsqrt(x16.float().pow(2).mean(-1, keepdim=True) + eps)
                 ).bfloat16() * g.bfloat16()

@@ -151,13 +151,15 @@ def _linear_i2_fallback(x, weight, scale, out_features, bias, act):
 
 
 def _rms_norm_linear_i8_fallback(x, norm_weight, eps, weight, scale, bias):
-    _rms_norm_linear_i8_fake(x, norm_weight, eps, weight, scale, bias)
+    _check_args("ternary.rms_norm_linear_i8", x, weight, scale, 0, bias, "int8")
+    _check_norm_args("ternary.rms_norm_linear_i8", x, norm_weight, eps)
     _warn_fallback("ternary.rms_norm_linear_i8", x.device)
     return reference.rms_norm_linear_i8(x, norm_weight, eps, weight, scale, bias)
 
 
 def _rms_norm_linear_i2_fallback(x, norm_weight, eps, weight, scale, out_features, bias):
-    _rms_norm_linear_i2_fake(x, norm_weight, eps, weight, scale, out_features, bias)
+    _check_args("ternary.rms_norm_linear_i2", x, weight, scale, out_features, bias, "int8")
+    _check_norm_args("ternary.rms_norm_linear_i2", x, norm_weight, eps)
     _warn_fallback("ternary.rms_norm_linear_i2", x.device)
     return reference.rms_norm_linear_i2(x, norm_weight, eps, weight, scale, out_features, bias)
 
@@ -188,17 +190,25 @@ def _setup_context(ctx, inputs, output):
     ctx.bias_dtype = bias.dtype if bias is not None else None
 
 
+def _grad_in(grad, weight, scale, out_features):
+    """dL/d(the quantized input), float32: dL/dy @ (s * T), T the codes of ``weight``."""
+    codes = weight if out_features is None else unpack_i2(weight, out_features)
+    s = scale.float().reshape(-1, 1) if scale.numel() > 1 else scale.float().reshape(())
+    return grad.float() @ (codes.float() * s)
+
+
+def _grad_bias(ctx, grad, bias_index):
+    if not (ctx.has_bias and ctx.needs_input_grad[bias_index]):
+        return None
+    return grad.float().reshape(-1, grad.shape[-1]).sum(0).to(ctx.bias_dtype)
+
+
 def _grads(ctx, grad):
     weight, scale = ctx.saved_tensors
-    grad_x = grad_bias = None
+    grad_x = None
     if ctx.needs_input_grad[0]:
-        codes = weight if ctx.out_features is None else unpack_i2(weight, ctx.out_features)
-        s = scale.float().reshape(-1, 1) if scale.numel() > 1 else scale.float().reshape(())
-        grad_x = (grad.float() @ (codes.float() * s)).to(ctx.x_dtype)
-    bias_index = 3 if ctx.out_features is None else 4
-    if ctx.has_bias and ctx.needs_input_grad[bias_index]:
-        grad_bias = grad.float().reshape(-1, grad.shape[-1]).sum(0).to(ctx.bias_dtype)
-    return grad_x, grad_bias
+        grad_x = _grad_in(grad, weight, scale, ctx.out_features).to(ctx.x_dtype)
+    return grad_x, _grad_bias(ctx, grad, 3 if ctx.out_features is None else 4)
 
 
 def _backward_i8(ctx, grad):
@@ -234,11 +244,9 @@ def _setup_context_norm(ctx, inputs, output):
 
 def _grads_norm(ctx, grad):
     x, norm_weight, weight, scale = ctx.saved_tensors
-    codes = weight if ctx.out_features is None else unpack_i2(weight, ctx.out_features)
-    s = scale.float().reshape(-1, 1) if scale.numel() > 1 else scale.float().reshape(())
-    grad_n = grad.float() @ (codes.float() * s)
-    grad_x = grad_w = grad_bias = None
+    grad_x = grad_w = None
     if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+        grad_n = _grad_in(grad, weight, scale, ctx.out_features)
         with torch.enable_grad():
             xf = x.detach().float().requires_grad_(ctx.needs_input_grad[0])
             gf = norm_weight.detach().float().requires_grad_(ctx.needs_input_grad[1])
@@ -249,10 +257,7 @@ def _grads_norm(ctx, grad):
             grad_x = next(got).to(x.dtype)
         if ctx.needs_input_grad[1]:
             grad_w = next(got).to(norm_weight.dtype)
-    bias_index = 5 if ctx.out_features is None else 6
-    if ctx.has_bias and ctx.needs_input_grad[bias_index]:
-        grad_bias = grad.float().reshape(-1, grad.shape[-1]).sum(0).to(ctx.bias_dtype)
-    return grad_x, grad_w, grad_bias
+    return grad_x, grad_w, _grad_bias(ctx, grad, 5 if ctx.out_features is None else 6)
 
 
 def _backward_norm_i8(ctx, grad):

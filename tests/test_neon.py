@@ -89,3 +89,30 @@ def test_ternary_linear_module_on_neon():
         codes = tops.unpack_i2(mod.weight, 21) if fmt == "i2" else mod.weight
         want = reference.linear_codes(x, codes, mod.weight_scale, mod.bias, "int8")
         assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("neon_set", NEON_SETS, indirect=True)
+@pytest.mark.parametrize("fmt", ["i8", "i2"])
+def test_rms_norm_linear_on_neon(neon_set, fmt):
+    # The folded RMSNorm's prologue (csrc/cpu/rms_norm.cpp, compiled for arm64) then each NEON
+    # set's quantizer: bit for bit the reference, on ordinary and extreme rows.
+    assert tops.cpu_kernel() == neon_set
+    g = torch.Generator().manual_seed(11)
+    for i, (m, n, k) in enumerate(SHAPES):
+        dtype = torch.bfloat16 if i % 2 else torch.float32
+        _, codes, w, scale, x, bias = make_case(fmt, m, n, k, g, per_channel=i % 2 == 0,
+                                                bias=i != 2, dtype=dtype, x_gain=3)
+        if i == 1:  # a zero row, a tiny row, a single spike, a NaN
+            x[0], x[1], x[2] = 0, x[1] * 1e-30, 0
+            x[2, k // 2] = 5
+            x[3, 7] = float("nan")
+        gamma = (torch.rand(k, generator=g) * 2 - 0.5).to(dtype)
+        for eps in (1e-6, 0.0):
+            if fmt == "i8":
+                want = reference.rms_norm_linear_i8(x, gamma, eps, w, scale, bias)
+                got = tops.rms_norm_linear_i8(x, gamma, eps, w, scale, bias)
+            else:
+                want = reference.rms_norm_linear_i2(x, gamma, eps, w, scale, n, bias)
+                got = tops.rms_norm_linear_i2(x, gamma, eps, w, scale, n, bias)
+            assert torch.equal(got.isnan(), want.isnan()), (neon_set, fmt, m, n, k, eps)
+            assert torch.equal(got.nan_to_num(), want.nan_to_num()), (neon_set, fmt, m, n, k, eps)

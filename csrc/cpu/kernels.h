@@ -76,17 +76,6 @@ using LinearFn = void (*)(const Problem& p, int64_t u0, int64_t u1);
 using QuantizeFn = void (*)(const float* x, int64_t ldx, int64_t K, int64_t m0, int64_t m1,
                             int8_t* q, int64_t ldq, float* inv, int32_t* sum);
 
-// sqrt(mean square + eps) of a row from its exact sum of squares ss of x rounded to kNormQMax
-// steps of a (the clamped max|x|): the float32 steps of docs/DESIGN.md, in that order.
-static inline float rms_norm_factor(int64_t ss, int64_t K, float a, float eps) {
-  const float d = a / kNormQMax;
-  float t = static_cast<float>(ss) / static_cast<float>(K);
-  t = t * d;
-  t = t * d;
-  if (t < kF32MinNormal) t = 0.0f;
-  return std::sqrt(t + eps);
-}
-
 // The input RMSNorm of the rms_norm_linear ops (docs/DESIGN.md) for rows m in [m0, m1) of x
 // (float32, [M, K], K >= 1): z = x * gamma (float32 products, [M, K]) for the quantizer, and
 // factor[m] = rms_norm_factor of the row, by which the quantizer's inv[m] is then multiplied.

@@ -7,6 +7,20 @@
 #include "cpu/kernels.h"
 
 namespace ternary::cpu {
+namespace {
+
+// sqrt(mean square + eps) of a row from its exact sum of squares ss of x rounded to kNormQMax
+// steps of a (the clamped max|x|): the float32 steps of docs/DESIGN.md, in that order.
+float rms_norm_factor(int64_t ss, int64_t K, float a, float eps) {
+  const float d = a / kNormQMax;
+  float t = static_cast<float>(ss) / static_cast<float>(K);
+  t = t * d;
+  t = t * d;
+  if (t < kF32MinNormal) t = 0.0f;
+  return std::sqrt(t + eps);
+}
+
+}  // namespace
 
 void rms_norm_rows(const float* x, const float* gamma, int64_t K, float eps, int64_t m0,
                    int64_t m1, float* z, float* factor) {

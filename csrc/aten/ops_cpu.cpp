@@ -4,6 +4,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <type_traits>
 #include <vector>
 
 #include "aten/linear_frame.h"
@@ -39,11 +40,48 @@ struct ScratchTrim {
   }
 };
 
+// Elements per task of the conversions below: a decode row converts inline, with no task.
+constexpr int64_t kConvertGrain = int64_t(1) << 15;
+
+// dst[i] = float(src[i]) for a contiguous bfloat16 / half t (exact), or false for other t.
+// A plain loop: at decode sizes the tensor copy's own dispatch cost more than the conversion.
+bool widen_16bit(const at::Tensor& t, float* dst) {
+  if (!t.is_contiguous()) return false;
+  auto run = [&](const auto* src) {
+    at::parallel_for(0, t.numel(), kConvertGrain, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) dst[i] = static_cast<float>(src[i]);
+    });
+  };
+  if (t.scalar_type() == at::kBFloat16) {
+    run(t.const_data_ptr<at::BFloat16>());
+  } else if (t.scalar_type() == at::kHalf) {
+    run(t.const_data_ptr<at::Half>());
+  } else {
+    return false;
+  }
+  return true;
+}
+
+// out (contiguous bfloat16 / half, n elements) = y rounded to nearest even, as Tensor.to does.
+void narrow_16bit(const float* y, int64_t n, at::Tensor& out) {
+  auto run = [&](auto* dst) {
+    using T = std::remove_pointer_t<decltype(dst)>;
+    at::parallel_for(0, n, kConvertGrain, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) dst[i] = T(y[i]);
+    });
+  };
+  if (out.scalar_type() == at::kBFloat16) {
+    run(out.data_ptr<at::BFloat16>());
+  } else {
+    run(out.data_ptr<at::Half>());
+  }
+}
+
 // float32 contiguous view of t's data: t itself when it already is, else a copy into buf.
 const float* as_float(const at::Tensor& t, std::vector<float>& buf) {
   if (t.scalar_type() == at::kFloat && t.is_contiguous()) return t.data_ptr<float>();
   float* dst = scratch(buf, t.numel());
-  at::from_blob(dst, t.sizes(), at::kFloat).copy_(t);
+  if (!widen_16bit(t, dst)) at::from_blob(dst, t.sizes(), at::kFloat).copy_(t);
   return dst;
 }
 
@@ -118,7 +156,7 @@ at::Tensor linear_cpu(WeightFormat f, const at::Tensor& x, const at::Tensor& wei
   at::parallel_for(0, units, grain_for(units, s.M * s.K * rows_per_unit),
                    [&](int64_t u0, int64_t u1) { fn(p, u0, u1); });
 
-  if (!direct_out) out.view({s.M, s.N}).copy_(at::from_blob(p.y, {s.M, s.N}, at::kFloat));
+  if (!direct_out) narrow_16bit(p.y, s.M * s.N, out);  // out: a fresh tensor in x's dtype
   return out;
 }
 

@@ -17,7 +17,6 @@ def cache_kwargs(model, cache) -> dict:
     return {"cache" if "cache" in params else "past_key_values": cache}
 
 
-
 def compile_kwargs(device: Union[str, torch.device], module_guards: bool = False,
                    cuda_graphs: bool = True) -> dict:
     """Keyword arguments for ``torch.compile`` of a model's decode step, which are also the

@@ -226,6 +226,14 @@ NORM_CONSUMERS: Tuple[Tuple[str, Tuple[Tuple[str, ...], ...]], ...] = (
 )
 
 
+def llama_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm with Hugging Face's arithmetic (``LlamaRMSNorm``): normalise in float32, cast
+    back to x's dtype, then multiply by the weight."""
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
+
+
 class FoldedRMSNorm(nn.Module):
     """An RMSNorm that the ternary layers reading its output apply themselves, inside their
     activation quantization (``torch.ops.ternary.rms_norm_linear_*``): ``forward(x)`` returns
@@ -250,11 +258,9 @@ class FoldedRMSNorm(nn.Module):
         return x
 
     def apply_norm(self, x: torch.Tensor) -> torch.Tensor:
-        """The norm as the module it replaced computed it (``LlamaRMSNorm``'s arithmetic), for
-        devices without a native ``rms_norm_linear`` kernel."""
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
-        return self.weight * xf.to(x.dtype)
+        """The norm as the module it replaced computed it, for devices without a native
+        ``rms_norm_linear`` kernel."""
+        return llama_rms_norm(x, self.weight, self.variance_epsilon)
 
     def extra_repr(self) -> str:
         return (f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}, applied by "

@@ -105,17 +105,23 @@ def _check_norm_args(op: str, x, norm_weight, eps) -> None:
         raise ValueError(f"{op}: eps must be finite and >= 0, got {eps}")
 
 
+def _check_rms_args(op: str, x, norm_weight, eps, weight, scale, out_features, bias) -> int:
+    """Every check of an rms_norm_linear op (act is "int8"); returns out_features."""
+    n = _check_args(op, x, weight, scale, out_features, bias, "int8")
+    _check_norm_args(op, x, norm_weight, eps)
+    return n
+
+
 @torch.library.register_fake("ternary::rms_norm_linear_i8")
 def _rms_norm_linear_i8_fake(x, norm_weight, eps, weight, scale, bias):
-    n = _check_args("ternary.rms_norm_linear_i8", x, weight, scale, 0, bias, "int8")
-    _check_norm_args("ternary.rms_norm_linear_i8", x, norm_weight, eps)
+    n = _check_rms_args("ternary.rms_norm_linear_i8", x, norm_weight, eps, weight, scale, 0, bias)
     return x.new_empty((*x.shape[:-1], n))
 
 
 @torch.library.register_fake("ternary::rms_norm_linear_i2")
 def _rms_norm_linear_i2_fake(x, norm_weight, eps, weight, scale, out_features, bias):
-    n = _check_args("ternary.rms_norm_linear_i2", x, weight, scale, out_features, bias, "int8")
-    _check_norm_args("ternary.rms_norm_linear_i2", x, norm_weight, eps)
+    n = _check_rms_args("ternary.rms_norm_linear_i2", x, norm_weight, eps, weight, scale,
+                        out_features, bias)
     return x.new_empty((*x.shape[:-1], n))
 
 
@@ -151,15 +157,14 @@ def _linear_i2_fallback(x, weight, scale, out_features, bias, act):
 
 
 def _rms_norm_linear_i8_fallback(x, norm_weight, eps, weight, scale, bias):
-    _check_args("ternary.rms_norm_linear_i8", x, weight, scale, 0, bias, "int8")
-    _check_norm_args("ternary.rms_norm_linear_i8", x, norm_weight, eps)
+    _check_rms_args("ternary.rms_norm_linear_i8", x, norm_weight, eps, weight, scale, 0, bias)
     _warn_fallback("ternary.rms_norm_linear_i8", x.device)
     return reference.rms_norm_linear_i8(x, norm_weight, eps, weight, scale, bias)
 
 
 def _rms_norm_linear_i2_fallback(x, norm_weight, eps, weight, scale, out_features, bias):
-    _check_args("ternary.rms_norm_linear_i2", x, weight, scale, out_features, bias, "int8")
-    _check_norm_args("ternary.rms_norm_linear_i2", x, norm_weight, eps)
+    _check_rms_args("ternary.rms_norm_linear_i2", x, norm_weight, eps, weight, scale, out_features,
+                    bias)
     _warn_fallback("ternary.rms_norm_linear_i2", x.device)
     return reference.rms_norm_linear_i2(x, norm_weight, eps, weight, scale, out_features, bias)
 

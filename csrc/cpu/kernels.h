@@ -2,7 +2,6 @@
 // NEON) implements a KernelSet; the ATen glue splits work over threads and calls one. Raw
 // pointers only, so kernels build alone for harnesses, qemu and sanitizers.
 #pragma once
-#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>

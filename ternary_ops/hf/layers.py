@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..formats import ROWS_PER_BYTE, pack_i2, packed_rows, unpack_i2, validate_weight
+from ..fuse import llama_rms_norm
 from ..nn import TernaryLinear
 
 LINEAR_CLASSES = ("bitlinear", "autobitlinear")
@@ -25,10 +26,7 @@ class RMSNorm(nn.Module):
         self.variance_epsilon = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        h = x.to(torch.float32)
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
-        return self.weight * h.to(dtype)
+        return llama_rms_norm(x, self.weight, self.variance_epsilon)
 
     def extra_repr(self) -> str:
         return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}"

@@ -7,16 +7,17 @@
 
 The recipe: ternary layers (i2, act="int8"), the output head and the input embedding at 8 bits
 (``head="int8"``, ``embedding="int8"``; tied, as in BitNet-2B-4T, they share one int8 table), a
-static KV cache and a compiled forward with ``ternary_ops.hf.compile_kwargs`` (fullgraph, CUDA
-graphs on CUDA, no guards on the model's module state; on CUDA ``generate`` compiles the
-forward itself once the cache is static, with those arguments as its ``compile_config``; on the
-CPU ``torch.compile(model.forward, **compile_kwargs("cpu"))``), and on the CPU one thread per
-core. Prints the greedy tokens/s (median of the steps, with their spread) and checks that the
-compiled model decodes the same tokens as the eager one.
+static KV cache and a compiled decode step with ``ternary_ops.hf.compile_kwargs`` (fullgraph, no
+guards on the model's module state). On CUDA the step is a custom greedy loop whose compiled step
+is captured in one CUDA graph (``ternary_ops.hf.cuda_graph_step``); on the CPU ``generate``
+runs ``torch.compile(model.forward, **compile_kwargs("cpu"))`` with one thread per core. Prints
+the greedy tokens/s (median of the steps, with their spread) and checks that the compiled model
+decodes the same tokens as the eager one.
 """
 import argparse
 import os
 import sys
+import time
 
 import torch
 
@@ -44,6 +45,40 @@ def random_bitnet(layers: int, vocab: int, seed: int = 0):
     return model
 
 
+def one_graph_decode(model, ids, new_tokens):
+    """Greedy decoding on CUDA with the compiled step replayed as one CUDA graph (README, "Your
+    own decode loop"). Returns (new tokens [new_tokens], list of the per-step decode seconds)."""
+    from transformers import StaticCache
+
+    prompt_len = ids.shape[1]
+    cache = StaticCache(config=model.config, max_cache_len=prompt_len + new_tokens)
+    kw = tops_hf.cache_kwargs(model, cache)
+    with torch.inference_mode():
+        token = model(input_ids=ids, use_cache=True, logits_to_keep=1,
+                      **kw).logits[:, -1:].argmax(-1)  # prefill
+
+        def decode(tok, pos):
+            logits = model(input_ids=tok, position_ids=pos[None], cache_position=pos,
+                           use_cache=True, **kw).logits
+            return logits[:, -1:].argmax(-1)
+
+        # Compiles and captures (untimed); the warm-up leaves the cache as it was.
+        step = tops_hf.cuda_graph_step(
+            torch.compile(decode, **tops_hf.compile_kwargs("cuda", cuda_graphs=False)),
+            token, torch.tensor([prompt_len], device=ids.device),
+            state=tops_hf.cache_tensors(cache))
+        tokens, times = [token], []
+        for i in range(new_tokens - 1):
+            pos = torch.tensor([prompt_len + i], device=ids.device)
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            token = step(token, pos).clone()  # the graph reuses its output buffer
+            torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+            tokens.append(token)
+    return torch.cat(tokens, 1)[0], times
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("folder", nargs="?", help="a BitNet b1.58 checkpoint folder (default: a "
@@ -68,20 +103,17 @@ def main(argv=None):
 
     # The eager model first: its tokens are what the compiled one must reproduce.
     want, _, eager_steps = greedy_decode(model, ids, args.tokens)
-    if not args.eager:
-        # A static cache; on CUDA, generate() then compiles the forward itself with its
-        # compile_config; elsewhere it does not, so compile it here. The model is not changed
-        # after this point, which is what compile_kwargs' missing module guards assume.
-        import transformers
-
+    # The model is not changed after this point, which is what compile_kwargs' missing module
+    # guards assume.
+    if args.eager:
+        got, _, steps = greedy_decode(model, ids, args.tokens)
+    elif args.device == "cuda":
+        got, steps = one_graph_decode(model, ids, args.tokens)
+    else:
         model.generation_config.cache_implementation = "static"
-        if args.device == "cuda":
-            model.generation_config.compile_config = transformers.CompileConfig(
-                **tops_hf.compile_kwargs("cuda"))
-        else:
-            model.forward = torch.compile(model.forward, **tops_hf.compile_kwargs(args.device))
+        model.forward = torch.compile(model.forward, **tops_hf.compile_kwargs(args.device))
         greedy_decode(model, ids, args.tokens)  # compiles (same cache length), untimed
-    got, _, steps = greedy_decode(model, ids, args.tokens)
+        got, _, steps = greedy_decode(model, ids, args.tokens)
     if not torch.equal(got, want):
         print("note: the compiled model's tokens differ from the eager model's (compiled "
               "norms and attention round differently)")

@@ -350,5 +350,33 @@ def select_cpu_kernel(name: str) -> None:
 
 
 def backends() -> dict:
-    """Which native backends this build has: ``{"cpu": kernel set, "cuda": bool, "mps": bool}``."""
-    return {"cpu": cpu_kernel(), "cuda": bool(_C.has_cuda()), "mps": bool(_C.has_mps())}
+    """Which native backends this build has: ``{"cpu": kernel set, "cuda": bool, "mps": bool,
+    "cuda_mma": ...}``; ``cuda_mma`` names the act="int8" GEMM of CUDA ops from 64 rows on:
+    ``"triton"`` (``ternary_ops.cuda_mma``, where Triton is installed), ``"built-in"``, or
+    ``None`` without CUDA."""
+    cuda = bool(_C.has_cuda())
+    mma = None
+    if cuda:
+        mma = ("triton" if torch._C._dispatch_has_kernel_for_dispatch_key(
+            "ternary::_mma_int8", "CUDA") else "built-in")
+    return {"cpu": cpu_kernel(), "cuda": cuda, "mps": bool(_C.has_mps()), "cuda_mma": mma}
+
+
+def _load_cuda_mma() -> None:
+    """Registers the Triton GEMM of act="int8" at large M (ternary_ops/cuda_mma.py) where this
+    build has CUDA, a GPU is visible and Triton imports; ``TERNARY_OPS_CUDA_TRITON=0`` keeps
+    the built-in kernel."""
+    import os
+
+    if os.environ.get("TERNARY_OPS_CUDA_TRITON", "1") == "0":
+        return
+    if not _C.has_cuda() or not torch.cuda.is_available():
+        return
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return
+    from . import cuda_mma  # noqa: F401  (registers ternary::_mma_int8 for CUDA)
+
+
+_load_cuda_mma()

@@ -347,6 +347,145 @@ def test_q8_matches_reference(dtype):
                           rel_tol={**CUDA_REL_TOL, torch.float32: 1e-4})
 
 
+# ---- act="int8" at M >= 64 through the Triton GEMM (ternary_ops.cuda_mma) ------------------
+
+try:
+    import triton  # noqa: F401
+    HAVE_TRITON = True
+except ImportError:
+    HAVE_TRITON = False
+
+# Shapes the router gives the Triton GEMM (csrc/cuda/launchers.cuh, library_gemm_pays): M >= 256,
+# or M >= 64 with N large enough for a tile per SM. N = 1, K = 1, K and N multiples of no tile,
+# K past one and many k-tiles, rows of x past the last full tile.
+TRITON_SHAPES = [(256, 1, 1), (256, 5, 7), (257, 300, 512), (300, 4097, 130), (300, 1000, 4100),
+                 (257, 77, 8191), (2048, 512, 256), (64, 40001, 64), (97, 40000, 72),
+                 (256, 33, 20000)]
+
+
+def _count_triton_calls(monkeypatch, name="mma_int8"):
+    """A list that grows by M on every call of ternary_ops.cuda_mma's ``name``."""
+    import ternary_ops.cuda_mma as cuda_mma
+
+    calls = []
+    real = getattr(cuda_mma, name)
+
+    def counted(*args, **kwargs):
+        calls.append(args[0].shape[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cuda_mma, name, counted)
+    return calls
+
+
+@pytest.mark.skipif(not HAVE_TRITON, reason="needs Triton")
+def test_triton_gemm_is_registered():
+    assert tops.backends()["cuda_mma"] == "triton"
+
+
+@pytest.mark.skipif(not HAVE_TRITON, reason="needs Triton")
+@pytest.mark.parametrize("fmt", ["i2", "i8", "q8"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_triton_gemm_matches_reference(fmt, dtype, fresh_seed, monkeypatch):
+    from ternary_ops import reference
+
+    calls = _count_triton_calls(monkeypatch)
+    gen = torch.Generator().manual_seed(fresh_seed)
+    for i, (m, n, k) in enumerate(TRITON_SHAPES):
+        if fmt == "q8":
+            codes = torch.randint(-127, 128, (n, k), generator=gen).to(torch.int8)
+            weight = codes
+        else:
+            codes = helpers.random_codes(n, k, gen)
+            weight = helpers.to_format(codes, fmt)
+        scale = helpers.random_scale(n, i % 2 == 1, gen, 0.5)
+        x = (torch.randn(m, k, generator=gen) * (0.1 + 3 * torch.rand(m, 1, generator=gen)))
+        x = x.to(dtype)
+        x[m // 2] = 0  # a zero row
+        bias = torch.randn(n, generator=gen).to(dtype) if i % 3 == 0 else None
+        want = reference.linear_codes(x, codes, scale, bias, "int8",
+                                      wmax=127 if fmt == "q8" else 1)
+        cuda = [None if t is None else t.cuda() for t in (x, weight, scale, bias)]
+        if fmt == "q8":
+            got = torch.ops.ternary.linear_q8(*cuda, "int8")
+        else:
+            got = run_op(fmt, cuda[0], cuda[1], cuda[2], n, cuda[3], "int8")
+        assert_bit_exact(got.cpu(), want, f"{fmt} {dtype} M={m} N={n} K={k}")
+    assert len(calls) == len(TRITON_SHAPES), calls
+
+
+@pytest.mark.skipif(not HAVE_TRITON, reason="needs Triton")
+@pytest.mark.parametrize("fmt", ["i2", "i8", "q8"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=dtype_id)
+def test_triton_float_gemm_matches_reference(fmt, dtype, fresh_seed, monkeypatch):
+    """act="none" from 64 rows on with 16-bit x: weights decoded to x's dtype, float32 sums."""
+    from ternary_ops import reference
+
+    calls = _count_triton_calls(monkeypatch, "mma_float")
+    gen = torch.Generator().manual_seed(fresh_seed)
+    for i, (m, n, k) in enumerate(TRITON_SHAPES):
+        wmax = 127 if fmt == "q8" else 1
+        if fmt == "q8":
+            codes = torch.randint(-127, 128, (n, k), generator=gen).to(torch.int8)
+            weight = codes
+            scale = (torch.rand(n, generator=gen) + 0.1) / (127 * k ** 0.5)  # float16 range
+        else:
+            codes = helpers.random_codes(n, k, gen)
+            weight = helpers.to_format(codes, fmt)
+            scale = helpers.random_scale(n, i % 2 == 1, gen, 0.5) / k ** 0.5
+        x = torch.randn(m, k, generator=gen).to(dtype)
+        bias = torch.randn(n, generator=gen).to(dtype) if i % 3 == 0 else None
+        want = reference.linear_codes(x, codes, scale, bias, "none", wmax=wmax)
+        cuda = [None if t is None else t.cuda() for t in (x, weight, scale, bias)]
+        if fmt == "q8":
+            got = torch.ops.ternary.linear_q8(*cuda, "none")
+        else:
+            got = run_op(fmt, cuda[0], cuda[1], cuda[2], n, cuda[3], "none")
+        check(got.cpu(), want, "none", dtype, f"{fmt} {dtype} M={m} N={n} K={k}")
+    assert len(calls) == len(TRITON_SHAPES), calls
+
+
+@pytest.mark.skipif(not HAVE_TRITON, reason="needs Triton")
+@pytest.mark.parametrize("fmt", ["i2", "i8"])
+def test_triton_gemm_serves_the_rms_norm_ops_graphs_and_compile(fmt, monkeypatch):
+    from ternary_ops import reference
+
+    calls = _count_triton_calls(monkeypatch)
+    gen = torch.Generator().manual_seed(5)
+    m, n, k = 300, 1030, 2050
+    codes = helpers.random_codes(n, k, gen)
+    w = helpers.to_format(codes, fmt).cuda()
+    scale = helpers.random_scale(n, True, gen, 0.5).cuda()
+    x = torch.randn(m, k, generator=gen).to(torch.bfloat16).cuda()
+    g = (torch.rand(k, generator=gen) + 0.5).to(torch.bfloat16).cuda()
+    if fmt == "i2":
+        op = lambda x: torch.ops.ternary.rms_norm_linear_i2(x, g, 1e-6, w, scale, n, None)  # noqa: E731
+    else:
+        op = lambda x: torch.ops.ternary.rms_norm_linear_i8(x, g, 1e-6, w, scale, None)  # noqa: E731
+    want = reference.rms_norm_linear_codes(x.cpu(), g.cpu(), 1e-6, codes, scale.cpu(), None)
+    assert_bit_exact(op(x).cpu(), want, f"rms_norm_linear_{fmt}")
+    # captured in a CUDA graph, then replayed on new inputs
+    static_x = x.clone()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        op(static_x)
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_y = op(static_x)
+    x2 = torch.randn(m, k, generator=gen).to(torch.bfloat16).cuda()
+    static_x.copy_(x2)
+    graph.replay()
+    torch.cuda.synchronize()
+    want2 = reference.rms_norm_linear_codes(x2.cpu(), g.cpu(), 1e-6, codes, scale.cpu(), None)
+    assert_bit_exact(static_y.cpu(), want2, f"rms_norm_linear_{fmt} graph replay")
+    # under torch.compile(fullgraph=True)
+    compiled = torch.compile(op, fullgraph=True)
+    assert_bit_exact(compiled(x2).cpu(), want2, f"rms_norm_linear_{fmt} compiled")
+    assert len(calls) >= 4, calls
+
+
 def test_cuda_graph_step_replays_a_compiled_decode_step():
     # A converted Llama's one-token step over a StaticCache, captured once and replayed: each
     # replay gives the logits the same compiled step gives called directly (its own cache), step

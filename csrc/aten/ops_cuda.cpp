@@ -3,6 +3,7 @@
 // and runs it on the current stream (the dense fallback's GEMM is torch's). Nothing here synchronizes
 // with the host, so the ops can be captured in CUDA graphs.
 #include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -26,6 +27,24 @@ cuda::DType dtype_of(const at::Tensor& t) {
 
 // float32, contiguous: t itself when it already is (the usual case: no copy, no allocation).
 at::Tensor as_f32(const at::Tensor& t) { return t.to(at::kFloat).contiguous(); }
+
+// The library GEMM of an act mode, ternary::_mma_int8 or ternary::_mma_float (csrc/ops.cpp),
+// where a CUDA kernel for it is registered, else nullptr: the Python package registers Triton
+// ones where Triton is installed (ternary_ops/cuda_mma.py).
+const c10::OperatorHandle* library_gemm(ActMode act) {
+  static const c10::OperatorHandle int8_op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("ternary::_mma_int8", "");
+  static const c10::OperatorHandle float_op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("ternary::_mma_float", "");
+  const c10::OperatorHandle& op = act == ActMode::Int8 ? int8_op : float_op;
+  return op.hasKernelForDispatchKey(c10::DispatchKey::CUDA) ? &op : nullptr;
+}
+
+using OptionalTensor = c10::optional<at::Tensor>;
+using LibraryInt8Gemm = void(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                             const at::Tensor&, int64_t, const OptionalTensor&, at::Tensor&);
+using LibraryFloatGemm = void(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
+                              const OptionalTensor&, at::Tensor&);
 
 at::Tensor linear_cuda(WeightFormat f, const at::Tensor& x, const at::Tensor& weight,
                        const at::Tensor& scale, int64_t out_features,
@@ -67,13 +86,29 @@ at::Tensor linear_cuda(WeightFormat f, const at::Tensor& x, const at::Tensor& we
     p.norm_eps = norm->eps_f32();
   }
 
-  const cuda::Plan plan =
-      cuda::plan_linear(p, s.act == ActMode::Int8 ? cuda::Act::Int8 : cuda::Act::None);
+  const c10::OperatorHandle* library = library_gemm(s.act);
+  const cuda::Plan plan = cuda::plan_linear(
+      p, s.act == ActMode::Int8 ? cuda::Act::Int8 : cuda::Act::None, library != nullptr);
   at::Tensor scratch;  // kept alive until the launches are queued
   if (plan.scratch_bytes > 0)
     scratch = at::empty({plan.scratch_bytes}, x.options().dtype(at::kByte));
   C10_CUDA_CHECK(cuda::run_linear(plan, p, scratch.defined() ? scratch.data_ptr() : nullptr,
                                   stream));
+  const bool library_path =
+      plan.path == cuda::Path::kInt8Library || plan.path == cuda::Path::kNoneLibrary;
+  if (library_path && s.M > 0 && s.N > 0) {
+    const OptionalTensor bias_f32 = b.defined() ? OptionalTensor(b) : c10::nullopt;
+    at::Tensor out2d = out.view({s.M, s.N});
+    if (plan.path == cuda::Path::kInt8Library) {
+      // The pre-pass's q [M, act_padded_k(K)] int8 and inv [M] float32 (kernels.h).
+      const int64_t kp = act_padded_k(s.K);
+      const at::Tensor q = scratch.narrow(0, 0, s.M * kp).view(at::kChar).view({s.M, kp});
+      const at::Tensor inv = scratch.narrow(0, s.M * kp, 4 * s.M).view(at::kFloat);
+      library->typed<LibraryInt8Gemm>().call(q, inv, c.weight, sc, s.N, bias_f32, out2d);
+    } else {
+      library->typed<LibraryFloatGemm>().call(x2, c.weight, sc, s.N, bias_f32, out2d);
+    }
+  }
   if (plan.path == cuda::Path::kNoneDense) {
     const at::Tensor dense = scratch.view(x.scalar_type()).view({s.N, s.K});
     // float32 result: see dense.cu

@@ -52,8 +52,12 @@ enum class Path {
                // x's dtype): the persistent GEMV quantizes x itself
   kInt8Gemv,   // act="int8", M <= 8: the quantize pre-pass, then the persistent / block GEMV
   kInt8Mma,    // act="int8", M > 8: the pre-pass, then int8 tensor-core tiles
+  kInt8Library,  // act="int8", M > 8 where a registered library GEMM pays (launchers.cuh): the
+                 // pre-pass; the caller then runs that GEMM on q / inv (ternary::_mma_int8)
   kNoneGemv,   // act="none", M <= 8: float32-accumulating GEMV
   kNoneMma,    // act="none", M > 8, 16-bit x, aligned: 16-bit tensor-core tiles
+  kNoneLibrary,  // act="none", 16-bit x, where a registered library GEMM pays: nothing here;
+                 // the caller runs that GEMM on x (ternary::_mma_float)
   kNoneDense,  // act="none", otherwise: dense weights for a library GEMM, then finish_dense
 };
 
@@ -63,11 +67,15 @@ struct Plan {
 };
 
 // Picks the path for p (its shapes, dtype and the alignment of p.x and p.weight). Host only.
-Plan plan_linear(const Linear& p, Act act);
+// library_gemm: whether the caller can run the library GEMM of `act` (Path::kInt8Library,
+// Path::kNoneLibrary).
+Plan plan_linear(const Linear& p, Act act, bool library_gemm = false);
 
 // Launches the plan's kernels on `stream`, with `scratch` of plan.scratch_bytes bytes. For
 // Path::kNoneDense it writes the dense weights T [N, K] in x's dtype to scratch and returns;
-// the caller then computes acc = x @ T^T ([M, N], float32) and calls finish_dense.
+// the caller then computes acc = x @ T^T ([M, N], float32) and calls finish_dense. For
+// Path::kInt8Library it writes q, inv and qsum to scratch (laid out as Linear says, from the
+// scratch's start) and returns; the caller then runs the library GEMM.
 cudaError_t run_linear(const Plan& plan, Linear p, void* scratch, cudaStream_t stream);
 cudaError_t finish_dense(const Linear& p, const float* acc, cudaStream_t stream);
 

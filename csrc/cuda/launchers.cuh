@@ -31,6 +31,22 @@ inline bool int8_quantized_in_gemv(const Linear& p) {
   return p.norm_weight == nullptr || (p.M == 1 && p.norm_dtype == p.dtype);
 }
 
+// Streaming multiprocessors and L2 bytes of the current device, read once per device.
+int device_sms();
+int64_t device_l2_bytes();
+
+// Whether the library GEMM (Triton, ternary_ops/cuda_mma.py), where registered, serves p in
+// place of the built-in tensor-core kernels: measured faster on an H200 from 256 rows on, and
+// from 64 rows where its 64 x 128 tiles (M < 256) already give three quarters of the SMs a
+// tile; with fewer tiles the built-in kernels, which split K over warps, are faster
+// (docs/perf-notes.md).
+inline bool library_gemm_pays(const Linear& p) {
+  if (p.M >= 256) return true;
+  if (p.M < 64) return false;
+  const int64_t tiles = (p.M + 63) / 64 * ((p.N + 127) / 128);
+  return 4 * tiles >= 3 * int64_t{device_sms()};
+}
+
 // quantize.cu: act="int8" pre-pass, per-row quantization of x into q / inv / qsum (M blocks).
 cudaError_t quantize_rows(const Linear& p, cudaStream_t stream);
 // rms_norm.cu: the pre-pass of the rms_norm_linear ops (p.norm_weight set): quantize_rows'
@@ -55,8 +71,5 @@ cudaError_t dequantize(const Linear& p, void* dense, cudaStream_t stream);
 // With programmatic dependent launch (sm_90+) a kernel may be scheduled while its predecessor
 // finishes and waits for it on the device; TERNARY_OPS_CUDA_PDL=0 turns that off (device.cu).
 bool pdl_enabled();
-// Streaming multiprocessors and L2 bytes of the current device, read once per device.
-int device_sms();
-int64_t device_l2_bytes();
 
 }  // namespace ternary::cuda

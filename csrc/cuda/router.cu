@@ -9,18 +9,22 @@ int64_t elem_bytes(DType d) { return d == DType::F32 ? 4 : 2; }
 
 }  // namespace
 
-Plan plan_linear(const Linear& p, Act act) {
+Plan plan_linear(const Linear& p, Act act, bool library_gemm) {
   Plan plan;
   if (act == Act::Int8) {
     if (int8_quantized_in_gemv(p)) {
       plan.path = Path::kInt8Fused;
     } else {
-      plan.path = p.M <= kGemvMaxM ? Path::kInt8Gemv : Path::kInt8Mma;
+      plan.path = p.M <= kGemvMaxM                         ? Path::kInt8Gemv
+                  : library_gemm && library_gemm_pays(p)  ? Path::kInt8Library
+                                                          : Path::kInt8Mma;
       // q [M, act_padded_k(K)], then inv [M] float32 and qsum [M] int32.
       plan.scratch_bytes = p.M * act_padded_k(p.K) + 8 * p.M;
     }
   } else if (p.M <= kGemvMaxM && !p.q8) {  // the float paths decode ternary weights only
     plan.path = Path::kNoneGemv;
+  } else if (library_gemm && p.dtype != DType::F32 && library_gemm_pays(p)) {
+    plan.path = Path::kNoneLibrary;
   } else if (!p.q8 && linear_none_mma_ok(p)) {
     plan.path = Path::kNoneMma;
   } else {
@@ -37,7 +41,8 @@ cudaError_t run_linear(const Plan& plan, Linear p, void* scratch, cudaStream_t s
     case Path::kInt8Fused:
       return gemv_int8_persistent(p, stream, pdl);
     case Path::kInt8Gemv:
-    case Path::kInt8Mma: {
+    case Path::kInt8Mma:
+    case Path::kInt8Library: {
       auto* base = static_cast<uint8_t*>(scratch);
       const int64_t qbytes = p.M * act_padded_k(p.K);
       p.q = reinterpret_cast<int8_t*>(base);
@@ -45,13 +50,15 @@ cudaError_t run_linear(const Plan& plan, Linear p, void* scratch, cudaStream_t s
       p.qsum = reinterpret_cast<int32_t*>(base + qbytes + 4 * p.M);
       const cudaError_t e =
           p.norm_weight != nullptr ? rms_norm_quantize_rows(p, stream) : quantize_rows(p, stream);
-      if (e != cudaSuccess) return e;
+      if (e != cudaSuccess || plan.path == Path::kInt8Library) return e;
       if (plan.path == Path::kInt8Mma) return launch_mma_int8(p, stream, pdl);
       return p.M <= kPersistMaxM ? gemv_int8_persistent(p, stream, pdl)
                                  : gemv_int8_block(p, stream, pdl);
     }
     case Path::kNoneGemv:
       return gemv_none(p, stream);
+    case Path::kNoneLibrary:
+      return cudaSuccess;
     case Path::kNoneMma:
       return linear_none_mma(p, stream);
     case Path::kNoneDense:

@@ -376,7 +376,11 @@ def _load_cuda_mma() -> None:
         import triton  # noqa: F401
     except ImportError:
         return
-    from . import cuda_mma  # noqa: F401  (registers ternary::_mma_int8 for CUDA)
+    except Exception as e:  # a broken install: keep the built-in kernels, say why once
+        warnings.warn(f"ternary_ops: Triton failed to import ({e!r}); the CUDA ops keep their "
+                      "built-in kernels at large M", RuntimeWarning, stacklevel=2)
+        return
+    from . import cuda_mma  # noqa: F401  (registers ternary::_mma_int8 / _mma_float for CUDA)
 
 
 _load_cuda_mma()

@@ -351,7 +351,7 @@ def select_cpu_kernel(name: str) -> None:
 
 def backends() -> dict:
     """Which native backends this build has: ``{"cpu": kernel set, "cuda": bool, "mps": bool,
-    "cuda_mma": ...}``; ``cuda_mma`` names the act="int8" GEMM of CUDA ops from 64 rows on:
+    "cuda_mma": ...}``; ``cuda_mma`` names the tensor-core GEMMs of the CUDA ops at large M:
     ``"triton"`` (``ternary_ops.cuda_mma``, where Triton is installed), ``"built-in"``, or
     ``None`` without CUDA."""
     cuda = bool(_C.has_cuda())
@@ -363,9 +363,9 @@ def backends() -> dict:
 
 
 def _load_cuda_mma() -> None:
-    """Registers the Triton GEMM of act="int8" at large M (ternary_ops/cuda_mma.py) where this
-    build has CUDA, a GPU is visible and Triton imports; ``TERNARY_OPS_CUDA_TRITON=0`` keeps
-    the built-in kernel."""
+    """Registers the Triton GEMMs of the CUDA ops at large M (ternary_ops/cuda_mma.py) where
+    this build has CUDA, a GPU is visible and Triton imports; ``TERNARY_OPS_CUDA_TRITON=0``
+    keeps the built-in kernels."""
     import os
 
     if os.environ.get("TERNARY_OPS_CUDA_TRITON", "1") == "0":

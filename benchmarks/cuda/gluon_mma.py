@@ -29,6 +29,9 @@ from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, warpgroup_mma,
                                                               warpgroup_mma_wait)
 
+# profile_target.py sits beside this script (run as benchmarks/cuda/gluon_mma.py)
+from profile_target import replay_times
+
 
 @gluon.jit
 def _decode_i2(p, SHIFT: gl.constexpr):
@@ -128,7 +131,8 @@ def gluon_i2_int8(q, inv, weight, scale, n, out, BM=128, BN=128, BK=128, STAGES=
                                num_warps=num_warps)
 
 
-def _graph_us(fns, reps=7):
+def _graph_us(fns, replays=7):
+    """Median microseconds per call of a CUDA graph that calls each of fns once."""
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
@@ -139,15 +143,7 @@ def _graph_us(fns, reps=7):
     with torch.cuda.graph(g):
         for f in fns:
             f()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) * 1e3 / len(fns))
-    return statistics.median(times)
+    return statistics.median(replay_times(g, len(fns), replays)) * 1e6
 
 
 def main():

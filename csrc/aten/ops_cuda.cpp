@@ -1,6 +1,7 @@
 // ops_cuda.cpp: the CUDA glue for the ternary ops. Validates (linear_frame.h),
 // asks the router (kernels.h) for a plan, allocates its scratch through the caching allocator,
-// and runs it on the current stream (the dense fallback's GEMM is torch's). Nothing here synchronizes
+// and runs it on the current stream (the dense fallback's GEMM is torch's, the library GEMMs at
+// large M are the Python package's Triton kernels where registered). Nothing here synchronizes
 // with the host, so the ops can be captured in CUDA graphs.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -86,7 +87,8 @@ at::Tensor linear_cuda(WeightFormat f, const at::Tensor& x, const at::Tensor& we
     p.norm_eps = norm->eps_f32();
   }
 
-  const c10::OperatorHandle* library = library_gemm(s.act);
+  const c10::OperatorHandle* library =
+      s.M >= cuda::kLibraryMinM ? library_gemm(s.act) : nullptr;
   const cuda::Plan plan = cuda::plan_linear(
       p, s.act == ActMode::Int8 ? cuda::Act::Int8 : cuda::Act::None, library != nullptr);
   at::Tensor scratch;  // kept alive until the launches are queued

@@ -66,6 +66,10 @@ struct Plan {
   int64_t scratch_bytes = 0;  // device scratch run_linear needs (16-byte aligned), or 0
 };
 
+// Smallest M the library GEMMs (Path::kInt8Library, Path::kNoneLibrary) may serve; the glue
+// looks for a registered one only from here on.
+constexpr int64_t kLibraryMinM = 64;
+
 // Picks the path for p (its shapes, dtype and the alignment of p.x and p.weight). Host only.
 // library_gemm: whether the caller can run the library GEMM of `act` (Path::kInt8Library,
 // Path::kNoneLibrary).
@@ -75,7 +79,8 @@ Plan plan_linear(const Linear& p, Act act, bool library_gemm = false);
 // Path::kNoneDense it writes the dense weights T [N, K] in x's dtype to scratch and returns;
 // the caller then computes acc = x @ T^T ([M, N], float32) and calls finish_dense. For
 // Path::kInt8Library it writes q, inv and qsum to scratch (laid out as Linear says, from the
-// scratch's start) and returns; the caller then runs the library GEMM.
+// scratch's start) and returns; the caller then runs the library GEMM. For Path::kNoneLibrary
+// it does nothing: the caller runs the library GEMM on x.
 cudaError_t run_linear(const Plan& plan, Linear p, void* scratch, cudaStream_t stream);
 cudaError_t finish_dense(const Linear& p, const float* acc, cudaStream_t stream);
 

@@ -37,12 +37,12 @@ int64_t device_l2_bytes();
 
 // Whether the library GEMM (Triton, ternary_ops/cuda_mma.py), where registered, serves p in
 // place of the built-in tensor-core kernels: measured faster on an H200 from 256 rows on, and
-// from 64 rows where its 64 x 128 tiles (M < 256) already give three quarters of the SMs a
-// tile; with fewer tiles the built-in kernels, which split K over warps, are faster
+// from kLibraryMinM rows where its 64 x 128 tiles (M < 256) already give three quarters of the
+// SMs a tile; with fewer tiles the built-in kernels, which split K over warps, are faster
 // (docs/perf-notes.md).
 inline bool library_gemm_pays(const Linear& p) {
   if (p.M >= 256) return true;
-  if (p.M < 64) return false;
+  if (p.M < kLibraryMinM) return false;
   const int64_t tiles = (p.M + 63) / 64 * ((p.N + 127) / 128);
   return 4 * tiles >= 3 * int64_t{device_sms()};
 }

@@ -89,7 +89,8 @@ def gluon_i2_int8_kernel(q_ptr, inv_ptr, w_ptr, scale_ptr, out_ptr,
     for kt in range(num_k):
         slot = kt % STAGES
         buf = kt % 2
-        cp.wait_group(STAGES - 2)  # step kt's tiles have landed
+        cp.wait_group(STAGES - 2)  # this thread's copies of step kt have landed
+        gl.thread_barrier()  # and every other thread's
         p = p_smem.index(slot).load(ld)
         dec = w_smem.index(buf)
         for s in gl.static_range(4):

@@ -2,7 +2,9 @@
 # Build the extension with the CUDA backend, run the CUDA tests, then the benchmark, in one go.
 # Usage (on a machine with an NVIDIA GPU, a CUDA toolkit and a CUDA build of torch):
 #   benchmarks/cuda/run.sh [results-dir]        (default: build/cuda-results)
-# Writes build.log, test.log, bench.md, bench.json, bench_nopdl.md there.
+# Writes build.log, test.log, bench.md, bench.json, bench_nopdl.md there. TEST_K narrows the tests
+# to a pytest -k expression; GLUON=1 also runs the candidate kernel of cuda/gluon_mma.py (gluon.log).
+# BENCH_ARGS narrows the main run, NOPDL_ARGS the run with PDL off; NOPDL_ARGS=skip skips that run.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUTDIR=${1:-${OUT:-build/cuda-results}}
@@ -16,17 +18,24 @@ echo "=== build ($(($(date +%s) - t0))s)"
 benchmarks/cuda/build.sh "$OUTDIR" || exit 1
 
 echo "=== tests ($(($(date +%s) - t0))s)"
-$PY -m pytest -q -x tests/test_cuda.py 2>&1 | tee "$OUTDIR/test.log" | tail -15
+$PY -m pytest -q -x tests/test_cuda.py ${TEST_K:+-k "$TEST_K"} 2>&1 | tee "$OUTDIR/test.log" | tail -15
 test_rc=${PIPESTATUS[0]}
+
+if [ -n "${GLUON:-}" ]; then
+  echo "=== gluon candidate ($(($(date +%s) - t0))s)"
+  $PY benchmarks/cuda/gluon_mma.py 2>&1 | tee "$OUTDIR/gluon.log" | grep -v Warning | tail -20
+fi
 
 echo "=== benchmark ($(($(date +%s) - t0))s)"
 # BENCH_ARGS narrows the main run, e.g. BENCH_ARGS="--m 1 4 --acts int8" (default: everything).
 $PY benchmarks/cuda/bench.py ${BENCH_ARGS:-} --out "$OUTDIR/bench.md" --json "$OUTDIR/bench.json" \
   > "$OUTDIR/bench.log" 2>&1
 bench_rc=$?
-TERNARY_OPS_CUDA_PDL=0 $PY benchmarks/cuda/bench.py --m 1 4 --acts int8 --tag "(PDL off)" \
-  ${NOPDL_ARGS:-} --out "$OUTDIR/bench_nopdl.md" > "$OUTDIR/bench_nopdl.log" 2>&1
 grep -v "^|" "$OUTDIR/bench.log" | tail -n +3 | cut -c1-150
-echo "--- PDL off"
-grep -v "^|" "$OUTDIR/bench_nopdl.log" | grep "M=" | cut -c1-110
+if [ "${NOPDL_ARGS:-}" != "skip" ]; then
+  TERNARY_OPS_CUDA_PDL=0 $PY benchmarks/cuda/bench.py --m 1 4 --acts int8 --tag "(PDL off)" \
+    ${NOPDL_ARGS:-} --out "$OUTDIR/bench_nopdl.md" > "$OUTDIR/bench_nopdl.log" 2>&1
+  echo "--- PDL off"
+  grep -v "^|" "$OUTDIR/bench_nopdl.log" | grep "M=" | cut -c1-110
+fi
 echo "=== done ($(($(date +%s) - t0))s) tests rc=$test_rc bench rc=$bench_rc"

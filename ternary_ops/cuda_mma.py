@@ -1,15 +1,18 @@
-"""The act="int8" tensor-core GEMM of the CUDA ops at large M, in Triton.
+"""The tensor-core GEMMs of the CUDA ops at large M, in Triton.
 
-``torch.ops.ternary.linear_i2`` / ``linear_i8`` / ``linear_q8`` (and the ``rms_norm_linear``
-ops) quantize x in their CUDA pre-pass; from ``M >= 64`` rows on, where this module is loaded,
-the CUDA glue then calls ``ternary::_mma_int8`` (csrc/ops.cpp) on the pre-pass's output instead
-of the built-in int8 tensor-core kernel (docs/DESIGN.md, "CUDA routing"). Triton's ``tl.dot``
-lowers to Hopper's asynchronous warpgroup MMA (wgmma) on sm_90 and to ``mma.sync`` on sm_80.
+Where this module is loaded, the CUDA glue of ``torch.ops.ternary.linear_i2`` / ``linear_i8`` /
+``linear_q8`` (and of the ``rms_norm_linear`` ops) hands the rows where it was measured faster
+than the built-in tensor-core kernels (``library_gemm_pays()`` in csrc/cuda/launchers.cuh: M >=
+256, or M >= 64 with enough output tiles) to the internal ops ``ternary::_mma_int8`` (act="int8",
+after the op's own quantize pre-pass) and ``ternary::_mma_float`` (act="none", bfloat16 / float16
+x); docs/DESIGN.md, "The Triton GEMMs". Triton's ``tl.dot`` lowers to Hopper's warpgroup MMA
+(wgmma) on sm_90 and to ``mma.sync`` on sm_80.
 
 The 2-bit weights are read once per tile and decoded in registers, four codes per 32-bit
-instruction, into the int8 operand of the dot: row ``i`` of a weight tile of ``BN`` rows is
-byte row ``r0 + i % (BN / 4)`` at bit pair ``i // (BN / 4)``, i.e. output row
-``(i // (BN / 4)) * R + r0 + i % (BN / 4)`` of the i2 layout (docs/DESIGN.md, "Formats").
+instruction, into the int8 operand of the dot (for act="none" then converted to x's dtype).
+Row ``i`` of a weight tile of ``BN`` rows is byte row ``r0 + i % (BN / 4)`` at bit pair
+``i // (BN / 4)``, i.e. output row ``(i // (BN / 4)) * R + r0 + i % (BN / 4)`` of the i2
+layout (docs/DESIGN.md, "Formats").
 The int32 sums are exact; the epilogue is the reference's float32 steps, ``dot / inv * scale
 (+ bias)``, with a true division, no fused multiply-add, and a round-to-nearest-even
 conversion, so the result is bit-identical to ``ternary_ops.reference``.
@@ -111,7 +114,8 @@ def _mma_kernel(a_ptr, inv_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr,
 
 
 def _tile_config(m: int):
-    """(BM, BN, BK, stages, warps) for M rows (measured on an H200: docs/perf-notes.md)."""
+    """(BM, BN, BK, stages, warps) for M rows. Not tuned for this kernel yet: the tiles that
+    did best for its earlier forms in the H200 sweeps (benchmarks/results/cuda.md)."""
     if m >= 256:
         return 128, 128, 128, 3, 8
     return 64, 128, 128, 4, 4

@@ -9,7 +9,8 @@ Ops: ``torch.ops.ternary.linear_i8`` and ``torch.ops.ternary.linear_i2`` (ternar
 for the formats and semantics. ``ternary_ops.reference`` holds their plain-torch definitions.
 """
 from . import reference
-from .convert import DEFAULT_EXCLUDE, ConvertSummary, convert, quantize_head_and_embedding
+from .convert import (DEFAULT_EXCLUDE, ConvertSummary, TernarizationWarning, convert,
+                      quantize_head_and_embedding)
 from .formats import dequantize, pack_i2, quantize, quantize_q8, unpack_i2, validate_weight
 from .fuse import FusedSlice, fuse_projections
 from .io import load, save
@@ -25,7 +26,8 @@ __all__ = [
     "TernaryLinear", "FusedSlice", "fuse_projections", "use_huge_pages", "Int8Linear",
     "Int8Embedding",
     "quantize_q8", "linear_q8", "convert",
-    "quantize_head_and_embedding", "ConvertSummary", "DEFAULT_EXCLUDE", "save", "load", "quantize",
+    "quantize_head_and_embedding", "ConvertSummary", "TernarizationWarning", "DEFAULT_EXCLUDE",
+    "save", "load", "quantize",
     "pack_i2", "unpack_i2", "dequantize", "validate_weight", "linear_i8", "linear_i2",
     "rms_norm_linear_i8", "rms_norm_linear_i2",
     "cpu_kernel", "cpu_decode_kernel", "cpu_kernels_available", "select_cpu_kernel", "backends",

@@ -22,6 +22,19 @@ DEFAULT_EXCLUDE = ("lm_head", "*.lm_head", "embed_out", "*.embed_out", "output",
 
 Filter = Callable[[str, nn.Linear], bool]
 
+# The median relative output error of the converted layers above which convert() warns that the
+# weights were not ternary. A ternary weight stored dense converts exactly (its outputs then
+# differ by act="int8"'s activation rounding, about 1%); absmean ternarization of a normally
+# trained (or initialised) weight changes its outputs by about 50%.
+ERROR_WARN_THRESHOLD = 0.1
+# Rows of each layer's input kept from a calibration batch; rows of random input otherwise.
+CALIBRATION_ROWS = 32
+
+
+class TernarizationWarning(UserWarning):
+    """:func:`convert` measured that ternarizing the model changed its layers' outputs far more
+    than rounding would: the weights were not ternary to begin with."""
+
 
 @dataclass
 class ConvertSummary:
@@ -33,7 +46,10 @@ class ConvertSummary:
     ``TernaryLinear`` before the call (left as they are). ``attention`` names the attention
     function a ``transformers`` model was switched to (see :mod:`ternary_ops.hf.attention`), or
     is ``None``. ``fused`` maps each fused layer to the layers it replaced, ``folded`` each
-    folded norm to the layers that apply it (:mod:`ternary_ops.fuse`)."""
+    folded norm to the layers that apply it (:mod:`ternary_ops.fuse`). ``errors`` maps each
+    converted layer to its relative output error ``|y_ternary - y_dense| / |y_dense|`` (bias
+    left out) on the inputs ``calibration`` names (``"random inputs"``, ``"calibration
+    batch"``, or ``None`` when not measured)."""
     replaced: List[str] = field(default_factory=list)
     skipped: List[str] = field(default_factory=list)
     bytes_before: int = 0
@@ -44,6 +60,8 @@ class ConvertSummary:
     int8: List[str] = field(default_factory=list)
     fused: Dict[str, List[str]] = field(default_factory=dict)
     folded: Dict[str, List[str]] = field(default_factory=dict)
+    errors: Dict[str, float] = field(default_factory=dict)
+    calibration: Optional[str] = None
 
     @property
     def layers_replaced(self) -> int:
@@ -80,7 +98,17 @@ class ConvertSummary:
             text += f"; int8: {', '.join(self.int8)}"
         if self.attention:
             text += f"; attention: {self.attention} (the SDPA backend of decode steps per device)"
+        if self.errors:
+            text += f"; relative output error {self.error_text()}"
         return text + "".join(f"\n  {name}: {why}" for name, why in self.notes.items())
+
+
+    def error_text(self) -> str:
+        """``median X% (largest Y% in 'layer') over N layers on <calibration>``."""
+        values = sorted(self.errors.values())
+        worst = max(self.errors, key=self.errors.get)
+        return (f"median {values[len(values) // 2]:.1%} (largest {self.errors[worst]:.1%} in "
+                f"'{worst}') over {len(values)} layers on {self.calibration}")
 
 
 def _float64_warning(what: str) -> str:
@@ -162,6 +190,58 @@ def _head_names(model: nn.Module) -> List[str]:
         return [n for n, m in model.named_modules() if m is out]
     return [n for n, m in model.named_modules()
             if isinstance(m, nn.Linear) and _excluded(n, DEFAULT_EXCLUDE)]
+
+
+def _capture_inputs(model: nn.Module, targets: List[str], batch) -> Dict[str, torch.Tensor]:
+    """Runs ``model`` on ``batch`` (a tensor: ``model(batch)``; a dict: ``model(**batch)``; a
+    tuple or list: ``model(*batch)``) and returns the first :data:`CALIBRATION_ROWS` input rows
+    of each target layer's first call, float32 ``[rows, in_features]``."""
+    captured: Dict[str, torch.Tensor] = {}
+    hooks = []
+    for name in targets:
+        def keep(module, args, name=name):
+            if name not in captured and args and isinstance(args[0], torch.Tensor):
+                x = args[0].detach()
+                captured[name] = x.reshape(-1, x.shape[-1])[:CALIBRATION_ROWS].float().clone()
+        hooks.append(model.get_submodule(name).register_forward_pre_hook(keep))
+    try:
+        with torch.no_grad():
+            if isinstance(batch, dict):
+                model(**batch)
+            elif isinstance(batch, (tuple, list)):
+                model(*batch)
+            else:
+                model(batch)
+    finally:
+        for h in hooks:
+            h.remove()
+    return captured
+
+
+def _relative_error(weight: torch.Tensor, layer: TernaryLinear, x: torch.Tensor) -> float:
+    """``|layer(x) - x @ weight.T| / |x @ weight.T|``, biases left out, in float32."""
+    with torch.no_grad():
+        x = x.to(device=weight.device, dtype=torch.float32)
+        want = x @ weight.float().t()
+        got = layer(x).float()
+        if layer.bias is not None:
+            got = got - layer.bias.float()
+        return float((got - want).norm() / want.norm().clamp_min(torch.finfo(torch.float32).tiny))
+
+
+def _warn_if_not_ternary(summary: ConvertSummary) -> None:
+    if not summary.errors:
+        return
+    values = sorted(summary.errors.values())
+    if values[len(values) // 2] <= ERROR_WARN_THRESHOLD:
+        return
+    warnings.warn(TernarizationWarning(
+        f"convert: ternarizing changed the converted layers' outputs by "
+        f"{summary.error_text()}: these weights were not ternary to begin with. Plain "
+        "ternarization of a normally trained model loses most of its quality. Use a model "
+        "trained ternary (a BitNet b1.58 checkpoint: ternary_ops.hf.from_pretrained_bitnet), or "
+        "train or distill one ternary. summary.errors holds each layer's error; "
+        "convert(..., calibration=False) skips the measurement"), stacklevel=3)
 
 
 def check_head_and_embedding(head: str, embedding: str, where: str) -> None:
@@ -252,7 +332,8 @@ def convert(model: nn.Module, format: str = "i2", act: str = "int8",
             filter: Optional[Filter] = None,
             progress: Optional[bool] = None,
             head: str = "dense", embedding: str = "dense",
-            fuse: bool = True, fold_norms: bool = True) -> Union[ConvertSummary, TernaryLinear]:
+            fuse: bool = True, fold_norms: bool = True,
+            calibration=None) -> Union[ConvertSummary, TernaryLinear]:
     """Replaces ``nn.Linear`` (and HF ``Conv1D``) modules of ``model`` with :class:`TernaryLinear`, in place.
 
     Args:
@@ -282,6 +363,13 @@ def convert(model: nn.Module, format: str = "i2", act: str = "int8",
             run ``torch.ops.ternary.rms_norm_linear_*`` (see
             :func:`ternary_ops.fuse.fold_norms`). Results equal RMSNorm then the layer up to
             float rounding. Default True.
+        calibration: what each converted layer's relative output error is measured on (see
+            :class:`ConvertSummary`): ``None`` (default) random normal inputs; a batch the
+            model takes (a tensor, a dict of keyword arguments or a tuple of arguments), run
+            once before converting, whose inputs to each layer are kept (a layer it does not
+            call gets random inputs); ``False`` measures nothing. Where the median error says
+            the weights were not ternary to begin with, a :class:`TernarizationWarning` says so
+            once: plain ternarization of a normally trained model loses most of its quality.
 
     Layers are converted one at a time and each dense weight is released as soon as its
     replacement is in place, so peak memory stays near the model's own size. On Linux the
@@ -365,6 +453,13 @@ def convert(model: nn.Module, format: str = "i2", act: str = "int8",
     if progress:
         from tqdm.auto import tqdm
         names = tqdm(targets, desc="ternary convert", unit="layer")
+    captured: Dict[str, torch.Tensor] = {}
+    if calibration is not None and calibration is not False:
+        captured = _capture_inputs(model, targets, calibration)
+        summary.calibration = "calibration batch"
+    elif calibration is None:
+        summary.calibration = "random inputs"
+    gen = torch.Generator().manual_seed(0)
     _turn_off_fast_paths(model, set(targets), summary)
     for name in names:
         parent_name, _, child = name.rpartition(".")
@@ -375,6 +470,11 @@ def convert(model: nn.Module, format: str = "i2", act: str = "int8",
                                              granularity=granularity)
         summary.bytes_before += weight.numel() * weight.element_size()
         summary.bytes_after += layer.weight_bytes()
+        if summary.calibration is not None:
+            x = captured.get(name)
+            if x is None:
+                x = torch.randn(CALIBRATION_ROWS // 2, weight.shape[1], generator=gen)
+            summary.errors[name] = _relative_error(weight, layer, x)
         layer.layer_name = name
         setattr(parent, child, layer)
         del weight, bias  # the dense weight goes as soon as nothing else holds it
@@ -383,6 +483,9 @@ def convert(model: nn.Module, format: str = "i2", act: str = "int8",
         summary.fused = fuse_projections(model)
     if fold_norms and summary.replaced:
         summary.folded = fold_norms_into_layers(model)
+    if summary.calibration is not None and not summary.errors:
+        summary.calibration = None
+    _warn_if_not_ternary(summary)
     quantize_head_and_embedding(model, head, embedding, act, summary)
     if summary.replaced and hasattr(model, "set_attn_implementation"):  # a transformers model
         from .hf.attention import ATTENTION_NAME, use_decode_attention

@@ -100,6 +100,10 @@ def quantize(weight: torch.Tensor, granularity: str = "tensor",
     ``s = mean|W|`` (over the whole tensor, or per output row for ``granularity="channel"``),
     ``T = round(W / s).clamp(-1, 1)``. Returns ``(T int8 [N, K], s float32 [] or [N])`` with
     ``W ~= s * T``.
+
+    A weight (or, per channel, a row) that is ternary already, every value 0 or +-a (a ternary
+    model stored dense), gets ``s = a`` and loses nothing: its mean would be ``a`` times its
+    share of nonzero values and scale every output down by that share.
     """
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
@@ -107,14 +111,24 @@ def quantize(weight: torch.Tensor, granularity: str = "tensor",
         raise ValueError(f"weight must be a 2-D floating tensor [N, K], got {weight.dim()}-D "
                          f"{weight.dtype}")
     w = weight.detach().float()
+    a = w.abs()
     if granularity == "tensor":
-        scale = w.abs().mean()
+        top = a.max() if a.numel() else a.new_zeros(())
+        scale = torch.where(_ternary_valued(a, top), top, a.mean())
         denom = scale.clamp(min=eps)
     else:
-        scale = w.abs().mean(dim=1)
+        top = a.amax(dim=1) if a.shape[1] else a.new_zeros(a.shape[0])
+        scale = torch.where(_ternary_valued(a, top[:, None], dim=1), top, a.mean(dim=1))
         denom = scale.clamp(min=eps)[:, None]
     codes = torch.round(w / denom).clamp_(-1, 1).to(torch.int8)
     return codes, scale.clamp(min=eps)
+
+
+def _ternary_valued(a: torch.Tensor, top: torch.Tensor, dim=None) -> torch.Tensor:
+    """Whether every value of ``a`` (``|W|``; over ``dim``, or all of it) is 0 or ``top`` > 0."""
+    exact = (a == top) | (a == 0)
+    exact = exact.all() if dim is None else exact.all(dim=dim)
+    return exact & (top.squeeze(-1) > 0 if dim is not None else top > 0)
 
 
 def pack_i2(codes: torch.Tensor) -> torch.Tensor:

@@ -77,3 +77,26 @@ def test_dequantize_matches_scale_times_codes():
     for fmt in ("i8", "i2"):
         w = codes if fmt == "i8" else tops.pack_i2(codes)
         assert torch.equal(tops.dequantize(w, s, fmt, 6), codes.float() * s[:, None])
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "channel"])
+def test_quantize_keeps_ternary_valued_weights(granularity):
+    """A weight whose values already are 0 and +-a per tensor (or per row) comes back as those
+    codes with s = a, not the absmean (a times the share of nonzeros); any other weight keeps
+    the absmean."""
+    gen = torch.Generator().manual_seed(3)
+    codes = torch.randint(-1, 2, (9, 37), generator=gen).to(torch.int8)
+    codes[0] = 0  # an all-zero row
+    a = (torch.rand(9, 1, generator=gen) + 0.01 if granularity == "channel"
+         else torch.tensor(0.0123))
+    t, s = tops.quantize(codes.float() * a, granularity)
+    assert torch.equal(t, codes)
+    want = a.reshape(-1) if granularity == "channel" else a
+    if granularity == "channel":
+        want = want.clone()
+        want[0] = 1e-8  # the all-zero row: the clamp, as before
+    assert torch.equal(s, want)
+    w = torch.randn(9, 37, generator=gen)
+    t, s = tops.quantize(w, granularity)
+    mean = w.abs().mean() if granularity == "tensor" else w.abs().mean(dim=1)
+    assert torch.equal(s, mean)

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 
 import pytest
 import torch
@@ -358,7 +359,7 @@ def test_convert_warns_on_float64_and_on_a_second_run():
     with pytest.warns(UserWarning, match="2 layers of the model are already TernaryLinear"):
         summary = tops.convert(model.float(), exclude=[])
     assert summary.replaced == ["2"]
-    assert str(summary).endswith("; 2 layers already TernaryLinear, left as they are")
+    assert "; 2 layers already TernaryLinear, left as they are;" in str(summary)
 
 
 def test_convert_a_bare_linear_returns_a_ternary_layer_and_reports_nothing_to_convert():
@@ -586,3 +587,75 @@ def test_killed_save_leaves_the_previous_file_intact(tmp_path):
     left = [p.name for p in tmp_path.iterdir() if p != path]
     assert any(n.startswith(".m.safetensors.tmp-") for n in left), left
     assert all(n.startswith(".") for n in left), left
+
+
+# ---- convert measures what ternarization did ----------------------------------------------
+
+def test_convert_warns_when_the_weights_were_not_ternary():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 40))
+    with pytest.warns(tops.TernarizationWarning,
+                      match="not ternary to begin with.*loses most of its quality"):
+        summary = tops.convert(model, exclude=())
+    assert summary.calibration == "random inputs"
+    assert set(summary.errors) == {"0", "2"}
+    assert all(0.2 < e < 0.8 for e in summary.errors.values()), summary.errors
+    assert "relative output error median" in str(summary)
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "channel"])
+@pytest.mark.parametrize("act", ["int8", "none"])
+def test_convert_of_ternary_valued_weights_is_exact_and_quiet(granularity, act):
+    gen = torch.Generator().manual_seed(1)
+    model = nn.Sequential(nn.Linear(48, 72), nn.ReLU(), nn.Linear(72, 20))
+    codes, scales = [], []
+    with torch.no_grad():
+        for layer in (model[0], model[2]):
+            t = torch.randint(-1, 2, layer.weight.shape, generator=gen)
+            s = (torch.rand(layer.weight.shape[0], 1, generator=gen) + 0.1
+                 if granularity == "channel" else torch.tensor(0.037))
+            layer.weight.copy_(t * s)
+            codes.append(t.to(torch.int8))
+            scales.append(s.reshape(-1) if granularity == "channel" else s)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", tops.TernarizationWarning)
+        summary = tops.convert(model, exclude=(), act=act, granularity=granularity)
+    for layer, t, s in zip((model[0], model[2]), codes, scales):
+        assert torch.equal(tops.unpack_i2(layer.weight, layer.out_features), t)
+        assert torch.equal(layer.weight_scale, s.float())
+    # act="none" differs from the dense product by float rounding only; act="int8" by the
+    # activations' int8 rounding
+    bound = 1e-5 if act == "none" else 0.02
+    assert max(summary.errors.values()) < bound, summary.errors
+
+
+def test_convert_measures_on_a_calibration_batch():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.unused = nn.Linear(16, 24), nn.Linear(24, 8), nn.Linear(8, 8)
+
+        def forward(self, x=None):
+            return self.b(torch.relu(self.a(x)))
+
+    from ternary_ops.convert import _relative_error
+
+    torch.manual_seed(2)
+    batch = torch.randn(3, 5, 16) * 4 + 1
+    for given in (batch, {"x": batch}, (batch,)):
+        model = Net()
+        dense_a = model.a.weight.detach().clone()
+        first_rows = batch.reshape(-1, 16)[:32]
+        with torch.no_grad():
+            alone = tops.TernaryLinear.from_dense(dense_a, model.a.bias.detach())
+        want = _relative_error(dense_a, alone, first_rows)
+        summary = tops.convert(model, exclude=(), calibration=given)
+        assert summary.calibration == "calibration batch"
+        assert summary.errors["a"] == want
+        assert set(summary.errors) == {"a", "b", "unused"}  # "unused": random inputs
+    model = Net()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", tops.TernarizationWarning)
+        summary = tops.convert(model, exclude=(), calibration=False)
+    assert summary.errors == {} and summary.calibration is None
+    assert "relative output error" not in str(summary)

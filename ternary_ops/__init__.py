@@ -16,6 +16,7 @@ from .fuse import FusedSlice, fuse_projections
 from .io import load, save
 from .memory import use_huge_pages
 from .nn import Int8Embedding, Int8Linear, TernaryLinear
+from .qat import QATLinear, prepare_qat
 from .ops import (backends, cpu_decode_kernel, cpu_kernel, cpu_kernels_available, linear_i2,
                   linear_i8, linear_q8, rms_norm_linear_i2, rms_norm_linear_i8,
                   select_cpu_kernel)
@@ -31,5 +32,5 @@ __all__ = [
     "pack_i2", "unpack_i2", "dequantize", "validate_weight", "linear_i8", "linear_i2",
     "rms_norm_linear_i8", "rms_norm_linear_i2",
     "cpu_kernel", "cpu_decode_kernel", "cpu_kernels_available", "select_cpu_kernel", "backends",
-    "reference",
+    "reference", "QATLinear", "prepare_qat",
 ]

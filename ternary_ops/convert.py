@@ -14,6 +14,7 @@ from .fuse import fold_norms as fold_norms_into_layers
 from .fuse import fuse_projections
 from .memory import use_huge_pages
 from .nn import Int8Embedding, Int8Linear, TernaryLinear, _human_bytes
+from .qat import QATLinear
 
 # Output layers left dense by default: quantizing the vocabulary projection costs the most
 # accuracy for the least memory (and it is often tied to the embedding).
@@ -218,11 +219,19 @@ def _capture_inputs(model: nn.Module, targets: List[str], batch) -> Dict[str, to
     return captured
 
 
-def _relative_error(weight: torch.Tensor, layer: TernaryLinear, x: torch.Tensor) -> float:
-    """``|layer(x) - x @ weight.T| / |x @ weight.T|``, biases left out, in float32."""
+def _relative_error(dense: Union[torch.Tensor, QATLinear], layer: TernaryLinear,
+                    x: torch.Tensor) -> float:
+    """``|layer(x) - x @ weight.T| / |x @ weight.T|`` for a dense ``weight``, or against a
+    :class:`QATLinear`'s own forward; biases left out, in float32."""
     with torch.no_grad():
-        x = x.to(device=weight.device, dtype=torch.float32)
-        want = x @ weight.float().t()
+        x = x.to(device=dense.weight.device if isinstance(dense, QATLinear) else dense.device,
+                 dtype=torch.float32)
+        if isinstance(dense, QATLinear):
+            want = dense(x).float()
+            if dense.bias is not None:
+                want = want - dense.bias.float()
+        else:
+            want = x @ dense.float().t()
         got = layer(x).float()
         if layer.bias is not None:
             got = got - layer.bias.float()
@@ -240,7 +249,8 @@ def _warn_if_not_ternary(summary: ConvertSummary) -> None:
         f"{summary.error_text()}: these weights were not ternary to begin with. Plain "
         "ternarization of a normally trained model loses most of its quality. Use a model "
         "trained ternary (a BitNet b1.58 checkpoint: ternary_ops.hf.from_pretrained_bitnet), or "
-        "train or distill one ternary. summary.errors holds each layer's error; "
+        "train or distill one ternary (ternary_ops.prepare_qat). summary.errors holds each "
+        "layer's error; "
         "convert(..., calibration=False) skips the measurement"), stacklevel=3)
 
 
@@ -390,7 +400,9 @@ def convert(model: nn.Module, format: str = "i2", act: str = "int8",
     never cuDNN, which rebuilds its plan on every decode step; compiled over a static cache,
     cuDNN on the grouped K/V heads; on the CPU under ``torch.compile``, math);
     ``model.set_attn_implementation("sdpa")`` undoes it. Layers that are already
-    ``TernaryLinear`` are left as they are (a warning and the summary say how many).
+    ``TernaryLinear`` are left as they are (a warning and the summary say how many). A
+    :class:`~ternary_ops.QATLinear` (:func:`ternary_ops.prepare_qat`) is packed with its own
+    format, act and granularity, and its error is measured against its own forward.
 
     ``model`` may itself be an ``nn.Linear`` (or ``Conv1D``): a layer cannot replace itself in
     place, so ``convert`` then returns a new :class:`TernaryLinear` (``exclude``, ``filter`` and
@@ -464,20 +476,23 @@ def convert(model: nn.Module, format: str = "i2", act: str = "int8",
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
-        weight, bias = dense_weight(getattr(parent, child))
+        module = getattr(parent, child)
+        weight, bias = dense_weight(module)
+        qat = module if isinstance(module, QATLinear) else None
         with torch.no_grad():
-            layer = TernaryLinear.from_dense(weight, bias, format=format, act=act,
-                                             granularity=granularity)
+            layer = (qat.to_ternary() if qat is not None else
+                     TernaryLinear.from_dense(weight, bias, format=format, act=act,
+                                              granularity=granularity))
         summary.bytes_before += weight.numel() * weight.element_size()
         summary.bytes_after += layer.weight_bytes()
         if summary.calibration is not None:
             x = captured.get(name)
             if x is None:
                 x = torch.randn(CALIBRATION_ROWS // 2, weight.shape[1], generator=gen)
-            summary.errors[name] = _relative_error(weight, layer, x)
+            summary.errors[name] = _relative_error(qat if qat is not None else weight, layer, x)
         layer.layer_name = name
         setattr(parent, child, layer)
-        del weight, bias  # the dense weight goes as soon as nothing else holds it
+        del weight, bias, module, qat  # the dense weight goes as soon as nothing holds it
         summary.replaced.append(name)
     if fuse and summary.replaced:
         summary.fused = fuse_projections(model)

@@ -103,7 +103,6 @@ class ConvertSummary:
             text += f"; relative output error {self.error_text()}"
         return text + "".join(f"\n  {name}: {why}" for name, why in self.notes.items())
 
-
     def error_text(self) -> str:
         """``median X% (largest Y% in 'layer') over N layers on <calibration>``."""
         values = sorted(self.errors.values())
@@ -196,9 +195,11 @@ def _head_names(model: nn.Module) -> List[str]:
 def _capture_inputs(model: nn.Module, targets: List[str], batch) -> Dict[str, torch.Tensor]:
     """Runs ``model`` on ``batch`` (a tensor: ``model(batch)``; a dict: ``model(**batch)``; a
     tuple or list: ``model(*batch)``) and returns the first :data:`CALIBRATION_ROWS` input rows
-    of each target layer's first call, float32 ``[rows, in_features]``."""
+    of each target layer's first call, float32 ``[rows, in_features]``. The model runs in eval
+    mode (no dropout, no update of batch-norm statistics) and is put back as it was."""
     captured: Dict[str, torch.Tensor] = {}
     hooks = []
+    training = model.training
     for name in targets:
         def keep(module, args, name=name):
             if name not in captured and args and isinstance(args[0], torch.Tensor):
@@ -206,6 +207,7 @@ def _capture_inputs(model: nn.Module, targets: List[str], batch) -> Dict[str, to
                 captured[name] = x.reshape(-1, x.shape[-1])[:CALIBRATION_ROWS].float().clone()
         hooks.append(model.get_submodule(name).register_forward_pre_hook(keep))
     try:
+        model.eval()
         with torch.no_grad():
             if isinstance(batch, dict):
                 model(**batch)
@@ -214,6 +216,7 @@ def _capture_inputs(model: nn.Module, targets: List[str], batch) -> Dict[str, to
             else:
                 model(batch)
     finally:
+        model.train(training)
         for h in hooks:
             h.remove()
     return captured
@@ -250,8 +253,7 @@ def _warn_if_not_ternary(summary: ConvertSummary) -> None:
         "ternarization of a normally trained model loses most of its quality. Use a model "
         "trained ternary (a BitNet b1.58 checkpoint: ternary_ops.hf.from_pretrained_bitnet), or "
         "train or distill one ternary (ternary_ops.prepare_qat). summary.errors holds each "
-        "layer's error; "
-        "convert(..., calibration=False) skips the measurement"), stacklevel=3)
+        "layer's error; convert(..., calibration=False) skips the measurement"), stacklevel=3)
 
 
 def check_head_and_embedding(head: str, embedding: str, where: str) -> None:

@@ -653,6 +653,11 @@ def test_convert_measures_on_a_calibration_batch():
         assert summary.calibration == "calibration batch"
         assert summary.errors["a"] == want
         assert set(summary.errors) == {"a", "b", "unused"}  # "unused": random inputs
+    # the calibration run neither trains nor changes the model's mode
+    model = nn.Sequential(nn.Linear(16, 16), nn.BatchNorm1d(16), nn.Dropout(0.5))
+    stats = model[1].running_mean.clone()
+    tops.convert(model, exclude=(), calibration=torch.randn(8, 16) + 3)
+    assert model.training and torch.equal(model[1].running_mean, stats)
     model = Net()
     with warnings.catch_warnings():
         warnings.simplefilter("error", tops.TernarizationWarning)

@@ -252,8 +252,10 @@ def _warn_if_not_ternary(summary: ConvertSummary) -> None:
         f"{summary.error_text()}: these weights were not ternary to begin with. Plain "
         "ternarization of a normally trained model loses most of its quality. Use a model "
         "trained ternary (a BitNet b1.58 checkpoint: ternary_ops.hf.from_pretrained_bitnet), or "
-        "train or distill one ternary (ternary_ops.prepare_qat). summary.errors holds each "
-        "layer's error; convert(..., calibration=False) skips the measurement"), stacklevel=3)
+        "train or distill one ternary (ternary_ops.prepare_qat). If these are the latent "
+        "weights of a model trained ternary (BitNet's bf16 master weights), the ternary model is "
+        "the trained one and this error is expected. summary.errors holds each layer's error; "
+        "convert(..., calibration=False) skips the measurement"), stacklevel=3)
 
 
 def check_head_and_embedding(head: str, embedding: str, where: str) -> None:

@@ -12,7 +12,6 @@ dequantized weight ``s * T`` and activations, and the latent weight receives the
 """
 from __future__ import annotations
 
-import fnmatch
 from typing import Callable, Iterable, List, Optional, Union
 
 import torch
@@ -116,7 +115,7 @@ def prepare_qat(model: nn.Module, format: str = "i2", act: str = "int8",
     ``lm_head``-like output layers stay dense). After training, ``convert(model)`` packs every
     ``QATLinear`` into a :class:`~ternary_ops.TernaryLinear` with the layer's own format, act
     and granularity."""
-    from .convert import DEFAULT_EXCLUDE
+    from .convert import DEFAULT_EXCLUDE, _excluded
 
     check_format(format)
     if act not in ACT_MODES:
@@ -128,8 +127,7 @@ def prepare_qat(model: nn.Module, format: str = "i2", act: str = "int8",
         exclude = (exclude,)
     patterns = tuple(DEFAULT_EXCLUDE if exclude is None else exclude)
     names = [name for name, m in model.named_modules()
-             if type(m) is nn.Linear and name
-             and not any(fnmatch.fnmatchcase(name, p) for p in patterns)
+             if type(m) is nn.Linear and name and not _excluded(name, patterns)
              and (filter is None or filter(name, m))]
     for name in names:
         model.set_submodule(name, QATLinear.from_linear(model.get_submodule(name), format=format,

@@ -18,7 +18,6 @@ the shipped kernel, so the epilogue and its bits are the same.
 Usage on a Hopper GPU: python benchmarks/cuda/gluon_mma.py   (checks against the reference,
 then times it, the shipped op and dense bf16 on the 8B/70B layer shapes)
 """
-import statistics
 import sys
 
 import torch
@@ -29,8 +28,8 @@ from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, warpgroup_mma,
                                                               warpgroup_mma_wait)
 
-# profile_target.py sits beside this script (run as benchmarks/cuda/gluon_mma.py)
-from profile_target import replay_times
+# bench.py sits beside this script (run as benchmarks/cuda/gluon_mma.py)
+from bench import time_rotating
 
 
 @gluon.jit
@@ -132,19 +131,9 @@ def gluon_i2_int8(q, inv, weight, scale, n, out, BM=128, BN=128, BK=128, STAGES=
                                num_warps=num_warps)
 
 
-def _graph_us(fns, replays=7):
-    """Median microseconds per call of a CUDA graph that calls each of fns once."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for f in fns:
-            f()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for f in fns:
-            f()
-    return statistics.median(replay_times(g, len(fns), replays)) * 1e6
+def _us(fn, copies):
+    """Median microseconds per call of fn(copy), as bench.py times the shipped ops."""
+    return time_rotating(fn, copies, None, None)[0] * 1e6
 
 
 def main():
@@ -181,17 +170,16 @@ def main():
                               device="cuda")
             inv = torch.rand(m, device="cuda") + 1
             out = torch.empty(m, n, dtype=torch.bfloat16, device="cuda")
-            dense = _graph_us([lambda w=w: torch.nn.functional.linear(x, w) for w in wd])
-            shipped = _graph_us([lambda w=w: torch.ops.ternary.linear_i2(x, w, scale, n, None,
-                                                                         "int8") for w in ws])
+            dense = _us(lambda w: torch.nn.functional.linear(x, w), wd)
+            shipped = _us(lambda w: torch.ops.ternary.linear_i2(x, w, scale, n, None, "int8"),
+                          ws)
             line = f"{n}x{k} M={m}: dense {dense:.1f} us, shipped op {shipped:.1f} " \
                    f"({dense / shipped:.2f}x)"
             for cfg in (dict(BM=128, BN=128, STAGES=3, num_warps=8),
                         dict(BM=128, BN=128, STAGES=4, num_warps=4),
                         dict(BM=64, BN=128, STAGES=4, num_warps=4)):
                 try:
-                    us = _graph_us([lambda w=w: gluon_i2_int8(q, inv, w, scale, n, out, **cfg)
-                                    for w in ws])
+                    us = _us(lambda w: gluon_i2_int8(q, inv, w, scale, n, out, **cfg), ws)
                     line += f" | gluon {tuple(cfg.values())} {us:.1f} ({dense / us:.2f}x)"
                 except Exception as e:  # a configuration that does not compile
                     line += f" | gluon {tuple(cfg.values())} failed: {type(e).__name__}"

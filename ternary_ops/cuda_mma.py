@@ -21,9 +21,22 @@ Loaded by ``ternary_ops`` where torch has CUDA and Triton imports; nothing else 
 """
 from __future__ import annotations
 
+import functools
+from typing import NamedTuple, Optional, Tuple
+
 import torch
 import triton
 import triton.language as tl
+
+try:  # Triton's explicit layer, for the sm_90 kernel (Triton >= 3.5)
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
+    from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared,
+                                                                  warpgroup_mma,
+                                                                  warpgroup_mma_wait)
+except ImportError:
+    gluon = None
 
 __all__ = ["mma_int8", "mma_float"]
 
@@ -44,15 +57,37 @@ def _decode_i2(p, shift, ASM: tl.constexpr):
 
 
 @triton.jit
-def _mma_kernel(a_ptr, inv_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr,
-                M, N, K, W_ROWS, stride_a, stride_w, stride_out,
+def _epilogue(acc, offs_m, n, mask_m, mask_n, inv_ptr, scale_ptr, bias_ptr, out_ptr, stride_out,
+              INT8: tl.constexpr, SCALE_PER_ROW: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """The reference's float32 steps on a tile of sums: ``dot / inv * scale (+ bias)`` (act
+    "int8") or ``dot * scale (+ bias)``, rounded to out's dtype to nearest even."""
+    if SCALE_PER_ROW:
+        scale = tl.load(scale_ptr + n, mask=mask_n, other=0.0)[None, :]
+    else:
+        scale = tl.load(scale_ptr)
+    if INT8:
+        inv = tl.load(inv_ptr + offs_m, mask=mask_m, other=1.0)
+        y = tl.math.div_rn(acc.to(tl.float32), inv[:, None]) * scale
+    else:
+        y = acc * scale
+    if HAS_BIAS:
+        y = y + tl.load(bias_ptr + n, mask=mask_n, other=0.0)[None, :]
+    tl.store(out_ptr + offs_m[:, None] * stride_out + n[None, :],
+             y.to(out_ptr.dtype.element_ty, fp_downcast_rounding="rtne"),
+             mask=mask_m[:, None] & mask_n[None, :])
+
+
+@triton.jit
+def _mma_kernel(a_ptr, inv_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, part_ptr,
+                M, N, K, W_ROWS, stride_a, stride_w, stride_out, K_PER_SPLIT,
                 INT8: tl.constexpr, I2: tl.constexpr, SCALE_PER_ROW: tl.constexpr,
-                HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, BM: tl.constexpr,
-                BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
+                HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, SPLIT_K: tl.constexpr,
+                BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
                 STAGES: tl.constexpr, ASM: tl.constexpr):
     """out[BM, BN] tiles of a @ T^T. INT8: a is the quantized x (int8), int32 sums, epilogue
     dot / inv * scale; else a is x itself (bfloat16 / float16), the codes are converted to its
-    dtype, float32 sums, epilogue dot * scale."""
+    dtype, float32 sums, epilogue dot * scale. SPLIT_K > 1: program (tile, s) sums columns
+    [s * K_PER_SPLIT, (s + 1) * K_PER_SPLIT) into part[s] instead (see _split_k_sum)."""
     # Tile order: GROUP_M row tiles of x run next to each other over the weight tiles, so the
     # weight tiles they share are read from L2.
     pid = tl.program_id(0)
@@ -77,15 +112,17 @@ def _mma_kernel(a_ptr, inv_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr,
         n = rows
     mask_m = offs_m < M
     mask_w = rows < W_ROWS
-    a_ptrs = a_ptr + offs_m[:, None] * stride_a + offs_k[None, :]
-    w_ptrs = w_ptr + rows[:, None] * stride_w + offs_k[None, :]
+    k_first = tl.program_id(1) * K_PER_SPLIT
+    k_end = min(K, k_first + K_PER_SPLIT)
+    a_ptrs = a_ptr + offs_m[:, None] * stride_a + (k_first + offs_k)[None, :]
+    w_ptrs = w_ptr + rows[:, None] * stride_w + (k_first + offs_k)[None, :]
     acc = tl.zeros((BM, BN), dtype=tl.int32 if INT8 else tl.float32)
-    for k0 in tl.range(0, K, BK, num_stages=STAGES):
+    for k0 in tl.range(k_first, k_end, BK, num_stages=STAGES):
         if EVEN_K:
             a = tl.load(a_ptrs, mask=mask_m[:, None], other=0)
             p = tl.load(w_ptrs, mask=mask_w[:, None], other=0)
         else:
-            kmask = (k0 + offs_k) < K
+            kmask = (k0 + offs_k) < k_end
             a = tl.load(a_ptrs, mask=mask_m[:, None] & kmask[None, :], other=0)
             p = tl.load(w_ptrs, mask=mask_w[:, None] & kmask[None, :], other=0)
         w = _decode_i2(p, shift, ASM) if I2 else p
@@ -97,46 +134,273 @@ def _mma_kernel(a_ptr, inv_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr,
         w_ptrs += BK
 
     mask_n = mask_w & (n < N)
-    if SCALE_PER_ROW:
-        scale = tl.load(scale_ptr + n, mask=mask_n, other=0.0)[None, :]
+    if SPLIT_K > 1:
+        part = part_ptr + (tl.program_id(1) * M + offs_m[:, None]) * N + n[None, :]
+        tl.store(part, acc, mask=mask_m[:, None] & mask_n[None, :])
     else:
-        scale = tl.load(scale_ptr)
-    if INT8:
-        inv = tl.load(inv_ptr + offs_m, mask=mask_m, other=1.0)
-        y = tl.math.div_rn(acc.to(tl.float32), inv[:, None]) * scale
-    else:
-        y = acc * scale
-    if HAS_BIAS:
-        y = y + tl.load(bias_ptr + n, mask=mask_n, other=0.0)[None, :]
-    tl.store(out_ptr + offs_m[:, None] * stride_out + n[None, :],
-             y.to(out_ptr.dtype.element_ty, fp_downcast_rounding="rtne"),
-             mask=mask_m[:, None] & mask_n[None, :])
+        _epilogue(acc, offs_m, n, mask_m, mask_n, inv_ptr, scale_ptr, bias_ptr, out_ptr,
+                  stride_out, INT8, SCALE_PER_ROW, HAS_BIAS)
 
 
-def _tile_config(m: int):
-    """(BM, BN, BK, stages, warps) for M rows. Not tuned for this kernel yet: the tiles that
-    did best for its earlier forms in the H200 sweeps (benchmarks/results/cuda.md)."""
-    if m >= 256:
-        return 128, 128, 128, 3, 8
-    return 64, 128, 128, 4, 4
+@triton.jit
+def _split_k_sum(part_ptr, inv_ptr, scale_ptr, bias_ptr, out_ptr, M, N, stride_out,
+                 INT8: tl.constexpr, SCALE_PER_ROW: tl.constexpr, HAS_BIAS: tl.constexpr,
+                 SPLIT_K: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+    """out = the epilogue of the sum of part[0 .. SPLIT_K - 1] ([SPLIT_K, M, N] int32 or
+    float32). int32 sums are exact in any order, so act="int8" stays bit-identical."""
+    offs_m = tl.program_id(0) * BM + tl.arange(0, BM)
+    n = tl.program_id(1) * BN + tl.arange(0, BN)
+    mask_m = offs_m < M
+    mask_n = n < N
+    mask = mask_m[:, None] & mask_n[None, :]
+    ptrs = part_ptr + offs_m[:, None] * N + n[None, :]
+    acc = tl.load(ptrs, mask=mask, other=0)
+    for s in tl.static_range(1, SPLIT_K):
+        acc += tl.load(ptrs + s * M * N, mask=mask, other=0)
+    _epilogue(acc, offs_m, n, mask_m, mask_n, inv_ptr, scale_ptr, bias_ptr, out_ptr, stride_out,
+              INT8, SCALE_PER_ROW, HAS_BIAS)
 
 
-def _launch(a, inv, weight, scale, out_features, bias, out, int8: bool, interpret: bool):
+if gluon is not None:
+    @gluon.jit
+    def _decode_i2_sm90(p, SHIFT: gl.constexpr):
+        """_decode_i2 with a constant bit pair: int8 weights from bit pair SHIFT / 2 of p."""
+        if SHIFT == 0:
+            asm: gl.constexpr = "and.b32 t, $1, 0x03030303;"
+        elif SHIFT == 2:
+            asm: gl.constexpr = "shr.b32 t, $1, 2; and.b32 t, t, 0x03030303;"
+        elif SHIFT == 4:
+            asm: gl.constexpr = "shr.b32 t, $1, 4; and.b32 t, t, 0x03030303;"
+        else:
+            asm: gl.constexpr = "shr.b32 t, $1, 6; and.b32 t, t, 0x03030303;"
+        return gl.inline_asm_elementwise(
+            "{ .reg .b32 t; " + asm + " add.u32 t, t, 0x7F7F7F7F; xor.b32 $0, t, 0x80808080; }",
+            "=r,r", [p], dtype=gl.int8, is_pure=True, pack=4)
+
+    @gluon.jit
+    def _decode_i2_16bit(p, SHIFT: gl.constexpr, DTYPE: gl.constexpr):
+        """bfloat16 / float16 weights from bit pair SHIFT / 2 of p, without int-to-float
+        conversions (a quarter of the ALU rate): each code c in {0, 1, 2} becomes the bits of
+        B + c, with B = 128 (bfloat16) or 1024 (float16), whose last mantissa step is 1, then
+        B + 1 is subtracted, exactly."""
+        if DTYPE == gl.bfloat16:
+            cvt: gl.constexpr = ("prmt.b32 $0, t, 0x43434343, 0x4140; "
+                                 "prmt.b32 $1, t, 0x43434343, 0x4342; mov.b32 b, 0x43014301; "
+                                 "sub.rn.bf16x2 $0, $0, b; sub.rn.bf16x2 $1, $1, b;")
+        else:
+            cvt: gl.constexpr = ("prmt.b32 $0, t, 0x64646464, 0x4140; "
+                                 "prmt.b32 $1, t, 0x64646464, 0x4342; mov.b32 b, 0x64016401; "
+                                 "sub.rn.f16x2 $0, $0, b; sub.rn.f16x2 $1, $1, b;")
+        if SHIFT == 0:
+            bits: gl.constexpr = "and.b32 t, $2, 0x03030303; "
+        elif SHIFT == 2:
+            bits: gl.constexpr = "shr.b32 t, $2, 2; and.b32 t, t, 0x03030303; "
+        elif SHIFT == 4:
+            bits: gl.constexpr = "shr.b32 t, $2, 4; and.b32 t, t, 0x03030303; "
+        else:
+            bits: gl.constexpr = "shr.b32 t, $2, 6; and.b32 t, t, 0x03030303; "
+        return gl.inline_asm_elementwise("{ .reg .b32 t, b; " + bits + cvt + " }", "=r,=r,r",
+                                         [p], dtype=DTYPE.value, is_pure=True, pack=4)
+
+    @gluon.jit
+    def _wgmma_i2_kernel(a_ptr, inv_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, part_ptr,
+                         M, N, K, R, stride_a, stride_w, stride_out, K_PER_SPLIT,
+                         INT8: gl.constexpr, SCALE_PER_ROW: gl.constexpr,
+                         HAS_BIAS: gl.constexpr, SPLIT_K: gl.constexpr, BM: gl.constexpr,
+                         BN: gl.constexpr, BK: gl.constexpr, STAGES: gl.constexpr,
+                         num_warps: gl.constexpr):
+        """The i2 GEMM of _mma_kernel for sm_90, with the decode off the tensor cores' path.
+
+        a tiles and packed weight tiles arrive by cp.async in a ring of STAGES slots. Each
+        k-step decodes its packed tile (one BN / 4-row slice per bit pair) into one of two
+        decoded buffers in shared memory and issues an asynchronous warpgroup MMA on it, then
+        waits only for the previous step's MMA: the tensor cores run step k while the warps
+        decode step k + 1. Needs K_PER_SPLIT and the row strides to be multiples of BK and 16
+        bytes, so every copy moves 16 bytes unmasked along K."""
+        BR: gl.constexpr = BN // 4
+        a_ty: gl.constexpr = a_ptr.dtype.element_ty
+        d_ty: gl.constexpr = gl.int8 if INT8 else a_ty  # the decoded weights' type
+        VEC: gl.constexpr = 128 // a_ty.primitive_bitwidth  # elements per 16-byte copy
+        pid_w = gl.program_id(0)
+        pid_m = gl.program_id(1)
+        pid_s = gl.program_id(2)
+
+        ld_a: gl.constexpr = gl.BlockedLayout([1, VEC], [32 // (BK // VEC), BK // VEC],
+                                              [num_warps, 1], [1, 0])
+        ld_p: gl.constexpr = gl.BlockedLayout([1, 16], [32 // (BK // 16), BK // 16],
+                                              [num_warps, 1], [1, 0])
+        mma: gl.constexpr = gl.NVMMADistributedLayout(
+            version=[3, 0], warps_per_cta=[num_warps, 1],
+            instr_shape=[16, BN, 256 // d_ty.primitive_bitwidth])
+        a_smem = gl.allocate_shared_memory(
+            a_ty, [STAGES, BM, BK], gl.NVMMASharedLayout.get_default_for([BM, BK], a_ty))
+        p_smem = gl.allocate_shared_memory(
+            gl.uint8, [STAGES, BR, BK],
+            gl.SwizzledSharedLayout(vec=16, per_phase=1, max_phase=1, order=[1, 0]))
+        d_smem = gl.allocate_shared_memory(
+            d_ty, [2, BN, BK], gl.NVMMASharedLayout.get_default_for([BN, BK], d_ty))
+
+        k_first = pid_s * K_PER_SPLIT
+        num_k = gl.minimum(K - k_first, K_PER_SPLIT) // BK
+        offs_m = pid_m * BM + gl.arange(0, BM, gl.SliceLayout(1, ld_a))
+        offs_ka = gl.arange(0, BK, gl.SliceLayout(0, ld_a))
+        offs_r = pid_w * BR + gl.arange(0, BR, gl.SliceLayout(1, ld_p))
+        offs_kp = gl.arange(0, BK, gl.SliceLayout(0, ld_p))
+        a_ptrs = a_ptr + offs_m[:, None] * stride_a + (k_first + offs_ka)[None, :]
+        w_ptrs = w_ptr + offs_r[:, None] * stride_w + (k_first + offs_kp)[None, :]
+        # row masks, constant along K
+        mask_a = (offs_m < M)[:, None] & (offs_ka >= 0)[None, :]
+        mask_p = (offs_r < R)[:, None] & (offs_kp >= 0)[None, :]
+
+        for s in gl.static_range(STAGES - 1):  # fill the ring
+            cp.async_copy_global_to_shared(a_smem.index(s), a_ptrs + s * BK,
+                                           mask=mask_a & (s < num_k))
+            cp.async_copy_global_to_shared(p_smem.index(s), w_ptrs + s * BK,
+                                           mask=mask_p & (s < num_k))
+            cp.commit_group()
+
+        acc = gl.zeros((BM, BN), dtype=gl.int32 if INT8 else gl.float32, layout=mma)
+        for kt in range(num_k):
+            slot = kt % STAGES
+            cp.wait_group(STAGES - 2)  # this thread's copies of step kt have landed
+            gl.thread_barrier()  # and every other thread's
+            p = p_smem.index(slot).load(ld_p)
+            dec = d_smem.index(kt % 2)
+            for s in gl.static_range(4):
+                if INT8:
+                    dec.slice(s * BR, BR, dim=0).store(_decode_i2_sm90(p, 2 * s))
+                else:
+                    dec.slice(s * BR, BR, dim=0).store(_decode_i2_16bit(p, 2 * s, d_ty))
+            fence_async_shared()
+            gl.thread_barrier()
+            acc = warpgroup_mma(a_smem.index(slot), dec.permute((1, 0)), acc, is_async=True)
+            acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc, ))  # step kt - 1 is done
+            nxt = kt + STAGES - 1  # into the slot step kt - 1 used
+            cp.async_copy_global_to_shared(a_smem.index(nxt % STAGES), a_ptrs + nxt * BK,
+                                           mask=mask_a & (nxt < num_k))
+            cp.async_copy_global_to_shared(p_smem.index(nxt % STAGES), w_ptrs + nxt * BK,
+                                           mask=mask_p & (nxt < num_k))
+            cp.commit_group()
+        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
+        cp.wait_group(0)
+
+        rows_m = pid_m * BM + gl.arange(0, BM, gl.SliceLayout(1, mma))
+        offs_i = gl.arange(0, BN, gl.SliceLayout(0, mma))
+        rows_w = pid_w * BR + offs_i % BR
+        n = (offs_i // BR) * R + rows_w
+        mask_m = rows_m < M
+        mask_n = (rows_w < R) & (n < N)
+        mask = mask_m[:, None] & mask_n[None, :]
+        if SPLIT_K > 1:
+            gl.store(part_ptr + (pid_s * M + rows_m[:, None]) * N + n[None, :], acc, mask=mask)
+        else:  # _epilogue's steps
+            if SCALE_PER_ROW:
+                scale = gl.load(scale_ptr + n, mask=mask_n, other=0.0)[None, :]
+            else:
+                scale = gl.load(scale_ptr)
+            if INT8:
+                inv = gl.load(inv_ptr + rows_m, mask=mask_m, other=1.0)
+                y = gl.div_rn(acc.to(gl.float32), inv[:, None]) * scale
+            else:
+                y = acc * scale
+            if HAS_BIAS:
+                y = y + gl.load(bias_ptr + n, mask=mask_n, other=0.0)[None, :]
+            gl.store(out_ptr + rows_m[:, None] * stride_out + n[None, :],
+                     y.to(out_ptr.dtype.element_ty, fp_downcast_rounding="rtne"), mask=mask)
+
+
+class _Config(NamedTuple):
+    wgmma: bool  # the sm_90 kernel (else _mma_kernel)
+    bm: int
+    bn: int
+    bk: int
+    stages: int
+    warps: int
+    split_k: int
+
+
+@functools.lru_cache(maxsize=None)
+def _device_info(index: int) -> Tuple[int, int]:
+    """(SM count, major compute capability) of CUDA device ``index``."""
+    props = torch.cuda.get_device_properties(index)
+    return props.multi_processor_count, props.major
+
+
+def _wgmma_fits(a: torch.Tensor, weight: torch.Tensor, bk: int) -> bool:
+    """The sm_90 kernel's needs: i2 weights, Hopper, and 16-byte aligned rows of whole k-steps
+    (cp.async copies 16 bytes)."""
+    if gluon is None or weight.dtype != torch.uint8:
+        return False
+    if _device_info(a.device.index)[1] != 9:
+        return False
+    k = weight.shape[1]
+    return (k % bk == 0 and a.stride(1) == 1 and weight.stride(1) == 1
+            and a.stride(0) % 16 == 0 and weight.stride(0) % 16 == 0
+            and a.data_ptr() % 16 == 0 and weight.data_ptr() % 16 == 0)
+
+
+def _split(tiles: int, k_steps: int, sms: int) -> int:
+    """k-splits for a grid of fewer tiles than SMs: as many as fill two waves (one program per
+    SM at a time: two waves were measured faster than one), at most 8, with at least 8 k-steps
+    each."""
+    if tiles >= sms:
+        return 1
+    return max(1, min(2 * sms // tiles, 8, k_steps // 8))
+
+
+def _plan(a: torch.Tensor, weight: torch.Tensor, m: int, int8: bool,
+          interpret: bool) -> _Config:
+    """The kernel and tile for M rows, from the H200 sweeps of benchmarks/cuda/mma_sweep.py
+    (benchmarks/results/cuda.md)."""
+    i2 = weight.dtype == torch.uint8
+    w_rows, k = weight.shape
+    sms = 1 if interpret else _device_info(a.device.index)[0]
+    bk = 128 if int8 else 64
+    if not interpret and _wgmma_fits(a, weight, bk):
+        bm = 64 if m <= 64 else 128
+        tiles = triton.cdiv(m, bm) * triton.cdiv(w_rows, 32)
+        return _Config(True, bm, 128, bk, 4, 4, _split(tiles, k // bk, sms))
+    bm, bn, bk, stages, warps = (128, 128, 128, 3, 8) if m >= 256 else (64, 128, 128, 4, 4)
+    tiles = triton.cdiv(m, bm) * triton.cdiv(w_rows, bn // 4 if i2 else bn)
+    return _Config(False, bm, bn, bk, stages, warps, _split(tiles, triton.cdiv(k, bk), sms))
+
+
+def _launch(a, inv, weight, scale, out_features, bias, out, int8: bool, interpret: bool,
+            config: Optional[_Config] = None):
     m, n = out.shape
     k = weight.shape[1]
     if m == 0 or n == 0:
         return
     i2 = weight.dtype == torch.uint8
-    bm, bn, bk, stages, warps = _tile_config(m)
+    c = config or _plan(a, weight, m, int8, interpret)
     w_rows = weight.shape[0]
-    grid = (triton.cdiv(m, bm) * triton.cdiv(w_rows, bn // 4 if i2 else bn),)
-    _mma_kernel[grid](
-        a, inv if inv is not None else scale, weight, scale,
-        bias if bias is not None else scale, out,
-        m, out_features, k, w_rows, a.stride(0), weight.stride(0), out.stride(0),
-        INT8=int8, I2=i2, SCALE_PER_ROW=scale.numel() > 1, HAS_BIAS=bias is not None,
-        EVEN_K=k % bk == 0, BM=bm, BN=bn, BK=bk, GROUP_M=8, STAGES=stages, ASM=not interpret,
-        num_warps=warps, enable_fp_fusion=False)
+    # split-K: each split's k range is whole k-steps; the partial sums come from the caching
+    # allocator like the op's act scratch
+    k_per_split = triton.cdiv(triton.cdiv(k, c.bk), c.split_k) * c.bk
+    split_k = triton.cdiv(k, k_per_split)
+    part = (torch.empty((split_k, m, n), dtype=torch.int32 if int8 else torch.float32,
+                        device=out.device) if split_k > 1 else out)
+    inv = inv if inv is not None else scale
+    bias_arg = bias if bias is not None else scale
+    flags = dict(INT8=int8, SCALE_PER_ROW=scale.numel() > 1, HAS_BIAS=bias is not None,
+                 SPLIT_K=split_k)
+    tiles_w = triton.cdiv(w_rows, c.bn // 4 if i2 else c.bn)
+    if c.wgmma:
+        _wgmma_i2_kernel[(tiles_w, triton.cdiv(m, c.bm), split_k)](
+            a, inv, weight, scale, bias_arg, out, part, m, out_features, k, w_rows, a.stride(0),
+            weight.stride(0), out.stride(0), k_per_split, **flags, BM=c.bm, BN=c.bn, BK=c.bk,
+            STAGES=c.stages, num_warps=c.warps, enable_fp_fusion=False)
+    else:
+        _mma_kernel[(triton.cdiv(m, c.bm) * tiles_w, split_k)](
+            a, inv, weight, scale, bias_arg, out, part, m, out_features, k, w_rows, a.stride(0),
+            weight.stride(0), out.stride(0), k_per_split, I2=i2, EVEN_K=k % c.bk == 0, **flags,
+            BM=c.bm, BN=c.bn, BK=c.bk, GROUP_M=8, STAGES=c.stages, ASM=not interpret,
+            num_warps=c.warps, enable_fp_fusion=False)
+    if split_k > 1:
+        flags.pop("SPLIT_K")
+        _split_k_sum[(triton.cdiv(m, 64), triton.cdiv(n, 64))](
+            part, inv, scale, bias_arg, out, m, n, out.stride(0), **flags, SPLIT_K=split_k,
+            BM=64, BN=64, num_warps=4, enable_fp_fusion=False)
 
 
 def mma_int8(q: torch.Tensor, inv: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,

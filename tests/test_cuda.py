@@ -177,9 +177,10 @@ def test_empty_k_gives_bias(fmt, act):
 
 @pytest.mark.parametrize("act,m", [("none", 16), ("none", 100), ("int8", 1), ("int8", 2)])
 def test_no_allocation_beyond_the_output(act, m):
-    """act="none" past the GEMV with 16-bit x (tensor-core tiles on weights decoded in registers)
+    """act="none" past the GEMV with 16-bit x (tensor-core tiles on weights decoded on chip)
     and the fused act="int8" GEMV allocate nothing but the output: no dense copy of the weights,
-    no scratch."""
+    no scratch. The one exception: where the Triton GEMM splits K (too few tiles for the SMs),
+    its float32 partial sums, at most 8 x M x N of them."""
     gen = torch.Generator().manual_seed(13)
     n, k = 2048, 4096
     _, w, scale = random_weight("i2", n, k, gen, per_channel=True, scale_offset=0.5)
@@ -193,7 +194,10 @@ def test_no_allocation_beyond_the_output(act, m):
     out = run_op("i2", x, w, scale, n, None, act)
     torch.cuda.synchronize()
     extra = torch.cuda.max_memory_allocated() - base
-    assert extra <= out.numel() * out.element_size(), f"{act} M={m}: {extra} bytes allocated"
+    allowed = out.numel() * out.element_size()
+    if m >= 64 and tops.backends()["cuda_mma"] == "triton":
+        allowed += 8 * out.numel() * 4
+    assert extra <= allowed, f"{act} M={m}: {extra} bytes allocated"
 
 
 def test_bad_input_raises():
@@ -355,16 +359,18 @@ try:
 except ImportError:
     HAVE_TRITON = False
 
-# Shapes the router gives the Triton GEMM (csrc/cuda/launchers.cuh, library_gemm_pays): M >= 256,
-# or M >= 64 with N large enough for a tile per SM. N = 1, K = 1, K and N multiples of no tile,
-# K past one and many k-tiles, rows of x past the last full tile.
+# Shapes the router gives the Triton GEMM (M >= 64, csrc/cuda/launchers.cuh): N = 1, K = 1, K
+# and N multiples of no tile, K past one and many k-tiles, rows of x past the last full tile.
+# K a multiple of 128 (64 for act="none") takes the sm_90 kernel on Hopper; few tiles split K
+# (64 x 256 x 14336 into 14 splits, 130 x 1030 x 2048 into 2), many do not (300 x 4099 x 1024).
 TRITON_SHAPES = [(256, 1, 1), (256, 5, 7), (257, 300, 512), (300, 4097, 130), (300, 1000, 4100),
                  (257, 77, 8191), (2048, 512, 256), (64, 40001, 64), (97, 40000, 72),
-                 (256, 33, 20000)]
+                 (256, 33, 20000), (64, 256, 14336), (130, 1030, 2048), (300, 4099, 1024)]
 
 
-def _count_triton_calls(monkeypatch, name="mma_int8"):
-    """A list that grows by M on every call of ternary_ops.cuda_mma's ``name``."""
+def _count_triton_calls(monkeypatch, name="mma_int8", plans=None):
+    """A list that grows by M on every call of ternary_ops.cuda_mma's ``name``; ``plans``, a
+    list, also gets each call's kernel choice (cuda_mma._plan)."""
     import ternary_ops.cuda_mma as cuda_mma
 
     calls = []
@@ -375,7 +381,25 @@ def _count_triton_calls(monkeypatch, name="mma_int8"):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(cuda_mma, name, counted)
+    if plans is not None:
+        real_plan = cuda_mma._plan
+
+        def plan(*args, **kwargs):
+            plans.append(real_plan(*args, **kwargs))
+            return plans[-1]
+
+        monkeypatch.setattr(cuda_mma, "_plan", plan)
     return calls
+
+
+def _check_kernels_taken(plans, fmt):
+    """On Hopper, i2 shapes took the sm_90 kernel with and without split-K, and the others the
+    portable kernel, also with both."""
+    kinds = {(c.wgmma, c.split_k > 1) for c in plans}
+    want = {(False, False), (False, True)}
+    if fmt == "i2" and torch.cuda.get_device_capability()[0] == 9:
+        want |= {(True, False), (True, True)}
+    assert want <= kinds, kinds
 
 
 @pytest.mark.skipif(not HAVE_TRITON, reason="needs Triton")
@@ -389,7 +413,8 @@ def test_triton_gemm_is_registered():
 def test_triton_gemm_matches_reference(fmt, dtype, fresh_seed, monkeypatch):
     from ternary_ops import reference
 
-    calls = _count_triton_calls(monkeypatch)
+    plans = []
+    calls = _count_triton_calls(monkeypatch, plans=plans)
     gen = torch.Generator().manual_seed(fresh_seed)
     for i, (m, n, k) in enumerate(TRITON_SHAPES):
         if fmt == "q8":
@@ -412,6 +437,7 @@ def test_triton_gemm_matches_reference(fmt, dtype, fresh_seed, monkeypatch):
             got = run_op(fmt, cuda[0], cuda[1], cuda[2], n, cuda[3], "int8")
         assert_bit_exact(got.cpu(), want, f"{fmt} {dtype} M={m} N={n} K={k}")
     assert len(calls) == len(TRITON_SHAPES), calls
+    _check_kernels_taken(plans, fmt)
 
 
 @pytest.mark.skipif(not HAVE_TRITON, reason="needs Triton")
@@ -421,7 +447,8 @@ def test_triton_float_gemm_matches_reference(fmt, dtype, fresh_seed, monkeypatch
     """act="none" from 64 rows on with 16-bit x: weights decoded to x's dtype, float32 sums."""
     from ternary_ops import reference
 
-    calls = _count_triton_calls(monkeypatch, "mma_float")
+    plans = []
+    calls = _count_triton_calls(monkeypatch, "mma_float", plans)
     gen = torch.Generator().manual_seed(fresh_seed)
     for i, (m, n, k) in enumerate(TRITON_SHAPES):
         wmax = 127 if fmt == "q8" else 1
@@ -443,6 +470,7 @@ def test_triton_float_gemm_matches_reference(fmt, dtype, fresh_seed, monkeypatch
             got = run_op(fmt, cuda[0], cuda[1], cuda[2], n, cuda[3], "none")
         check(got.cpu(), want, "none", dtype, f"{fmt} {dtype} M={m} N={n} K={k}")
     assert len(calls) == len(TRITON_SHAPES), calls
+    _check_kernels_taken(plans, fmt)
 
 
 @pytest.mark.skipif(not HAVE_TRITON, reason="needs Triton")
@@ -452,7 +480,7 @@ def test_triton_gemm_serves_the_rms_norm_ops_graphs_and_compile(fmt, monkeypatch
 
     calls = _count_triton_calls(monkeypatch)
     gen = torch.Generator().manual_seed(5)
-    m, n, k = 300, 1030, 2050
+    m, n, k = 300, 1030, 2048  # i2: the sm_90 kernel on Hopper; both split K in 2
     codes = helpers.random_codes(n, k, gen)
     w = helpers.to_format(codes, fmt).cuda()
     scale = helpers.random_scale(n, True, gen, 0.5).cuda()

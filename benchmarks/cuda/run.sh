@@ -3,7 +3,7 @@
 # Usage (on a machine with an NVIDIA GPU, a CUDA toolkit and a CUDA build of torch):
 #   benchmarks/cuda/run.sh [results-dir]        (default: build/cuda-results)
 # Writes build.log, test.log, bench.md, bench.json, bench_nopdl.md there. TEST_K narrows the tests
-# to a pytest -k expression; GLUON=1 also runs the candidate kernel of cuda/gluon_mma.py (gluon.log).
+# to a pytest -k expression; SWEEP=1 also runs the tile sweep of cuda/mma_sweep.py (sweep.log).
 # BENCH_ARGS narrows the main run, NOPDL_ARGS the run with PDL off; NOPDL_ARGS=skip skips that run.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -21,9 +21,9 @@ echo "=== tests ($(($(date +%s) - t0))s)"
 $PY -m pytest -q -x tests/test_cuda.py ${TEST_K:+-k "$TEST_K"} 2>&1 | tee "$OUTDIR/test.log" | tail -15
 test_rc=${PIPESTATUS[0]}
 
-if [ -n "${GLUON:-}" ]; then
-  echo "=== gluon candidate ($(($(date +%s) - t0))s)"
-  $PY benchmarks/cuda/gluon_mma.py 2>&1 | tee "$OUTDIR/gluon.log" | grep -v Warning | tail -20
+if [ -n "${SWEEP:-}" ]; then
+  echo "=== tile sweep ($(($(date +%s) - t0))s)"
+  $PY benchmarks/cuda/mma_sweep.py 2>&1 | tee "$OUTDIR/sweep.log" | grep -v Warning | tail -80
 fi
 
 echo "=== benchmark ($(($(date +%s) - t0))s)"

@@ -36,16 +36,10 @@ int device_sms();
 int64_t device_l2_bytes();
 
 // Whether the library GEMM (Triton, ternary_ops/cuda_mma.py), where registered, serves p in
-// place of the built-in tensor-core kernels: measured faster on an H200 from 256 rows on, and
-// from kLibraryMinM rows where its 64 x 128 tiles (M < 256) already give three quarters of the
-// SMs a tile; with fewer tiles the built-in kernels, which split K over warps, are faster
+// place of the built-in tensor-core kernels: from kLibraryMinM rows on, where it was measured
+// faster on an H200 on every shape; where its tiles are too few for the SMs it splits K itself
 // (docs/perf-notes.md).
-inline bool library_gemm_pays(const Linear& p) {
-  if (p.M >= 256) return true;
-  if (p.M < kLibraryMinM) return false;
-  const int64_t tiles = (p.M + 63) / 64 * ((p.N + 127) / 128);
-  return 4 * tiles >= 3 * int64_t{device_sms()};
-}
+inline bool library_gemm_pays(const Linear& p) { return p.M >= kLibraryMinM; }
 
 // quantize.cu: act="int8" pre-pass, per-row quantization of x into q / inv / qsum (M blocks).
 cudaError_t quantize_rows(const Linear& p, cudaStream_t stream);

@@ -1,0 +1,71 @@
+"""Tile sweep of the large-M GEMMs (ternary_ops/cuda_mma.py): for each shape and M, the time of
+the configuration cuda_mma._plan picks against the alternatives and dense bf16, so the plan's
+rules can be checked against measurements. act="int8" times the GEMM alone on a quantized x
+(the op's pre-pass is not included); act="none" times it on bf16 x.
+
+Usage on a CUDA GPU: python benchmarks/cuda/mma_sweep.py [--m 64 128 ...] [--shapes NxK ...]
+"""
+import argparse
+
+import torch
+import triton
+
+from bench import SHAPES, time_rotating  # beside this script
+from ternary_ops import cuda_mma
+
+LLAMA = [(14336, 4096), (4096, 14336), (28672, 8192), (8192, 28672)]
+
+
+def _candidates(plan, m, w_rows, k, bk, sms):
+    """The plan, with 3 stages (two programs per SM), and the other tile heights and split
+    counts around it."""
+    out = [plan, plan._replace(stages=3)]
+    for bm in (64, 128):
+        tiles = triton.cdiv(m, bm) * triton.cdiv(w_rows, 32)
+        for split in sorted({1, 2, 4, max(1, min(-(-sms // tiles), k // bk // 8))}):
+            c = plan._replace(bm=bm, split_k=split)
+            if c not in out and split <= k // bk:
+                out.append(c)
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--m", type=int, nargs="+", default=[64, 128, 256, 512, 2048])
+    ap.add_argument("--shapes", nargs="+", default=None)
+    ap.add_argument("--acts", nargs="+", default=["int8", "none"])
+    args = ap.parse_args()
+    shapes = ([tuple(map(int, s.split("x"))) for s in args.shapes] if args.shapes
+              else SHAPES + LLAMA)
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    for n, k in shapes:
+        r = (n + 3) // 4
+        copies = max(2, min(24, (256 << 20) // (r * k) + 1))
+        ws = [torch.randint(0, 256, (r, k), dtype=torch.uint8, device="cuda") & 0x55
+              for _ in range(copies)]
+        wd = [torch.randn(n, k, dtype=torch.bfloat16, device="cuda") for _ in range(3)]
+        scale = torch.rand(n, device="cuda") + 0.5
+        for m in args.m:
+            x = torch.randn(m, k, dtype=torch.bfloat16, device="cuda")
+            q = torch.randint(-127, 128, (m, (k + 63) // 64 * 64), dtype=torch.int8,
+                              device="cuda")
+            inv = torch.rand(m, device="cuda") + 1
+            out = torch.empty(m, n, dtype=torch.bfloat16, device="cuda")
+            dense = time_rotating(lambda w: torch.nn.functional.linear(x, w), wd, None, None)[0]
+            for act in args.acts:
+                int8 = act == "int8"
+                a = q if int8 else x
+                plan = cuda_mma._plan(a, ws[0], m, int8, False)
+                line = f"{n:>5}x{k:<5} M={m:<4} {act:4} dense {dense * 1e6:7.1f} us |"
+                for c in _candidates(plan, m, r, k, plan.bk, sms):
+                    def run(w, c=c):
+                        cuda_mma._launch(a, inv if int8 else None, w, scale, n, None, out,
+                                         int8, False, c)
+                    t = time_rotating(run, ws, None, None)[0]
+                    tag = f"{'wg' if c.wgmma else 'tl'}{c.bm}/s{c.split_k}/st{c.stages}"
+                    line += f" {'*' if c == plan else ''}{tag} {dense / t:.2f}x"
+                print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,21 +1,24 @@
-"""The tensor-core GEMMs of the CUDA ops at large M, in Triton.
+"""The tensor-core GEMMs of the CUDA ops from 64 rows on, in Triton.
 
 Where this module is loaded, the CUDA glue of ``torch.ops.ternary.linear_i2`` / ``linear_i8`` /
-``linear_q8`` (and of the ``rms_norm_linear`` ops) hands the rows where it was measured faster
-than the built-in tensor-core kernels (``library_gemm_pays()`` in csrc/cuda/launchers.cuh: M >=
-256, or M >= 64 with enough output tiles) to the internal ops ``ternary::_mma_int8`` (act="int8",
-after the op's own quantize pre-pass) and ``ternary::_mma_float`` (act="none", bfloat16 / float16
-x); docs/DESIGN.md, "The Triton GEMMs". Triton's ``tl.dot`` lowers to Hopper's warpgroup MMA
-(wgmma) on sm_90 and to ``mma.sync`` on sm_80.
+``linear_q8`` (and of the ``rms_norm_linear`` ops) hands every call of M >= 64 rows
+(``library_gemm_pays()`` in csrc/cuda/launchers.cuh) to the internal ops ``ternary::_mma_int8``
+(act="int8", after the op's own quantize pre-pass) and ``ternary::_mma_float`` (act="none",
+bfloat16 / float16 x); docs/DESIGN.md, "The Triton GEMMs". Two kernels, chosen by ``_plan``:
 
-The 2-bit weights are read once per tile and decoded in registers, four codes per 32-bit
-instruction, into the int8 operand of the dot (for act="none" then converted to x's dtype).
-Row ``i`` of a weight tile of ``BN`` rows is byte row ``r0 + i % (BN / 4)`` at bit pair
+* ``_wgmma_i2_kernel`` (Gluon, sm_90, i2 weights, K a multiple of the k-step): cp.async ring,
+  the decode into a double-buffered shared tile overlapping the previous asynchronous wgmma;
+* ``_mma_kernel`` (everything else): ``tl.dot`` on the tile decoded in registers, which lowers
+  to wgmma on sm_90 and to ``mma.sync`` on sm_80.
+
+Both read the 2-bit weights once per tile and decode four codes per 32-bit instruction. Row
+``i`` of a weight tile of ``BN`` rows is byte row ``r0 + i % (BN / 4)`` at bit pair
 ``i // (BN / 4)``, i.e. output row ``(i // (BN / 4)) * R + r0 + i % (BN / 4)`` of the i2
-layout (docs/DESIGN.md, "Formats").
-The int32 sums are exact; the epilogue is the reference's float32 steps, ``dot / inv * scale
-(+ bias)``, with a true division, no fused multiply-add, and a round-to-nearest-even
-conversion, so the result is bit-identical to ``ternary_ops.reference``.
+layout (docs/DESIGN.md, "Formats"). Where the tiles are fewer than the SMs, K is split and
+``_split_k_sum`` adds the partial sums. The int32 sums are exact; the epilogue is the
+reference's float32 steps, ``dot / inv * scale (+ bias)``, with a true division, no fused
+multiply-add, and a round-to-nearest-even conversion, so the result is bit-identical to
+``ternary_ops.reference``.
 
 Loaded by ``ternary_ops`` where torch has CUDA and Triton imports; nothing else needs it.
 """

@@ -91,6 +91,12 @@ class FusedSlice(nn.Module):
         return self.fused.act
 
     @property
+    def weight(self) -> torch.Tensor:
+        """The fused layer's stored weight, which holds this layer's rows among the group's (its
+        device is this layer's; :meth:`dequantize` gives this layer's rows)."""
+        return self.fused.weight
+
+    @property
     def bias(self) -> Optional[torch.Tensor]:
         """This layer's rows of the fused bias (a view), or ``None``."""
         b = self.fused.bias
@@ -158,11 +164,13 @@ def fuse_layers(layers: Sequence[TernaryLinear]) -> TernaryLinear:
 def install_fused(parent: nn.Module, fused_name: str, members: Sequence[Tuple[str, int]],
                   fused: TernaryLinear) -> None:
     """Puts ``fused`` on ``parent`` as ``fused_name`` and replaces each member (name, rows) with
-    its :class:`FusedSlice`."""
+    its :class:`FusedSlice`. ``fused.fused_from`` names the members (the slices call ``fused``
+    directly, not through ``parent``: wrapping ``parent.<fused_name>`` would change nothing)."""
     if sum(rows for _, rows in members) != fused.out_features:
         raise ValueError(f"{fused_name}: members' rows {[r for _, r in members]} do not add up "
                          f"to out_features={fused.out_features}")
     parent.add_module(fused_name, fused)
+    fused.fused_from = tuple(name for name, _ in members)
     pending, start = _Pending(), 0
     for index, (name, rows) in enumerate(members):
         setattr(parent, name, FusedSlice(fused, fused_name, index, start, start + rows, pending,

@@ -166,44 +166,36 @@ def _split_k_sum(part_ptr, inv_ptr, scale_ptr, bias_ptr, out_ptr, M, N, stride_o
 
 if gluon is not None:
     @gluon.jit
-    def _decode_i2_sm90(p, SHIFT: gl.constexpr):
-        """_decode_i2 with a constant bit pair: int8 weights from bit pair SHIFT / 2 of p."""
+    def _decode_i2_sm90(p, SHIFT: gl.constexpr, DTYPE: gl.constexpr):
+        """Weights of DTYPE (int8, bfloat16 or float16) from bit pair SHIFT / 2 of p, four
+        codes per instruction as in _decode_i2. 16-bit weights skip the int-to-float conversion
+        (a quarter of the ALU rate): code c in {0, 1, 2} becomes the bits of B + c, with B = 128
+        (bfloat16) or 1024 (float16), whose last mantissa step is 1, less B + 1, exactly."""
+        if DTYPE == gl.int8:  # outputs $0; input $1
+            src: gl.constexpr = "$1"
+            outs: gl.constexpr = "=r,r"
+            cvt: gl.constexpr = "add.u32 t, t, 0x7F7F7F7F; xor.b32 $0, t, 0x80808080;"
+        else:  # outputs $0, $1 (two 16-bit weights each); input $2
+            src: gl.constexpr = "$2"
+            outs: gl.constexpr = "=r,=r,r"
+            if DTYPE == gl.bfloat16:
+                cvt: gl.constexpr = ("prmt.b32 $0, t, 0x43434343, 0x4140; "
+                                     "prmt.b32 $1, t, 0x43434343, 0x4342; mov.b32 b, 0x43014301; "
+                                     "sub.rn.bf16x2 $0, $0, b; sub.rn.bf16x2 $1, $1, b;")
+            else:
+                cvt: gl.constexpr = ("prmt.b32 $0, t, 0x64646464, 0x4140; "
+                                     "prmt.b32 $1, t, 0x64646464, 0x4342; mov.b32 b, 0x64016401; "
+                                     "sub.rn.f16x2 $0, $0, b; sub.rn.f16x2 $1, $1, b;")
         if SHIFT == 0:
-            asm: gl.constexpr = "and.b32 t, $1, 0x03030303;"
+            bits: gl.constexpr = "and.b32 t, " + src + ", 0x03030303; "
         elif SHIFT == 2:
-            asm: gl.constexpr = "shr.b32 t, $1, 2; and.b32 t, t, 0x03030303;"
+            bits: gl.constexpr = "shr.b32 t, " + src + ", 2; and.b32 t, t, 0x03030303; "
         elif SHIFT == 4:
-            asm: gl.constexpr = "shr.b32 t, $1, 4; and.b32 t, t, 0x03030303;"
+            bits: gl.constexpr = "shr.b32 t, " + src + ", 4; and.b32 t, t, 0x03030303; "
         else:
-            asm: gl.constexpr = "shr.b32 t, $1, 6; and.b32 t, t, 0x03030303;"
-        return gl.inline_asm_elementwise(
-            "{ .reg .b32 t; " + asm + " add.u32 t, t, 0x7F7F7F7F; xor.b32 $0, t, 0x80808080; }",
-            "=r,r", [p], dtype=gl.int8, is_pure=True, pack=4)
-
-    @gluon.jit
-    def _decode_i2_16bit(p, SHIFT: gl.constexpr, DTYPE: gl.constexpr):
-        """bfloat16 / float16 weights from bit pair SHIFT / 2 of p, without int-to-float
-        conversions (a quarter of the ALU rate): each code c in {0, 1, 2} becomes the bits of
-        B + c, with B = 128 (bfloat16) or 1024 (float16), whose last mantissa step is 1, then
-        B + 1 is subtracted, exactly."""
-        if DTYPE == gl.bfloat16:
-            cvt: gl.constexpr = ("prmt.b32 $0, t, 0x43434343, 0x4140; "
-                                 "prmt.b32 $1, t, 0x43434343, 0x4342; mov.b32 b, 0x43014301; "
-                                 "sub.rn.bf16x2 $0, $0, b; sub.rn.bf16x2 $1, $1, b;")
-        else:
-            cvt: gl.constexpr = ("prmt.b32 $0, t, 0x64646464, 0x4140; "
-                                 "prmt.b32 $1, t, 0x64646464, 0x4342; mov.b32 b, 0x64016401; "
-                                 "sub.rn.f16x2 $0, $0, b; sub.rn.f16x2 $1, $1, b;")
-        if SHIFT == 0:
-            bits: gl.constexpr = "and.b32 t, $2, 0x03030303; "
-        elif SHIFT == 2:
-            bits: gl.constexpr = "shr.b32 t, $2, 2; and.b32 t, t, 0x03030303; "
-        elif SHIFT == 4:
-            bits: gl.constexpr = "shr.b32 t, $2, 4; and.b32 t, t, 0x03030303; "
-        else:
-            bits: gl.constexpr = "shr.b32 t, $2, 6; and.b32 t, t, 0x03030303; "
-        return gl.inline_asm_elementwise("{ .reg .b32 t, b; " + bits + cvt + " }", "=r,=r,r",
-                                         [p], dtype=DTYPE.value, is_pure=True, pack=4)
+            bits: gl.constexpr = "shr.b32 t, " + src + ", 6; and.b32 t, t, 0x03030303; "
+        return gl.inline_asm_elementwise("{ .reg .b32 t, b; " + bits + cvt + " }", outs, [p],
+                                         dtype=DTYPE.value, is_pure=True, pack=4)
 
     @gluon.jit
     def _wgmma_i2_kernel(a_ptr, inv_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, part_ptr,
@@ -270,10 +262,7 @@ if gluon is not None:
             p = p_smem.index(slot).load(ld_p)
             dec = d_smem.index(kt % 2)
             for s in gl.static_range(4):
-                if INT8:
-                    dec.slice(s * BR, BR, dim=0).store(_decode_i2_sm90(p, 2 * s))
-                else:
-                    dec.slice(s * BR, BR, dim=0).store(_decode_i2_16bit(p, 2 * s, d_ty))
+                dec.slice(s * BR, BR, dim=0).store(_decode_i2_sm90(p, 2 * s, d_ty))
             fence_async_shared()
             gl.thread_barrier()
             acc = warpgroup_mma(a_smem.index(slot), dec.permute((1, 0)), acc, is_async=True)

@@ -13,6 +13,7 @@ from .convert import (DEFAULT_EXCLUDE, ConvertSummary, TernarizationWarning, con
                       quantize_head_and_embedding)
 from .formats import dequantize, pack_i2, quantize, quantize_q8, unpack_i2, validate_weight
 from .fuse import FusedSlice, fuse_projections
+from .gguf import load_gguf, save_gguf  # the gguf package is imported only when they run
 from .io import load, save
 from .memory import use_huge_pages
 from .nn import Int8Embedding, Int8Linear, TernaryLinear
@@ -33,4 +34,5 @@ __all__ = [
     "rms_norm_linear_i8", "rms_norm_linear_i2",
     "cpu_kernel", "cpu_decode_kernel", "cpu_kernels_available", "select_cpu_kernel", "backends",
     "reference", "QATLinear", "prepare_qat",
+    "load_gguf", "save_gguf",
 ]

@@ -2,11 +2,15 @@
 autograd, and the reference fallback for devices without a native kernel.
 
 Schemas live in ``csrc/ops.cpp`` (one ``TORCH_LIBRARY(ternary, ...)`` block); native kernels
-register per dispatch key (CPU always; CUDA and MPS when built). Anything else reaches the
+register per dispatch key (CPU always; CUDA when built; MPS from the optional native module
+``ternary_ops._C_mps`` where it was built, else from ``ternary_ops.mps_shader`` through
+``torch.mps.compile_shader``: see :func:`backends`). Anything else reaches the
 ``CompositeExplicitAutograd`` fallback here, which runs the plain-torch reference and warns once.
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import math
 import warnings
 from typing import Optional
@@ -16,6 +20,28 @@ import torch
 from . import _C  # noqa: F401  (registers the schemas and native kernels)
 from . import reference
 from .formats import ACT_MAX_K, Q8_ACT_MAX_K, packed_rows, unpack_i2
+
+
+def _import_mps_native():
+    """The optional native MPS glue (``ternary_ops._C_mps``: the Objective-C++ glue that
+    registers the Metal kernels for the MPS key; setup.py builds it on macOS, and leaves it out
+    when its build fails) after ``_C``, whose schemas it implements: (module or None, why not)."""
+    name = f"{__package__}._C_mps"
+    if importlib.util.find_spec(name) is None:
+        return None, ("ternary_ops._C_mps is not installed: setup.py builds it on macOS only, "
+                      "and leaves it out when it fails to build (the build printed a warning; "
+                      "pip shows it with -v)")
+    try:
+        return importlib.import_module(name), None
+    except Exception as e:  # a module that exists but cannot load: say so, keep the package
+        why = f"ternary_ops._C_mps failed to load: {type(e).__name__}: {e}"
+        warnings.warn(f"ternary_ops: {why}; the MPS ops take another path (backends()['mps'])",
+                      RuntimeWarning, stacklevel=2)
+        return None, why
+
+
+# Why the native MPS glue is absent (None when it loaded): a string for users and tools.
+_C_mps, MPS_NATIVE_ERROR = _import_mps_native()
 
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -350,16 +376,22 @@ def select_cpu_kernel(name: str) -> None:
 
 
 def backends() -> dict:
-    """Which native backends this build has: ``{"cpu": kernel set, "cuda": bool, "mps": bool,
-    "cuda_mma": ...}``; ``cuda_mma`` names the tensor-core GEMMs of the CUDA ops at large M:
-    ``"triton"`` (``ternary_ops.cuda_mma``, where Triton is installed), ``"built-in"``, or
-    ``None`` without CUDA."""
+    """Which native backends serve the ops: ``{"cpu": kernel set, "cuda": bool, "mps": ...,
+    "cuda_mma": ...}``.
+
+    ``mps`` names the path of the ops on Apple GPUs: ``"native"`` (the Objective-C++ glue,
+    ``ternary_ops._C_mps``, loaded), ``"compile_shader"`` (no native glue; torch has MPS and
+    ``torch.mps.compile_shader``, and ``ternary_ops.mps_shader.register()`` took the ops), or
+    ``None`` (neither: ops on MPS tensors fall back to the slow reference, with a warning).
+    ``ternary_ops.ops.MPS_NATIVE_ERROR`` says why the native glue is absent. ``cuda_mma`` names
+    the tensor-core GEMMs of the CUDA ops at large M: ``"triton"`` (``ternary_ops.cuda_mma``,
+    where Triton is installed), ``"built-in"``, or ``None`` without CUDA."""
     cuda = bool(_C.has_cuda())
     mma = None
     if cuda:
         mma = ("triton" if torch._C._dispatch_has_kernel_for_dispatch_key(
             "ternary::_mma_int8", "CUDA") else "built-in")
-    return {"cpu": cpu_kernel(), "cuda": cuda, "mps": bool(_C.has_mps()), "cuda_mma": mma}
+    return {"cpu": cpu_kernel(), "cuda": cuda, "mps": _MPS_PATH, "cuda_mma": mma}
 
 
 def _load_cuda_mma() -> None:
@@ -384,3 +416,20 @@ def _load_cuda_mma() -> None:
 
 
 _load_cuda_mma()
+
+
+def _load_mps() -> Optional[str]:
+    """The MPS path (backends()["mps"]): the native glue where it loaded, else the
+    compile_shader kernels where torch has MPS and torch.mps.compile_shader (PyTorch >= 2.7)
+    and mps_shader.register() takes the ops, else None."""
+    if _C_mps is not None:
+        return "native"
+    mps = getattr(torch, "mps", None)
+    if torch.backends.mps.is_available() and hasattr(mps, "compile_shader"):
+        from . import mps_shader
+
+        return "compile_shader" if mps_shader.register() else None
+    return None
+
+
+_MPS_PATH = _load_mps()

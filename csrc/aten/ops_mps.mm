@@ -1,4 +1,6 @@
-// ops_mps.mm: the MPS glue for ternary::linear_i8 / linear_i2 (built on macOS only).
+// ops_mps.mm: the MPS glue for ternary::linear_i8 / linear_i2 / linear_q8. Built on macOS only,
+// into the optional module ternary_ops._C_mps (setup.py, csrc/aten/mps_module.cpp); it takes
+// nothing from ternary_ops._C but the op schemas, and everything else from headers.
 //
 // Validates and allocates the output (linear_frame.h), and encodes one compute dispatch on
 // PyTorch's own MPS command buffer through the public torch/mps.h API. Nothing here commits or waits:

@@ -16,8 +16,9 @@
 // included as in C++: tools/metal_source.py inlines it into the embedded source, which the
 // Metal compiler gets with no include path. Geometry constants (TERNARY_*) come from
 // csrc/metal/ternary_metal_config.h as preprocessor macros. This file compiles both as Metal
-// and, for tests, as C++ against tests/metal_emu/metal_emu.h: keep to that subset (no
-// function-scope threadgroup variables: all threadgroup memory is the threadgroup(0) argument).
+// and, for tests, as C++ against tests/metal_emu/metal_emu.h: keep to that subset (threadgroup
+// memory only through TERNARY_SMEM_PARAM / TERNARY_SMEM_STORAGE below, never a threadgroup
+// variable of its own).
 #include <metal_stdlib>
 using namespace metal;
 
@@ -34,6 +35,28 @@ using namespace metal;
 #define TERNARY_SMEM_ARG
 #else
 #define TERNARY_SMEM_ARG [[threadgroup(0)]]
+#endif
+
+// Where a kernel's threadgroup memory `smem` comes from. By default it is the threadgroup(0)
+// argument, whose length the native glue sets per dispatch (plan_launch's smem). Built with
+// TERNARY_STATIC_SMEM defined (ternary_ops/mps_shader.py: torch.mps.compile_shader binds
+// buffers and bytes but sets no threadgroup memory length), the kernels take no such argument
+// and declare their storage themselves, under the same names: the matmul exactly
+// TERNARY_MM_SMEM_BYTES, the matvec TERNARY_MV_STATIC_SMEM, which that path's launch plan
+// takes as the device limit (longer rows run the matmul). The emulator hands every threadgroup
+// one shared, poisoned and fenced block of that size instead of a per-thread local.
+#ifdef TERNARY_STATIC_SMEM
+#define TERNARY_SMEM_PARAM
+#ifdef METAL_EMU
+#define TERNARY_SMEM_STORAGE(bytes) threadgroup uchar* smem = metal_emu::threadgroup_static(bytes)
+#else
+#define TERNARY_SMEM_STORAGE(bytes)                           \
+  threadgroup float4 ternary_smem_storage[((bytes) + 15) / 16]; \
+  threadgroup uchar* smem = (threadgroup uchar*)ternary_smem_storage
+#endif
+#else
+#define TERNARY_SMEM_PARAM threadgroup uchar* smem TERNARY_SMEM_ARG,
+#define TERNARY_SMEM_STORAGE(bytes) (void)0
 #endif
 
 enum { FMT_I8 = 0, FMT_I2 = 1 };
@@ -127,7 +150,7 @@ inline float quantize(float v, float inv) {
 
 // ---------------------------------------------------------------------------------------------
 // matvec, M == 1. Grid: ceil(units / (SIMDGROUPS * ROWS)) threadgroups of SIMDGROUPS * 32.
-// threadgroup(0): TERNARY_MV_HEADER bytes of reduction scratch, then the staged row.
+// smem: TERNARY_MV_HEADER bytes of reduction scratch, then the staged row.
 template <int FMT, int ACT, typename T>
 kernel void ternary_mv(device const T* x [[buffer(0)]],
                        device const uchar* w [[buffer(1)]],
@@ -135,11 +158,12 @@ kernel void ternary_mv(device const T* x [[buffer(0)]],
                        device const uchar* bias [[buffer(3)]],
                        device T* y [[buffer(4)]],
                        constant LinearParams& p [[buffer(5)]],
-                       threadgroup uchar* smem TERNARY_SMEM_ARG,
+                       TERNARY_SMEM_PARAM
                        uint3 group [[threadgroup_position_in_grid]],
                        uint tid [[thread_index_in_threadgroup]],
                        uint sg [[simdgroup_index_in_threadgroup]],
                        uint lane [[thread_index_in_simdgroup]]) {
+  TERNARY_SMEM_STORAGE(TERNARY_MV_STATIC_SMEM);
   typedef Staged<ACT, T> S;
   typedef typename S::acc_t acc_t;
   const uint NSG = TERNARY_MV_SIMDGROUPS;
@@ -239,11 +263,12 @@ kernel void ternary_mm(device const T* x [[buffer(0)]],
                        device const uchar* bias [[buffer(3)]],
                        device T* y [[buffer(4)]],
                        constant LinearParams& p [[buffer(5)]],
-                       threadgroup uchar* smem TERNARY_SMEM_ARG,
+                       TERNARY_SMEM_PARAM
                        uint3 group [[threadgroup_position_in_grid]],
                        uint tid [[thread_index_in_threadgroup]],
                        uint sg [[simdgroup_index_in_threadgroup]],
                        uint lane [[thread_index_in_simdgroup]]) {
+  TERNARY_SMEM_STORAGE(TERNARY_MM_SMEM_BYTES);
   const uint BM = TERNARY_MM_BM, BN = TERNARY_MM_BN, BK = TERNARY_MM_BK;
   const uint TM = TERNARY_MM_TM, TN = TERNARY_MM_TN;
   const uint NT = (BM / TM) * (BN / TN);

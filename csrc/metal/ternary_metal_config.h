@@ -1,10 +1,12 @@
 // ternary_metal_config.h: the launch geometry of the Metal kernels, in one place.
 //
-// Included by the Objective-C++ glue (csrc/aten/ops_mps.mm) and by the CPU emulation harness
-// (tests/metal_emu/harness.cpp). The Metal source does not include it: the glue hands the
-// TERNARY_* constants below to the Metal compiler as preprocessor macros, and the harness
-// defines them by including this file before the .metal text, so the kernels, the glue and the
-// tests cannot disagree on them. The weight format itself (i2 byte rows, codes) is
+// Included by the Objective-C++ glue (csrc/aten/ops_mps.mm), by csrc/ops.cpp (which hands the
+// macros and plan_launch to Python for the torch.mps.compile_shader path,
+// ternary_ops/mps_shader.py) and by the CPU emulation harness (tests/metal_emu/harness.cpp).
+// The Metal source does not include it: the glue hands the TERNARY_* constants below to the
+// Metal compiler as preprocessor macros (mps_shader.py as #define lines ahead of the source),
+// and the harness defines them by including this file before the .metal text, so the kernels,
+// the glue and the tests cannot disagree on them. The weight format itself (i2 byte rows, codes) is
 // csrc/ternary_format.h, which the kernels include too.
 #pragma once
 
@@ -23,6 +25,15 @@
 #define TERNARY_MM_TM 4
 #define TERNARY_MM_TN 2
 #define TERNARY_SIMD_WIDTH 32
+// Threadgroup bytes of the matmul: float tiles x[BK][BM] and w[BK][BN], then inv[BM]
+// (static_assert below). The glue sets it per dispatch; with TERNARY_STATIC_SMEM the kernel
+// declares it itself.
+#define TERNARY_MM_SMEM_BYTES 8320
+// With TERNARY_STATIC_SMEM (the torch.mps.compile_shader path, ternary_ops/mps_shader.py, which
+// cannot set a threadgroup memory length) the matvec declares this many bytes of threadgroup
+// storage, and its launch plan takes it as the device limit: rows staged larger than this
+// (act="int8": K > 16320; act="none": K > 8160 half, > 4080 float) run the matmul.
+#define TERNARY_MV_STATIC_SMEM 16384
 // dtype codes of x/y (the kernel's T), scale and bias.
 #define TERNARY_DT_F32 0
 #define TERNARY_DT_F16 1
@@ -32,7 +43,8 @@
 #define TERNARY_METAL_MACROS(X)                                                            \
   X(TERNARY_MV_SIMDGROUPS) X(TERNARY_MV_I8_ROWS) X(TERNARY_MV_I2_ROWS) X(TERNARY_MV_CHUNK) \
   X(TERNARY_MV_HEADER) X(TERNARY_MM_BM) X(TERNARY_MM_BN) X(TERNARY_MM_BK) X(TERNARY_MM_TM)  \
-  X(TERNARY_MM_TN) X(TERNARY_SIMD_WIDTH) X(TERNARY_DT_F32) X(TERNARY_DT_F16) X(TERNARY_DT_BF16)
+  X(TERNARY_MM_TN) X(TERNARY_SIMD_WIDTH) X(TERNARY_DT_F32) X(TERNARY_DT_F16) X(TERNARY_DT_BF16) \
+  X(TERNARY_MM_SMEM_BYTES) X(TERNARY_MV_STATIC_SMEM)
 
 // Host code. The emulation harness (METAL_EMU) compiles it too, after metal_emu.h, so that the
 // format header it shares with the kernels is read there as the Metal source reads it.
@@ -53,6 +65,11 @@ static_assert((TERNARY_MM_BN / kI2RowsPerByte) % TERNARY_MM_TN == 0,
               "a thread's i2 outputs share a bit pair");
 static_assert(TERNARY_MM_BM * TERNARY_MM_BK % kMmThreads == 0, "x tile loads evenly");
 static_assert(TERNARY_MM_BN * TERNARY_MM_BK % kMmThreads == 0, "weight tile loads evenly");
+static_assert(TERNARY_MM_SMEM_BYTES ==
+                  4 * (TERNARY_MM_BK * (TERNARY_MM_BM + TERNARY_MM_BN) + TERNARY_MM_BM),
+              "matmul threadgroup memory: float x[BK][BM], w[BK][BN], inv[BM]");
+static_assert(TERNARY_MV_STATIC_SMEM % 16 == 0 && TERNARY_MV_STATIC_SMEM <= 32768,
+              "static matvec storage: whole float4s, within every Apple GPU's 32 KiB");
 
 // Scalar arguments of every kernel, bound with setBytes. Mirrors `LinearParams` in
 // ternary_linear.metal field for field (the harness checks the layout at compile time).
@@ -93,7 +110,8 @@ inline uint64_t mv_smem_bytes(bool act_int8, int64_t K, int elem_size) {
 }
 
 // Which kernel runs and how it is launched. M == 1 takes the matvec while its staged row fits
-// the device's threadgroup memory (K <= ~32K int8 codes, ~16K half, ~8K float); otherwise,
+// max_smem: the device's threadgroup memory for the glue (K <= ~32K int8 codes, ~16K half,
+// ~8K float), TERNARY_MV_STATIC_SMEM for kernels built with TERNARY_STATIC_SMEM; otherwise,
 // and for every M > 1, the tiled matmul (any K).
 inline Launch plan_launch(bool i2, bool act_int8, int64_t M, int64_t N, int64_t K, int elem_size,
                           uint64_t max_smem) {
@@ -106,11 +124,9 @@ inline Launch plan_launch(bool i2, bool act_int8, int64_t M, int64_t N, int64_t 
             static_cast<uint32_t>(kMvThreads), static_cast<uint32_t>(mv_smem)};
   }
   const uint64_t units_per_tile = i2 ? TERNARY_MM_BN / kI2RowsPerByte : TERNARY_MM_BN;
-  // float tiles x[BK][BM] and w[BK][BN], then inv[BM]
-  const uint32_t smem = 4u * (TERNARY_MM_BK * (TERNARY_MM_BM + TERNARY_MM_BN) + TERNARY_MM_BM);
   return {Path::Matmul, static_cast<uint32_t>((units + units_per_tile - 1) / units_per_tile),
           static_cast<uint32_t>((M + TERNARY_MM_BM - 1) / TERNARY_MM_BM),
-          static_cast<uint32_t>(kMmThreads), smem};
+          static_cast<uint32_t>(kMmThreads), TERNARY_MM_SMEM_BYTES};
 }
 
 // Weight rows start every K bytes from the (byte-offset) base: 16-byte loads need both aligned.

@@ -17,7 +17,11 @@
 // have. A thread that exits while others wait at a barrier, or lanes of one simdgroup at
 // different collectives, is reported as divergence (undefined behaviour on a GPU). Threadgroup
 // memory starts as 0xFF bytes (NaN floats) each group and is fenced by canaries, so a missing
-// barrier or an overrun shows as a wrong answer or an error rather than luck.
+// barrier or an overrun shows as a wrong answer or an error rather than luck. That holds for
+// both kinds of threadgroup memory: the dynamic threadgroup(0) block whose length the host
+// sets per dispatch (run_grid's smem_bytes), and storage a kernel declares itself, which C++
+// cannot express as one variable shared by fibers: the kernel text spells it
+// threadgroup_static(bytes) here, one block per threadgroup, the same for every thread.
 //
 // The real threads of a group never run concurrently here, so data races are not detected;
 // the shuffled order and poisoned memory catch the usual missing-barrier bugs.
@@ -209,6 +213,12 @@ struct SimdGroup {
   alignas(16) unsigned char out[kSimdWidth][32];
 };
 
+constexpr size_t kMaxThreadgroupMemory = 32768;  // every Apple GPU's maxThreadgroupMemoryLength
+// Fence bytes after each threadgroup memory block: as much as a kernel could address, so an
+// overrun lands in the fence (and is reported), never in the heap beyond it.
+constexpr size_t kCanary = kMaxThreadgroupMemory;
+constexpr size_t kStaticUnset = ~size_t(0);
+
 struct Group {
   std::vector<Fiber> fibers;
   std::vector<SimdGroup> simd;
@@ -216,6 +226,11 @@ struct Group {
   int current = -1;
   const ThreadFn* fn = nullptr;
   uchar* smem = nullptr;
+  size_t dynamic_bytes = 0;
+  // Storage the kernel declares (threadgroup_static): sized by its first use, then poisoned
+  // and fenced per threadgroup like the dynamic block.
+  std::vector<uchar> static_mem;
+  size_t static_bytes = kStaticUnset;
   std::string error;
 };
 
@@ -300,21 +315,44 @@ T simd_collective(const char* op, T v, Combine combine) {
   return r;
 }
 
+// The threadgroup storage a kernel declares itself (Metal: a `threadgroup` array in the kernel
+// body): `bytes` bytes, one block per threadgroup that every thread of the group sees, 16-byte
+// aligned, 0xFF-poisoned at the start of each group and fenced. A kernel declares one such
+// block; more than 32 KiB would not compile for an Apple GPU and is reported.
+inline uchar* threadgroup_static(size_t bytes) {
+  detail::Group* g = detail::current_group();
+  if (g->static_bytes == detail::kStaticUnset) {
+    if (bytes + g->dynamic_bytes > detail::kMaxThreadgroupMemory)
+      detail::fail("threadgroup memory of " + std::to_string(bytes) + " declared + " +
+                   std::to_string(g->dynamic_bytes) + " set bytes exceeds " +
+                   std::to_string(detail::kMaxThreadgroupMemory));
+    g->static_mem.assign(bytes + detail::kCanary, uchar(0xC3));
+    std::fill(g->static_mem.begin(), g->static_mem.begin() + bytes, uchar(0xFF));
+    g->static_bytes = bytes;
+  } else if (bytes != g->static_bytes) {
+    detail::fail("threadgroup_static: the kernel declares " + std::to_string(bytes) +
+                 " bytes after " + std::to_string(g->static_bytes) +
+                 " (one declared block per kernel is emulated)");
+  }
+  return g->static_mem.data();
+}
+
 // Runs a grid of gx * gy * gz threadgroups of `threads` threads (a multiple of 32) with
-// `smem_bytes` of threadgroup memory each. Returns "" or a description of what went wrong.
+// `smem_bytes` of dynamic threadgroup memory each, fenced by `canary` bytes. Returns "" or a
+// description of what went wrong.
 inline std::string run_grid(uint gx, uint gy, uint gz, uint threads, size_t smem_bytes,
-                            unsigned seed, const ThreadFn& fn) {
+                            unsigned seed, const ThreadFn& fn, size_t canary = detail::kCanary) {
   using namespace detail;
   if (threads == 0 || threads % kSimdWidth != 0 || threads > 1024)
     return "threadgroup size must be a multiple of 32 up to 1024, got " + std::to_string(threads);
   constexpr size_t kStack = 128 * 1024;
-  constexpr size_t kCanary = 64;
   Group g;
   g.fn = &fn;
+  g.dynamic_bytes = smem_bytes;
   g.fibers.resize(threads);
   for (auto& f : g.fibers) f.stack.resize(kStack);
   g.simd.resize(threads / kSimdWidth);
-  std::vector<uchar> smem(smem_bytes + kCanary);
+  std::vector<uchar> smem(smem_bytes + canary);
   g.smem = smem.data();
   std::vector<int> order(threads);
   std::mt19937 rng(seed);
@@ -326,6 +364,8 @@ inline std::string run_grid(uint gx, uint gy, uint gz, uint threads, size_t smem
       for (uint x = 0; x < gx && err.empty(); ++x) {
         std::fill(smem.begin(), smem.begin() + smem_bytes, uchar(0xFF));
         std::fill(smem.begin() + smem_bytes, smem.end(), uchar(0xC3));
+        if (g.static_bytes != kStaticUnset)
+          std::fill(g.static_mem.begin(), g.static_mem.begin() + g.static_bytes, uchar(0xFF));
         for (auto& s : g.simd) s.arrived = 0;
         for (uint t = 0; t < threads; ++t) {
           start_fiber(g.fibers[t], ThreadPos{{x, y, z}, t, t / kSimdWidth, t % kSimdWidth},
@@ -374,6 +414,13 @@ inline std::string run_grid(uint gx, uint gy, uint gz, uint threads, size_t smem
           for (size_t i = smem_bytes; i < smem.size(); ++i)
             if (smem[i] != 0xC3) {
               err = "threadgroup memory overrun past " + std::to_string(smem_bytes) + " bytes";
+              break;
+            }
+        if (err.empty() && g.static_bytes != kStaticUnset)
+          for (size_t i = g.static_bytes; i < g.static_mem.size(); ++i)
+            if (g.static_mem[i] != 0xC3) {
+              err = "threadgroup memory overrun past the " + std::to_string(g.static_bytes) +
+                    " bytes the kernel declares";
               break;
             }
       }

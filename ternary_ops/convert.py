@@ -254,7 +254,7 @@ def _warn_if_not_ternary(summary: ConvertSummary) -> None:
         "trained ternary (a BitNet b1.58 checkpoint: ternary_ops.hf.from_pretrained_bitnet), or "
         "train or distill one ternary (ternary_ops.prepare_qat). If these are the latent "
         "weights of a model trained ternary (BitNet's bf16 master weights), the ternary model is "
-        "the trained one and this error is expected. summary.errors holds each layer's error; "
+        "the trained one and this warning is expected. summary.errors holds each layer's error; "
         "convert(..., calibration=False) skips the measurement"), stacklevel=3)
 
 

@@ -18,6 +18,7 @@
 // Built with -I tests/metal_emu -I csrc. metal_emu.h comes first: it defines __METAL_VERSION__,
 // so csrc/ternary_format.h, which the kernels include, is read in its Metal form (the text the
 // shipped Metal source inlines), and the launch geometry's host code reads the same.
+#include "guarded.h"  // before metal_emu.h
 #include "metal_emu.h"
 #include "metal/ternary_metal_config.h"
 #include "metal/ternary_linear.metal"
@@ -73,44 +74,11 @@ const Entry kKernels[] = {TERNARY_KERNELS(HARNESS_ENTRY)};
 #undef HARNESS_ENTRY
 constexpr int kKernelCount = sizeof(kKernels) / sizeof(kKernels[0]);
 
-// A copy of `bytes` bytes that ends exactly at a PROT_NONE page (`shift` bytes earlier, to
-// test unaligned bases), so reading past the end faults.
-class Guarded {
- public:
-  Guarded(const void* src, size_t bytes, size_t shift = 0) {
-    const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
-    const size_t used = bytes + shift;
-    span_ = (used + page - 1) / page * page + page;
-    base_ = static_cast<uchar*>(
-        mmap(nullptr, span_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
-    if (base_ == MAP_FAILED) {
-      base_ = nullptr;
-      return;
-    }
-    mprotect(base_ + span_ - page, page, PROT_NONE);
-    data_ = base_ + span_ - page - used;
-    if (bytes) std::memcpy(data_, src, bytes);
-  }
-  ~Guarded() {
-    if (base_) munmap(base_, span_);
-  }
-  Guarded(const Guarded&) = delete;
-  Guarded& operator=(const Guarded&) = delete;
-  const uchar* data() const { return data_; }
-  bool ok() const { return base_ != nullptr; }
-
- private:
-  uchar* base_ = nullptr;
-  uchar* data_ = nullptr;
-  size_t span_ = 0;
-};
+// Inputs as guarded copies; w shifted `w_shift` bytes off the page end, to test unaligned bases.
+using Guarded = metal_emu_host::GuardedCopy;
+using metal_emu_host::report;
 
 int elem_size(int dt) { return dt == TERNARY_DT_F32 ? 4 : 2; }
-
-int report(char* err, int err_len, const std::string& msg) {
-  if (err && err_len > 0) std::snprintf(err, static_cast<size_t>(err_len), "%s", msg.c_str());
-  return 1;
-}
 
 }  // namespace
 

@@ -83,7 +83,7 @@ def _build(source: str):
     out = Path(tempfile.mkdtemp(prefix="tmetal_standin_"))
     # One directory holding the emulator, the stand-in and the shader, and nothing else on the
     # include path: the shader may include <metal_stdlib> (Metal's own) and nothing more.
-    for name in ("metal_emu.h", "metal_stdlib", "standin.cpp"):
+    for name in ("metal_emu.h", "guarded.h", "metal_stdlib", "standin.cpp"):
         shutil.copy(HERE / name, out / name)
     (out / "shader.metal").write_text(source)
     so = out / "libstandin.so"

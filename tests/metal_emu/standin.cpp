@@ -28,6 +28,7 @@
 #include <vector>
 
 // After every system header: metal_emu.h defines `device`, `threadgroup`, ... as macros.
+#include "guarded.h"
 #include "metal_emu.h"
 #include TMETAL_SHADER
 
@@ -42,52 +43,15 @@ struct Arg {
 
 constexpr int kBuffers = 5;           // x, weight, scale, bias, y: [[buffer(0..4)]]
 constexpr int kParams = kBuffers;     // LinearParams: [[buffer(5)]]
-constexpr size_t kFence = 64;         // canary bytes of the slack before the guard page
 constexpr size_t kNoLengthFence = 1 << 16;  // "threadgroup(0) without a length": catch any use
 
-// A copy of one storage: base 16-byte aligned, followed by canary slack up to the next
-// 16-byte boundary and a PROT_NONE page, so reads past the end fault and writes past it show.
-class Buffer {
- public:
-  Buffer(const void* src, size_t bytes) : src_(src), bytes_(bytes) {
-    const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
-    const size_t used = (bytes + 15) / 16 * 16;
-    span_ = (used + page - 1) / page * page + page;
-    base_ = static_cast<uchar*>(
-        mmap(nullptr, span_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
-    if (base_ == MAP_FAILED) {
-      base_ = nullptr;
-      return;
-    }
-    mprotect(base_ + span_ - page, page, PROT_NONE);
-    data_ = base_ + span_ - page - used;
-    std::memset(data_ + bytes, 0xC3, used - bytes);
-    if (bytes) std::memcpy(data_, src, bytes);
-  }
-  ~Buffer() {
-    if (base_) munmap(base_, span_);
-  }
-  Buffer(const Buffer&) = delete;
-  Buffer& operator=(const Buffer&) = delete;
-  bool ok() const { return base_ != nullptr; }
-  uchar* data() const { return data_; }
-  size_t bytes() const { return bytes_; }
-  bool slack_intact() const {
-    const size_t used = (bytes_ + 15) / 16 * 16;
-    for (size_t i = bytes_; i < used; ++i)
-      if (data_[i] != 0xC3) return false;
-    return true;
-  }
-  void copy_back() const {
-    if (bytes_) std::memcpy(const_cast<void*>(src_), data_, bytes_);
-  }
-
- private:
+// A copy of one storage: base 16-byte aligned (canary slack up to the next 16-byte boundary,
+// then a PROT_NONE page), so reads past the end fault and writes past it show.
+struct Buffer : metal_emu_host::GuardedCopy {
+  Buffer(const void* src, size_t bytes)
+      : GuardedCopy(src, bytes, (bytes + 15) / 16 * 16 - bytes), src_(src) {}
+  void copy_back() const { copy_to(const_cast<void*>(src_)); }
   const void* src_;
-  size_t bytes_;
-  uchar* base_ = nullptr;
-  uchar* data_ = nullptr;
-  size_t span_ = 0;
 };
 
 struct Call {
@@ -161,10 +125,7 @@ const Entry kKernels[] = {TERNARY_KERNELS(STANDIN_ENTRY)};
 #undef STANDIN_ENTRY
 constexpr int kKernelCount = sizeof(kKernels) / sizeof(kKernels[0]);
 
-int report(char* err, int err_len, const std::string& msg) {
-  if (err && err_len > 0) std::snprintf(err, static_cast<size_t>(err_len), "%s", msg.c_str());
-  return 1;
-}
+using metal_emu_host::report;
 
 }  // namespace
 

@@ -153,11 +153,18 @@ def unpack_i2(packed: torch.Tensor, out_features: int) -> torch.Tensor:
     return (torch.cat(planes, dim=0)[:out_features].to(torch.int8) - I2_CODE_ZERO)
 
 
+def ternary_codes(weight: torch.Tensor, format: str,
+                  out_features: Optional[int] = None) -> torch.Tensor:
+    """The ternary int8 ``[N, K]`` of a stored weight in either format (i8: the weight
+    itself)."""
+    return weight if check_format(format) == "i8" else unpack_i2(weight, out_features)
+
+
 def dequantize(weight: torch.Tensor, scale: torch.Tensor, format: str,
                out_features: Optional[int] = None,
                dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Dense ``s * T`` as ``dtype [N, K]`` from a stored weight in either format."""
-    codes = weight if check_format(format) == "i8" else unpack_i2(weight, out_features)
+    codes = ternary_codes(weight, format, out_features)
     s = scale.float().reshape(-1, 1) if scale.numel() > 1 else scale.float().reshape(())
     return (codes.float() * s).to(dtype)
 

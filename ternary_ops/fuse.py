@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .formats import pack_i2, unpack_i2
+from .formats import pack_i2, ternary_codes
 from .nn import TernaryLinear
 
 # Sibling layers fused by default, and the name of the fused layer.
@@ -141,10 +141,7 @@ def fuse_layers(layers: Sequence[TernaryLinear]) -> TernaryLinear:
         raise ValueError(f"fuse_layers: cannot fuse: {why}")
     first = layers[0]
     with torch.no_grad():
-        if first.format == "i2":
-            codes = torch.cat([unpack_i2(m.weight, m.out_features) for m in layers])
-        else:
-            codes = torch.cat([m.weight for m in layers])
+        codes = torch.cat([ternary_codes(m.weight, m.format, m.out_features) for m in layers])
         scales = [m.weight_scale for m in layers]
         if all(s.dim() == 0 for s in scales) and all(bool(s == scales[0]) for s in scales):
             scale = scales[0].clone()

@@ -54,7 +54,7 @@ import torch
 from torch import nn
 
 from .convert import untie_config
-from .formats import GRANULARITIES, check_format, unpack_i2
+from .formats import GRANULARITIES, check_format, ternary_codes
 from .fuse import FoldedRMSNorm, FusedSlice, fuse_projections
 from .fuse import fold_norms as fold_norms_into_layers
 from .io import write_atomic
@@ -652,8 +652,7 @@ def _linear_parts(model: nn.Module, name: str, module: nn.Module, consumed: set)
 
 
 def _codes(layer: TernaryLinear) -> torch.Tensor:
-    w = layer.weight.detach().cpu()
-    return unpack_i2(w, layer.out_features) if layer.format == "i2" else w
+    return ternary_codes(layer.weight.detach().cpu(), layer.format, layer.out_features)
 
 
 def _fp16_scale(name: str, scale: torch.Tensor, round_scales: bool) -> torch.Tensor:
@@ -808,8 +807,7 @@ def save_gguf(model: nn.Module, path: Union[str, os.PathLike], type: str = "TQ2_
                                  "Llama layout)") from None
             if isinstance(module, (nn.Embedding, Int8Embedding)):
                 consumed.update(f"{hf}.{k}" for k in module.state_dict())
-                w = module.weight if isinstance(module, nn.Embedding) else (
-                    module.weight.float() * module.weight_scale[:, None])
+                w = module.weight if isinstance(module, nn.Embedding) else module.dequantize()
                 writer.add_tensor(f"{g}.weight", *_tensor_args(w, keep_half))
                 continue
             if not hasattr(module, "in_features") and not isinstance(module, FusedSlice):

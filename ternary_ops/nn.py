@@ -258,6 +258,10 @@ class _Q8Weight(_PackedWeight):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
 
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The dense weight (or table) ``s[:, None] * Q``, one scale per row."""
+        return (self.weight.float() * self.weight_scale[:, None]).to(dtype)
+
 
 class Int8Linear(_Q8Weight):
     """Linear layer ``y = s * (a @ Q.T) + bias`` with int8 weights ``Q`` in [-127, 127] and one
@@ -313,10 +317,6 @@ class Int8Linear(_Q8Weight):
         if x.dim() == 0 or x.shape[-1] != self.in_features:
             raise TernaryLinear._wrong_width(self, x)
         return torch.ops.ternary.linear_q8(x, self.weight, self.weight_scale, self.bias, self.act)
-
-    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """The dense weight ``s[:, None] * Q`` as ``[out_features, in_features]``."""
-        return (self.weight.float() * self.weight_scale[:, None]).to(dtype)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

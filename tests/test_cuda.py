@@ -126,7 +126,8 @@ def test_gemv_x_alignment_and_paths(fmt, dtype):
 
 
 def test_extreme_activations_are_exact():
-    """Rows with huge, tiny and all-zero values: quantization clamps and rounds like the reference."""
+    """Rows with huge, tiny and all-zero values: quantization clamps and rounds like the
+    reference."""
     gen = torch.Generator().manual_seed(3)
     n, k = 96, 515
     _, w, scale = random_weight("i2", n, k, gen, per_channel=True, scale_offset=0.5)

@@ -195,7 +195,7 @@ def test_e2e_decode_smoke(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks/e2e/decode.py"), "--layers", "1",
                         "--vocab", "512", "--prompt", "4", "--tokens", "3", "--warmup", "1",
                         "--rounds", "2", "--vs-dense", "--head", "int8", "--embedding", "int8",
-                        "--json", str(out), "--markdown", str(md)],
+                        "--prefills", "2", "--json", str(out), "--markdown", str(md)],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     data = json.loads(out.read_text())
@@ -205,7 +205,14 @@ def test_e2e_decode_smoke(tmp_path):
     assert t["tokens_per_s"] > 0 and d["tokens_per_s"] > 0
     assert t["bytes_per_token"] < d["bytes_per_token"]  # ternary layers, int8 head
     assert all(len(run["step_s"]) == 3 for run in data["runs"])
+    # the prefill time is the median of the timed prefills (after an untimed one)
+    for run in data["runs"]:
+        assert len(run["prefill_times_s"]) == 2
+        assert run["prefill_s"] == pytest.approx(sum(run["prefill_times_s"]) / 2)
     assert "ternary / dense bf16 tokens/s" in md.read_text()
     bad = subprocess.run([sys.executable, str(ROOT / "benchmarks/e2e/decode.py"), "--mode",
                           "jit"], capture_output=True, text=True)
     assert bad.returncode == 2 and "expected eager, compiled or eager,compiled" in bad.stderr
+    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks/e2e/decode.py"), "--prefills",
+                          "0"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--prefills must be >= 1" in bad.stderr

@@ -459,8 +459,8 @@ def parse_args(argv):
     for m in modes:
         if m not in MODES:
             p.error(f"--mode: expected eager, compiled or eager,compiled; got {m!r}")
-    if args.rounds < 1 or args.tokens < 1 or args.prompt < 1:
-        p.error("--rounds, --tokens and --prompt must be >= 1")
+    if args.rounds < 1 or args.tokens < 1 or args.prompt < 1 or args.prefills < 1:
+        p.error("--rounds, --tokens, --prompt and --prefills must be >= 1")
     if args.layers < 0:
         p.error(f"--layers must be >= 0, got {args.layers}")
     return p, args, modes

@@ -1,21 +1,22 @@
-"""The tensor-core GEMMs of the CUDA ops from 64 rows on, in Triton.
+"""The tensor-core GEMMs of the CUDA ops past the GEMVs, in Triton.
 
 Where this module is loaded, the CUDA glue of ``torch.ops.ternary.linear_i2`` / ``linear_i8`` /
-``linear_q8`` (and of the ``rms_norm_linear`` ops) hands every call of M >= 64 rows
-(``library_gemm_pays()`` in csrc/cuda/launchers.cuh) to the internal ops ``ternary::_mma_int8``
-(act="int8", after the op's own quantize pre-pass) and ``ternary::_mma_float`` (act="none",
-bfloat16 / float16 x); docs/DESIGN.md, "The Triton GEMMs". Two kernels, chosen by ``_plan``:
+``linear_q8`` (and of the ``rms_norm_linear`` ops) hands the calls ``library_gemm_pays()``
+(csrc/cuda/launchers.cuh) gives it, every call of 64 rows or more and from 9 rows those its
+sm_90 kernel serves better, to the internal ops ``ternary::_mma_int8`` (act="int8", after the
+op's own quantize pre-pass) and ``ternary::_mma_float`` (act="none", bfloat16 / float16 x);
+docs/DESIGN.md, "The Triton GEMMs". Two kernels, chosen by ``_plan``:
 
-* ``_wgmma_i2_kernel`` (Gluon, sm_90, i2 weights, K a multiple of the k-step): cp.async ring,
-  the decode into a double-buffered shared tile overlapping the previous asynchronous wgmma;
+* ``_wgmma_i2_kernel`` (Gluon, sm_90, i2 weights, K a whole number of k-steps): the weights,
+  decoded straight into registers, are the register operand of the asynchronous warpgroup
+  MMA and the x tile its shared-memory operand; a cp.async ring, and the decode of one k-step
+  overlapping the MMA of the one before;
 * ``_mma_kernel`` (everything else): ``tl.dot`` on the tile decoded in registers, which lowers
   to wgmma on sm_90 and to ``mma.sync`` on sm_80.
 
-Both read the 2-bit weights once per tile and decode four codes per 32-bit instruction. Row
-``i`` of a weight tile of ``BN`` rows is byte row ``r0 + i % (BN / 4)`` at bit pair
-``i // (BN / 4)``, i.e. output row ``(i // (BN / 4)) * R + r0 + i % (BN / 4)`` of the i2
-layout (docs/DESIGN.md, "Formats"). Where the tiles are fewer than the SMs, K is split and
-``_split_k_sum`` adds the partial sums. The int32 sums are exact; the epilogue is the
+Both read the 2-bit weights once per tile and decode four codes per 32-bit instruction (which
+tile row is which output row: each kernel's docstring). Where the tiles leave SMs idle, K is
+split and ``_split_k_sum`` adds the partial sums. The int32 sums are exact; the epilogue is the
 reference's float32 steps, ``dot / inv * scale (+ bias)``, with a true division, no fused
 multiply-add, and a round-to-nearest-even conversion, so the result is bit-identical to
 ``ternary_ops.reference``.
@@ -35,8 +36,7 @@ try:  # Triton's explicit layer, for the sm_90 kernel (Triton >= 3.5)
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
-    from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared,
-                                                                  warpgroup_mma,
+    from triton.experimental.gluon.language.nvidia.hopper import (warpgroup_mma,
                                                                   warpgroup_mma_wait)
 except ImportError:
     gluon = None
@@ -90,7 +90,9 @@ def _mma_kernel(a_ptr, inv_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, part_ptr,
     """out[BM, BN] tiles of a @ T^T. INT8: a is the quantized x (int8), int32 sums, epilogue
     dot / inv * scale; else a is x itself (bfloat16 / float16), the codes are converted to its
     dtype, float32 sums, epilogue dot * scale. SPLIT_K > 1: program (tile, s) sums columns
-    [s * K_PER_SPLIT, (s + 1) * K_PER_SPLIT) into part[s] instead (see _split_k_sum)."""
+    [s * K_PER_SPLIT, (s + 1) * K_PER_SPLIT) into part[s] instead (see _split_k_sum). i2: row
+    ``i`` of a weight tile is byte row ``r0 + i % (BN / 4)`` at bit pair ``i // (BN / 4)``,
+    i.e. output row ``(i // (BN / 4)) * R + r0 + i % (BN / 4)`` (docs/DESIGN.md, "Formats")."""
     # Tile order: GROUP_M row tiles of x run next to each other over the weight tiles, so the
     # weight tiles they share are read from L2.
     pid = tl.program_id(0)
@@ -197,6 +199,60 @@ if gluon is not None:
         return gl.inline_asm_elementwise("{ .reg .b32 t, b; " + bits + cvt + " }", outs, [p],
                                          dtype=DTYPE.value, is_pure=True, pack=4)
 
+    @gluon.constexpr_function
+    def _packed_layout(int8, bk, num_warps):
+        """The layout in which each thread loads the packed bytes whose four decoded bit pairs
+        are its own elements of wgmma's register A operand (see _wgmma_i2_kernel): packed row
+        8 w + g for warp w and lane group g, and the k columns of that lane in an A fragment."""
+        if int8:  # per 32 k: 4 consecutive k at lane column c, and again 16 further
+            k_regs = [[0, 1], [0, 2], [0, 16]]
+            k_lanes = [[0, 4], [0, 8]]
+            step = 32
+        else:  # per 16 k: 2 consecutive k at lane column c, and again 8 further
+            k_regs = [[0, 1], [0, 8]]
+            k_lanes = [[0, 2], [0, 4]]
+            step = 16
+        while step < bk:
+            k_regs.append([0, step])
+            step *= 2
+        warps = []
+        w = 8
+        while w < 8 * num_warps:
+            warps.append([w, 0])
+            w *= 2
+        return gl.DistributedLinearLayout(reg_bases=k_regs,
+                                          lane_bases=k_lanes + [[1, 0], [2, 0], [4, 0]],
+                                          warp_bases=warps, block_bases=[],
+                                          shape=[8 * num_warps, bk])
+
+    @gluon.jit
+    def _wgmma_k_step(kt, num_k, acc, a_smem, p_smem, a_ptrs, w_ptrs, mask_a, mask_w,
+                      ld_p: gl.constexpr, a_op: gl.constexpr, d_ty: gl.constexpr,
+                      BN: gl.constexpr, BK: gl.constexpr, STAGES: gl.constexpr,
+                      num_warps: gl.constexpr):
+        """k-step kt of _wgmma_i2_kernel: decode its packed tile into the MMA's register
+        operand, issue the asynchronous MMA, wait for step kt - 1's, and start the copies of
+        step kt + STAGES - 1 into the slot that step used."""
+        slot = kt % STAGES
+        cp.wait_group(STAGES - 2)  # this thread's copies of step kt have landed
+        gl.thread_barrier()  # and every other thread's
+        p = p_smem.index(slot).load(ld_p)
+        # [packed row, k, h, j] -> tile rows (j, w, h, g): a register-only permutation
+        d = gl.join(gl.join(_decode_i2_sm90(p, 0, d_ty), _decode_i2_sm90(p, 2, d_ty)),
+                    gl.join(_decode_i2_sm90(p, 4, d_ty), _decode_i2_sm90(p, 6, d_ty)))
+        d = gl.permute(gl.reshape(d, [num_warps, 8, BK, 2, 2]), [4, 0, 3, 1, 2])
+        w = gl.convert_layout(gl.reshape(d, [BN, BK]), a_op, assert_trivial=True)
+        acc = warpgroup_mma(w, a_smem.index(slot).permute((1, 0)), acc, use_acc=kt > 0,
+                            is_async=True)
+        acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc, ))  # step kt - 1 is done
+        nxt = kt + STAGES - 1  # into the slot step kt - 1 used
+        cp.async_copy_global_to_shared(a_smem.index(nxt % STAGES), a_ptrs + nxt * BK,
+                                       mask=mask_a & (nxt < num_k))
+        cp.async_copy_global_to_shared(p_smem.index(nxt % STAGES), w_ptrs + nxt * BK,
+                                       mask=mask_w & (nxt < num_k))
+        cp.commit_group()
+        return acc
+
     @gluon.jit
     def _wgmma_i2_kernel(a_ptr, inv_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, part_ptr,
                          M, N, K, R, stride_a, stride_w, stride_out, K_PER_SPLIT,
@@ -204,107 +260,125 @@ if gluon is not None:
                          HAS_BIAS: gl.constexpr, SPLIT_K: gl.constexpr, BM: gl.constexpr,
                          BN: gl.constexpr, BK: gl.constexpr, STAGES: gl.constexpr,
                          num_warps: gl.constexpr):
-        """The i2 GEMM of _mma_kernel for sm_90, with the decode off the tensor cores' path.
+        """The i2 GEMM for sm_90 with the weights as the register operand of the warpgroup MMA.
 
-        a tiles and packed weight tiles arrive by cp.async in a ring of STAGES slots. Each
-        k-step decodes its packed tile (one BN / 4-row slice per bit pair) into one of two
-        decoded buffers in shared memory and issues an asynchronous warpgroup MMA on it, then
-        waits only for the previous step's MMA: the tensor cores run step k while the warps
-        decode step k + 1. Needs K_PER_SPLIT and the row strides to be multiples of BK and 16
-        bytes, so every copy moves 16 bytes unmasked along K."""
+        The MMA computes the transposed tile ``T[BN, K] @ a[BM, K]^T``: the BN = 32 *
+        num_warps weight rows are its A operand, decoded straight into the registers that hold
+        it, and the a tile (q for act="int8", x for act="none") is its B operand in shared
+        memory. Decoded weights never touch shared memory, so a k-step moves only the packed
+        bytes (a quarter of the decoded tile) and the a tile through it.
+
+        Which rows: a thread of warp w and lane group g holds A rows 16 w + g + 8 h + 16 *
+        num_warps * j (h, j in {0, 1}); the packed byte of row 8 w + g carries exactly four
+        weight rows, its bit pairs 2 j + h. So tile row i is bit pair 2 (i // (16 num_warps)) +
+        (i // 8) % 2 of packed row 8 ((i // 16) % num_warps) + i % 8, and each thread decodes
+        only its own bytes.
+
+        Pipeline: a and packed tiles arrive by cp.async in a ring of STAGES slots; each k-step
+        decodes its tile and issues an asynchronous MMA, then waits only for the previous
+        step's, so the decode of step k + 1 overlaps the tensor cores' step k. Needs
+        K_PER_SPLIT and the row strides to be multiples of BK and 16 bytes."""
         BR: gl.constexpr = BN // 4
         a_ty: gl.constexpr = a_ptr.dtype.element_ty
         d_ty: gl.constexpr = gl.int8 if INT8 else a_ty  # the decoded weights' type
+        KW: gl.constexpr = 32 // d_ty.primitive_bitwidth  # weights per 32-bit register
         VEC: gl.constexpr = 128 // a_ty.primitive_bitwidth  # elements per 16-byte copy
+        gl.static_assert(num_warps == 4)  # one warpgroup: 8 warps were not proven correct
+        gl.static_assert(BN == 32 * num_warps)
         pid_w = gl.program_id(0)
         pid_m = gl.program_id(1)
         pid_s = gl.program_id(2)
 
+        mma: gl.constexpr = gl.NVMMADistributedLayout(
+            version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, BM, 8 * KW])
+        a_op: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=KW)
+        ld_p: gl.constexpr = _packed_layout(INT8, BK, num_warps)
         ld_a: gl.constexpr = gl.BlockedLayout([1, VEC], [32 // (BK // VEC), BK // VEC],
                                               [num_warps, 1], [1, 0])
-        ld_p: gl.constexpr = gl.BlockedLayout([1, 16], [32 // (BK // 16), BK // 16],
+        ld_w: gl.constexpr = gl.BlockedLayout([1, 16], [32 // (BK // 16), BK // 16],
                                               [num_warps, 1], [1, 0])
-        mma: gl.constexpr = gl.NVMMADistributedLayout(
-            version=[3, 0], warps_per_cta=[num_warps, 1],
-            instr_shape=[16, BN, 256 // d_ty.primitive_bitwidth])
         a_smem = gl.allocate_shared_memory(
             a_ty, [STAGES, BM, BK], gl.NVMMASharedLayout.get_default_for([BM, BK], a_ty))
+        # 16-byte chunks swizzled by row, so the eight rows a warp reads hit distinct banks
         p_smem = gl.allocate_shared_memory(
             gl.uint8, [STAGES, BR, BK],
-            gl.SwizzledSharedLayout(vec=16, per_phase=1, max_phase=1, order=[1, 0]))
-        d_smem = gl.allocate_shared_memory(
-            d_ty, [2, BN, BK], gl.NVMMASharedLayout.get_default_for([BN, BK], d_ty))
+            gl.SwizzledSharedLayout(vec=16, per_phase=1, max_phase=8, order=[1, 0]))
 
         k_first = pid_s * K_PER_SPLIT
         num_k = gl.minimum(K - k_first, K_PER_SPLIT) // BK
         offs_m = pid_m * BM + gl.arange(0, BM, gl.SliceLayout(1, ld_a))
         offs_ka = gl.arange(0, BK, gl.SliceLayout(0, ld_a))
-        offs_r = pid_w * BR + gl.arange(0, BR, gl.SliceLayout(1, ld_p))
-        offs_kp = gl.arange(0, BK, gl.SliceLayout(0, ld_p))
+        offs_r = pid_w * BR + gl.arange(0, BR, gl.SliceLayout(1, ld_w))
+        offs_kw = gl.arange(0, BK, gl.SliceLayout(0, ld_w))
         a_ptrs = a_ptr + offs_m[:, None] * stride_a + (k_first + offs_ka)[None, :]
-        w_ptrs = w_ptr + offs_r[:, None] * stride_w + (k_first + offs_kp)[None, :]
+        w_ptrs = w_ptr + offs_r[:, None] * stride_w + (k_first + offs_kw)[None, :]
         # row masks, constant along K
         mask_a = (offs_m < M)[:, None] & (offs_ka >= 0)[None, :]
-        mask_p = (offs_r < R)[:, None] & (offs_kp >= 0)[None, :]
+        mask_w = (offs_r < R)[:, None] & (offs_kw >= 0)[None, :]
 
         for s in gl.static_range(STAGES - 1):  # fill the ring
             cp.async_copy_global_to_shared(a_smem.index(s), a_ptrs + s * BK,
                                            mask=mask_a & (s < num_k))
             cp.async_copy_global_to_shared(p_smem.index(s), w_ptrs + s * BK,
-                                           mask=mask_p & (s < num_k))
+                                           mask=mask_w & (s < num_k))
             cp.commit_group()
 
-        acc = gl.zeros((BM, BN), dtype=gl.int32 if INT8 else gl.float32, layout=mma)
-        for kt in range(num_k):
-            slot = kt % STAGES
-            cp.wait_group(STAGES - 2)  # this thread's copies of step kt have landed
-            gl.thread_barrier()  # and every other thread's
-            p = p_smem.index(slot).load(ld_p)
-            dec = d_smem.index(kt % 2)
-            for s in gl.static_range(4):
-                dec.slice(s * BR, BR, dim=0).store(_decode_i2_sm90(p, 2 * s, d_ty))
-            fence_async_shared()
-            gl.thread_barrier()
-            acc = warpgroup_mma(a_smem.index(slot), dec.permute((1, 0)), acc, is_async=True)
-            acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc, ))  # step kt - 1 is done
-            nxt = kt + STAGES - 1  # into the slot step kt - 1 used
-            cp.async_copy_global_to_shared(a_smem.index(nxt % STAGES), a_ptrs + nxt * BK,
-                                           mask=mask_a & (nxt < num_k))
-            cp.async_copy_global_to_shared(p_smem.index(nxt % STAGES), w_ptrs + nxt * BK,
-                                           mask=mask_p & (nxt < num_k))
-            cp.commit_group()
+        # Two k-steps per iteration, so consecutive steps decode into different registers: an
+        # MMA reads its weights' registers until the wait after the next step's MMA, and a
+        # one-step loop would rewrite them in the meantime.
+        acc = gl.zeros((BN, BM), dtype=gl.int32 if INT8 else gl.float32, layout=mma)
+        for kt in range(0, num_k - 1, 2):
+            acc = _wgmma_k_step(kt, num_k, acc, a_smem, p_smem, a_ptrs, w_ptrs, mask_a, mask_w,
+                                ld_p, a_op, d_ty, BN, BK, STAGES, num_warps)
+            acc = _wgmma_k_step(kt + 1, num_k, acc, a_smem, p_smem, a_ptrs, w_ptrs, mask_a,
+                                mask_w, ld_p, a_op, d_ty, BN, BK, STAGES, num_warps)
+        if num_k % 2 == 1:
+            acc = _wgmma_k_step(num_k - 1, num_k, acc, a_smem, p_smem, a_ptrs, w_ptrs, mask_a,
+                                mask_w, ld_p, a_op, d_ty, BN, BK, STAGES, num_warps)
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
         cp.wait_group(0)
 
-        rows_m = pid_m * BM + gl.arange(0, BM, gl.SliceLayout(1, mma))
-        offs_i = gl.arange(0, BN, gl.SliceLayout(0, mma))
-        rows_w = pid_w * BR + offs_i % BR
-        n = (offs_i // BR) * R + rows_w
+        # The store. act="int8" stores straight from the MMA's registers; act="none" first
+        # gathers eight tile rows g = 0..7 (eight consecutive outputs of one bit pair) per
+        # thread. These are the forms in which ptxas keeps the MMAs of the loop above
+        # asynchronous: with the other one, or with a zero-initialized accumulator in place of
+        # use_acc=False on the first step, it serializes them (C7515,
+        # tests/test_cuda_mma_compile.py); staged through a shared buffer of our own, rows
+        # past the first 64 came out wrong.
+        if INT8:
+            st: gl.constexpr = mma
+        else:
+            st: gl.constexpr = gl.BlockedLayout([8, 1], [1, 32], [num_warps, 1], [0, 1])
+            acc = gl.convert_layout(acc, st)
+        offs_i = gl.arange(0, BN, gl.SliceLayout(1, st))
+        rows_m = pid_m * BM + gl.arange(0, BM, gl.SliceLayout(0, st))
+        rows_w = pid_w * BR + ((offs_i // 16) % num_warps) * 8 + offs_i % 8
+        n = (2 * (offs_i // (16 * num_warps)) + (offs_i // 8) % 2) * R + rows_w
         mask_m = rows_m < M
         mask_n = (rows_w < R) & (n < N)
-        mask = mask_m[:, None] & mask_n[None, :]
+        mask = mask_n[:, None] & mask_m[None, :]
         if SPLIT_K > 1:
-            gl.store(part_ptr + (pid_s * M + rows_m[:, None]) * N + n[None, :], acc, mask=mask)
-        else:  # _epilogue's steps
+            gl.store(part_ptr + (pid_s * M + rows_m[None, :]) * N + n[:, None], acc, mask=mask)
+        else:  # _epilogue's steps, transposed
             if SCALE_PER_ROW:
-                scale = gl.load(scale_ptr + n, mask=mask_n, other=0.0)[None, :]
+                scale = gl.load(scale_ptr + n, mask=mask_n, other=0.0)[:, None]
             else:
                 scale = gl.load(scale_ptr)
             if INT8:
                 inv = gl.load(inv_ptr + rows_m, mask=mask_m, other=1.0)
-                y = gl.div_rn(acc.to(gl.float32), inv[:, None]) * scale
+                y = gl.div_rn(acc.to(gl.float32), inv[None, :]) * scale
             else:
                 y = acc * scale
             if HAS_BIAS:
-                y = y + gl.load(bias_ptr + n, mask=mask_n, other=0.0)[None, :]
-            gl.store(out_ptr + rows_m[:, None] * stride_out + n[None, :],
+                y = y + gl.load(bias_ptr + n, mask=mask_n, other=0.0)[:, None]
+            gl.store(out_ptr + rows_m[None, :] * stride_out + n[:, None],
                      y.to(out_ptr.dtype.element_ty, fp_downcast_rounding="rtne"), mask=mask)
 
 
 class _Config(NamedTuple):
-    wgmma: bool  # the sm_90 kernel (else _mma_kernel)
-    bm: int
-    bn: int
+    kernel: str  # "wgmma" (_wgmma_i2_kernel) or "portable" (_mma_kernel)
+    bm: int  # rows of x per tile
+    bn: int  # weight rows (outputs) per tile
     bk: int
     stages: int
     warps: int
@@ -332,29 +406,53 @@ def _wgmma_fits(a: torch.Tensor, weight: torch.Tensor, bk: int) -> bool:
 
 
 def _split(tiles: int, k_steps: int, sms: int) -> int:
-    """k-splits for a grid of fewer tiles than SMs: as many as fill two waves (one program per
-    SM at a time: two waves were measured faster than one), at most 8, with at least 8 k-steps
-    each."""
+    """k-splits for a grid of fewer tiles than SMs (the portable kernel): as many as fill two
+    waves (one program per SM at a time: two waves were measured faster than one), at most 8,
+    with at least 8 k-steps each."""
     if tiles >= sms:
         return 1
     return max(1, min(2 * sms // tiles, 8, k_steps // 8))
 
 
+def _wgmma_plan(m: int, w_rows: int, k_steps: int, int8: bool, sms: int) -> _Config:
+    """The sm_90 kernel's tile (rows of x) and split-K, from the H200 sweeps of
+    benchmarks/cuda/mma_sweep.py. The tile is the smallest of 16 / 32 / 64 / 128 rows that
+    holds M (128 past that), halved (to half of that at most) while it leaves more than half
+    the SMs idle, unless K is long (128 k-steps or more), where splitting K fills them better.
+    K is split where the tiles still leave SMs idle: for act="int8" where they fill less than
+    half, into splits of at least 16 k-steps (shorter ones lost to the extra pass); for
+    act="none", whose k-steps cost more, where they fill less than all with tiles of up to 32
+    rows, else less than half, into splits of at least 8."""
+    warps = 4
+    w_tiles = triton.cdiv(w_rows, 8 * warps)
+    natural = next((h for h in (16, 32, 64) if m <= h), 128)
+    bm = natural
+    if k_steps < 128:
+        while bm > max(16, natural // 2) and triton.cdiv(m, bm) * w_tiles < sms // 2:
+            bm //= 2
+    tiles = triton.cdiv(m, bm) * w_tiles
+    if int8:
+        split = min(2 * sms // tiles, 8, k_steps // 16) if tiles < sms // 2 else 1
+    elif tiles < sms and (bm <= 32 or tiles < sms // 2):
+        split = min(2 * sms // tiles, 8, k_steps // 8)
+    else:
+        split = 1
+    return _Config("wgmma", bm, 32 * warps, 128 if int8 else 64, 4, warps, max(1, split))
+
+
 def _plan(a: torch.Tensor, weight: torch.Tensor, m: int, int8: bool,
           interpret: bool) -> _Config:
-    """The kernel and tile for M rows, from the H200 sweeps of benchmarks/cuda/mma_sweep.py
-    (benchmarks/results/cuda.md)."""
+    """The kernel and tile for M rows (benchmarks/results/cuda.md)."""
     i2 = weight.dtype == torch.uint8
     w_rows, k = weight.shape
     sms = 1 if interpret else _device_info(a.device.index)[0]
     bk = 128 if int8 else 64
     if not interpret and _wgmma_fits(a, weight, bk):
-        bm = 64 if m <= 64 else 128
-        tiles = triton.cdiv(m, bm) * triton.cdiv(w_rows, 32)
-        return _Config(True, bm, 128, bk, 4, 4, _split(tiles, k // bk, sms))
+        return _wgmma_plan(m, w_rows, k // bk, int8, sms)
     bm, bn, bk, stages, warps = (128, 128, 128, 3, 8) if m >= 256 else (64, 128, 128, 4, 4)
     tiles = triton.cdiv(m, bm) * triton.cdiv(w_rows, bn // 4 if i2 else bn)
-    return _Config(False, bm, bn, bk, stages, warps, _split(tiles, triton.cdiv(k, bk), sms))
+    return _Config("portable", bm, bn, bk, stages, warps,
+                   _split(tiles, triton.cdiv(k, bk), sms))
 
 
 def _launch(a, inv, weight, scale, out_features, bias, out, int8: bool, interpret: bool,
@@ -377,7 +475,7 @@ def _launch(a, inv, weight, scale, out_features, bias, out, int8: bool, interpre
     flags = dict(INT8=int8, SCALE_PER_ROW=scale.numel() > 1, HAS_BIAS=bias is not None,
                  SPLIT_K=split_k)
     tiles_w = triton.cdiv(w_rows, c.bn // 4 if i2 else c.bn)
-    if c.wgmma:
+    if c.kernel == "wgmma":
         _wgmma_i2_kernel[(tiles_w, triton.cdiv(m, c.bm), split_k)](
             a, inv, weight, scale, bias_arg, out, part, m, out_features, k, w_rows, a.stride(0),
             weight.stride(0), out.stride(0), k_per_split, **flags, BM=c.bm, BN=c.bn, BK=c.bk,

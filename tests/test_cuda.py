@@ -196,7 +196,7 @@ def test_no_allocation_beyond_the_output(act, m):
     torch.cuda.synchronize()
     extra = torch.cuda.max_memory_allocated() - base
     allowed = out.numel() * out.element_size()
-    if m >= 64 and tops.backends()["cuda_mma"] == "triton":
+    if m > 8 and tops.backends()["cuda_mma"] == "triton":  # it may serve any M past the GEMV
         allowed += 8 * out.numel() * 4
     assert extra <= allowed, f"{act} M={m}: {extra} bytes allocated"
 
@@ -396,10 +396,10 @@ def _count_triton_calls(monkeypatch, name="mma_int8", plans=None):
 def _check_kernels_taken(plans, fmt):
     """On Hopper, i2 shapes took the sm_90 kernel with and without split-K, and the others the
     portable kernel, also with both."""
-    kinds = {(c.wgmma, c.split_k > 1) for c in plans}
-    want = {(False, False), (False, True)}
+    kinds = {(c.kernel, c.split_k > 1) for c in plans}
+    want = {("portable", False), ("portable", True)}
     if fmt == "i2" and torch.cuda.get_device_capability()[0] == 9:
-        want |= {(True, False), (True, True)}
+        want |= {("wgmma", False), ("wgmma", True)}
     assert want <= kinds, kinds
 
 
@@ -475,13 +475,91 @@ def test_triton_float_gemm_matches_reference(fmt, dtype, fresh_seed, monkeypatch
 
 
 @pytest.mark.skipif(not HAVE_TRITON, reason="needs Triton")
+def test_library_gemm_below_64_rows_only_where_it_pays(fresh_seed, monkeypatch):
+    """Between the GEMVs and 64 rows the library GEMM serves only i2 weights on sm_90 with K a
+    whole number of k-steps, act="int8" only on large weights (launchers.cuh,
+    library_gemm_pays); every call matches the reference either way."""
+    from ternary_ops import reference
+
+    hopper = torch.cuda.get_device_capability()[0] == 9
+    gen = torch.Generator().manual_seed(fresh_seed)
+    cases = [  # fmt, act, M, N, K, served by the library on sm_90
+        ("i2", "int8", 20, 8192, 4096, True),  # 2^25 weights at M > 16
+        ("i2", "int8", 12, 16384, 8192, True),  # 2^27 at M <= 16
+        ("i2", "int8", 12, 8192, 4096, False),
+        ("i2", "int8", 63, 4096, 4096, False),
+        ("i2", "int8", 20, 8192, 4100, False),  # K not a whole number of k-steps
+        ("i8", "int8", 20, 8192, 4096, False),
+        ("i2", "none", 9, 1030, 1024, True),
+        ("i2", "none", 63, 300, 2048, True),
+        ("i2", "none", 20, 1030, 1000, False),
+    ]
+    calls = {"int8": _count_triton_calls(monkeypatch, "mma_int8"),
+             "none": _count_triton_calls(monkeypatch, "mma_float")}
+    for fmt, act, m, n, k, served in cases:
+        before = len(calls[act])
+        codes = helpers.random_codes(n, k, gen)
+        weight = helpers.to_format(codes, fmt)
+        scale = helpers.random_scale(n, True, gen, 0.5) / k ** 0.5
+        x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
+        want = reference.linear_codes(x, codes, scale, None, act)
+        got = run_op(fmt, x.cuda(), weight.cuda(), scale.cuda(), n, None, act).cpu()
+        what = f"{fmt} act={act} M={m} N={n} K={k}"
+        if act == "int8":
+            assert_bit_exact(got, want, what)
+        else:
+            check(got, want, act, torch.bfloat16, what)
+        assert len(calls[act]) - before == (1 if served and hopper else 0), what
+
+
+@pytest.mark.skipif(not HAVE_TRITON or torch.cuda.get_device_capability()[0] != 9,
+                    reason="needs Triton and an sm_90 GPU")
+@pytest.mark.parametrize("act,dtype", [("int8", torch.bfloat16), ("int8", torch.float32),
+                                       ("none", torch.bfloat16), ("none", torch.float16)],
+                         ids=["int8-bf16", "int8-f32", "none-bf16", "none-f16"])
+def test_sm90_kernel_every_tile_matches_reference(act, dtype, fresh_seed):
+    """Each tile the plan or the sweep can give the sm_90 kernel (x rows 16 to 128, K split or
+    not), on shapes whose M, N and N / 4 fill no tile, against the
+    reference: act="int8" bit-exact, act="none" within tolerance."""
+    from ternary_ops import cuda_mma, reference
+
+    gen = torch.Generator().manual_seed(fresh_seed)
+    int8 = act == "int8"
+    bk = 128 if int8 else 64
+    for i, (m, n, k) in enumerate([(16, 1030, 1024), (37, 300, 2048), (130, 4099, 512),
+                                   (200, 9, 384)]):
+        codes = helpers.random_codes(n, k, gen)
+        w = helpers.to_format(codes, "i2").cuda()
+        scale = helpers.random_scale(n, i % 2 == 0, gen, 0.5) / k ** 0.5
+        bias = torch.randn(n, generator=gen) if i % 2 == 1 else None
+        x = torch.randn(m, k, generator=gen).to(dtype)
+        if int8:
+            q, inv = reference.quantize_activations(x)
+            a, inv = q.to(torch.int8).cuda(), inv.reshape(-1).cuda()
+        else:
+            a, inv = x.cuda(), None
+        want = reference.linear_codes(x, codes, scale, bias, act)
+        args = [t if t is None else t.cuda() for t in (scale, bias)]
+        for bm in (16, 32, 64, 128):
+            for split in (1, 3):
+                config = cuda_mma._Config("wgmma", bm, 128, bk, 4, 4, split)
+                out = torch.full((m, n), float("nan"), dtype=dtype, device="cuda")
+                cuda_mma._launch(a, inv, w, args[0], n, args[1], out, int8, False, config)
+                what = f"{config} M={m} N={n} K={k}"
+                if int8:
+                    assert_bit_exact(out.cpu(), want, what)
+                else:
+                    check(out.cpu(), want, act, dtype, what)
+
+
+@pytest.mark.skipif(not HAVE_TRITON, reason="needs Triton")
 @pytest.mark.parametrize("fmt", ["i2", "i8"])
 def test_triton_gemm_serves_the_rms_norm_ops_graphs_and_compile(fmt, monkeypatch):
     from ternary_ops import reference
 
     calls = _count_triton_calls(monkeypatch)
     gen = torch.Generator().manual_seed(5)
-    m, n, k = 300, 1030, 2048  # i2: the sm_90 kernel on Hopper; both split K in 2
+    m, n, k = 300, 1030, 4096  # i2: the sm_90 kernel on Hopper; both split K
     codes = helpers.random_codes(n, k, gen)
     w = helpers.to_format(codes, fmt).cuda()
     scale = helpers.random_scale(n, True, gen, 0.5).cuda()

@@ -1,7 +1,9 @@
 """Tile sweep of the large-M GEMMs (ternary_ops/cuda_mma.py): for each shape and M, the time of
 the configuration cuda_mma._plan picks against the alternatives and dense bf16, so the plan's
 rules can be checked against measurements. act="int8" times the GEMM alone on a quantized x
-(the op's pre-pass is not included); act="none" times it on bf16 x.
+(the op's pre-pass is not included); act="none" times it on bf16 x. "op" is the whole op on
+bf16 x as a caller gets it (below 64 rows the built-in kernels, pre-pass included). The plan's
+configuration is starred; ratios are dense bf16's time over the candidate's.
 
 Usage on a CUDA GPU: python benchmarks/cuda/mma_sweep.py [--m 64 128 ...] [--shapes NxK ...]
 """
@@ -14,15 +16,27 @@ from bench import SHAPES, time_rotating  # beside this script
 from ternary_ops import cuda_mma
 
 LLAMA = [(14336, 4096), (4096, 14336), (28672, 8192), (8192, 28672)]
+TAGS = {"wgmma": "wg", "portable": "tl"}
+REPLAYS = 10
 
 
 def _candidates(plan, m, w_rows, k, bk, sms):
-    """The plan, with 3 stages (two programs per SM), and the other tile heights and split
-    counts around it."""
-    out = [plan, plan._replace(stages=3)]
-    for bm in (64, 128):
-        tiles = triton.cdiv(m, bm) * triton.cdiv(w_rows, 32)
-        for split in sorted({1, 2, 4, max(1, min(-(-sms // tiles), k // bk // 8))}):
+    """The plan and the configurations around it: for the sm_90 kernel every tile height (rows
+    of x) near M, K split as planned, in 4 or not; for
+    the portable kernel 3 stages and the other tile heights and split counts."""
+    out = [plan]
+    if plan.kernel == "portable":
+        out.append(plan._replace(stages=3))
+        for bm in (64, 128):
+            tiles = triton.cdiv(m, bm) * triton.cdiv(w_rows, 32)
+            for split in sorted({1, 2, 4, cuda_mma._split(tiles, k // bk, sms)}):
+                c = plan._replace(bm=bm, split_k=split)
+                if c not in out and split <= k // bk:
+                    out.append(c)
+        return out
+    heights = [h for h in (16, 32, 64, 128) if min(m / 2, 64) <= h <= max(2 * m, 64)]
+    for bm in heights:
+        for split in sorted({1, plan.split_k, 4}):
             c = plan._replace(bm=bm, split_k=split)
             if c not in out and split <= k // bk:
                 out.append(c)
@@ -31,7 +45,7 @@ def _candidates(plan, m, w_rows, k, bk, sms):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--m", type=int, nargs="+", default=[64, 128, 256, 512, 2048])
+    ap.add_argument("--m", type=int, nargs="+", default=[16, 32, 64, 128, 256, 512, 2048])
     ap.add_argument("--shapes", nargs="+", default=None)
     ap.add_argument("--acts", nargs="+", default=["int8", "none"])
     args = ap.parse_args()
@@ -51,18 +65,24 @@ def main():
                               device="cuda")
             inv = torch.rand(m, device="cuda") + 1
             out = torch.empty(m, n, dtype=torch.bfloat16, device="cuda")
-            dense = time_rotating(lambda w: torch.nn.functional.linear(x, w), wd, None, None)[0]
+            dense = time_rotating(lambda w: torch.nn.functional.linear(x, w), wd, None, None,
+                                  replays=REPLAYS)[0]
             for act in args.acts:
                 int8 = act == "int8"
                 a = q if int8 else x
                 plan = cuda_mma._plan(a, ws[0], m, int8, False)
-                line = f"{n:>5}x{k:<5} M={m:<4} {act:4} dense {dense * 1e6:7.1f} us |"
+                def op(w, act=act):
+                    torch.ops.ternary.linear_i2(x, w, scale, n, None, act)
+                t_op = time_rotating(op, ws, None, None, replays=REPLAYS)[0]
+                line = (f"{n:>5}x{k:<5} M={m:<4} {act:4} dense {dense * 1e6:7.1f} us | op "
+                        f"{dense / t_op:.2f}x |")
                 for c in _candidates(plan, m, r, k, plan.bk, sms):
                     def run(w, c=c):
                         cuda_mma._launch(a, inv if int8 else None, w, scale, n, None, out,
                                          int8, False, c)
-                    t = time_rotating(run, ws, None, None)[0]
-                    tag = f"{'wg' if c.wgmma else 'tl'}{c.bm}/s{c.split_k}/st{c.stages}"
+                    t = time_rotating(run, ws, None, None, replays=REPLAYS)[0]
+                    tag = (f"{TAGS[c.kernel]}{c.bm}x{c.bn}/s{c.split_k}"
+                           + (f"/st{c.stages}" if c.kernel == "portable" else ""))
                     line += f" {'*' if c == plan else ''}{tag} {dense / t:.2f}x"
                 print(line, flush=True)
 

@@ -34,4 +34,6 @@ int device_sms() { return device_attr<cudaDevAttrMultiProcessorCount>(1); }
 
 int64_t device_l2_bytes() { return device_attr<cudaDevAttrL2CacheSize>(0); }
 
+int device_major() { return device_attr<cudaDevAttrComputeCapabilityMajor>(0); }
+
 }  // namespace ternary::cuda

@@ -66,9 +66,10 @@ struct Plan {
   int64_t scratch_bytes = 0;  // device scratch run_linear needs (16-byte aligned), or 0
 };
 
-// Smallest M the library GEMMs (Path::kInt8Library, Path::kNoneLibrary) may serve; the glue
-// looks for a registered one only from here on.
-constexpr int64_t kLibraryMinM = 64;
+// Smallest M the library GEMMs (Path::kInt8Library, Path::kNoneLibrary) may serve (past the
+// GEMVs); the glue looks for a registered one only from here on. Where they pay is
+// library_gemm_pays (launchers.cuh).
+constexpr int64_t kLibraryMinM = 9;
 
 // Picks the path for p (its shapes, dtype and the alignment of p.x and p.weight). Host only.
 // library_gemm: whether the caller can run the library GEMM of `act` (Path::kInt8Library,

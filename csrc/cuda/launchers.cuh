@@ -31,15 +31,28 @@ inline bool int8_quantized_in_gemv(const Linear& p) {
   return p.norm_weight == nullptr || (p.M == 1 && p.norm_dtype == p.dtype);
 }
 
-// Streaming multiprocessors and L2 bytes of the current device, read once per device.
+// Streaming multiprocessors, L2 bytes and compute capability major of the current device, read
+// once per device.
 int device_sms();
 int64_t device_l2_bytes();
+int device_major();
+
+// From this M on the library GEMM pays on every problem.
+constexpr int64_t kLibraryAllM = 64;
 
 // Whether the library GEMM (Triton, ternary_ops/cuda_mma.py), where registered, serves p in
-// place of the built-in tensor-core kernels: from kLibraryMinM rows on, where it was measured
-// faster on an H200 on every shape; where its tiles are too few for the SMs it splits K itself
-// (docs/perf-notes.md).
-inline bool library_gemm_pays(const Linear& p) { return p.M >= kLibraryMinM; }
+// place of the built-in tensor-core kernels (int8: act="int8"). From kLibraryAllM rows on
+// always: it was measured faster on an H200 on every shape, and where its tiles are too few for
+// the SMs it splits K itself. Below that only where its sm_90 kernel runs (Hopper, i2 weights,
+// K a whole number of its k-steps), which reads the weights at a rate the built-in kernels do
+// not reach: for act="none" at any M, for act="int8" on large weights only (from 2^25 at
+// M > 16, 2^27 at M <= 16), where that rate outweighs its longer start (docs/perf-notes.md).
+inline bool library_gemm_pays(const Linear& p, bool int8) {
+  if (p.M >= kLibraryAllM) return true;
+  if (p.M < kLibraryMinM || !p.i2 || p.K % (int8 ? 128 : 64) != 0 || device_major() != 9)
+    return false;
+  return !int8 || p.N * p.K >= (p.M > 16 ? int64_t{1} << 25 : int64_t{1} << 27);
+}
 
 // quantize.cu: act="int8" pre-pass, per-row quantization of x into q / inv / qsum (M blocks).
 cudaError_t quantize_rows(const Linear& p, cudaStream_t stream);

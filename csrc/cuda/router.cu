@@ -15,15 +15,15 @@ Plan plan_linear(const Linear& p, Act act, bool library_gemm) {
     if (int8_quantized_in_gemv(p)) {
       plan.path = Path::kInt8Fused;
     } else {
-      plan.path = p.M <= kGemvMaxM                         ? Path::kInt8Gemv
-                  : library_gemm && library_gemm_pays(p)  ? Path::kInt8Library
-                                                          : Path::kInt8Mma;
+      plan.path = p.M <= kGemvMaxM                             ? Path::kInt8Gemv
+                  : library_gemm && library_gemm_pays(p, true) ? Path::kInt8Library
+                                                               : Path::kInt8Mma;
       // q [M, act_padded_k(K)], then inv [M] float32 and qsum [M] int32.
       plan.scratch_bytes = p.M * act_padded_k(p.K) + 8 * p.M;
     }
   } else if (p.M <= kGemvMaxM && !p.q8) {  // the float paths decode ternary weights only
     plan.path = Path::kNoneGemv;
-  } else if (library_gemm && p.dtype != DType::F32 && library_gemm_pays(p)) {
+  } else if (library_gemm && p.dtype != DType::F32 && library_gemm_pays(p, false)) {
     plan.path = Path::kNoneLibrary;
   } else if (!p.q8 && linear_none_mma_ok(p)) {
     plan.path = Path::kNoneMma;

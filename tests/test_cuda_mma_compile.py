@@ -1,0 +1,100 @@
+"""The sm_90 GEMM of ternary_ops/cuda_mma.py compiled for Hopper without a GPU, for every tile
+the plan can pick:
+
+* its PTX never writes a register that an asynchronous warpgroup MMA in flight reads as its A
+  operand (the decoded weights) before the wait that retires that MMA. PTX leaves such a write
+  undefined; on the GPU it corrupted whole MMA row blocks, silently.
+* ptxas (bundled with Triton) neither serializes its MMAs nor spills. Both cost a large share
+  of its speed, and ptxas only says so in its verbose output (C7515 "wgmma.mma_async
+  instructions are serialized")."""
+import os
+import re
+import subprocess
+
+import pytest
+
+gluon = pytest.importorskip("triton.experimental.gluon", reason="needs Triton >= 3.5")
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.experimental.gluon._runtime import GluonASTSource  # noqa: E402
+
+from ternary_ops import cuda_mma  # noqa: E402
+
+PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+ARGS = ["a_ptr", "inv_ptr", "w_ptr", "scale_ptr", "bias_ptr", "out_ptr", "part_ptr", "M", "N",
+        "K", "R", "stride_a", "stride_w", "stride_out", "K_PER_SPLIT"]
+
+
+def _written(line):
+    """The registers a PTX line writes (its first operand; every instruction's first operand in
+    an inline-asm block)."""
+    if line.startswith("{"):
+        found = (re.match(r"\s*[a-z][\w.]*\s+(%r\d+)", ins) for ins in line.strip("{} ").split(";"))
+        return {m.group(1) for m in found if m}
+    if line.startswith(("st.", "wgmma", "bar.", "cp.", "@", "bra", "//", "ret")):
+        return set()
+    m = re.match(r"[a-z][\w.:]*\s+(\{[^}]*\}|%r\d+)", line)
+    return set(re.findall(r"%r\d+", m.group(1))) if m else set()
+
+
+def _in_flight_operand_writes(ptx):
+    """Writes to the A-operand registers of an MMA not yet retired by a wgmma.wait_group, over
+    three passes of the main loop (the block holding the first MMA up to its back branch)."""
+    lines = [line.strip() for line in ptx.splitlines()]
+    first = next(i for i, line in enumerate(lines) if line.startswith("wgmma.mma_async"))
+    start = max(i for i in range(first) if re.match(r"\$L__BB\d+_\d+:", lines[i]))
+    label = re.match(r"(\$L__BB\d+_\d+):", lines[start]).group(1)
+    end = next(i for i in range(first, len(lines))
+               if re.search(r"bra(\.uni)?\s+" + re.escape(label) + ";", lines[i]))
+    groups, pending, committed, bad = {}, set(), 0, []
+    for line in lines[start:end + 1] * 3:
+        if line.startswith("wgmma.mma_async"):
+            a_regs = re.search(r"\},\s*\{([^}]*)\}", line).group(1)
+            pending |= {r.strip() for r in a_regs.split(",")}
+        elif line.startswith("wgmma.commit_group"):
+            groups[committed], pending, committed = pending, set(), committed + 1
+        elif line.startswith("wgmma.wait_group"):
+            keep = int(re.search(r"(\d+);", line).group(1))
+            groups = {g: regs for g, regs in groups.items() if g >= committed - keep}
+        elif groups and _written(line) & set().union(*groups.values()):
+            bad.append(line[:100])
+    return bad
+
+
+def _sm90_ptx(a_ty, out_ty, int8, bm, warps, split, bias):
+    types = [a_ty, "*fp32", "*u8", "*fp32", "*fp32", out_ty, "*i32" if int8 else "*fp32"]
+    sig = dict(zip(ARGS, types + ["i32"] * 8))
+    constexprs = dict(INT8=int8, SCALE_PER_ROW=True, HAS_BIAS=bias, SPLIT_K=split, BM=bm,
+                      BN=32 * warps, BK=128 if int8 else 64, STAGES=4, num_warps=warps)
+    sig.update({k: "constexpr" for k in constexprs})
+    # what Triton's specialization gives pointers and 16-divisible sizes at launch
+    attrs = {(i,): [["tt.divisibility", 16]] for i in range(len(ARGS))}
+    kernel = triton.compile(GluonASTSource(cuda_mma._wgmma_i2_kernel, sig, constexprs, attrs),
+                            target=GPUTarget("cuda", 90, 32),
+                            options={"num_warps": warps, "enable_fp_fusion": False})
+    return kernel.asm["ptx"]
+
+
+@pytest.mark.skipif(not os.path.exists(PTXAS), reason="Triton without its bundled ptxas")
+@pytest.mark.parametrize("act,a_ty,out_ty", [("int8", "*i8", "*bf16"), ("int8", "*i8", "*fp32"),
+                                              ("none", "*bf16", "*bf16"),
+                                              ("none", "*fp16", "*fp16")])
+def test_sm90_kernel_keeps_its_mmas_asynchronous_and_safe(act, a_ty, out_ty, tmp_path):
+    int8 = act == "int8"
+    configs = [(bm, 4, split) for bm in (16, 32, 64, 128) for split in (1, 2)]
+    bad = []
+    for i, (bm, warps, split) in enumerate(configs):
+        ptx = _sm90_ptx(a_ty, out_ty, int8, bm, warps, split, bias=i % 2 == 0)
+        src = tmp_path / "k.ptx"
+        src.write_text(ptx)
+        r = subprocess.run([PTXAS, "-arch=sm_90a", "-v", str(src), "-o", str(tmp_path / "k.o")],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        assert ptx.count("wgmma.mma_async") > 0
+        writes = _in_flight_operand_writes(ptx)
+        if writes:
+            bad.append((bm, warps, split, "writes in-flight operand registers", writes[:2]))
+        spills = [int(s) for s in re.findall(r"(\d+) bytes spill stores", r.stderr)]
+        if "C7515" in r.stderr or any(spills):
+            bad.append((bm, warps, split, spills, "C7515" in r.stderr))
+    assert not bad, f"{act} x {a_ty} out {out_ty}: {bad}"

@@ -283,7 +283,7 @@ if gluon is not None:
         d_ty: gl.constexpr = gl.int8 if INT8 else a_ty  # the decoded weights' type
         KW: gl.constexpr = 32 // d_ty.primitive_bitwidth  # weights per 32-bit register
         VEC: gl.constexpr = 128 // a_ty.primitive_bitwidth  # elements per 16-byte copy
-        gl.static_assert(num_warps == 4)  # one warpgroup: 8 warps were not proven correct
+        gl.static_assert(num_warps == 4)  # one warpgroup, the only size tested
         gl.static_assert(BN == 32 * num_warps)
         pid_w = gl.program_id(0)
         pid_m = gl.program_id(1)
@@ -343,8 +343,7 @@ if gluon is not None:
         # thread. These are the forms in which ptxas keeps the MMAs of the loop above
         # asynchronous: with the other one, or with a zero-initialized accumulator in place of
         # use_acc=False on the first step, it serializes them (C7515,
-        # tests/test_cuda_mma_compile.py); staged through a shared buffer of our own, rows
-        # past the first 64 came out wrong.
+        # tests/test_cuda_mma_compile.py).
         if INT8:
             st: gl.constexpr = mma
         else:

@@ -64,7 +64,7 @@ def _in_flight_operand_writes(ptx):
 def _sm90_ptx(a_ty, out_ty, int8, bm, warps, split, bias):
     types = [a_ty, "*fp32", "*u8", "*fp32", "*fp32", out_ty, "*i32" if int8 else "*fp32"]
     sig = dict(zip(ARGS, types + ["i32"] * 8))
-    constexprs = dict(INT8=int8, SCALE_PER_ROW=True, HAS_BIAS=bias, SPLIT_K=split, BM=bm,
+    constexprs = dict(INT8=int8, SCALE_PER_ROW=not bias, HAS_BIAS=bias, SPLIT_K=split, BM=bm,
                       BN=32 * warps, BK=128 if int8 else 64, STAGES=4, num_warps=warps)
     sig.update({k: "constexpr" for k in constexprs})
     # what Triton's specialization gives pointers and 16-divisible sizes at launch
@@ -76,7 +76,8 @@ def _sm90_ptx(a_ty, out_ty, int8, bm, warps, split, bias):
 
 
 @pytest.mark.skipif(not os.path.exists(PTXAS), reason="Triton without its bundled ptxas")
-@pytest.mark.parametrize("act,a_ty,out_ty", [("int8", "*i8", "*bf16"), ("int8", "*i8", "*fp32"),
+@pytest.mark.parametrize("act,a_ty,out_ty", [("int8", "*i8", "*bf16"), ("int8", "*i8", "*fp16"),
+                                              ("int8", "*i8", "*fp32"),
                                               ("none", "*bf16", "*bf16"),
                                               ("none", "*fp16", "*fp16")])
 def test_sm90_kernel_keeps_its_mmas_asynchronous_and_safe(act, a_ty, out_ty, tmp_path):

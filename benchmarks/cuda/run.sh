@@ -5,6 +5,8 @@
 # Writes build.log, test.log, bench.md, bench.json, bench_nopdl.md there. TEST_K narrows the tests
 # to a pytest -k expression; SWEEP=1 also runs the tile sweep of cuda/mma_sweep.py (sweep.log).
 # BENCH_ARGS narrows the main run, NOPDL_ARGS the run with PDL off; NOPDL_ARGS=skip skips that run.
+# E2E_ARGS, where set, runs benchmarks/e2e/decode.py --device cuda once more with those arguments
+# on the same build (e2e.md, e2e.json).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUTDIR=${1:-${OUT:-build/cuda-results}}
@@ -37,5 +39,12 @@ if [ "${NOPDL_ARGS:-}" != "skip" ]; then
     ${NOPDL_ARGS:-} --out "$OUTDIR/bench_nopdl.md" > "$OUTDIR/bench_nopdl.log" 2>&1
   echo "--- PDL off"
   grep -v "^|" "$OUTDIR/bench_nopdl.log" | grep "M=" | cut -c1-110
+fi
+if [ -n "${E2E_ARGS:-}" ]; then
+  echo "=== e2e ($(($(date +%s) - t0))s)"
+  # shellcheck disable=SC2086  # a list of arguments
+  $PY benchmarks/e2e/decode.py --device cuda $E2E_ARGS --json "$OUTDIR/e2e.json" \
+    --markdown "$OUTDIR/e2e.md" > "$OUTDIR/e2e.log" 2>&1
+  grep -E "^round|^\* " "$OUTDIR/e2e.log" | cut -c1-150
 fi
 echo "=== done ($(($(date +%s) - t0))s) tests rc=$test_rc bench rc=$bench_rc"

@@ -512,7 +512,8 @@ def test_library_gemm_below_64_rows_only_where_it_pays(fresh_seed, monkeypatch):
         assert len(calls[act]) - before == (1 if served and hopper else 0), what
 
 
-@pytest.mark.skipif(not HAVE_TRITON or torch.cuda.get_device_capability()[0] != 9,
+@pytest.mark.skipif(not HAVE_TRITON or not torch.cuda.is_available()
+                    or torch.cuda.get_device_capability()[0] != 9,
                     reason="needs Triton and an sm_90 GPU")
 @pytest.mark.parametrize("act,dtype", [("int8", torch.bfloat16), ("int8", torch.float32),
                                        ("none", torch.bfloat16), ("none", torch.float16)],

@@ -416,22 +416,27 @@ def _split(tiles: int, k_steps: int, sms: int) -> int:
 def _wgmma_plan(m: int, w_rows: int, k_steps: int, int8: bool, sms: int) -> _Config:
     """The sm_90 kernel's tile (rows of x) and split-K, from the H200 sweeps of
     benchmarks/cuda/mma_sweep.py. The tile is the smallest of 16 / 32 / 64 / 128 rows that
-    holds M (128 past that), halved (to half of that at most) while it leaves more than half
-    the SMs idle, unless K is long (128 k-steps or more), where splitting K fills them better.
-    K is split where the tiles still leave SMs idle: for act="int8" where they fill less than
-    half, into splits of at least 16 k-steps (shorter ones lost to the extra pass); for
-    act="none", whose k-steps cost more, where they fill less than all with tiles of up to 32
-    rows, else less than half, into splits of at least 8."""
+    holds M (128 past that). Where K is short (under 64 k-steps for act="int8", 128 for
+    act="none") it is halved once if that leaves SMs idle (act="int8" tiles of 64 or 128
+    rows) or more than half of them idle (the others; below 64 rows each halving decodes
+    the weights once more): more, smaller tiles fill them. Where K is long, splitting K
+    fills them better. K is split where the tiles still leave SMs idle: for act="int8" where they
+    fill less than all (long K) or half (short K), into splits of at least 16 k-steps
+    (shorter ones lost to the extra pass); for act="none", whose k-steps cost more, where they
+    fill less than all with tiles of up to 32 rows, else less than half, into splits of at
+    least 8."""
     warps = 4
     w_tiles = triton.cdiv(w_rows, 8 * warps)
     natural = next((h for h in (16, 32, 64) if m <= h), 128)
+    long_k = k_steps >= (64 if int8 else 128)
     bm = natural
-    if k_steps < 128:
-        while bm > max(16, natural // 2) and triton.cdiv(m, bm) * w_tiles < sms // 2:
-            bm //= 2
+    fill = sms if int8 and bm >= 64 else sms // 2
+    if not long_k and bm > 16 and triton.cdiv(m, bm) * w_tiles < fill:
+        bm //= 2
     tiles = triton.cdiv(m, bm) * w_tiles
     if int8:
-        split = min(2 * sms // tiles, 8, k_steps // 16) if tiles < sms // 2 else 1
+        few = sms if long_k else sms // 2
+        split = min(2 * sms // tiles, 8, k_steps // 16) if tiles < few else 1
     elif tiles < sms and (bm <= 32 or tiles < sms // 2):
         split = min(2 * sms // tiles, 8, k_steps // 8)
     else:

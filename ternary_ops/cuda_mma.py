@@ -283,7 +283,7 @@ if gluon is not None:
         d_ty: gl.constexpr = gl.int8 if INT8 else a_ty  # the decoded weights' type
         KW: gl.constexpr = 32 // d_ty.primitive_bitwidth  # weights per 32-bit register
         VEC: gl.constexpr = 128 // a_ty.primitive_bitwidth  # elements per 16-byte copy
-        gl.static_assert(num_warps == 4)  # one warpgroup, the only size tested
+        gl.static_assert(num_warps == 4)  # one warpgroup: two measured slower (perf-notes)
         gl.static_assert(BN == 32 * num_warps)
         pid_w = gl.program_id(0)
         pid_m = gl.program_id(1)

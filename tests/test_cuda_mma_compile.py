@@ -99,3 +99,27 @@ def test_sm90_kernel_keeps_its_mmas_asynchronous_and_safe(act, a_ty, out_ty, tmp
         if "C7515" in r.stderr or any(spills):
             bad.append((bm, warps, split, spills, "C7515" in r.stderr))
     assert not bad, f"{act} x {a_ty} out {out_ty}: {bad}"
+
+
+@pytest.mark.parametrize("int8", [True, False], ids=["int8", "none"])
+def test_sm90_plan_picks_only_compiled_tiles_and_sound_splits(int8):
+    """Every configuration _wgmma_plan gives, over row counts, weight shapes and SM counts of
+    Hopper parts, is one the test above compiles (tile heights 16-128, 4 warps, 4 stages), holds
+    M in as few tiles as the rule allows, and splits K only into pieces of at least 16
+    (act="int8") or 8 (act="none") k-steps that fill at most two waves of programs."""
+    bk, min_steps = (128, 16) if int8 else (64, 8)
+    for sms in (132, 114, 78):
+        for m in (9, 16, 17, 32, 33, 64, 65, 100, 128, 129, 256, 512, 2048, 4099):
+            for n, k in ((2560, 2560), (6912, 2560), (2560, 6912), (4096, 4096), (14336, 4096),
+                         (4096, 14336), (28672, 8192), (8192, 28672), (300, 2048), (9, 384)):
+                w_rows, k_steps = (n + 3) // 4, k // bk
+                c = cuda_mma._wgmma_plan(m, w_rows, k_steps, int8, sms)
+                what = (sms, m, n, k, c)
+                assert (c.kernel, c.bn, c.bk, c.stages, c.warps) == ("wgmma", 128, bk, 4, 4), what
+                natural = next((h for h in (16, 32, 64) if m <= h), 128)
+                assert c.bm in (natural, max(16, natural // 2)), what
+                tiles = triton.cdiv(m, c.bm) * triton.cdiv(w_rows, 32)
+                assert 1 <= c.split_k <= 8, what
+                if c.split_k > 1:
+                    assert k_steps // c.split_k >= min_steps, what
+                    assert tiles < sms and tiles * c.split_k <= 2 * sms, what

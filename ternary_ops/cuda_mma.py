@@ -170,34 +170,51 @@ if gluon is not None:
     @gluon.jit
     def _decode_i2_sm90(p, SHIFT: gl.constexpr, DTYPE: gl.constexpr):
         """Weights of DTYPE (int8, bfloat16 or float16) from bit pair SHIFT / 2 of p, four
-        codes per instruction as in _decode_i2. 16-bit weights skip the int-to-float conversion
-        (a quarter of the ALU rate): code c in {0, 1, 2} becomes the bits of B + c, with B = 128
-        (bfloat16) or 1024 (float16), whose last mantissa step is 1, less B + 1, exactly."""
-        if DTYPE == gl.int8:  # outputs $0; input $1
-            src: gl.constexpr = "$1"
-            outs: gl.constexpr = "=r,r"
-            cvt: gl.constexpr = "add.u32 t, t, 0x7F7F7F7F; xor.b32 $0, t, 0x80808080;"
-        else:  # outputs $0, $1 (two 16-bit weights each); input $2
-            src: gl.constexpr = "$2"
-            outs: gl.constexpr = "=r,=r,r"
-            if DTYPE == gl.bfloat16:
-                cvt: gl.constexpr = ("prmt.b32 $0, t, 0x43434343, 0x4140; "
-                                     "prmt.b32 $1, t, 0x43434343, 0x4342; mov.b32 b, 0x43014301; "
-                                     "sub.rn.bf16x2 $0, $0, b; sub.rn.bf16x2 $1, $1, b;")
+        codes per instruction as in _decode_i2.
+
+        int8 weights are the code c in {0, 1, 2} times 1, 4, 16 or 32 (bit pairs 0 to 3): the
+        code masked in place, one instruction for four (bit pair 3 moved down one bit to stay
+        below 128). The kernel's epilogue divides the sums by that factor and subtracts the
+        sum of the activation row, which together make the weight c - 1, exactly."""
+        if DTYPE == gl.int8:  # output $0; input $1
+            if SHIFT == 0:
+                asm: gl.constexpr = "and.b32 $0, $1, 0x03030303;"
+            elif SHIFT == 2:
+                asm: gl.constexpr = "and.b32 $0, $1, 0x0C0C0C0C;"
+            elif SHIFT == 4:
+                asm: gl.constexpr = "and.b32 $0, $1, 0x30303030;"
             else:
-                cvt: gl.constexpr = ("prmt.b32 $0, t, 0x64646464, 0x4140; "
-                                     "prmt.b32 $1, t, 0x64646464, 0x4342; mov.b32 b, 0x64016401; "
-                                     "sub.rn.f16x2 $0, $0, b; sub.rn.f16x2 $1, $1, b;")
-        if SHIFT == 0:
-            bits: gl.constexpr = "and.b32 t, " + src + ", 0x03030303; "
-        elif SHIFT == 2:
-            bits: gl.constexpr = "shr.b32 t, " + src + ", 2; and.b32 t, t, 0x03030303; "
-        elif SHIFT == 4:
-            bits: gl.constexpr = "shr.b32 t, " + src + ", 4; and.b32 t, t, 0x03030303; "
+                asm: gl.constexpr = ("{ .reg .b32 t; shr.b32 t, $1, 1; "
+                                     "and.b32 $0, t, 0x60606060; }")
+            out = gl.inline_asm_elementwise(asm, "=r,r", [p], dtype=gl.int8, is_pure=True,
+                                            pack=4)
+        else:  # outputs $0, $1 (two 16-bit weights each); input $2
+            out = _decode_i2_sm90_16bit(p, SHIFT, DTYPE)
+        return out
+
+    @gluon.jit
+    def _decode_i2_sm90_16bit(p, SHIFT: gl.constexpr, DTYPE: gl.constexpr):
+        """16-bit weights skip the int-to-float conversion (a quarter of the ALU rate): code c
+        becomes the bits of B + c, with B = 128 (bfloat16) or 1024 (float16), whose last
+        mantissa step is 1, less B + 1, exactly."""
+        if DTYPE == gl.bfloat16:
+            cvt: gl.constexpr = ("prmt.b32 $0, t, 0x43434343, 0x4140; "
+                                 "prmt.b32 $1, t, 0x43434343, 0x4342; mov.b32 b, 0x43014301; "
+                                 "sub.rn.bf16x2 $0, $0, b; sub.rn.bf16x2 $1, $1, b;")
         else:
-            bits: gl.constexpr = "shr.b32 t, " + src + ", 6; and.b32 t, t, 0x03030303; "
-        return gl.inline_asm_elementwise("{ .reg .b32 t, b; " + bits + cvt + " }", outs, [p],
-                                         dtype=DTYPE.value, is_pure=True, pack=4)
+            cvt: gl.constexpr = ("prmt.b32 $0, t, 0x64646464, 0x4140; "
+                                 "prmt.b32 $1, t, 0x64646464, 0x4342; mov.b32 b, 0x64016401; "
+                                 "sub.rn.f16x2 $0, $0, b; sub.rn.f16x2 $1, $1, b;")
+        if SHIFT == 0:
+            bits: gl.constexpr = "and.b32 t, $2, 0x03030303; "
+        elif SHIFT == 2:
+            bits: gl.constexpr = "shr.b32 t, $2, 2; and.b32 t, t, 0x03030303; "
+        elif SHIFT == 4:
+            bits: gl.constexpr = "shr.b32 t, $2, 4; and.b32 t, t, 0x03030303; "
+        else:
+            bits: gl.constexpr = "shr.b32 t, $2, 6; and.b32 t, t, 0x03030303; "
+        return gl.inline_asm_elementwise("{ .reg .b32 t, b; " + bits + cvt + " }", "=r,=r,r",
+                                         [p], dtype=DTYPE.value, is_pure=True, pack=4)
 
     @gluon.constexpr_function
     def _packed_layout(int8, bk, num_warps):
@@ -254,8 +271,8 @@ if gluon is not None:
         return acc
 
     @gluon.jit
-    def _wgmma_i2_kernel(a_ptr, inv_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, part_ptr,
-                         M, N, K, R, stride_a, stride_w, stride_out, K_PER_SPLIT,
+    def _wgmma_i2_kernel(a_ptr, inv_ptr, asum_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr,
+                         part_ptr, M, N, K, R, stride_a, stride_w, stride_out, K_PER_SPLIT,
                          INT8: gl.constexpr, SCALE_PER_ROW: gl.constexpr,
                          HAS_BIAS: gl.constexpr, SPLIT_K: gl.constexpr, BM: gl.constexpr,
                          BN: gl.constexpr, BK: gl.constexpr, STAGES: gl.constexpr,
@@ -266,7 +283,8 @@ if gluon is not None:
         num_warps weight rows are its A operand, decoded straight into the registers that hold
         it, and the a tile (q for act="int8", x for act="none") is its B operand in shared
         memory. Decoded weights never touch shared memory, so a k-step moves only the packed
-        bytes (a quarter of the decoded tile) and the a tile through it.
+        bytes (a quarter of the decoded tile) and the a tile through it. act="int8" also takes
+        asum, the sums of the q rows (see _decode_i2_sm90).
 
         Which rows: a thread of warp w and lane group g holds A rows 16 w + g + 8 h + 16 *
         num_warps * j (h, j in {0, 1}); the packed byte of row 8 w + g carries exactly four
@@ -352,10 +370,14 @@ if gluon is not None:
         offs_i = gl.arange(0, BN, gl.SliceLayout(1, st))
         rows_m = pid_m * BM + gl.arange(0, BM, gl.SliceLayout(0, st))
         rows_w = pid_w * BR + ((offs_i // 16) % num_warps) * 8 + offs_i % 8
-        n = (2 * (offs_i // (16 * num_warps)) + (offs_i // 8) % 2) * R + rows_w
+        pair = 2 * (offs_i // (16 * num_warps)) + (offs_i // 8) % 2  # the row's bit pair
+        n = pair * R + rows_w
         mask_m = rows_m < M
         mask_n = (rows_w < R) & (n < N)
         mask = mask_n[:, None] & mask_m[None, :]
+        if INT8:  # the decode's factor 1, 4, 16 or 32 out (exact), then the code's offset 1
+            acc = acc >> (2 * pair - pair // 3)[:, None]
+            acc -= gl.load(asum_ptr + rows_m, mask=mask_m & (pid_s == 0), other=0)[None, :]
         if SPLIT_K > 1:
             gl.store(part_ptr + (pid_s * M + rows_m[None, :]) * N + n[:, None], acc, mask=mask)
         else:  # _epilogue's steps, transposed
@@ -399,6 +421,8 @@ def _wgmma_fits(a: torch.Tensor, weight: torch.Tensor, bk: int) -> bool:
     if _device_info(a.device.index)[1] != 9:
         return False
     k = weight.shape[1]
+    if a.dtype == torch.int8 and k >= 1 << 18:  # sums up to 32 * 2 * 127 * K fit int32
+        return False
     return (k % bk == 0 and a.stride(1) == 1 and weight.stride(1) == 1
             and a.stride(0) % 16 == 0 and weight.stride(0) % 16 == 0
             and a.data_ptr() % 16 == 0 and weight.data_ptr() % 16 == 0)
@@ -459,7 +483,7 @@ def _plan(a: torch.Tensor, weight: torch.Tensor, m: int, int8: bool,
                    _split(tiles, triton.cdiv(k, bk), sms))
 
 
-def _launch(a, inv, weight, scale, out_features, bias, out, int8: bool, interpret: bool,
+def _launch(a, inv, asum, weight, scale, out_features, bias, out, int8: bool, interpret: bool,
             config: Optional[_Config] = None):
     m, n = out.shape
     k = weight.shape[1]
@@ -481,9 +505,10 @@ def _launch(a, inv, weight, scale, out_features, bias, out, int8: bool, interpre
     tiles_w = triton.cdiv(w_rows, c.bn // 4 if i2 else c.bn)
     if c.kernel == "wgmma":
         _wgmma_i2_kernel[(tiles_w, triton.cdiv(m, c.bm), split_k)](
-            a, inv, weight, scale, bias_arg, out, part, m, out_features, k, w_rows, a.stride(0),
-            weight.stride(0), out.stride(0), k_per_split, **flags, BM=c.bm, BN=c.bn, BK=c.bk,
-            STAGES=c.stages, num_warps=c.warps, enable_fp_fusion=False)
+            a, inv, asum if int8 else scale, weight, scale, bias_arg, out, part, m,
+            out_features, k, w_rows, a.stride(0), weight.stride(0), out.stride(0), k_per_split,
+            **flags, BM=c.bm, BN=c.bn, BK=c.bk, STAGES=c.stages, num_warps=c.warps,
+            enable_fp_fusion=False)
     else:
         _mma_kernel[(triton.cdiv(m, c.bm) * tiles_w, split_k)](
             a, inv, weight, scale, bias_arg, out, part, m, out_features, k, w_rows, a.stride(0),
@@ -497,14 +522,16 @@ def _launch(a, inv, weight, scale, out_features, bias, out, int8: bool, interpre
             BM=64, BN=64, num_warps=4, enable_fp_fusion=False)
 
 
-def mma_int8(q: torch.Tensor, inv: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
-             out_features: int, bias, out: torch.Tensor, *, interpret: bool = False) -> None:
+def mma_int8(q: torch.Tensor, inv: torch.Tensor, qsum: torch.Tensor, weight: torch.Tensor,
+             scale: torch.Tensor, out_features: int, bias, out: torch.Tensor, *,
+             interpret: bool = False) -> None:
     """``out[m, n] = (q[m] . T[n]) / inv[m] * scale[n] (+ bias[n])`` in out's dtype, with T the
     ternary codes of i2 ``weight`` (uint8 ``[ceil(N / 4), K]``) or the int8 ``weight`` ``[N,
     K]``; ``q`` int8 ``[M, >= K]`` (its columns past K are not read), ``inv`` / ``scale`` /
-    ``bias`` float32, ``out`` ``[M, N]`` with unit column stride. ``interpret``: decode without
-    inline PTX (for Triton's CPU interpreter)."""
-    _launch(q, inv, weight, scale, out_features, bias, out, True, interpret)
+    ``bias`` float32, ``qsum`` int32 ``[M]``, the sums of q's rows over K (the quantize
+    pre-pass gives them), ``out`` ``[M, N]`` with unit column stride. ``interpret``: decode
+    without inline PTX (for Triton's CPU interpreter)."""
+    _launch(q, inv, qsum, weight, scale, out_features, bias, out, True, interpret)
 
 
 def mma_float(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, out_features: int,
@@ -512,12 +539,12 @@ def mma_float(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, out_fe
     """act="none": ``out[m, n] = (x[m] . T[n]) * scale[n] (+ bias[n])`` with bfloat16 or
     float16 ``x`` ``[M, K]`` (unit column stride), float32 sums; the rest as
     :func:`mma_int8`."""
-    _launch(x, None, weight, scale, out_features, bias, out, False, interpret)
+    _launch(x, None, None, weight, scale, out_features, bias, out, False, interpret)
 
 
 @torch.library.impl("ternary::_mma_int8", "CUDA")
-def _mma_int8_cuda(q, inv, weight, scale, out_features, bias, out):
-    mma_int8(q, inv, weight, scale, out_features, bias, out)
+def _mma_int8_cuda(q, inv, qsum, weight, scale, out_features, bias, out):
+    mma_int8(q, inv, qsum, weight, scale, out_features, bias, out)
 
 
 @torch.library.impl("ternary::_mma_float", "CUDA")

@@ -537,15 +537,17 @@ def test_sm90_kernel_every_tile_matches_reference(act, dtype, fresh_seed):
         if int8:
             q, inv = reference.quantize_activations(x)
             a, inv = q.to(torch.int8).cuda(), inv.reshape(-1).cuda()
+            qsum = q.to(torch.int32).sum(1, dtype=torch.int32).cuda()
         else:
-            a, inv = x.cuda(), None
+            a, inv, qsum = x.cuda(), None, None
         want = reference.linear_codes(x, codes, scale, bias, act)
         args = [t if t is None else t.cuda() for t in (scale, bias)]
         for bm in (16, 32, 64, 128):
             for split in (1, 3):
                 config = cuda_mma._Config("wgmma", bm, 128, bk, 4, 4, split)
                 out = torch.full((m, n), float("nan"), dtype=dtype, device="cuda")
-                cuda_mma._launch(a, inv, w, args[0], n, args[1], out, int8, False, config)
+                cuda_mma._launch(a, inv, qsum, w, args[0], n, args[1], out, int8, False,
+                                 config)
                 what = f"{config} M={m} N={n} K={k}"
                 if int8:
                     assert_bit_exact(out.cpu(), want, what)

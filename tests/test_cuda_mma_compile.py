@@ -21,8 +21,8 @@ from triton.experimental.gluon._runtime import GluonASTSource  # noqa: E402
 from ternary_ops import cuda_mma  # noqa: E402
 
 PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
-ARGS = ["a_ptr", "inv_ptr", "w_ptr", "scale_ptr", "bias_ptr", "out_ptr", "part_ptr", "M", "N",
-        "K", "R", "stride_a", "stride_w", "stride_out", "K_PER_SPLIT"]
+ARGS = ["a_ptr", "inv_ptr", "asum_ptr", "w_ptr", "scale_ptr", "bias_ptr", "out_ptr", "part_ptr",
+        "M", "N", "K", "R", "stride_a", "stride_w", "stride_out", "K_PER_SPLIT"]
 
 
 def _written(line):
@@ -62,7 +62,8 @@ def _in_flight_operand_writes(ptx):
 
 
 def _sm90_ptx(a_ty, out_ty, int8, bm, warps, split, bias):
-    types = [a_ty, "*fp32", "*u8", "*fp32", "*fp32", out_ty, "*i32" if int8 else "*fp32"]
+    acc_ty = "*i32" if int8 else "*fp32"
+    types = [a_ty, "*fp32", acc_ty, "*u8", "*fp32", "*fp32", out_ty, acc_ty]
     sig = dict(zip(ARGS, types + ["i32"] * 8))
     constexprs = dict(INT8=int8, SCALE_PER_ROW=not bias, HAS_BIAS=bias, SPLIT_K=split, BM=bm,
                       BN=32 * warps, BK=128 if int8 else 64, STAGES=4, num_warps=warps)

@@ -64,6 +64,7 @@ def main():
             q = torch.randint(-127, 128, (m, (k + 63) // 64 * 64), dtype=torch.int8,
                               device="cuda")
             inv = torch.rand(m, device="cuda") + 1
+            qsum = q[:, :k].sum(1, dtype=torch.int32)
             out = torch.empty(m, n, dtype=torch.bfloat16, device="cuda")
             dense = time_rotating(lambda w: torch.nn.functional.linear(x, w), wd, None, None,
                                   replays=REPLAYS)[0]
@@ -78,8 +79,8 @@ def main():
                         f"{dense / t_op:.2f}x |")
                 for c in _candidates(plan, m, r, k, plan.bk, sms):
                     def run(w, c=c):
-                        cuda_mma._launch(a, inv if int8 else None, w, scale, n, None, out,
-                                         int8, False, c)
+                        cuda_mma._launch(a, inv if int8 else None, qsum if int8 else None, w,
+                                         scale, n, None, out, int8, False, c)
                     t = time_rotating(run, ws, None, None, replays=REPLAYS)[0]
                     tag = (f"{TAGS[c.kernel]}{c.bm}x{c.bn}/s{c.split_k}"
                            + (f"/st{c.stages}" if c.kernel == "portable" else ""))

@@ -43,7 +43,8 @@ const c10::OperatorHandle* library_gemm(ActMode act) {
 
 using OptionalTensor = c10::optional<at::Tensor>;
 using LibraryInt8Gemm = void(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                             const at::Tensor&, int64_t, const OptionalTensor&, at::Tensor&);
+                             const at::Tensor&, const at::Tensor&, int64_t,
+                             const OptionalTensor&, at::Tensor&);
 using LibraryFloatGemm = void(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
                               const OptionalTensor&, at::Tensor&);
 
@@ -102,11 +103,13 @@ at::Tensor linear_cuda(WeightFormat f, const at::Tensor& x, const at::Tensor& we
     const OptionalTensor bias_f32 = b.defined() ? OptionalTensor(b) : c10::nullopt;
     at::Tensor out2d = out.view({s.M, s.N});
     if (plan.path == cuda::Path::kInt8Library) {
-      // The pre-pass's q [M, act_padded_k(K)] int8 and inv [M] float32 (kernels.h).
+      // The pre-pass's q [M, act_padded_k(K)] int8, inv [M] float32 and qsum [M] int32
+      // (kernels.h).
       const int64_t kp = act_padded_k(s.K);
       const at::Tensor q = scratch.narrow(0, 0, s.M * kp).view(at::kChar).view({s.M, kp});
       const at::Tensor inv = scratch.narrow(0, s.M * kp, 4 * s.M).view(at::kFloat);
-      library->typed<LibraryInt8Gemm>().call(q, inv, c.weight, sc, s.N, bias_f32, out2d);
+      const at::Tensor qsum = scratch.narrow(0, s.M * kp + 4 * s.M, 4 * s.M).view(at::kInt);
+      library->typed<LibraryInt8Gemm>().call(q, inv, qsum, c.weight, sc, s.N, bias_f32, out2d);
     } else {
       library->typed<LibraryFloatGemm>().call(x2, c.weight, sc, s.N, bias_f32, out2d);
     }

@@ -421,7 +421,7 @@ def _wgmma_fits(a: torch.Tensor, weight: torch.Tensor, bk: int) -> bool:
     if _device_info(a.device.index)[1] != 9:
         return False
     k = weight.shape[1]
-    if a.dtype == torch.int8 and k >= 1 << 18:  # sums up to 32 * 2 * 127 * K fit int32
+    if a.dtype == torch.int8 and k >= 1 << 18:  # its sums (to 32 * 2 * 127 * K) overflow int32
         return False
     return (k % bk == 0 and a.stride(1) == 1 and weight.stride(1) == 1
             and a.stride(0) % 16 == 0 and weight.stride(0) % 16 == 0

@@ -74,9 +74,8 @@ TORCH_LIBRARY(ternary, m) {
   // Internal: the tensor-core GEMMs of the CUDA ops at large M, for i2 (uint8) or int8 weights,
   // into out [M, N]. act="int8" over the quantize pre-pass's q [M, Kp] int8 (zero past K),
   // inv [M] float32 and qsum [M] int32 (q's row sums); act="none" over x [M, K] (bfloat16 /
-  // float16). No kernels here:
-  // ternary_ops/cuda_mma.py registers Triton ones where Triton is installed, and the CUDA glue
-  // calls them where registered.
+  // float16). No kernels here: ternary_ops/cuda_mma.py registers Triton ones where Triton is
+  // installed, and the CUDA glue calls them where registered.
   m.def(
       "_mma_int8(Tensor q, Tensor inv, Tensor qsum, Tensor weight, Tensor scale, "
       "int out_features, Tensor? bias, Tensor(a!) out) -> ()");

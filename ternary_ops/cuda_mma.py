@@ -167,54 +167,49 @@ def _split_k_sum(part_ptr, inv_ptr, scale_ptr, bias_ptr, out_ptr, M, N, stride_o
 
 
 if gluon is not None:
+    @gluon.constexpr_function
+    def _codes_asm(shift):
+        """PTX for t = the codes of bit pair shift / 2 of $2, one per byte."""
+        move = f"shr.b32 t, $2, {shift}; and.b32 t, t, " if shift else "and.b32 t, $2, "
+        return move + "0x03030303; "
+
+    @gluon.constexpr_function
+    def _int8_weights_asm(shift):
+        """PTX for $0 = the codes of bit pair shift / 2 of $1 times 1, 4, 16 or 32, per byte:
+        masked in place, bit pair 3 moved down one bit first to stay below 128."""
+        if shift == 6:
+            return "{ .reg .b32 t; shr.b32 t, $1, 1; and.b32 $0, t, 0x60606060; }"
+        return f"and.b32 $0, $1, {0x03030303 << shift:#010x};"
+
     @gluon.jit
     def _decode_i2_sm90(p, SHIFT: gl.constexpr, DTYPE: gl.constexpr):
         """Weights of DTYPE (int8, bfloat16 or float16) from bit pair SHIFT / 2 of p, four
         codes per instruction as in _decode_i2.
 
         int8 weights are the code c in {0, 1, 2} times 1, 4, 16 or 32 (bit pairs 0 to 3): the
-        code masked in place, one instruction for four (bit pair 3 moved down one bit to stay
-        below 128). The kernel's epilogue divides the sums by that factor and subtracts the
-        sum of the activation row, which together make the weight c - 1, exactly."""
-        if DTYPE == gl.int8:  # output $0; input $1
-            if SHIFT == 0:
-                asm: gl.constexpr = "and.b32 $0, $1, 0x03030303;"
-            elif SHIFT == 2:
-                asm: gl.constexpr = "and.b32 $0, $1, 0x0C0C0C0C;"
-            elif SHIFT == 4:
-                asm: gl.constexpr = "and.b32 $0, $1, 0x30303030;"
-            else:
-                asm: gl.constexpr = ("{ .reg .b32 t; shr.b32 t, $1, 1; "
-                                     "and.b32 $0, t, 0x60606060; }")
-            out = gl.inline_asm_elementwise(asm, "=r,r", [p], dtype=gl.int8, is_pure=True,
-                                            pack=4)
-        else:  # outputs $0, $1 (two 16-bit weights each); input $2
-            out = _decode_i2_sm90_16bit(p, SHIFT, DTYPE)
-        return out
+        code masked in place, one instruction for four. The kernel's epilogue divides the sums
+        by that factor and subtracts the sum of the activation row, which together make the
+        weight c - 1, exactly.
 
-    @gluon.jit
-    def _decode_i2_sm90_16bit(p, SHIFT: gl.constexpr, DTYPE: gl.constexpr):
-        """16-bit weights skip the int-to-float conversion (a quarter of the ALU rate): code c
+        16-bit weights skip the int-to-float conversion (a quarter of the ALU rate): code c
         becomes the bits of B + c, with B = 128 (bfloat16) or 1024 (float16), whose last
         mantissa step is 1, less B + 1, exactly."""
-        if DTYPE == gl.bfloat16:
-            cvt: gl.constexpr = ("prmt.b32 $0, t, 0x43434343, 0x4140; "
-                                 "prmt.b32 $1, t, 0x43434343, 0x4342; mov.b32 b, 0x43014301; "
-                                 "sub.rn.bf16x2 $0, $0, b; sub.rn.bf16x2 $1, $1, b;")
-        else:
-            cvt: gl.constexpr = ("prmt.b32 $0, t, 0x64646464, 0x4140; "
-                                 "prmt.b32 $1, t, 0x64646464, 0x4342; mov.b32 b, 0x64016401; "
-                                 "sub.rn.f16x2 $0, $0, b; sub.rn.f16x2 $1, $1, b;")
-        if SHIFT == 0:
-            bits: gl.constexpr = "and.b32 t, $2, 0x03030303; "
-        elif SHIFT == 2:
-            bits: gl.constexpr = "shr.b32 t, $2, 2; and.b32 t, t, 0x03030303; "
-        elif SHIFT == 4:
-            bits: gl.constexpr = "shr.b32 t, $2, 4; and.b32 t, t, 0x03030303; "
-        else:
-            bits: gl.constexpr = "shr.b32 t, $2, 6; and.b32 t, t, 0x03030303; "
-        return gl.inline_asm_elementwise("{ .reg .b32 t, b; " + bits + cvt + " }", "=r,=r,r",
-                                         [p], dtype=DTYPE.value, is_pure=True, pack=4)
+        if DTYPE == gl.int8:  # output $0; input $1
+            out = gl.inline_asm_elementwise(_int8_weights_asm(SHIFT), "=r,r", [p], dtype=gl.int8,
+                                            is_pure=True, pack=4)
+        else:  # outputs $0, $1 (two 16-bit weights each); input $2
+            if DTYPE == gl.bfloat16:
+                cvt: gl.constexpr = ("prmt.b32 $0, t, 0x43434343, 0x4140; "
+                                     "prmt.b32 $1, t, 0x43434343, 0x4342; mov.b32 b, 0x43014301; "
+                                     "sub.rn.bf16x2 $0, $0, b; sub.rn.bf16x2 $1, $1, b;")
+            else:
+                cvt: gl.constexpr = ("prmt.b32 $0, t, 0x64646464, 0x4140; "
+                                     "prmt.b32 $1, t, 0x64646464, 0x4342; mov.b32 b, 0x64016401; "
+                                     "sub.rn.f16x2 $0, $0, b; sub.rn.f16x2 $1, $1, b;")
+            out = gl.inline_asm_elementwise("{ .reg .b32 t, b; " + _codes_asm(SHIFT) + cvt
+                                            + " }", "=r,=r,r", [p], dtype=DTYPE.value,
+                                            is_pure=True, pack=4)
+        return out
 
     @gluon.constexpr_function
     def _packed_layout(int8, bk, num_warps):

@@ -520,8 +520,8 @@ def test_library_gemm_below_64_rows_only_where_it_pays(fresh_seed, monkeypatch):
                          ids=["int8-bf16", "int8-f32", "none-bf16", "none-f16"])
 def test_sm90_kernel_every_tile_matches_reference(act, dtype, fresh_seed):
     """Each tile the plan or the sweep can give the sm_90 kernel (x rows 16 to 128, K split or
-    not), on shapes whose M, N and N / 4 fill no tile, against the
-    reference: act="int8" bit-exact, act="none" within tolerance."""
+    not), on shapes whose M, N and N / 4 fill no tile, against the reference: act="int8"
+    bit-exact, act="none" within tolerance."""
     from ternary_ops import cuda_mma, reference
 
     gen = torch.Generator().manual_seed(fresh_seed)

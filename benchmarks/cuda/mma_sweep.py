@@ -2,8 +2,8 @@
 the configuration cuda_mma._plan picks against the alternatives and dense bf16, so the plan's
 rules can be checked against measurements. act="int8" times the GEMM alone on a quantized x
 (the op's pre-pass is not included); act="none" times it on bf16 x. "op" is the whole op on
-bf16 x as a caller gets it (below 64 rows the built-in kernels, pre-pass included). The plan's
-configuration is starred; ratios are dense bf16's time over the candidate's.
+bf16 x as a caller gets it (pre-pass included, on whichever kernel the op routes the call
+to). The plan's configuration is starred; ratios are dense bf16's time over the candidate's.
 
 Usage on a CUDA GPU: python benchmarks/cuda/mma_sweep.py [--m 64 128 ...] [--shapes NxK ...]
 """
@@ -21,25 +21,22 @@ REPLAYS = 10
 
 
 def _candidates(plan, m, w_rows, k, bk, sms):
-    """The plan and the configurations around it: for the sm_90 kernel every tile height (rows
-    of x) near M, K split as planned, in 4 or not; for
-    the portable kernel 3 stages and the other tile heights and split counts."""
+    """The plan and the configurations around it, K split into at most k // bk pieces: for the
+    sm_90 kernel every tile height (rows of x) near M, with K unsplit, split as planned or in 4;
+    for the portable kernel 3 stages, and tiles of 64 and 128 rows with K unsplit, split in 2
+    or 4, or as cuda_mma._split would."""
     out = [plan]
     if plan.kernel == "portable":
         out.append(plan._replace(stages=3))
-        for bm in (64, 128):
-            tiles = triton.cdiv(m, bm) * triton.cdiv(w_rows, 32)
-            for split in sorted({1, 2, 4, cuda_mma._split(tiles, k // bk, sms)}):
-                c = plan._replace(bm=bm, split_k=split)
-                if c not in out and split <= k // bk:
-                    out.append(c)
-        return out
-    heights = [h for h in (16, 32, 64, 128) if min(m / 2, 64) <= h <= max(2 * m, 64)]
-    for bm in heights:
-        for split in sorted({1, plan.split_k, 4}):
-            c = plan._replace(bm=bm, split_k=split)
-            if c not in out and split <= k // bk:
-                out.append(c)
+        tiles = [(bm, split) for bm in (64, 128) for split in sorted(
+            {1, 2, 4, cuda_mma._split(triton.cdiv(m, bm) * triton.cdiv(w_rows, 32), k // bk, sms)})]
+    else:
+        heights = [h for h in (16, 32, 64, 128) if min(m / 2, 64) <= h <= max(2 * m, 64)]
+        tiles = [(bm, split) for bm in heights for split in sorted({1, plan.split_k, 4})]
+    for bm, split in tiles:
+        c = plan._replace(bm=bm, split_k=split)
+        if c not in out and split <= k // bk:
+            out.append(c)
     return out
 
 

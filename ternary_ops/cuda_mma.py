@@ -35,9 +35,10 @@ import triton.language as tl
 try:  # Triton's explicit layer, for the sm_90 kernel (Triton >= 3.5)
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
-    from triton.experimental.gluon.language.nvidia.hopper import (warpgroup_mma,
+    from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier,
+                                                                  tma, warpgroup_mma,
                                                                   warpgroup_mma_wait)
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 except ImportError:
     gluon = None
 
@@ -238,7 +239,22 @@ if gluon is not None:
                                           shape=[8 * num_warps, bk])
 
     @gluon.jit
-    def _wgmma_k_step(kt, num_k, acc, a_smem, p_smem, a_ptrs, w_ptrs, mask_a, mask_w,
+    def _wgmma_load(step, num_k, a_desc, w_desc, a_smem, p_smem, ready, m0, r0, k_first,
+                    BK: gl.constexpr, STAGES: gl.constexpr):
+        """Starts the copies of k-step ``step``'s a and packed tiles into its ring slot, whose
+        barrier completes when both have landed; none past the last step."""
+        slot = step % STAGES
+        go = step < num_k
+        k = k_first + step * BK
+        mbarrier.expect(ready.index(slot), a_desc.block_type.nbytes + w_desc.block_type.nbytes,
+                        pred=go)
+        tma.async_copy_global_to_shared(w_desc, [r0, k], ready.index(slot), p_smem.index(slot),
+                                        pred=go)
+        tma.async_copy_global_to_shared(a_desc, [m0, k], ready.index(slot), a_smem.index(slot),
+                                        pred=go)
+
+    @gluon.jit
+    def _wgmma_k_step(kt, num_k, acc, a_desc, w_desc, a_smem, p_smem, ready, m0, r0, k_first,
                       ld_p: gl.constexpr, a_op: gl.constexpr, d_ty: gl.constexpr,
                       BN: gl.constexpr, BK: gl.constexpr, STAGES: gl.constexpr,
                       num_warps: gl.constexpr):
@@ -246,8 +262,7 @@ if gluon is not None:
         operand, issue the asynchronous MMA, wait for step kt - 1's, and start the copies of
         step kt + STAGES - 1 into the slot that step used."""
         slot = kt % STAGES
-        cp.wait_group(STAGES - 2)  # this thread's copies of step kt have landed
-        gl.thread_barrier()  # and every other thread's
+        mbarrier.wait(ready.index(slot), (kt // STAGES) & 1)  # step kt's tiles have landed
         p = p_smem.index(slot).load(ld_p)
         # [packed row, k, h, j] -> tile rows (j, w, h, g): a register-only permutation
         d = gl.join(gl.join(_decode_i2_sm90(p, 0, d_ty), _decode_i2_sm90(p, 2, d_ty)),
@@ -256,18 +271,16 @@ if gluon is not None:
         w = gl.convert_layout(gl.reshape(d, [BN, BK]), a_op, assert_trivial=True)
         acc = warpgroup_mma(w, a_smem.index(slot).permute((1, 0)), acc, use_acc=kt > 0,
                             is_async=True)
-        acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc, ))  # step kt - 1 is done
-        nxt = kt + STAGES - 1  # into the slot step kt - 1 used
-        cp.async_copy_global_to_shared(a_smem.index(nxt % STAGES), a_ptrs + nxt * BK,
-                                       mask=mask_a & (nxt < num_k))
-        cp.async_copy_global_to_shared(p_smem.index(nxt % STAGES), w_ptrs + nxt * BK,
-                                       mask=mask_w & (nxt < num_k))
-        cp.commit_group()
+        # Step kt - 1 is done: its MMA has read its a tile, and every warp has loaded its
+        # packed tile (the warps issued that MMA together), so its slot can be refilled.
+        acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc, ))
+        _wgmma_load(kt + STAGES - 1, num_k, a_desc, w_desc, a_smem, p_smem, ready, m0, r0,
+                    k_first, BK, STAGES)
         return acc
 
     @gluon.jit
-    def _wgmma_i2_kernel(a_ptr, inv_ptr, asum_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr,
-                         part_ptr, M, N, K, R, stride_a, stride_w, stride_out, K_PER_SPLIT,
+    def _wgmma_i2_kernel(a_desc, w_desc, inv_ptr, asum_ptr, scale_ptr, bias_ptr, out_ptr,
+                         part_ptr, M, N, K, R, stride_out, K_PER_SPLIT,
                          INT8: gl.constexpr, SCALE_PER_ROW: gl.constexpr,
                          HAS_BIAS: gl.constexpr, SPLIT_K: gl.constexpr, BM: gl.constexpr,
                          BN: gl.constexpr, BK: gl.constexpr, STAGES: gl.constexpr,
@@ -287,15 +300,15 @@ if gluon is not None:
         (i // 8) % 2 of packed row 8 ((i // 16) % num_warps) + i % 8, and each thread decodes
         only its own bytes.
 
-        Pipeline: a and packed tiles arrive by cp.async in a ring of STAGES slots; each k-step
+        Pipeline: the a and packed tiles arrive by TMA (a_desc, w_desc: [M, K] and [R, K],
+        zero past their ends) in a ring of STAGES slots, each with a barrier; each k-step
         decodes its tile and issues an asynchronous MMA, then waits only for the previous
-        step's, so the decode of step k + 1 overlaps the tensor cores' step k. Needs
-        K_PER_SPLIT and the row strides to be multiples of BK and 16 bytes."""
+        step's, so the decode of step k + 1 overlaps the tensor cores' step k. K_PER_SPLIT is
+        a multiple of BK."""
         BR: gl.constexpr = BN // 4
-        a_ty: gl.constexpr = a_ptr.dtype.element_ty
+        a_ty: gl.constexpr = a_desc.dtype
         d_ty: gl.constexpr = gl.int8 if INT8 else a_ty  # the decoded weights' type
         KW: gl.constexpr = 32 // d_ty.primitive_bitwidth  # weights per 32-bit register
-        VEC: gl.constexpr = 128 // a_ty.primitive_bitwidth  # elements per 16-byte copy
         gl.static_assert(num_warps == 4)  # one warpgroup: two measured slower (perf-notes)
         gl.static_assert(BN == 32 * num_warps)
         pid_w = gl.program_id(0)
@@ -306,50 +319,34 @@ if gluon is not None:
             version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, BM, 8 * KW])
         a_op: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=KW)
         ld_p: gl.constexpr = _packed_layout(INT8, BK, num_warps)
-        ld_a: gl.constexpr = gl.BlockedLayout([1, VEC], [32 // (BK // VEC), BK // VEC],
-                                              [num_warps, 1], [1, 0])
-        ld_w: gl.constexpr = gl.BlockedLayout([1, 16], [32 // (BK // 16), BK // 16],
-                                              [num_warps, 1], [1, 0])
-        a_smem = gl.allocate_shared_memory(
-            a_ty, [STAGES, BM, BK], gl.NVMMASharedLayout.get_default_for([BM, BK], a_ty))
-        # 16-byte chunks swizzled by row, so the eight rows a warp reads hit distinct banks
-        p_smem = gl.allocate_shared_memory(
-            gl.uint8, [STAGES, BR, BK],
-            gl.SwizzledSharedLayout(vec=16, per_phase=1, max_phase=8, order=[1, 0]))
+        a_smem = gl.allocate_shared_memory(a_ty, [STAGES, BM, BK], a_desc.layout)
+        p_smem = gl.allocate_shared_memory(gl.uint8, [STAGES, BR, BK], w_desc.layout)
+        ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        for s in gl.static_range(STAGES):
+            mbarrier.init(ready.index(s), count=1)
+        fence_async_shared()
 
         k_first = pid_s * K_PER_SPLIT
-        num_k = gl.minimum(K - k_first, K_PER_SPLIT) // BK
-        offs_m = pid_m * BM + gl.arange(0, BM, gl.SliceLayout(1, ld_a))
-        offs_ka = gl.arange(0, BK, gl.SliceLayout(0, ld_a))
-        offs_r = pid_w * BR + gl.arange(0, BR, gl.SliceLayout(1, ld_w))
-        offs_kw = gl.arange(0, BK, gl.SliceLayout(0, ld_w))
-        a_ptrs = a_ptr + offs_m[:, None] * stride_a + (k_first + offs_ka)[None, :]
-        w_ptrs = w_ptr + offs_r[:, None] * stride_w + (k_first + offs_kw)[None, :]
-        # row masks, constant along K
-        mask_a = (offs_m < M)[:, None] & (offs_ka >= 0)[None, :]
-        mask_w = (offs_r < R)[:, None] & (offs_kw >= 0)[None, :]
-
+        num_k = gl.cdiv(gl.minimum(K - k_first, K_PER_SPLIT), BK)
+        m0 = pid_m * BM
+        r0 = pid_w * BR
         for s in gl.static_range(STAGES - 1):  # fill the ring
-            cp.async_copy_global_to_shared(a_smem.index(s), a_ptrs + s * BK,
-                                           mask=mask_a & (s < num_k))
-            cp.async_copy_global_to_shared(p_smem.index(s), w_ptrs + s * BK,
-                                           mask=mask_w & (s < num_k))
-            cp.commit_group()
+            _wgmma_load(s, num_k, a_desc, w_desc, a_smem, p_smem, ready, m0, r0, k_first, BK,
+                        STAGES)
 
         # Two k-steps per iteration, so consecutive steps decode into different registers: an
         # MMA reads its weights' registers until the wait after the next step's MMA, and a
         # one-step loop would rewrite them in the meantime.
         acc = gl.zeros((BN, BM), dtype=gl.int32 if INT8 else gl.float32, layout=mma)
         for kt in range(0, num_k - 1, 2):
-            acc = _wgmma_k_step(kt, num_k, acc, a_smem, p_smem, a_ptrs, w_ptrs, mask_a, mask_w,
-                                ld_p, a_op, d_ty, BN, BK, STAGES, num_warps)
-            acc = _wgmma_k_step(kt + 1, num_k, acc, a_smem, p_smem, a_ptrs, w_ptrs, mask_a,
-                                mask_w, ld_p, a_op, d_ty, BN, BK, STAGES, num_warps)
+            acc = _wgmma_k_step(kt, num_k, acc, a_desc, w_desc, a_smem, p_smem, ready, m0, r0,
+                                k_first, ld_p, a_op, d_ty, BN, BK, STAGES, num_warps)
+            acc = _wgmma_k_step(kt + 1, num_k, acc, a_desc, w_desc, a_smem, p_smem, ready, m0,
+                                r0, k_first, ld_p, a_op, d_ty, BN, BK, STAGES, num_warps)
         if num_k % 2 == 1:
-            acc = _wgmma_k_step(num_k - 1, num_k, acc, a_smem, p_smem, a_ptrs, w_ptrs, mask_a,
-                                mask_w, ld_p, a_op, d_ty, BN, BK, STAGES, num_warps)
+            acc = _wgmma_k_step(num_k - 1, num_k, acc, a_desc, w_desc, a_smem, p_smem, ready,
+                                m0, r0, k_first, ld_p, a_op, d_ty, BN, BK, STAGES, num_warps)
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
-        cp.wait_group(0)
 
         # The store. act="int8" stores straight from the MMA's registers; act="none" first
         # gathers eight tile rows g = 0..7 (eight consecutive outputs of one bit pair) per
@@ -408,9 +405,10 @@ def _device_info(index: int) -> Tuple[int, int]:
     return props.multi_processor_count, props.major
 
 
-def _wgmma_fits(a: torch.Tensor, weight: torch.Tensor, bk: int) -> bool:
-    """The sm_90 kernel's needs: i2 weights, Hopper, and 16-byte aligned rows of whole k-steps
-    (cp.async copies 16 bytes)."""
+def _wgmma_fits(a: torch.Tensor, weight: torch.Tensor) -> bool:
+    """The sm_90 kernel's needs: i2 weights, Hopper, and what TMA reads: 16-byte aligned rows
+    (K a multiple of 16) with unit column stride. K need not be a multiple of the k-step: TMA
+    fills the last one with zeros, which add nothing to either act's sums."""
     if gluon is None or weight.dtype != torch.uint8:
         return False
     if _device_info(a.device.index)[1] != 9:
@@ -418,9 +416,20 @@ def _wgmma_fits(a: torch.Tensor, weight: torch.Tensor, bk: int) -> bool:
     k = weight.shape[1]
     if a.dtype == torch.int8 and k >= 1 << 18:  # its sums (to 32 * 2 * 127 * K) overflow int32
         return False
-    return (k % bk == 0 and a.stride(1) == 1 and weight.stride(1) == 1
-            and a.stride(0) % 16 == 0 and weight.stride(0) % 16 == 0
+    return (k > 0 and a.stride(1) == 1 and weight.stride(1) == 1
+            and (a.stride(0) * a.element_size()) % 16 == 0 and weight.stride(0) % 16 == 0
             and a.data_ptr() % 16 == 0 and weight.data_ptr() % 16 == 0)
+
+
+def _descriptor(t: torch.Tensor, rows: int, cols: int, block_rows: int, block_cols: int):
+    """The TMA descriptor of t[:rows, :cols] (zero past those) in tiles [block_rows,
+    block_cols], in the swizzled layout the sm_90 kernel's MMA (a) or its packed-byte loads
+    (weights: 16-byte chunks swizzled by row, so the eight rows a warp reads hit distinct
+    banks) read."""
+    ty = {torch.int8: gl.int8, torch.uint8: gl.uint8, torch.bfloat16: gl.bfloat16,
+          torch.float16: gl.float16}[t.dtype]
+    layout = gl.NVMMASharedLayout.get_default_for([block_rows, block_cols], ty)
+    return TensorDescriptor(t, [rows, cols], [t.stride(0), 1], [block_rows, block_cols], layout)
 
 
 def _split(tiles: int, k_steps: int, sms: int) -> int:
@@ -470,8 +479,8 @@ def _plan(a: torch.Tensor, weight: torch.Tensor, m: int, int8: bool,
     w_rows, k = weight.shape
     sms = 1 if interpret else _device_info(a.device.index)[0]
     bk = 128 if int8 else 64
-    if not interpret and _wgmma_fits(a, weight, bk):
-        return _wgmma_plan(m, w_rows, k // bk, int8, sms)
+    if not interpret and _wgmma_fits(a, weight):
+        return _wgmma_plan(m, w_rows, triton.cdiv(k, bk), int8, sms)
     bm, bn, bk, stages, warps = (128, 128, 128, 3, 8) if m >= 256 else (64, 128, 128, 4, 4)
     tiles = triton.cdiv(m, bm) * triton.cdiv(w_rows, bn // 4 if i2 else bn)
     return _Config("portable", bm, bn, bk, stages, warps,
@@ -499,11 +508,12 @@ def _launch(a, inv, asum, weight, scale, out_features, bias, out, int8: bool, in
                  SPLIT_K=split_k)
     tiles_w = triton.cdiv(w_rows, c.bn // 4 if i2 else c.bn)
     if c.kernel == "wgmma":
+        a_desc = _descriptor(a, m, k, c.bm, c.bk)
+        w_desc = _descriptor(weight, w_rows, k, c.bn // 4, c.bk)
         _wgmma_i2_kernel[(tiles_w, triton.cdiv(m, c.bm), split_k)](
-            a, inv, asum if int8 else scale, weight, scale, bias_arg, out, part, m,
-            out_features, k, w_rows, a.stride(0), weight.stride(0), out.stride(0), k_per_split,
-            **flags, BM=c.bm, BN=c.bn, BK=c.bk, STAGES=c.stages, num_warps=c.warps,
-            enable_fp_fusion=False)
+            a_desc, w_desc, inv, asum if int8 else scale, scale, bias_arg, out, part, m,
+            out_features, k, w_rows, out.stride(0), k_per_split, **flags, BM=c.bm, BN=c.bn,
+            BK=c.bk, STAGES=c.stages, num_warps=c.warps, enable_fp_fusion=False)
     else:
         _mma_kernel[(triton.cdiv(m, c.bm) * tiles_w, split_k)](
             a, inv, weight, scale, bias_arg, out, part, m, out_features, k, w_rows, a.stride(0),

@@ -15,14 +15,15 @@ import pytest
 
 gluon = pytest.importorskip("triton.experimental.gluon", reason="needs Triton >= 3.5")
 import triton  # noqa: E402
+from triton.experimental.gluon import language as gl  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.experimental.gluon._runtime import GluonASTSource  # noqa: E402
 
 from ternary_ops import cuda_mma  # noqa: E402
 
 PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
-ARGS = ["a_ptr", "inv_ptr", "asum_ptr", "w_ptr", "scale_ptr", "bias_ptr", "out_ptr", "part_ptr",
-        "M", "N", "K", "R", "stride_a", "stride_w", "stride_out", "K_PER_SPLIT"]
+ARGS = ["a_desc", "w_desc", "inv_ptr", "asum_ptr", "scale_ptr", "bias_ptr", "out_ptr",
+        "part_ptr", "M", "N", "K", "R", "stride_out", "K_PER_SPLIT"]
 
 
 def _written(line):
@@ -61,15 +62,24 @@ def _in_flight_operand_writes(ptx):
     return bad
 
 
+def _descriptor_type(ty, block):
+    """The signature string of a TMA descriptor as _descriptor makes it."""
+    gl_ty = {"i8": gl.int8, "u8": gl.uint8, "bf16": gl.bfloat16, "fp16": gl.float16}[ty]
+    layout = gl.NVMMASharedLayout.get_default_for(block, gl_ty)
+    return f"tensordesc<{ty}{block},{layout!r}>"
+
+
 def _sm90_ptx(a_ty, out_ty, int8, bm, warps, split, bias):
     acc_ty = "*i32" if int8 else "*fp32"
-    types = [a_ty, "*fp32", acc_ty, "*u8", "*fp32", "*fp32", out_ty, acc_ty]
-    sig = dict(zip(ARGS, types + ["i32"] * 8))
+    bk = 128 if int8 else 64
+    types = [_descriptor_type(a_ty.lstrip("*"), [bm, bk]), _descriptor_type("u8", [8 * warps, bk]),
+             "*fp32", acc_ty, "*fp32", "*fp32", out_ty, acc_ty]
+    sig = dict(zip(ARGS, types + ["i32"] * 6))
     constexprs = dict(INT8=int8, SCALE_PER_ROW=not bias, HAS_BIAS=bias, SPLIT_K=split, BM=bm,
-                      BN=32 * warps, BK=128 if int8 else 64, STAGES=4, num_warps=warps)
+                      BN=32 * warps, BK=bk, STAGES=4, num_warps=warps)
     sig.update({k: "constexpr" for k in constexprs})
     # what Triton's specialization gives pointers and 16-divisible sizes at launch
-    attrs = {(i,): [["tt.divisibility", 16]] for i in range(len(ARGS))}
+    attrs = {(i,): [["tt.divisibility", 16]] for i in range(2, len(ARGS))}
     kernel = triton.compile(GluonASTSource(cuda_mma._wgmma_i2_kernel, sig, constexprs, attrs),
                             target=GPUTarget("cuda", 90, 32),
                             options={"num_warps": warps, "enable_fp_fusion": False})

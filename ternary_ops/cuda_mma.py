@@ -447,26 +447,33 @@ def _wgmma_plan(m: int, w_rows: int, k_steps: int, int8: bool, sms: int) -> _Con
     holds M (128 past that). Where K is short (under 64 k-steps for act="int8", 128 for
     act="none") it is halved once if that leaves SMs idle (act="int8" tiles of 64 or 128
     rows) or more than half of them idle (the others; below 64 rows each halving decodes
-    the weights once more): more, smaller tiles fill them. Where K is long, splitting K
-    fills them better. K is split where the tiles still leave SMs idle: for act="int8" where they
-    fill less than all (long K) or half (short K), into splits of at least 16 k-steps
-    (shorter ones lost to the extra pass); for act="none", whose k-steps cost more, where they
-    fill less than all with tiles of up to 32 rows, else less than half, into splits of at
-    least 8."""
+    the weights once more): more, smaller tiles fill them. act="none" halves only tiles of
+    128 rows, and only where the smaller ones then fill half the SMs (else splitting K
+    fills them better). Where K is
+    long, splitting K fills them better. K is split where the tiles still leave SMs idle:
+    for act="int8" where they fill less than all (long K) or half (short K), into splits of
+    at least 16 k-steps (shorter ones lost to the extra pass); for act="none", whose
+    k-steps cost more, where they fill less than all with tiles of up to 32 rows, else less
+    than half, into splits of at least 8 k-steps that fill two waves (one wave with tiles of
+    64 or 128 rows, unless each split still has 64 k-steps)."""
     warps = 4
     w_tiles = triton.cdiv(w_rows, 8 * warps)
     natural = next((h for h in (16, 32, 64) if m <= h), 128)
     long_k = k_steps >= (64 if int8 else 128)
     bm = natural
     fill = sms if int8 and bm >= 64 else sms // 2
-    if not long_k and bm > 16 and triton.cdiv(m, bm) * w_tiles < fill:
+    if (not long_k and bm > 16 and triton.cdiv(m, bm) * w_tiles < fill
+            and (int8 or (bm == 128 and triton.cdiv(m, 64) * w_tiles >= fill))):
         bm //= 2
     tiles = triton.cdiv(m, bm) * w_tiles
     if int8:
         few = sms if long_k else sms // 2
         split = min(2 * sms // tiles, 8, k_steps // 16) if tiles < few else 1
     elif tiles < sms and (bm <= 32 or tiles < sms // 2):
-        split = min(2 * sms // tiles, 8, k_steps // 8)
+        split = 2 * sms // tiles
+        if bm > 32 and k_steps // split < 64:
+            split = sms // tiles
+        split = min(split, 8, k_steps // 8)
     else:
         split = 1
     return _Config("wgmma", bm, 32 * warps, 128 if int8 else 64, 4, warps, max(1, split))

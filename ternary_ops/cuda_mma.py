@@ -7,10 +7,10 @@ sm_90 kernel serves better, to the internal ops ``ternary::_mma_int8`` (act="int
 op's own quantize pre-pass) and ``ternary::_mma_float`` (act="none", bfloat16 / float16 x);
 docs/DESIGN.md, "The Triton GEMMs". Two kernels, chosen by ``_plan``:
 
-* ``_wgmma_i2_kernel`` (Gluon, sm_90, i2 weights, K a whole number of k-steps): the weights,
-  decoded straight into registers, are the register operand of the asynchronous warpgroup
-  MMA and the x tile its shared-memory operand; a cp.async ring, and the decode of one k-step
-  overlapping the MMA of the one before;
+* ``_wgmma_i2_kernel`` (Gluon, sm_90, i2 weights, K a multiple of 16): the weights, decoded
+  straight into registers, are the register operand of the asynchronous warpgroup MMA and
+  the x tile its shared-memory operand; a TMA ring, and the decode of one k-step overlapping
+  the MMA of the one before;
 * ``_mma_kernel`` (everything else): ``tl.dot`` on the tile decoded in registers, which lowers
   to wgmma on sm_90 and to ``mma.sync`` on sm_80.
 

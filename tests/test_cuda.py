@@ -362,8 +362,9 @@ except ImportError:
 
 # Shapes the router gives the Triton GEMM (M >= 64, csrc/cuda/launchers.cuh): N = 1, K = 1, K
 # and N multiples of no tile, K past one and many k-tiles, rows of x past the last full tile.
-# K a multiple of 128 (64 for act="none") takes the sm_90 kernel on Hopper; few tiles split K
-# (64 x 256 x 14336 into 14 splits, 130 x 1030 x 2048 into 2), many do not (300 x 4099 x 1024).
+# i2 with K a multiple of 16 takes the sm_90 kernel on Hopper (K = 20000: a partial last
+# k-step), the rest the portable kernel; few tiles split K (64 x 256 x 14336), many do not
+# (300 x 4099 x 1024).
 TRITON_SHAPES = [(256, 1, 1), (256, 5, 7), (257, 300, 512), (300, 4097, 130), (300, 1000, 4100),
                  (257, 77, 8191), (2048, 512, 256), (64, 40001, 64), (97, 40000, 72),
                  (256, 33, 20000), (64, 256, 14336), (130, 1030, 2048), (300, 4099, 1024)]

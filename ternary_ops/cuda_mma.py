@@ -443,19 +443,18 @@ def _split(tiles: int, k_steps: int, sms: int) -> int:
 
 def _wgmma_plan(m: int, w_rows: int, k_steps: int, int8: bool, sms: int) -> _Config:
     """The sm_90 kernel's tile (rows of x) and split-K, from the H200 sweeps of
-    benchmarks/cuda/mma_sweep.py. The tile is the smallest of 16 / 32 / 64 / 128 rows that
-    holds M (128 past that). Where K is short (under 64 k-steps for act="int8", 128 for
-    act="none") it is halved once if that leaves SMs idle (act="int8" tiles of 64 or 128
-    rows) or more than half of them idle (the others; below 64 rows each halving decodes
-    the weights once more): more, smaller tiles fill them. act="none" halves only tiles of
-    128 rows, and only where the smaller ones then fill half the SMs (else splitting K
-    fills them better). Where K is
-    long, splitting K fills them better. K is split where the tiles still leave SMs idle:
-    for act="int8" where they fill less than all (long K) or half (short K), into splits of
-    at least 16 k-steps (shorter ones lost to the extra pass); for act="none", whose
-    k-steps cost more, where they fill less than all with tiles of up to 32 rows, else less
-    than half, into splits of at least 8 k-steps that fill two waves (one wave with tiles of
-    64 or 128 rows, unless each split still has 64 k-steps)."""
+    benchmarks/cuda/mma_sweep.py. The tile is the smallest of 16 / 32 / 64 / 128 rows that holds
+    M (128 past that). Where K is short (under 64 k-steps for act="int8", 128 for act="none") it
+    is halved once if that leaves SMs idle (act="int8" tiles of 64 or 128 rows) or more than
+    half of them idle (the others; below 64 rows each halving decodes the weights once more):
+    more, smaller tiles fill them. act="none" halves only tiles of 128 rows, and only where the
+    smaller ones then fill half the SMs (else splitting K fills them better). Where K is long,
+    splitting K fills them better. K is split where the tiles still leave SMs idle: for
+    act="int8" where they fill less than all (long K) or half (short K), into splits of at least
+    16 k-steps (shorter ones lost to the extra pass); for act="none", whose k-steps cost more,
+    where they fill less than all with tiles of up to 32 rows, else less than half, into splits
+    of at least 8 k-steps that fill two waves (one wave with tiles of 64 or 128 rows, unless
+    each split still has 64 k-steps)."""
     warps = 4
     w_tiles = triton.cdiv(w_rows, 8 * warps)
     natural = next((h for h in (16, 32, 64) if m <= h), 128)

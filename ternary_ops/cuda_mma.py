@@ -441,9 +441,10 @@ def _split(tiles: int, k_steps: int, sms: int) -> int:
     return max(1, min(2 * sms // tiles, 8, k_steps // 8))
 
 
-def _wgmma_plan(m: int, w_rows: int, k_steps: int, int8: bool, sms: int) -> _Config:
-    """The sm_90 kernel's tile (rows of x) and split-K, from the H200 sweeps of
-    benchmarks/cuda/mma_sweep.py. The tile is the smallest of 16 / 32 / 64 / 128 rows that holds
+def _wgmma_plan(m: int, w_rows: int, k: int, int8: bool, sms: int) -> _Config:
+    """The sm_90 kernel's tile (rows of x) and split-K for K = k, from the H200 sweeps of
+    benchmarks/cuda/mma_sweep.py. Its k-step is 128 columns for act="int8", 64 for act="none"
+    (the same bytes of x per step). The tile is the smallest of 16 / 32 / 64 / 128 rows that holds
     M (128 past that). Where K is short (under 64 k-steps for act="int8", 128 for act="none") it
     is halved once if that leaves SMs idle (act="int8" tiles of 64 or 128 rows) or more than
     half of them idle (the others; below 64 rows each halving decodes the weights once more):
@@ -456,6 +457,8 @@ def _wgmma_plan(m: int, w_rows: int, k_steps: int, int8: bool, sms: int) -> _Con
     of at least 8 k-steps that fill two waves (one wave with tiles of 64 or 128 rows, unless
     each split still has 64 k-steps)."""
     warps = 4
+    bk = 128 if int8 else 64
+    k_steps = triton.cdiv(k, bk)
     w_tiles = triton.cdiv(w_rows, 8 * warps)
     natural = next((h for h in (16, 32, 64) if m <= h), 128)
     long_k = k_steps >= (64 if int8 else 128)
@@ -475,7 +478,7 @@ def _wgmma_plan(m: int, w_rows: int, k_steps: int, int8: bool, sms: int) -> _Con
         split = min(split, 8, k_steps // 8)
     else:
         split = 1
-    return _Config("wgmma", bm, 32 * warps, 128 if int8 else 64, 4, warps, max(1, split))
+    return _Config("wgmma", bm, 32 * warps, bk, 4, warps, max(1, split))
 
 
 def _plan(a: torch.Tensor, weight: torch.Tensor, m: int, int8: bool,
@@ -484,9 +487,8 @@ def _plan(a: torch.Tensor, weight: torch.Tensor, m: int, int8: bool,
     i2 = weight.dtype == torch.uint8
     w_rows, k = weight.shape
     sms = 1 if interpret else _device_info(a.device.index)[0]
-    bk = 128 if int8 else 64
     if not interpret and _wgmma_fits(a, weight):
-        return _wgmma_plan(m, w_rows, triton.cdiv(k, bk), int8, sms)
+        return _wgmma_plan(m, w_rows, k, int8, sms)
     bm, bn, bk, stages, warps = (128, 128, 128, 3, 8) if m >= 256 else (64, 128, 128, 4, 4)
     tiles = triton.cdiv(m, bm) * triton.cdiv(w_rows, bn // 4 if i2 else bn)
     return _Config("portable", bm, bn, bk, stages, warps,

@@ -125,7 +125,7 @@ def test_sm90_plan_picks_only_compiled_tiles_and_sound_splits(int8):
             for n, k in ((2560, 2560), (6912, 2560), (2560, 6912), (4096, 4096), (14336, 4096),
                          (4096, 14336), (28672, 8192), (8192, 28672), (300, 2048), (9, 384)):
                 w_rows, k_steps = (n + 3) // 4, k // bk
-                c = cuda_mma._wgmma_plan(m, w_rows, k_steps, int8, sms)
+                c = cuda_mma._wgmma_plan(m, w_rows, k, int8, sms)
                 what = (sms, m, n, k, c)
                 assert (c.kernel, c.bn, c.bk, c.stages, c.warps) == ("wgmma", 128, bk, 4, 4), what
                 natural = next((h for h in (16, 32, 64) if m <= h), 128)

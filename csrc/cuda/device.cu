@@ -22,18 +22,18 @@ int device_attr(int fallback) {
   return value_of[dev];
 }
 
+int device_major() { return device_attr<cudaDevAttrComputeCapabilityMajor>(0); }
+
 bool pdl_enabled() {
   static const bool env_on = [] {
     const char* v = std::getenv("TERNARY_OPS_CUDA_PDL");
     return !(v && std::strcmp(v, "0") == 0);
   }();
-  return env_on && device_attr<cudaDevAttrComputeCapabilityMajor>(0) >= 9;
+  return env_on && device_major() >= 9;
 }
 
 int device_sms() { return device_attr<cudaDevAttrMultiProcessorCount>(1); }
 
 int64_t device_l2_bytes() { return device_attr<cudaDevAttrL2CacheSize>(0); }
-
-int device_major() { return device_attr<cudaDevAttrComputeCapabilityMajor>(0); }
 
 }  // namespace ternary::cuda

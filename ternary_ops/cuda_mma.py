@@ -254,13 +254,14 @@ if gluon is not None:
                                         pred=go)
 
     @gluon.jit
-    def _wgmma_k_step(kt, num_k, acc, a_desc, w_desc, a_smem, p_smem, ready, m0, r0, k_first,
-                      ld_p: gl.constexpr, a_op: gl.constexpr, d_ty: gl.constexpr,
+    def _wgmma_k_step(kt, num_k, acc, a_desc, w_desc, a_smem, p_smem, ready, empty, m0, r0,
+                      k_first, ld_p: gl.constexpr, a_op: gl.constexpr, d_ty: gl.constexpr,
                       BN: gl.constexpr, BK: gl.constexpr, STAGES: gl.constexpr,
-                      num_warps: gl.constexpr):
+                      WS: gl.constexpr, num_warps: gl.constexpr):
         """k-step kt of _wgmma_i2_kernel: decode its packed tile into the MMA's register
-        operand, issue the asynchronous MMA, wait for step kt - 1's, and start the copies of
-        step kt + STAGES - 1 into the slot that step used."""
+        operand, issue the asynchronous MMA, wait for step kt - 1's, and free the slot that
+        step used: start the copies of step kt + STAGES - 1 into it, or with WS tell the
+        loading warp (_wgmma_producer) that it may."""
         slot = kt % STAGES
         mbarrier.wait(ready.index(slot), (kt // STAGES) & 1)  # step kt's tiles have landed
         p = p_smem.index(slot).load(ld_p)
@@ -274,9 +275,47 @@ if gluon is not None:
         # Step kt - 1 is done: its MMA has read its a tile, and every warp has loaded its
         # packed tile (the warps issued that MMA together), so its slot can be refilled.
         acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc, ))
-        _wgmma_load(kt + STAGES - 1, num_k, a_desc, w_desc, a_smem, p_smem, ready, m0, r0,
-                    k_first, BK, STAGES)
+        if WS:
+            mbarrier.arrive(empty.index((kt + STAGES - 1) % STAGES), pred=kt > 0)
+        else:
+            _wgmma_load(kt + STAGES - 1, num_k, a_desc, w_desc, a_smem, p_smem, ready, m0, r0,
+                        k_first, BK, STAGES)
         return acc
+
+    @gluon.jit
+    def _wgmma_mainloop(num_k, a_desc, w_desc, a_smem, p_smem, ready, empty, m0, r0, k_first,
+                        mma: gl.constexpr, ld_p: gl.constexpr, a_op: gl.constexpr,
+                        d_ty: gl.constexpr, acc_ty: gl.constexpr, BM: gl.constexpr,
+                        BN: gl.constexpr, BK: gl.constexpr, STAGES: gl.constexpr,
+                        WS: gl.constexpr, num_warps: gl.constexpr):
+        """The k-steps of one tile; returns (its sums, ). Two k-steps per iteration, so
+        consecutive steps decode into different registers: an MMA reads its weights'
+        registers until the wait after the next step's MMA, and a one-step loop would rewrite
+        them in the meantime."""
+        acc = gl.zeros((BN, BM), dtype=acc_ty, layout=mma)
+        for kt in range(0, num_k - 1, 2):
+            acc = _wgmma_k_step(kt, num_k, acc, a_desc, w_desc, a_smem, p_smem, ready, empty,
+                                m0, r0, k_first, ld_p, a_op, d_ty, BN, BK, STAGES, WS,
+                                num_warps)
+            acc = _wgmma_k_step(kt + 1, num_k, acc, a_desc, w_desc, a_smem, p_smem, ready,
+                                empty, m0, r0, k_first, ld_p, a_op, d_ty, BN, BK, STAGES, WS,
+                                num_warps)
+        if num_k % 2 == 1:
+            acc = _wgmma_k_step(num_k - 1, num_k, acc, a_desc, w_desc, a_smem, p_smem, ready,
+                                empty, m0, r0, k_first, ld_p, a_op, d_ty, BN, BK, STAGES, WS,
+                                num_warps)
+        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
+        return (acc, )  # warp_specialize takes its default partition's values as a tuple
+
+    @gluon.jit
+    def _wgmma_producer(num_k, a_desc, w_desc, a_smem, p_smem, ready, empty, m0, r0, k_first,
+                        BK: gl.constexpr, STAGES: gl.constexpr):
+        """With WS, the one warp that loads: each k-step's tiles into its slot as soon as the
+        MMA warps have freed it (a fresh slot is free: its first wait is on parity 1)."""
+        for kt in range(num_k):
+            mbarrier.wait(empty.index(kt % STAGES), ((kt // STAGES) & 1) ^ 1)
+            _wgmma_load(kt, num_k, a_desc, w_desc, a_smem, p_smem, ready, m0, r0, k_first, BK,
+                        STAGES)
 
     @gluon.jit
     def _wgmma_i2_kernel(a_desc, w_desc, inv_ptr, asum_ptr, scale_ptr, bias_ptr, out_ptr,
@@ -284,7 +323,7 @@ if gluon is not None:
                          INT8: gl.constexpr, SCALE_PER_ROW: gl.constexpr,
                          HAS_BIAS: gl.constexpr, SPLIT_K: gl.constexpr, BM: gl.constexpr,
                          BN: gl.constexpr, BK: gl.constexpr, STAGES: gl.constexpr,
-                         num_warps: gl.constexpr):
+                         WS: gl.constexpr, num_warps: gl.constexpr):
         """The i2 GEMM for sm_90 with the weights as the register operand of the warpgroup MMA.
 
         The MMA computes the transposed tile ``T[BN, K] @ a[BM, K]^T``: the BN = 32 *
@@ -303,8 +342,9 @@ if gluon is not None:
         Pipeline: the a and packed tiles arrive by TMA (a_desc, w_desc: [M, K] and [R, K],
         zero past their ends) in a ring of STAGES slots, each with a barrier; each k-step
         decodes its tile and issues an asynchronous MMA, then waits only for the previous
-        step's, so the decode of step k + 1 overlaps the tensor cores' step k. K_PER_SPLIT is
-        a multiple of BK."""
+        step's, so the decode of step k + 1 overlaps the tensor cores' step k. The MMA warps
+        issue the copies themselves, or with WS one more warp does (warp specialization: the
+        MMA warps then only wait for a slot and free it). K_PER_SPLIT is a multiple of BK."""
         BR: gl.constexpr = BN // 4
         a_ty: gl.constexpr = a_desc.dtype
         d_ty: gl.constexpr = gl.int8 if INT8 else a_ty  # the decoded weights' type
@@ -322,31 +362,31 @@ if gluon is not None:
         a_smem = gl.allocate_shared_memory(a_ty, [STAGES, BM, BK], a_desc.layout)
         p_smem = gl.allocate_shared_memory(gl.uint8, [STAGES, BR, BK], w_desc.layout)
         ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         for s in gl.static_range(STAGES):
             mbarrier.init(ready.index(s), count=1)
+            mbarrier.init(empty.index(s), count=1)
         fence_async_shared()
 
         k_first = pid_s * K_PER_SPLIT
         num_k = gl.cdiv(gl.minimum(K - k_first, K_PER_SPLIT), BK)
         m0 = pid_m * BM
         r0 = pid_w * BR
-        for s in gl.static_range(STAGES - 1):  # fill the ring
-            _wgmma_load(s, num_k, a_desc, w_desc, a_smem, p_smem, ready, m0, r0, k_first, BK,
-                        STAGES)
-
-        # Two k-steps per iteration, so consecutive steps decode into different registers: an
-        # MMA reads its weights' registers until the wait after the next step's MMA, and a
-        # one-step loop would rewrite them in the meantime.
-        acc = gl.zeros((BN, BM), dtype=gl.int32 if INT8 else gl.float32, layout=mma)
-        for kt in range(0, num_k - 1, 2):
-            acc = _wgmma_k_step(kt, num_k, acc, a_desc, w_desc, a_smem, p_smem, ready, m0, r0,
-                                k_first, ld_p, a_op, d_ty, BN, BK, STAGES, num_warps)
-            acc = _wgmma_k_step(kt + 1, num_k, acc, a_desc, w_desc, a_smem, p_smem, ready, m0,
-                                r0, k_first, ld_p, a_op, d_ty, BN, BK, STAGES, num_warps)
-        if num_k % 2 == 1:
-            acc = _wgmma_k_step(num_k - 1, num_k, acc, a_desc, w_desc, a_smem, p_smem, ready,
-                                m0, r0, k_first, ld_p, a_op, d_ty, BN, BK, STAGES, num_warps)
-        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
+        acc_ty: gl.constexpr = gl.int32 if INT8 else gl.float32
+        if WS:
+            acc = gl.warp_specialize(
+                [(_wgmma_mainloop, (num_k, a_desc, w_desc, a_smem, p_smem, ready, empty, m0, r0,
+                                    k_first, mma, ld_p, a_op, d_ty, acc_ty, BM, BN, BK, STAGES,
+                                    WS, num_warps)),
+                 (_wgmma_producer, (num_k, a_desc, w_desc, a_smem, p_smem, ready, empty, m0, r0,
+                                    k_first, BK, STAGES))], [1], [24])[0]
+        else:
+            for s in gl.static_range(STAGES - 1):  # fill the ring
+                _wgmma_load(s, num_k, a_desc, w_desc, a_smem, p_smem, ready, m0, r0, k_first,
+                            BK, STAGES)
+            acc = _wgmma_mainloop(num_k, a_desc, w_desc, a_smem, p_smem, ready, empty, m0, r0,
+                                  k_first, mma, ld_p, a_op, d_ty, acc_ty, BM, BN, BK, STAGES,
+                                  WS, num_warps)[0]
 
         # The store. act="int8" stores straight from the MMA's registers; act="none" first
         # gathers eight tile rows g = 0..7 (eight consecutive outputs of one bit pair) per
@@ -396,6 +436,7 @@ class _Config(NamedTuple):
     stages: int
     warps: int
     split_k: int
+    ws: bool = False  # the sm_90 kernel's warp-specialized form (a loading warp apart)
 
 
 @functools.lru_cache(maxsize=None)
@@ -419,6 +460,12 @@ def _wgmma_fits(a: torch.Tensor, weight: torch.Tensor) -> bool:
     return (k > 0 and a.stride(1) == 1 and weight.stride(1) == 1
             and (a.stride(0) * a.element_size()) % 16 == 0 and weight.stride(0) % 16 == 0
             and a.data_ptr() % 16 == 0 and weight.data_ptr() % 16 == 0)
+
+
+# The warp-specialized kernel runs 8 warps (4 MMA warps, the loading warp, 3 idle): launched
+# at 128 registers per thread two CTAs fit on an SM, and the MMA warps then take 232 each
+# (setmaxnreg) while the loading warp gives back all but 24.
+_WS_LAUNCH = {"maxnreg": 128}
 
 
 def _descriptor(t: torch.Tensor, rows: int, cols: int, block_rows: int, block_cols: int):
@@ -521,7 +568,8 @@ def _launch(a, inv, asum, weight, scale, out_features, bias, out, int8: bool, in
         _wgmma_i2_kernel[(tiles_w, triton.cdiv(m, c.bm), split_k)](
             a_desc, w_desc, inv, asum if int8 else scale, scale, bias_arg, out, part, m,
             out_features, k, w_rows, out.stride(0), k_per_split, **flags, BM=c.bm, BN=c.bn,
-            BK=c.bk, STAGES=c.stages, num_warps=c.warps, enable_fp_fusion=False)
+            BK=c.bk, STAGES=c.stages, WS=c.ws, num_warps=c.warps, enable_fp_fusion=False,
+            **_WS_LAUNCH if c.ws else {})
     else:
         _mma_kernel[(triton.cdiv(m, c.bm) * tiles_w, split_k)](
             a, inv, weight, scale, bias_arg, out, part, m, out_features, k, w_rows, a.stride(0),

@@ -6,6 +6,8 @@ same final cast); act="none" to float rounding. The shapes cross every kernel bo
 row counts (1, 2, 3-4, 5-8), the tensor-core tiles past 8 rows (16-, 32- and 64-row warp tiles),
 K and N that are multiples of no block size, and weights that are not 16-byte aligned.
 """
+import itertools
+
 import pytest
 import torch
 
@@ -521,9 +523,9 @@ def test_library_gemm_below_64_rows_only_where_it_pays(fresh_seed, monkeypatch):
                          ids=["int8-bf16", "int8-f32", "none-bf16", "none-f16"])
 def test_sm90_kernel_every_tile_matches_reference(act, dtype, fresh_seed):
     """Each tile the plan or the sweep can give the sm_90 kernel (x rows 16 to 128, K split or
-    not), on shapes whose M, N and N / 4 fill no tile (and K, twice, no k-step: TMA's zeros
-    fill the last), against the reference: act="int8" bit-exact, act="none" within
-    tolerance."""
+    not, warp-specialized or not), on shapes whose M, N and N / 4 fill no tile (and K, twice,
+    no k-step: TMA's zeros fill the last), against the reference: act="int8" bit-exact,
+    act="none" within tolerance."""
     from ternary_ops import cuda_mma, reference
 
     gen = torch.Generator().manual_seed(fresh_seed)
@@ -544,17 +546,15 @@ def test_sm90_kernel_every_tile_matches_reference(act, dtype, fresh_seed):
             a, inv, qsum = x.cuda(), None, None
         want = reference.linear_codes(x, codes, scale, bias, act)
         args = [t if t is None else t.cuda() for t in (scale, bias)]
-        for bm in (16, 32, 64, 128):
-            for split in (1, 3):
-                config = cuda_mma._Config("wgmma", bm, 128, bk, 4, 4, split)
-                out = torch.full((m, n), float("nan"), dtype=dtype, device="cuda")
-                cuda_mma._launch(a, inv, qsum, w, args[0], n, args[1], out, int8, False,
-                                 config)
-                what = f"{config} M={m} N={n} K={k}"
-                if int8:
-                    assert_bit_exact(out.cpu(), want, what)
-                else:
-                    check(out.cpu(), want, act, dtype, what)
+        for bm, split, ws in itertools.product((16, 32, 64, 128), (1, 3), (False, True)):
+            config = cuda_mma._Config("wgmma", bm, 128, bk, 4, 4, split, ws)
+            out = torch.full((m, n), float("nan"), dtype=dtype, device="cuda")
+            cuda_mma._launch(a, inv, qsum, w, args[0], n, args[1], out, int8, False, config)
+            what = f"{config} M={m} N={n} K={k}"
+            if int8:
+                assert_bit_exact(out.cpu(), want, what)
+            else:
+                check(out.cpu(), want, act, dtype, what)
 
 
 @pytest.mark.skipif(not HAVE_TRITON, reason="needs Triton")

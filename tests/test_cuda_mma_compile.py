@@ -69,20 +69,21 @@ def _descriptor_type(ty, block):
     return f"tensordesc<{ty}{block},{layout!r}>"
 
 
-def _sm90_ptx(a_ty, out_ty, int8, bm, warps, split, bias):
+def _sm90_ptx(a_ty, out_ty, int8, bm, warps, split, bias, ws=False):
     acc_ty = "*i32" if int8 else "*fp32"
     bk = 128 if int8 else 64
     types = [_descriptor_type(a_ty.lstrip("*"), [bm, bk]), _descriptor_type("u8", [8 * warps, bk]),
              "*fp32", acc_ty, "*fp32", "*fp32", out_ty, acc_ty]
     sig = dict(zip(ARGS, types + ["i32"] * 6))
     constexprs = dict(INT8=int8, SCALE_PER_ROW=not bias, HAS_BIAS=bias, SPLIT_K=split, BM=bm,
-                      BN=32 * warps, BK=bk, STAGES=4, num_warps=warps)
+                      BN=32 * warps, BK=bk, STAGES=4, WS=ws, num_warps=warps)
     sig.update({k: "constexpr" for k in constexprs})
     # what Triton's specialization gives pointers and 16-divisible sizes at launch
     attrs = {(i,): [["tt.divisibility", 16]] for i in range(2, len(ARGS))}
     kernel = triton.compile(GluonASTSource(cuda_mma._wgmma_i2_kernel, sig, constexprs, attrs),
                             target=GPUTarget("cuda", 90, 32),
-                            options={"num_warps": warps, "enable_fp_fusion": False})
+                            options={"num_warps": warps, "enable_fp_fusion": False,
+                                     **(cuda_mma._WS_LAUNCH if ws else {})})
     return kernel.asm["ptx"]
 
 
@@ -93,10 +94,11 @@ def _sm90_ptx(a_ty, out_ty, int8, bm, warps, split, bias):
                                               ("none", "*fp16", "*fp16")])
 def test_sm90_kernel_keeps_its_mmas_asynchronous_and_safe(act, a_ty, out_ty, tmp_path):
     int8 = act == "int8"
-    configs = [(bm, 4, split) for bm in (16, 32, 64, 128) for split in (1, 2)]
+    configs = [(bm, 4, split, ws) for bm in (16, 32, 64, 128) for split in (1, 2)
+               for ws in (False, True)]
     bad = []
-    for i, (bm, warps, split) in enumerate(configs):
-        ptx = _sm90_ptx(a_ty, out_ty, int8, bm, warps, split, bias=i % 2 == 0)
+    for i, (bm, warps, split, ws) in enumerate(configs):
+        ptx = _sm90_ptx(a_ty, out_ty, int8, bm, warps, split, bias=i % 4 < 2, ws=ws)
         src = tmp_path / "k.ptx"
         src.write_text(ptx)
         r = subprocess.run([PTXAS, "-arch=sm_90a", "-v", str(src), "-o", str(tmp_path / "k.o")],
@@ -105,11 +107,11 @@ def test_sm90_kernel_keeps_its_mmas_asynchronous_and_safe(act, a_ty, out_ty, tmp
         assert ptx.count("wgmma.mma_async") > 0
         writes = _in_flight_operand_writes(ptx)
         if writes:
-            bad.append((bm, warps, split, "writes in-flight operand registers", writes[:2]))
+            bad.append((bm, split, ws, "writes in-flight operand registers", writes[:2]))
         spills = [int(s) for s in re.findall(r"(\d+) bytes spill stores", r.stderr)]
         serialized = [c for c in ("C7515", "C7512") if c in r.stderr]
         if serialized or any(spills):
-            bad.append((bm, warps, split, spills, serialized))
+            bad.append((bm, split, ws, spills, serialized))
     assert not bad, f"{act} x {a_ty} out {out_ty}: {bad}"
 
 

@@ -6,6 +6,8 @@ bf16 x as a caller gets it (pre-pass included, on whichever kernel the op routes
 to). The plan's configuration is starred; ratios are dense bf16's time over the candidate's.
 
 Usage on a CUDA GPU: python benchmarks/cuda/mma_sweep.py [--m 64 128 ...] [--shapes NxK ...]
+[--acts int8 none] [--both-forms] (the sm_90 kernel's candidates warp-specialized and not; "/ws"
+marks the first form)
 """
 import argparse
 
@@ -20,9 +22,10 @@ TAGS = {"wgmma": "wg", "portable": "tl"}
 REPLAYS = 10
 
 
-def _candidates(plan, m, w_rows, k, bk, sms):
+def _candidates(plan, m, w_rows, k, bk, sms, both_forms):
     """The plan and the configurations around it, K split into at most k // bk pieces: for the
-    sm_90 kernel every tile height (rows of x) near M, with K unsplit, split as planned or in 4;
+    sm_90 kernel every tile height (rows of x) near M, with K unsplit, split as planned or in 4,
+    each also in the other form (warp-specialized or not) if both_forms, else only the plan;
     for the portable kernel 3 stages, and tiles of 64 and 128 rows with K unsplit, split in 2
     or 4, or as cuda_mma._split would."""
     out = [plan]
@@ -33,10 +36,12 @@ def _candidates(plan, m, w_rows, k, bk, sms):
     else:
         heights = [h for h in (16, 32, 64, 128) if min(m / 2, 64) <= h <= max(2 * m, 64)]
         tiles = [(bm, split) for bm in heights for split in sorted({1, plan.split_k, 4})]
-    for bm, split in tiles:
-        c = plan._replace(bm=bm, split_k=split)
-        if c not in out and split <= k // bk:
-            out.append(c)
+    forms = (plan.ws, not plan.ws) if plan.kernel == "wgmma" else (plan.ws, )
+    for bm, split in [(plan.bm, plan.split_k)] + tiles:
+        for ws in forms if both_forms or (bm, split) == (plan.bm, plan.split_k) else forms[:1]:
+            c = plan._replace(bm=bm, split_k=split, ws=ws)
+            if c not in out and split <= k // bk:
+                out.append(c)
     return out
 
 
@@ -45,6 +50,8 @@ def main():
     ap.add_argument("--m", type=int, nargs="+", default=[16, 32, 64, 128, 256, 512, 2048])
     ap.add_argument("--shapes", nargs="+", default=None)
     ap.add_argument("--acts", nargs="+", default=["int8", "none"])
+    ap.add_argument("--both-forms", action="store_true",
+                    help="every sm_90 candidate warp-specialized and not (else only the plan)")
     args = ap.parse_args()
     shapes = ([tuple(map(int, s.split("x"))) for s in args.shapes] if args.shapes
               else SHAPES + LLAMA)
@@ -74,13 +81,14 @@ def main():
                 t_op = time_rotating(op, ws, None, None, replays=REPLAYS)[0]
                 line = (f"{n:>5}x{k:<5} M={m:<4} {act:4} dense {dense * 1e6:7.1f} us | op "
                         f"{dense / t_op:.2f}x |")
-                for c in _candidates(plan, m, r, k, plan.bk, sms):
+                for c in _candidates(plan, m, r, k, plan.bk, sms, args.both_forms):
                     def run(w, c=c):
                         cuda_mma._launch(a, inv if int8 else None, qsum if int8 else None, w,
                                          scale, n, None, out, int8, False, c)
                     t = time_rotating(run, ws, None, None, replays=REPLAYS)[0]
                     tag = (f"{TAGS[c.kernel]}{c.bm}x{c.bn}/s{c.split_k}"
-                           + (f"/st{c.stages}" if c.kernel == "portable" else ""))
+                           + (f"/st{c.stages}" if c.kernel == "portable" else "")
+                           + ("/ws" if c.ws else ""))
                     line += f" {'*' if c == plan else ''}{tag} {dense / t:.2f}x"
                 print(line, flush=True)
 

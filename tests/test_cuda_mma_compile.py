@@ -6,7 +6,9 @@ the plan can pick:
   undefined; on the GPU it corrupted whole MMA row blocks, silently.
 * ptxas (bundled with Triton) neither serializes its MMAs nor spills. Both cost a large share
   of its speed, and ptxas only says so in its verbose output (C7515 "wgmma.mma_async
-  instructions are serialized", for a cause in the code, or C7512, for lack of registers)."""
+  instructions are serialized", for a cause in the code, or C7512, for lack of registers).
+
+Both forms of the kernel, warp-specialized or not."""
 import os
 import re
 import subprocess

@@ -1,5 +1,7 @@
 // quantize.cu: the act="int8" pre-pass, for the shapes whose GEMV or tensor-core kernel does
 // not quantize x itself: per-row q / inv / qsum into the scratch of Linear.
+#include <algorithm>
+
 #include "launchers.cuh"
 #include "quantize.cuh"
 
@@ -7,7 +9,7 @@ namespace ternary::cuda {
 namespace {
 
 // act="int8" pre-pass, for the shapes the fused GEMV does not quantize itself: one block per row
-// of x runs the fused kernel's own quantize_x_block (so both paths give the same q), q straight
+// of x (quantize_rows_threads) runs the fused kernel's own quantize_x_block (so both paths give the same q), q straight
 // to global memory. It waits for its predecessor (x may be that kernel's output) before letting
 // its dependent start: the dependent may read its weights before its own wait (the non-fused
 // persistent GEMV does), and those must not be read while an earlier kernel may still write them.
@@ -28,9 +30,18 @@ __global__ void __launch_bounds__(kXBlockWarps * 32)
   }
 }
 
+// Threads of a pre-pass block for rows of K columns: enough for about four groups of 4 columns
+// each (two 16-byte loads of 2-byte x), 64 to kXBlockWarps * 32. A short row then does not
+// leave most of a full block idle at its barriers, and more rows' blocks share an SM.
+int quantize_rows_threads(int64_t K) {
+  constexpr int64_t kGroupsPerWarp = 4 * 32;
+  const int64_t warps = (act_padded_k(K) / 4 + kGroupsPerWarp - 1) / kGroupsPerWarp;
+  return 32 * static_cast<int>(std::min<int64_t>(std::max<int64_t>(warps, 2), kXBlockWarps));
+}
+
 template <typename T>
 cudaError_t quantize_rows_dtype(const Linear& p, cudaStream_t stream) {
-  const dim3 block(kXBlockWarps * 32);
+  const dim3 block(quantize_rows_threads(p.K));
   const XAccess xa = x_access(p, static_cast<int>(sizeof(T)), true);
   const int nr = xa.regs ? x_regs_groups(p.K, block.x, kGroupsPer16<T>, 16) : 0;
   cudaError_t e = cudaErrorInvalidValue;

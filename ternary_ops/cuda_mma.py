@@ -473,10 +473,17 @@ def _descriptor(t: torch.Tensor, rows: int, cols: int, block_rows: int, block_co
     block_cols], in the swizzled layout the sm_90 kernel's MMA (a) or its packed-byte loads
     (weights: 16-byte chunks swizzled by row, so the eight rows a warp reads hit distinct
     banks) read."""
-    ty = {torch.int8: gl.int8, torch.uint8: gl.uint8, torch.bfloat16: gl.bfloat16,
-          torch.float16: gl.float16}[t.dtype]
-    layout = gl.NVMMASharedLayout.get_default_for([block_rows, block_cols], ty)
+    layout = _smem_layout(block_rows, block_cols, t.dtype)
     return TensorDescriptor(t, [rows, cols], [t.stride(0), 1], [block_rows, block_cols], layout)
+
+
+@functools.lru_cache(maxsize=None)
+def _smem_layout(block_rows: int, block_cols: int, dtype: torch.dtype):
+    """_descriptor's shared-memory layout, built once per tile shape and dtype (it is on the
+    host's path of every call)."""
+    ty = {torch.int8: gl.int8, torch.uint8: gl.uint8, torch.bfloat16: gl.bfloat16,
+          torch.float16: gl.float16}[dtype]
+    return gl.NVMMASharedLayout.get_default_for([block_rows, block_cols], ty)
 
 
 def _split(tiles: int, k_steps: int, sms: int) -> int:
@@ -488,21 +495,36 @@ def _split(tiles: int, k_steps: int, sms: int) -> int:
     return max(1, min(2 * sms // tiles, 8, k_steps // 8))
 
 
+def _waves(ctas: int, sms: int) -> int:
+    """SM slots of the whole waves that ctas one-per-SM blocks take."""
+    return triton.cdiv(ctas, sms) * sms
+
+
+@functools.lru_cache(maxsize=4096)
 def _wgmma_plan(m: int, w_rows: int, k: int, int8: bool, sms: int) -> _Config:
     """The sm_90 kernel's tile (rows of x) and split-K for K = k, from the H200 sweeps of
     benchmarks/cuda/mma_sweep.py. Its k-step is 128 columns for act="int8", 64 for act="none"
-    (the same bytes of x per step). The tile is the smallest of 16 / 32 / 64 / 128 rows that holds
-    M (128 past that). Where K is short (under 64 k-steps for act="int8", 128 for act="none") it
-    is halved once if that leaves SMs idle (act="int8" tiles of 64 or 128 rows) or more than
-    half of them idle (the others; below 64 rows each halving decodes the weights once more):
-    more, smaller tiles fill them. act="none" halves only tiles of 128 rows, and only where the
-    smaller ones then fill half the SMs (else splitting K fills them better). Where K is long,
-    splitting K fills them better. K is split where the tiles still leave SMs idle: for
-    act="int8" where they fill less than all (long K) or half (short K), into splits of at least
-    16 k-steps (shorter ones lost to the extra pass); for act="none", whose k-steps cost more,
-    where they fill less than all with tiles of up to 32 rows, else less than half, into splits
-    of at least 8 k-steps that fill two waves (one wave with tiles of 64 or 128 rows, unless
-    each split still has 64 k-steps)."""
+    (the same bytes of x per step); K is long from 64 k-steps (act="int8") or 128 (act="none").
+
+    Tile: the smallest of 16 / 32 / 64 / 128 rows that holds M (128 past that).
+    - act="int8" takes 128-row tiles only where K is long: else 64-row tiles, several to an SM,
+      hide each other's prologue and epilogue (1.1-1.5x at M = 2048).
+    - Otherwise, where K is short, the tile is halved once if that leaves SMs idle (act="int8"
+      tiles of 64 rows) or more than half of them idle (the others; below 64 rows each halving
+      decodes the weights once more): more, smaller tiles fill them. act="none" halves only tiles
+      of 128 rows, and only where the smaller ones then fill half the SMs (else splitting K fills
+      them better). Where K is long, splitting K fills them better.
+
+    Split-K, where the tiles still leave SMs idle:
+    - act="int8": where they fill less than all (long K) or half (short K), into splits of at
+      least 16 k-steps (shorter ones lost to the extra pass) that fill two waves; with 128-row
+      tiles (one per SM) fewer where the last wave would run under 90% full.
+    - act="none", whose k-steps cost more: where they fill less than all with tiles of up to 32
+      rows, else less than half, into splits of at least 8 k-steps that fill two waves (one wave
+      with tiles of 64 or 128 rows, unless each split still has 64 k-steps).
+
+    act="none" takes the warp-specialized form (its loads leave the decode's warps); act="int8"
+    measured the same either way."""
     warps = 4
     bk = 128 if int8 else 64
     k_steps = triton.cdiv(k, bk)
@@ -511,13 +533,19 @@ def _wgmma_plan(m: int, w_rows: int, k: int, int8: bool, sms: int) -> _Config:
     long_k = k_steps >= (64 if int8 else 128)
     bm = natural
     fill = sms if int8 and bm >= 64 else sms // 2
-    if (not long_k and bm > 16 and triton.cdiv(m, bm) * w_tiles < fill
+    if int8 and bm == 128 and not long_k:
+        bm = 64
+    elif (not long_k and bm > 16 and triton.cdiv(m, bm) * w_tiles < fill
             and (int8 or (bm == 128 and triton.cdiv(m, 64) * w_tiles >= fill))):
         bm //= 2
     tiles = triton.cdiv(m, bm) * w_tiles
     if int8:
         few = sms if long_k else sms // 2
         split = min(2 * sms // tiles, 8, k_steps // 16) if tiles < few else 1
+        # One 128-row tile fills an SM: fewer splits where the last wave would be mostly idle.
+        while (bm == 128 and tiles * split > sms
+               and 10 * tiles * split < 9 * _waves(tiles * split, sms)):
+            split -= 1
     elif tiles < sms and (bm <= 32 or tiles < sms // 2):
         split = 2 * sms // tiles
         if bm > 32 and k_steps // split < 64:
@@ -525,7 +553,7 @@ def _wgmma_plan(m: int, w_rows: int, k: int, int8: bool, sms: int) -> _Config:
         split = min(split, 8, k_steps // 8)
     else:
         split = 1
-    return _Config("wgmma", bm, 32 * warps, bk, 4, warps, max(1, split))
+    return _Config("wgmma", bm, 32 * warps, bk, 4, warps, max(1, split), ws=not int8)
 
 
 def _plan(a: torch.Tensor, weight: torch.Tensor, m: int, int8: bool,

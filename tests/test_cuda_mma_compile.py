@@ -120,9 +120,11 @@ def test_sm90_kernel_keeps_its_mmas_asynchronous_and_safe(act, a_ty, out_ty, tmp
 @pytest.mark.parametrize("int8", [True, False], ids=["int8", "none"])
 def test_sm90_plan_picks_only_compiled_tiles_and_sound_splits(int8):
     """Every configuration _wgmma_plan gives, over row counts, weight shapes and SM counts of
-    Hopper parts, is one the test above compiles (tile heights 16-128, 4 warps, 4 stages), holds
-    M in as few tiles as the rule allows, and splits K only into pieces of at least 16
-    (act="int8") or 8 (act="none") k-steps that fill at most two waves of programs."""
+    Hopper parts, is one the test above compiles (tile heights 16-128, 4 warps, 4 stages, the
+    warp-specialized form for act="none" only), holds M in as few tiles as the rule allows, and
+    splits K only into pieces of at least 16 (act="int8") or 8 (act="none") k-steps that fill
+    at most two waves of programs. act="int8" takes 128-row tiles only with 64 k-steps or more,
+    and splits them only into waves whose last is at least 90% full."""
     bk, min_steps = (128, 16) if int8 else (64, 8)
     for sms in (132, 114, 78):
         for m in (9, 16, 17, 32, 33, 64, 65, 100, 128, 129, 256, 512, 2048, 4099):
@@ -139,3 +141,9 @@ def test_sm90_plan_picks_only_compiled_tiles_and_sound_splits(int8):
                 if c.split_k > 1:
                     assert k_steps // c.split_k >= min_steps, what
                     assert tiles < sms and tiles * c.split_k <= 2 * sms, what
+                assert c.ws == (not int8), what
+                if int8 and c.bm == 128:
+                    assert triton.cdiv(k, bk) >= 64, what
+                    programs = tiles * c.split_k
+                    if c.split_k > 1 and programs > sms:
+                        assert 10 * programs >= 9 * triton.cdiv(programs, sms) * sms, what

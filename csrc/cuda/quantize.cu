@@ -9,10 +9,11 @@ namespace ternary::cuda {
 namespace {
 
 // act="int8" pre-pass, for the shapes the fused GEMV does not quantize itself: one block per row
-// of x (quantize_rows_threads) runs the fused kernel's own quantize_x_block (so both paths give the same q), q straight
-// to global memory. It waits for its predecessor (x may be that kernel's output) before letting
-// its dependent start: the dependent may read its weights before its own wait (the non-fused
-// persistent GEMV does), and those must not be read while an earlier kernel may still write them.
+// of x (quantize_rows_threads) runs the fused kernel's own quantize_x_block (so both paths give
+// the same q), q straight to global memory. It waits for its predecessor (x may be that kernel's
+// output) before letting its dependent start: the dependent may read its weights before its own
+// wait (the non-fused persistent GEMV does), and those must not be read while an earlier kernel
+// may still write them.
 template <typename T, int XNR>
 __global__ void __launch_bounds__(kXBlockWarps * 32)
     quantize_rows_kernel(const Linear p, const bool xvec, const bool xregs) {

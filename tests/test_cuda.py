@@ -480,7 +480,7 @@ def test_triton_float_gemm_matches_reference(fmt, dtype, fresh_seed, monkeypatch
 @pytest.mark.skipif(not HAVE_TRITON, reason="needs Triton")
 def test_library_gemm_below_64_rows_only_where_it_pays(fresh_seed, monkeypatch):
     """Between the GEMVs and 64 rows the library GEMM serves only i2 weights on sm_90 with K a
-    whole number of k-steps, act="int8" only on large weights (launchers.cuh,
+    multiple of 16 (act="int8": below 2^18), act="int8" only on large weights (launchers.cuh,
     library_gemm_pays); every call matches the reference either way."""
     from ternary_ops import reference
 
@@ -491,11 +491,14 @@ def test_library_gemm_below_64_rows_only_where_it_pays(fresh_seed, monkeypatch):
         ("i2", "int8", 12, 16384, 8192, True),  # 2^27 at M <= 16
         ("i2", "int8", 12, 8192, 4096, False),
         ("i2", "int8", 63, 4096, 4096, False),
-        ("i2", "int8", 20, 8192, 4100, False),  # K not a whole number of k-steps
+        ("i2", "int8", 20, 8192, 4100, False),  # K not a multiple of 16
+        ("i2", "int8", 20, 8192, 4112, True),  # a multiple of 16, not of the k-step
+        ("i2", "int8", 12, 512, 1 << 18, False),  # 2^27 weights, K past the int32 bound
         ("i8", "int8", 20, 8192, 4096, False),
         ("i2", "none", 9, 1030, 1024, True),
         ("i2", "none", 63, 300, 2048, True),
-        ("i2", "none", 20, 1030, 1000, False),
+        ("i2", "none", 20, 1030, 1000, False),  # K not a multiple of 16
+        ("i2", "none", 20, 1030, 1008, True),
     ]
     calls = {"int8": _count_triton_calls(monkeypatch, "mma_int8"),
              "none": _count_triton_calls(monkeypatch, "mma_float")}

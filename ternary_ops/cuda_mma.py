@@ -439,6 +439,61 @@ class _Config(NamedTuple):
     ws: bool = False  # the sm_90 kernel's warp-specialized form (a loading warp apart)
 
 
+def _specialization(arg):
+    """What Triton's JIT specializes a kernel on for one non-constexpr argument: a tensor's dtype
+    and 16-byte alignment; an integer's being 1, a multiple of 16, or 32-bit; a TMA
+    descriptor's dtype, block and layout. Anything else, by value."""
+    if isinstance(arg, torch.Tensor):
+        return arg.dtype, arg.data_ptr() % 16 == 0
+    if type(arg) is int:
+        return arg == 1, arg % 16 == 0, -(1 << 31) <= arg < 1 << 31
+    if gluon is not None and isinstance(arg, TensorDescriptor):
+        return arg.base.dtype, tuple(arg.block_shape), arg.layout, arg.padding
+    return type(arg), arg
+
+
+def _launch_hooked() -> bool:
+    """Whether Triton's launch hooks are set (hook chains with members, or older versions'
+    single hooks)."""
+    hooks = triton.knobs.runtime
+    return any(getattr(h, "calls", h) for h in (hooks.launch_enter_hook, hooks.launch_exit_hook))
+
+
+class _Launcher:
+    """``launcher[grid](*args, **constexprs_and_options)`` launches the Triton kernel ``fn`` as
+    ``fn[grid](...)`` does, with less host time. The first launch of each specialization goes
+    through the JIT, which compiles (or finds) the kernel; later ones call that compiled kernel
+    directly, found by a key of the device, ``_specialization`` of each positional argument and
+    the keyword arguments. That skips the JIT's per-call binding of every argument and the
+    building of its cache key, most of a launch's host time. The positional arguments are the
+    kernel's non-constexpr ones, in order; the keyword arguments are its constexprs and the
+    launch options. Under Triton's interpreter, or while its launch hooks are set (a
+    profiler's), every launch takes the JIT's path."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.compiles = isinstance(fn, triton.runtime.JITFunction)  # not the interpreter's
+        self.kernels = {}  # key -> (compiled kernel, the constexpr values after the args)
+
+    def __getitem__(self, grid):
+        return functools.partial(self.launch, grid)
+
+    def launch(self, grid, *args, **kwargs):
+        if not self.compiles or _launch_hooked():
+            self.fn[grid](*args, **kwargs)
+            return
+        key = (torch.cuda.current_device(), *map(_specialization, args), *kwargs.items())
+        found = self.kernels.get(key)
+        if found is not None:
+            kernel, constexprs = found
+            kernel[(*grid, 1, 1)](*args, *constexprs)
+            return
+        kernel = self.fn[grid](*args, **kwargs)
+        if kernel is not None:
+            constexprs = tuple(kwargs.get(p.name, p.default) for p in self.fn.params[len(args):])
+            self.kernels[key] = kernel, constexprs
+
+
 @functools.lru_cache(maxsize=None)
 def _device_info(index: int) -> Tuple[int, int]:
     """(SM count, major compute capability) of CUDA device ``index``."""
@@ -570,6 +625,10 @@ def _plan(a: torch.Tensor, weight: torch.Tensor, m: int, int8: bool,
                    _split(tiles, triton.cdiv(k, bk), sms))
 
 
+_MMA, _SPLIT_K_SUM = _Launcher(_mma_kernel), _Launcher(_split_k_sum)
+_WGMMA_I2 = _Launcher(_wgmma_i2_kernel) if gluon is not None else None
+
+
 def _launch(a, inv, asum, weight, scale, out_features, bias, out, int8: bool, interpret: bool,
             config: Optional[_Config] = None):
     m, n = out.shape
@@ -593,20 +652,20 @@ def _launch(a, inv, asum, weight, scale, out_features, bias, out, int8: bool, in
     if c.kernel == "wgmma":
         a_desc = _descriptor(a, m, k, c.bm, c.bk)
         w_desc = _descriptor(weight, w_rows, k, c.bn // 4, c.bk)
-        _wgmma_i2_kernel[(tiles_w, triton.cdiv(m, c.bm), split_k)](
+        _WGMMA_I2[(tiles_w, triton.cdiv(m, c.bm), split_k)](
             a_desc, w_desc, inv, asum if int8 else scale, scale, bias_arg, out, part, m,
             out_features, k, w_rows, out.stride(0), k_per_split, **flags, BM=c.bm, BN=c.bn,
             BK=c.bk, STAGES=c.stages, WS=c.ws, num_warps=c.warps, enable_fp_fusion=False,
             **_WS_LAUNCH if c.ws else {})
     else:
-        _mma_kernel[(triton.cdiv(m, c.bm) * tiles_w, split_k)](
+        _MMA[(triton.cdiv(m, c.bm) * tiles_w, split_k)](
             a, inv, weight, scale, bias_arg, out, part, m, out_features, k, w_rows, a.stride(0),
             weight.stride(0), out.stride(0), k_per_split, I2=i2, EVEN_K=k % c.bk == 0, **flags,
             BM=c.bm, BN=c.bn, BK=c.bk, GROUP_M=8, STAGES=c.stages, ASM=not interpret,
             num_warps=c.warps, enable_fp_fusion=False)
     if split_k > 1:
         flags.pop("SPLIT_K")
-        _split_k_sum[(triton.cdiv(m, 64), triton.cdiv(n, 64))](
+        _SPLIT_K_SUM[(triton.cdiv(m, 64), triton.cdiv(n, 64))](
             part, inv, scale, bias_arg, out, m, n, out.stride(0), **flags, SPLIT_K=split_k,
             BM=64, BN=64, num_warps=4, enable_fp_fusion=False)
 

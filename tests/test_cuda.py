@@ -518,6 +518,50 @@ def test_library_gemm_below_64_rows_only_where_it_pays(fresh_seed, monkeypatch):
         assert len(calls[act]) - before == (1 if served and hopper else 0), what
 
 
+@pytest.mark.skipif(not HAVE_TRITON, reason="needs Triton")
+@pytest.mark.parametrize("fmt", ["i2", "i8"])
+def test_library_gemm_launches_reuse_kernels_only_for_the_same_specialization(
+        fmt, fresh_seed, monkeypatch):
+    """After the first launch of a specialization, cuda_mma's launchers call the compiled kernel
+    without the JIT; a call that differs in what the JIT specializes on (a pointer's 16-byte
+    alignment, a size's divisibility by 16) takes the JIT again. Every call matches the
+    reference, bit for bit (act="int8")."""
+    import ternary_ops.cuda_mma as cuda_mma
+    from ternary_ops import reference
+
+    jit_calls = []
+
+    class Counted:  # the kernel, counting its launches through the JIT
+        def __init__(self, fn):
+            self.fn, self.params = fn, fn.params
+
+        def __getitem__(self, grid):
+            jit_calls.append(self.fn)
+            return self.fn[grid]
+
+    for launcher in (cuda_mma._MMA, cuda_mma._SPLIT_K_SUM, cuda_mma._WGMMA_I2):
+        if launcher is not None:
+            monkeypatch.setattr(launcher, "fn", Counted(launcher.fn))
+            monkeypatch.setattr(launcher, "kernels", {})
+    gen = torch.Generator().manual_seed(fresh_seed)
+    steps = [  # N, K, scale's offset in floats (1: not 16-byte aligned), JIT launches
+        (256, 512, 0, 1), (256, 512, 0, 0), (256, 512, 1, 1), (256, 512, 1, 0), (250, 512, 0, 1),
+        (256, 520, 0, 1)]
+    for n, k, offset, jit in steps:
+        before = len(jit_calls)
+        codes = helpers.random_codes(n, k, gen)
+        weight = helpers.to_format(codes, fmt)
+        scale = (torch.rand(n + offset, generator=gen) + 0.5)[offset:] / k ** 0.5
+        x = torch.randn(64, k, generator=gen).to(torch.bfloat16)
+        want = reference.linear_codes(x, codes, scale, None, "int8")
+        scale_cuda = (torch.rand(n + offset, generator=gen).cuda())[offset:]
+        scale_cuda.copy_(scale)
+        got = run_op(fmt, x.cuda(), weight.cuda(), scale_cuda, n, None, "int8").cpu()
+        what = f"{fmt} N={n} K={k} scale offset {offset}"
+        assert_bit_exact(got, want, what)
+        assert len(jit_calls) - before == jit, what
+
+
 @pytest.mark.skipif(not HAVE_TRITON or not torch.cuda.is_available()
                     or torch.cuda.get_device_capability()[0] != 9,
                     reason="needs Triton and an sm_90 GPU")

@@ -8,7 +8,8 @@ the plan can pick:
   of its speed, and ptxas only says so in its verbose output (C7515 "wgmma.mma_async
   instructions are serialized", for a cause in the code, or C7512, for lack of registers).
 
-Both forms of the kernel, warp-specialized or not."""
+Both forms of the kernel, warp-specialized or not. And the key by which the module's
+launchers reuse compiled kernels."""
 import os
 import re
 import subprocess
@@ -147,3 +148,33 @@ def test_sm90_plan_picks_only_compiled_tiles_and_sound_splits(int8):
                     programs = tiles * c.split_k
                     if c.split_k > 1 and programs > sms:
                         assert 10 * programs >= 9 * triton.cdiv(programs, sms) * sms, what
+
+
+def test_launch_key_separates_what_the_jit_specializes_on():
+    """cuda_mma's launchers reuse a compiled kernel for calls of equal keys (test_cuda.py runs
+    them): the key tells apart what Triton's JIT compiles a kernel apart for, and is equal
+    where the JIT's specialization is. Triton's launch hooks (a profiler's) are noticed."""
+    import torch
+
+    spec = cuda_mma._specialization
+    x = torch.zeros(64)
+    assert spec(x) == spec(x[4:]) != spec(x[1:])  # 16-byte aligned or not
+    assert spec(x) != spec(x.to(torch.int32))
+    assert spec(16) == spec(4096) != spec(17) == spec(33) != spec(1)
+    assert spec(16) != spec(1 << 32)
+    layout = cuda_mma._smem_layout(64, 128, torch.int8)
+    a = torch.zeros(256, 256, dtype=torch.int8)
+    desc = cuda_mma.TensorDescriptor
+
+    def d(t, block):
+        return desc(t, list(t.shape), [t.stride(0), 1], block, layout)
+    assert spec(d(a, [64, 128])) == spec(d(a[:100], [64, 128])) != spec(d(a, [128, 128]))
+    hooks = triton.knobs.runtime.launch_enter_hook
+    assert not cuda_mma._launch_hooked()
+    hook = lambda metadata: None  # noqa: E731
+    hooks.add(hook)
+    try:
+        assert cuda_mma._launch_hooked()
+    finally:
+        hooks.remove(hook)
+    assert not cuda_mma._launch_hooked()

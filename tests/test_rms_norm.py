@@ -77,6 +77,27 @@ def test_matches_reference(device, fmt, dtype):
                         f"{fmt} {dtype_id(dtype)} M={m} N={n} K={k} eps={eps}")
 
 
+def _offset_view(t, device):
+    """t on ``device`` one element past an allocation's start (not 4-element aligned)."""
+    flat = torch.zeros(t.numel() + 1, dtype=t.dtype, device=device)
+    flat[1:] = t.reshape(-1).to(device)
+    return flat[1:].view(t.shape)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+def test_unaligned_rows_and_norm_weight_match_reference(device, dtype):
+    """Several rows of x and the norm weight, each one element past an aligned start on the
+    device (no vector loads), also with K a multiple of 4; K past two steps of the CUDA
+    pre-pass's block."""
+    for m, n, k in ((12, 40, 4098), (10, 24, 8195), (3, 9, 132), (17, 33, 4096)):
+        x, g, w, scale, n, b = _case("i2", m, n, k, dtype)
+        want = _ref("i2", x, g, 1e-6, w, scale, n, b)
+        got = _call("i2", _offset_view(x, device), _offset_view(g, device), 1e-6,
+                    *_on(device, w, scale), n, _on(device, b)[0])
+        assert_bit_exact(got.cpu(), want, f"{dtype_id(dtype)} M={m} N={n} K={k} on {device}")
+
+
 # One-row (decode) shapes with norm_weight in x's dtype, which the CUDA GEMV normalises and
 # quantizes in its own prologue: K = 1 and K not a multiple of 8 (no vector loads), x held in
 # registers at 2, 4, 8 and 16 groups per thread (2560, 6912, 14336, 20000 / 32768 for 16-bit x),

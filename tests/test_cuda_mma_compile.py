@@ -169,12 +169,18 @@ def test_launch_key_separates_what_the_jit_specializes_on():
     def d(t, block):
         return desc(t, list(t.shape), [t.stride(0), 1], block, layout)
     assert spec(d(a, [64, 128])) == spec(d(a[:100], [64, 128])) != spec(d(a, [128, 128]))
-    hooks = triton.knobs.runtime.launch_enter_hook
+    runtime = triton.knobs.runtime
     assert not cuda_mma._launch_hooked()
     hook = lambda metadata: None  # noqa: E731
-    hooks.add(hook)
+    chain = runtime.launch_enter_hook
+    if hasattr(chain, "add"):  # a chain of hooks (Triton >= 3.6)
+        chain.add(hook)
+        undo = lambda: chain.remove(hook)  # noqa: E731
+    else:  # one hook or None
+        runtime.launch_enter_hook = hook
+        undo = lambda: setattr(runtime, "launch_enter_hook", chain)  # noqa: E731
     try:
         assert cuda_mma._launch_hooked()
     finally:
-        hooks.remove(hook)
+        undo()
     assert not cuda_mma._launch_hooked()

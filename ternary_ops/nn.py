@@ -30,6 +30,27 @@ def _human_bytes(n: int) -> str:
 # Devices with native kernels for the rms_norm_linear ops (a layer's folded norm).
 _FOLDED_NORM_DEVICES = ("cpu", "cuda")
 
+_BELOW_AUTOGRAD = getattr(torch._C, "_AutoDispatchBelowAutograd", None)
+
+
+def _nothing_to_record(args) -> bool:
+    """Whether autograd has nothing to record for an op called on args: grad mode is off, or no
+    tensor among them requires grad (then its output requires none either)."""
+    return not torch.is_grad_enabled() or not any(
+        isinstance(a, torch.Tensor) and a.requires_grad for a in args)
+
+
+def _run(op, *args):
+    """``op(*args)``, past the dispatcher's autograd step where it has nothing to record. That
+    step is the ops' autograd formula, registered from Python: in eager inference under
+    ``torch.no_grad()`` (as ``generate`` runs) it is a large share of a batch-1 call's host time.
+    ``torch.inference_mode`` skips that step itself; torch.compile traces the op as it is."""
+    if (_BELOW_AUTOGRAD is not None and not torch.compiler.is_compiling()
+            and not torch.is_inference_mode_enabled() and _nothing_to_record(args)):
+        with _BELOW_AUTOGRAD():
+            return op(*args)
+    return op(*args)
+
 
 class _PackedWeight(nn.Module):
     """What the modules with an integer ``weight`` and a float32 ``weight_scale`` buffer share."""
@@ -183,15 +204,16 @@ class TernaryLinear(_PackedWeight):
             x = norm.apply_norm(x)
         elif norm is not None:
             if self.format == "i2":
-                return torch.ops.ternary.rms_norm_linear_i2(
-                    x, norm.weight, norm.variance_epsilon, self.weight, self.weight_scale,
-                    self.out_features, self.bias)
-            return torch.ops.ternary.rms_norm_linear_i8(x, norm.weight, norm.variance_epsilon,
-                                                        self.weight, self.weight_scale, self.bias)
+                return _run(torch.ops.ternary.rms_norm_linear_i2, x, norm.weight,
+                            norm.variance_epsilon, self.weight, self.weight_scale,
+                            self.out_features, self.bias)
+            return _run(torch.ops.ternary.rms_norm_linear_i8, x, norm.weight,
+                        norm.variance_epsilon, self.weight, self.weight_scale, self.bias)
         if self.format == "i2":
-            return torch.ops.ternary.linear_i2(x, self.weight, self.weight_scale,
-                                               self.out_features, self.bias, self.act)
-        return torch.ops.ternary.linear_i8(x, self.weight, self.weight_scale, self.bias, self.act)
+            return _run(torch.ops.ternary.linear_i2, x, self.weight, self.weight_scale,
+                        self.out_features, self.bias, self.act)
+        return _run(torch.ops.ternary.linear_i8, x, self.weight, self.weight_scale, self.bias,
+                    self.act)
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The dense weight ``s * T`` as ``[out_features, in_features]``."""
@@ -316,7 +338,8 @@ class Int8Linear(_Q8Weight):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 0 or x.shape[-1] != self.in_features:
             raise TernaryLinear._wrong_width(self, x)
-        return torch.ops.ternary.linear_q8(x, self.weight, self.weight_scale, self.bias, self.act)
+        return _run(torch.ops.ternary.linear_q8, x, self.weight, self.weight_scale, self.bias,
+                    self.act)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

@@ -136,3 +136,49 @@ def test_compile_fullgraph_converted_model(format, act):
         for shape in [(1, 5), (3, 17)]:
             ids2 = torch.randint(0, 97, shape)
             assert_matches_eager(compiled_dyn(ids2), model(ids2), act)
+
+
+@pytest.mark.parametrize("format", FORMATS)
+def test_module_calls_skip_autograd_only_where_it_has_nothing_to_record(format, monkeypatch):
+    """TernaryLinear calls its op past the dispatcher's autograd step (the Python autograd
+    formula) where grad mode is off or nothing requires grad: the same output, no graph. With
+    x or the bias requiring grad the op records its backward, and the gradients are the
+    straight-through ones."""
+    import ternary_ops.nn as tnn
+
+    entered = []
+    below = tnn._BELOW_AUTOGRAD
+
+    class Counted:  # the guard, counting the calls that take it
+        def __enter__(self):
+            entered.append(1)
+            self.guard = below()
+            return self.guard.__enter__()
+
+        def __exit__(self, *exc):
+            return self.guard.__exit__(*exc)
+
+    monkeypatch.setattr(tnn, "_BELOW_AUTOGRAD", Counted)
+    codes, scale = random_codes(9, 21), random_scale(9, True)
+    layer = tops.TernaryLinear.from_ternary(codes, scale, torch.randn(9), format=format)
+    x = torch.randn(2, 3, 21)
+    op, args = op_args(format, x, codes, scale, layer.bias.detach(), "int8")
+    want = op(*args)
+    with torch.no_grad():
+        y = layer(x)
+    assert len(entered) == 1 and y.grad_fn is None
+    torch.testing.assert_close(y, want, rtol=0, atol=0)
+    layer.bias.requires_grad_(False)
+    y = layer(x)  # grad mode on, nothing requires grad
+    assert len(entered) == 2 and y.grad_fn is None
+    with torch.inference_mode():  # excludes the autograd step by itself
+        layer(x)
+    assert len(entered) == 2
+    layer.bias.requires_grad_(True)
+    xg = x.clone().requires_grad_()
+    y = layer(xg)
+    assert len(entered) == 2 and y.grad_fn is not None
+    g = torch.randn_like(y)
+    y.backward(g)
+    torch.testing.assert_close(xg.grad, g @ (codes.float() * scale[:, None]))
+    torch.testing.assert_close(layer.bias.grad, g.sum((0, 1)))

@@ -185,6 +185,20 @@ def test_cli_plot_without_matplotlib_fails_before_running():
     assert 'pip install -e ".[bench]"' in r.stderr and "DRAM" not in r.stdout
 
 
+def test_e2e_profile_prefill_smoke():
+    # The prefill profiler on a one-layer model on the CPU: both variants are timed and
+    # profiled, the ternary one in the library's ops and the dense one in torch's matmuls.
+    pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks/e2e/profile_prefill.py"),
+                        "--device", "cpu", "--layers", "1", "--vocab", "512", "--prompt", "8",
+                        "--runs", "1", "--top", "30"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    ternary, dense = r.stdout.split("== dense:")
+    assert "== ternary: wall [" in ternary and "ternary::rms_norm_linear_i2" in ternary
+    assert "ternary::" not in dense and "aten::mm" in dense
+
+
 def test_e2e_decode_smoke(tmp_path):
     # The end-to-end benchmark on a one-layer model: every variant and round runs in its own
     # process and is reported; nothing about speed is asserted.

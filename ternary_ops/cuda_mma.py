@@ -26,6 +26,7 @@ Loaded by ``ternary_ops`` where torch has CUDA and Triton imports; nothing else 
 from __future__ import annotations
 
 import functools
+import re
 from typing import NamedTuple, Optional, Tuple
 
 import torch
@@ -452,6 +453,9 @@ def _specialization(arg):
     return type(arg), arg
 
 
+_TRITON_VERSION = tuple(int(p) for p in re.findall(r"\d+", triton.__version__)[:2])
+
+
 def _launch_hooked() -> bool:
     """Whether Triton's launch hooks are set (hook chains with members, or older versions'
     single hooks)."""
@@ -467,19 +471,20 @@ class _Launcher:
     the keyword arguments. That skips the JIT's per-call binding of every argument and the
     building of its cache key, most of a launch's host time. The positional arguments are the
     kernel's non-constexpr ones, in order; the keyword arguments are its constexprs and the
-    launch options. Under Triton's interpreter, or while its launch hooks are set (a
+    launch options. Under Triton's interpreter, with a Triton before 3.5 (whose compiled
+    kernels' call form this does not rely on), or while Triton's launch hooks are set (a
     profiler's), every launch takes the JIT's path."""
 
     def __init__(self, fn):
         self.fn = fn
-        self.compiles = isinstance(fn, triton.runtime.JITFunction)  # not the interpreter's
+        self.direct = isinstance(fn, triton.runtime.JITFunction) and _TRITON_VERSION >= (3, 5)
         self.kernels = {}  # key -> (compiled kernel, the constexpr values after the args)
 
     def __getitem__(self, grid):
         return functools.partial(self.launch, grid)
 
     def launch(self, grid, *args, **kwargs):
-        if not self.compiles or _launch_hooked():
+        if not self.direct or _launch_hooked():
             self.fn[grid](*args, **kwargs)
             return
         key = (torch.cuda.current_device(), *map(_specialization, args), *kwargs.items())

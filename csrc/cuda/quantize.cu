@@ -1,7 +1,5 @@
 // quantize.cu: the act="int8" pre-pass, for the shapes whose GEMV or tensor-core kernel does
 // not quantize x itself: per-row q / inv / qsum into the scratch of Linear.
-#include <algorithm>
-
 #include "launchers.cuh"
 #include "quantize.cuh"
 
@@ -31,14 +29,9 @@ __global__ void __launch_bounds__(kXBlockWarps * 32)
   }
 }
 
-// Threads of a pre-pass block for rows of K columns: enough for about four groups of 4 columns
-// each (two 16-byte loads of 2-byte x), 64 to kXBlockWarps * 32. A short row then does not
-// leave most of a full block idle at its barriers, and more rows' blocks share an SM.
-int quantize_rows_threads(int64_t K) {
-  constexpr int64_t kGroupsPerWarp = 4 * 32;
-  const int64_t warps = (act_padded_k(K) / 4 + kGroupsPerWarp - 1) / kGroupsPerWarp;
-  return 32 * static_cast<int>(std::min<int64_t>(std::max<int64_t>(warps, 2), kXBlockWarps));
-}
+// Threads of a pre-pass block: about four 4-column groups each (two 16-byte loads of 2-byte x),
+// 64 to kXBlockWarps * 32.
+int quantize_rows_threads(int64_t K) { return row_block_threads(K, 4, 2, kXBlockWarps); }
 
 template <typename T>
 cudaError_t quantize_rows_dtype(const Linear& p, cudaStream_t stream) {

@@ -2,6 +2,7 @@
 // the per-row pre-pass (quantize.cu) and the persistent GEMV that quantizes x itself
 // (gemv_persist.cu), so both give the same q. Internal to csrc/cuda.
 #pragma once
+#include <algorithm>
 #include <type_traits>
 
 #include "common.cuh"
@@ -11,6 +12,15 @@ namespace {
 
 // Warps of a block that quantizes x: the pre-pass's block and, at most, the persistent GEMV's.
 constexpr int kXBlockWarps = 16;
+
+// Threads of a block that serves one row of K columns (the pre-passes): enough for about
+// `groups` 4-column groups each, from min_warps to max_warps warps. A short row then does not
+// leave most of a full block idle at its barriers, and more rows' blocks share an SM.
+inline int row_block_threads(int64_t K, int64_t groups, int64_t min_warps, int64_t max_warps) {
+  const int64_t per_warp = groups * 32;
+  const int64_t warps = (act_padded_k(K) / 4 + per_warp - 1) / per_warp;
+  return 32 * static_cast<int>(std::min(std::max(warps, min_warps), max_warps));
+}
 
 // Four consecutive elements of row xr from column k as floats, zeros past K. vec: K % 4 == 0
 // and the row start is aligned to four elements, so one 8- or 16-byte load.

@@ -3,8 +3,6 @@
 // multiplied by the row's sqrt(mean square + eps), from an exact integer sum of squares. The
 // GEMV and tensor-core kernels then run as after the plain pre-pass. Every float step is an
 // explicit round-to-nearest intrinsic: the build uses fast math.
-#include <algorithm>
-
 #include "common.cuh"
 #include "launchers.cuh"
 #include "quantize.cuh"
@@ -17,11 +15,7 @@ constexpr int kNormMaxWarps = 16;
 // Threads of a block (one row): about eight 4-column groups each, 32 to kNormMaxWarps * 32.
 // The block is one row's latency (two passes, two barriers, the final sums), so small blocks,
 // many rows to an SM, serve many rows in one wave.
-int rms_norm_threads(int64_t K) {
-  constexpr int64_t kGroupsPerWarp = 8 * 32;
-  const int64_t warps = (act_padded_k(K) / 4 + kGroupsPerWarp - 1) / kGroupsPerWarp;
-  return 32 * static_cast<int>(std::min<int64_t>(std::max<int64_t>(warps, 1), kNormMaxWarps));
-}
+int rms_norm_threads(int64_t K) { return row_block_threads(K, 8, 1, kNormMaxWarps); }
 
 // Whether each row of the [*, K] matrix at base can take quantize.cuh's load_x4 one-load path
 // (8 or 16 bytes per four columns): K % 4 == 0 and base 4-element aligned.

@@ -112,6 +112,16 @@ def make_case(fmt, m, n, k, gen=None, *, per_channel=False, bias=False, dtype=to
     return Case(fmt, w.codes, w.weight, w.scale, x, b)
 
 
+def with_offset(t, offset, device=None):
+    """A contiguous copy of ``t`` on ``device`` (default: t's) that starts ``offset`` elements
+    into a larger storage (an address with ``offset`` times the element size past an
+    allocation's start: not 16-byte aligned for small odd offsets)."""
+    flat = torch.empty(t.numel() + offset + 3, dtype=t.dtype, device=device or t.device)
+    v = flat[offset:offset + t.numel()].view(t.shape)
+    v.copy_(t)
+    return v
+
+
 # ---- running the op and the reference -------------------------------------------------------
 
 def op_call(fmt, x, w, scale, n, bias, act):

@@ -81,9 +81,7 @@ def test_unaligned_and_strided(fmt, act):
     gen = torch.Generator().manual_seed(11)
     n, k = 64, 256
     _, w, scale = random_weight(fmt, n, k, gen, per_channel=False, scale_offset=0.5)
-    buf = torch.empty(w.numel() + 1, dtype=w.dtype, device="cuda")
-    w_odd = buf[1:].view(w.shape)
-    w_odd.copy_(w)
+    w_odd = helpers.with_offset(w, 1, "cuda")
     assert w_odd.data_ptr() % 16 != 0
     for m in (1, 6, 40):
         x = torch.randn(m, k, generator=gen)
@@ -551,11 +549,10 @@ def test_library_gemm_launches_reuse_kernels_only_for_the_same_specialization(
         before = len(jit_calls)
         codes = helpers.random_codes(n, k, gen)
         weight = helpers.to_format(codes, fmt)
-        scale = (torch.rand(n + offset, generator=gen) + 0.5)[offset:] / k ** 0.5
+        scale = (torch.rand(n, generator=gen) + 0.5) / k ** 0.5
         x = torch.randn(64, k, generator=gen).to(torch.bfloat16)
         want = reference.linear_codes(x, codes, scale, None, "int8")
-        scale_cuda = (torch.rand(n + offset, generator=gen).cuda())[offset:]
-        scale_cuda.copy_(scale)
+        scale_cuda = helpers.with_offset(scale, offset, "cuda")
         got = run_op(fmt, x.cuda(), weight.cuda(), scale_cuda, n, None, "int8").cpu()
         what = f"{fmt} N={n} K={k} scale offset {offset}"
         assert_bit_exact(got, want, what)

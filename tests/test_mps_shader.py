@@ -26,7 +26,7 @@ import torch
 import ternary_ops as tops
 from ternary_ops import _C, mps_shader, reference
 
-from helpers import assert_bit_exact
+from helpers import assert_bit_exact, with_offset
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "metal_emu"))
@@ -69,14 +69,6 @@ def shader():
 
 
 # ---- making inputs: views, offsets, dtypes ------------------------------------------------
-
-def with_offset(t, offset):
-    """A contiguous copy of ``t`` that starts ``offset`` elements into a larger storage."""
-    flat = torch.empty(t.numel() + offset + 3, dtype=t.dtype)
-    v = flat[offset:offset + t.numel()].view(t.shape)
-    v.copy_(t)
-    return v
-
 
 def strided_x(x, how):
     """x (shape [..., K]) laid out as: 0 contiguous, 1 at a storage offset (read in place),

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 from helpers import DTYPES, assert_bit_exact, dtype_id, forced_cpu_kernel, random_codes, \
-    random_scale, to_format
+    random_scale, to_format, with_offset
 
 import ternary_ops as tops
 from ternary_ops import reference
@@ -77,13 +77,6 @@ def test_matches_reference(device, fmt, dtype):
                         f"{fmt} {dtype_id(dtype)} M={m} N={n} K={k} eps={eps}")
 
 
-def _offset_view(t, device):
-    """t on ``device`` one element past an allocation's start (not 4-element aligned)."""
-    flat = torch.zeros(t.numel() + 1, dtype=t.dtype, device=device)
-    flat[1:] = t.reshape(-1).to(device)
-    return flat[1:].view(t.shape)
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 def test_unaligned_rows_and_norm_weight_match_reference(device, dtype):
@@ -93,7 +86,7 @@ def test_unaligned_rows_and_norm_weight_match_reference(device, dtype):
     for m, n, k in ((12, 40, 4098), (10, 24, 8195), (3, 9, 132), (17, 33, 4096)):
         x, g, w, scale, n, b = _case("i2", m, n, k, dtype)
         want = _ref("i2", x, g, 1e-6, w, scale, n, b)
-        got = _call("i2", _offset_view(x, device), _offset_view(g, device), 1e-6,
+        got = _call("i2", with_offset(x, 1, device), with_offset(g, 1, device), 1e-6,
                     *_on(device, w, scale), n, _on(device, b)[0])
         assert_bit_exact(got.cpu(), want, f"{dtype_id(dtype)} M={m} N={n} K={k} on {device}")
 
@@ -118,7 +111,7 @@ def test_decode_rows_match_reference(device, fmt, dtype):
                         f"{fmt} {dtype_id(dtype)} M=1 N={n} K={k}")
     # x not 16-byte aligned and not 4-element aligned, on the device (one element in; K odd)
     x, g, w, scale, n, b = _case(fmt, 1, 70, 2561, dtype)
-    _check_all_sets(device, fmt, (_offset_view(x, device), g, 1e-6, w, scale, n, b),
+    _check_all_sets(device, fmt, (with_offset(x, 1, device), g, 1e-6, w, scale, n, b),
                     "unaligned row")
     # One row each: zeros (eps = 0 too: 0 / 0), tiny, huge, a spike, NaN / +-Inf, NaN in g.
     k = 2560

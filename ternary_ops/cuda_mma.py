@@ -507,12 +507,11 @@ def _device_info(index: int) -> Tuple[int, int]:
 
 
 def _wgmma_fits(a: torch.Tensor, weight: torch.Tensor) -> bool:
-    """The sm_90 kernel's needs: i2 weights, Hopper, and what TMA reads: 16-byte aligned rows
-    (K a multiple of 16) with unit column stride. K need not be a multiple of the k-step: TMA
-    fills the last one with zeros, which add nothing to either act's sums."""
+    """The sm_90 kernel's needs on a Hopper GPU (the caller's check): i2 weights, and what TMA
+    reads: 16-byte aligned rows (K a multiple of 16) with unit column stride. K need not be a
+    multiple of the k-step: TMA fills the last one with zeros, which add nothing to either act's
+    sums."""
     if gluon is None or weight.dtype != torch.uint8:
-        return False
-    if _device_info(a.device.index)[1] != 9:
         return False
     k = weight.shape[1]
     if a.dtype == torch.int8 and k >= 1 << 18:  # its sums (to 32 * 2 * 127 * K) overflow int32
@@ -621,8 +620,8 @@ def _plan(a: torch.Tensor, weight: torch.Tensor, m: int, int8: bool,
     """The kernel and tile for M rows (benchmarks/results/cuda.md)."""
     i2 = weight.dtype == torch.uint8
     w_rows, k = weight.shape
-    sms = 1 if interpret else _device_info(a.device.index)[0]
-    if not interpret and _wgmma_fits(a, weight):
+    sms, major = (1, 0) if interpret else _device_info(a.device.index)
+    if major == 9 and _wgmma_fits(a, weight):
         return _wgmma_plan(m, w_rows, k, int8, sms)
     bm, bn, bk, stages, warps = (128, 128, 128, 3, 8) if m >= 256 else (64, 128, 128, 4, 4)
     tiles = triton.cdiv(m, bm) * triton.cdiv(w_rows, bn // 4 if i2 else bn)

@@ -162,13 +162,10 @@ def test_launch_key_separates_what_the_jit_specializes_on():
     assert spec(x) != spec(x.to(torch.int32))
     assert spec(16) == spec(4096) != spec(17) == spec(33) != spec(1)
     assert spec(16) != spec(1 << 32)
-    layout = cuda_mma._smem_layout(64, 128, torch.int8)
     a = torch.zeros(256, 256, dtype=torch.int8)
-    desc = cuda_mma.TensorDescriptor
-
-    def d(t, block):
-        return desc(t, list(t.shape), [t.stride(0), 1], block, layout)
-    assert spec(d(a, [64, 128])) == spec(d(a[:100], [64, 128])) != spec(d(a, [128, 128]))
+    d = cuda_mma._descriptor
+    assert spec(d(a, 256, 256, 64, 128)) == spec(d(a, 100, 256, 64, 128)) != spec(
+        d(a, 256, 256, 128, 128))
     runtime = triton.knobs.runtime
     assert not cuda_mma._launch_hooked()
     hook = lambda metadata: None  # noqa: E731

@@ -1,5 +1,6 @@
-"""Where an eager prefill's time goes: the model ``decode.py`` builds (ternary and/or dense bf16),
-one prompt without a cache, timed and then profiled with torch.profiler (GPU kernel time summed
+"""Where an eager prefill's time goes: the model ``decode.py`` builds (ternary and/or dense bf16;
+the ternary one with int8 head and embedding, fused projections and folded norms), one prompt
+without a cache, timed and then profiled with torch.profiler (GPU kernel time summed
 per kernel name). Also prints the host's issue time: the time until the model's call returns,
 before synchronizing; where it nears the wall time, the prefill is bound by the host.
 

@@ -561,29 +561,32 @@ def _waves(ctas: int, sms: int) -> int:
 
 @functools.lru_cache(maxsize=4096)
 def _wgmma_plan(m: int, w_rows: int, k: int, int8: bool, sms: int) -> _Config:
-    """The sm_90 kernel's tile (rows of x) and split-K for K = k, from the H200 sweeps of
+    """The sm_90 kernel's tile (rows of x), split-K and form for K = k, from the H200 sweeps of
     benchmarks/cuda/mma_sweep.py. Its k-step is 128 columns for act="int8", 64 for act="none"
     (the same bytes of x per step); K is long from 64 k-steps (act="int8") or 128 (act="none").
 
     Tile: the smallest of 16 / 32 / 64 / 128 rows that holds M (128 past that).
     - act="int8" takes 128-row tiles only where K is long: else 64-row tiles, several to an SM,
-      hide each other's prologue and epilogue (1.1-1.5x at M = 2048).
-    - Otherwise, where K is short, the tile is halved once if that leaves SMs idle (act="int8"
-      tiles of 64 rows) or more than half of them idle (the others; below 64 rows each halving
-      decodes the weights once more): more, smaller tiles fill them. act="none" halves only tiles
-      of 128 rows, and only where the smaller ones then fill half the SMs (else splitting K fills
-      them better). Where K is long, splitting K fills them better.
+      hide each other's prologue and epilogue (1.1-1.5x at M = 2048). Where K is short it takes
+      32-row tiles instead of 64-row ones wherever those fill at most two waves (one program
+      per SM), and halves 32-row tiles that leave more than half of the SMs idle (each halving
+      decodes the weights once more).
+    - act="none" halves, where K is short, only tiles of 128 rows that leave more than half of
+      the SMs idle, and only where the smaller ones then fill half of them (else splitting K
+      fills them better).
 
     Split-K, where the tiles still leave SMs idle:
-    - act="int8": where they fill less than all (long K) or half (short K), into splits of at
-      least 16 k-steps (shorter ones lost to the extra pass) that fill two waves; with 128-row
-      tiles (one per SM) fewer where the last wave would run under 90% full.
+    - act="int8": where they fill less than all (long K), two thirds (tiles of up to 32 rows)
+      or half (the others), into splits of at least 16 k-steps (shorter ones lost to the extra
+      pass) that fill two waves; with 128-row tiles (one per SM) fewer where the last wave
+      would run under 90% full.
     - act="none", whose k-steps cost more: where they fill less than all with tiles of up to 32
       rows, else less than half, into splits of at least 8 k-steps that fill two waves (one wave
       with tiles of 64 or 128 rows, unless each split still has 64 k-steps).
 
-    act="none" takes the warp-specialized form (its loads leave the decode's warps); act="int8"
-    measured the same either way."""
+    Form: act="none" takes the warp-specialized form (its loads leave the decode's warps), and
+    so does act="int8" with tiles of up to 32 rows, whose short k-steps wait on their loads, with
+    a ring of 8 slots. act="int8" with larger tiles measured the same either way."""
     warps = 4
     bk = 128 if int8 else 64
     k_steps = triton.cdiv(k, bk)
@@ -591,15 +594,19 @@ def _wgmma_plan(m: int, w_rows: int, k: int, int8: bool, sms: int) -> _Config:
     natural = next((h for h in (16, 32, 64) if m <= h), 128)
     long_k = k_steps >= (64 if int8 else 128)
     bm = natural
-    fill = sms if int8 and bm >= 64 else sms // 2
-    if int8 and bm == 128 and not long_k:
+    if int8 and not long_k:
+        bm = min(bm, 64)
+        if bm == 64 and triton.cdiv(m, 32) * w_tiles <= 2 * sms:
+            bm = 32
+        elif bm == 32 and w_tiles < sms // 2:
+            bm = 16
+    elif (not int8 and not long_k and bm == 128 and triton.cdiv(m, bm) * w_tiles < sms // 2
+            and triton.cdiv(m, 64) * w_tiles >= sms // 2):
         bm = 64
-    elif (not long_k and bm > 16 and triton.cdiv(m, bm) * w_tiles < fill
-            and (int8 or (bm == 128 and triton.cdiv(m, 64) * w_tiles >= fill))):
-        bm //= 2
     tiles = triton.cdiv(m, bm) * w_tiles
+    small = int8 and bm <= 32  # the warp-specialized act="int8" form with a deep ring
     if int8:
-        few = sms if long_k else sms // 2
+        few = sms if long_k else 2 * sms // 3 if small else sms // 2
         split = min(2 * sms // tiles, 8, k_steps // 16) if tiles < few else 1
         # One 128-row tile fills an SM: fewer splits where the last wave would be mostly idle.
         while (bm == 128 and tiles * split > sms
@@ -612,7 +619,8 @@ def _wgmma_plan(m: int, w_rows: int, k: int, int8: bool, sms: int) -> _Config:
         split = min(split, 8, k_steps // 8)
     else:
         split = 1
-    return _Config("wgmma", bm, 32 * warps, bk, 4, warps, max(1, split), ws=not int8)
+    return _Config("wgmma", bm, 32 * warps, bk, 8 if small else 4, warps, max(1, split),
+                   ws=small or not int8)
 
 
 def _plan(a: torch.Tensor, weight: torch.Tensor, m: int, int8: bool,

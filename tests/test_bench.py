@@ -230,3 +230,33 @@ def test_e2e_decode_smoke(tmp_path):
     bad = subprocess.run([sys.executable, str(ROOT / "benchmarks/e2e/decode.py"), "--prefills",
                           "0"], capture_output=True, text=True)
     assert bad.returncode == 2 and "--prefills must be >= 1" in bad.stderr
+
+
+def test_mma_sweep_candidates():
+    # The sm_90 tile sweep's candidates (benchmarks/cuda/mma_sweep.py; it times them on a GPU):
+    # the plan first, each tile height and split in each requested form, rings that fit in
+    # shared memory only, and the plan in its other form always.
+    pytest.importorskip("triton.experimental.gluon", reason="needs Triton >= 3.5")
+    sys.path.insert(0, str(ROOT / "benchmarks/cuda"))
+    try:
+        import mma_sweep
+    finally:
+        sys.path.pop(0)
+    from ternary_ops import cuda_mma
+
+    assert mma_sweep._form("ws8") == (True, 8) and mma_sweep._form("4") == (False, 4)
+    m, rows, k, sms = 128, 640, 2560, 132
+    plan = cuda_mma._wgmma_plan(m, rows, k, True, sms)
+    forms = [(False, 4), (True, 8), (True, 12)]
+    got = mma_sweep._candidates(plan, m, rows, k, 128, sms, False, forms, [16, 128])
+    assert got[0] == plan and len(set(got)) == len(got)
+    assert plan._replace(ws=not plan.ws) in got
+    assert all(mma_sweep._ring_bytes(c) <= mma_sweep.SMEM_BYTES for c in got)
+    want = {(bm, split, ws, st) for bm in (16, 128) for split in {1, plan.split_k, 4}
+            for ws, st in forms
+            if mma_sweep._ring_bytes(plan._replace(bm=bm, stages=st)) <= mma_sweep.SMEM_BYTES}
+    assert want <= {(c.bm, c.split_k, c.ws, c.stages) for c in got}
+    assert (128, 1, True, 12) not in want  # a 12-slot ring of 128-row tiles does not fit
+    default = mma_sweep._candidates(plan, m, rows, k, 128, sms, False)
+    assert {c.stages for c in default} == {plan.stages} and {c.ws for c in default} == {
+        True, False}  # the plan's ring, in both forms

@@ -485,9 +485,10 @@ def test_library_gemm_below_64_rows_only_where_it_pays(fresh_seed, monkeypatch):
     hopper = torch.cuda.get_device_capability()[0] == 9
     gen = torch.Generator().manual_seed(fresh_seed)
     cases = [  # fmt, act, M, N, K, served by the library on sm_90
-        ("i2", "int8", 20, 8192, 4096, True),  # 2^25 weights at M > 16
-        ("i2", "int8", 12, 16384, 8192, True),  # 2^27 at M <= 16
+        ("i2", "int8", 16, 8192, 4096, True),  # 2^25 weights from M = 16
+        ("i2", "int8", 12, 16384, 8192, True),  # 2^27 below
         ("i2", "int8", 12, 8192, 4096, False),
+        ("i2", "int8", 16, 4096, 4096, False),
         ("i2", "int8", 63, 4096, 4096, False),
         ("i2", "int8", 20, 8192, 4100, False),  # K not a multiple of 16
         ("i2", "int8", 20, 8192, 4112, True),  # a multiple of 16, not of the k-step
@@ -567,9 +568,9 @@ def test_library_gemm_launches_reuse_kernels_only_for_the_same_specialization(
                          ids=["int8-bf16", "int8-f32", "none-bf16", "none-f16"])
 def test_sm90_kernel_every_tile_matches_reference(act, dtype, fresh_seed):
     """Each tile the plan or the sweep can give the sm_90 kernel (x rows 16 to 128, K split or
-    not, warp-specialized or not), on shapes whose M, N and N / 4 fill no tile (and K, twice,
-    no k-step: TMA's zeros fill the last), against the reference: act="int8" bit-exact,
-    act="none" within tolerance."""
+    not, warp-specialized or not, a ring of 4 or 8 slots), on shapes whose M, N and N / 4 fill
+    no tile (and K, twice, no k-step: TMA's zeros fill the last), against the reference:
+    act="int8" bit-exact, act="none" within tolerance."""
     from ternary_ops import cuda_mma, reference
 
     gen = torch.Generator().manual_seed(fresh_seed)
@@ -590,8 +591,9 @@ def test_sm90_kernel_every_tile_matches_reference(act, dtype, fresh_seed):
             a, inv, qsum = x.cuda(), None, None
         want = reference.linear_codes(x, codes, scale, bias, act)
         args = [t if t is None else t.cuda() for t in (scale, bias)]
-        for bm, split, ws in itertools.product((16, 32, 64, 128), (1, 3), (False, True)):
-            config = cuda_mma._Config("wgmma", bm, 128, bk, 4, 4, split, ws)
+        for bm, split, ws, stages in itertools.product((16, 32, 64, 128), (1, 3), (False, True),
+                                                       (4, 8)):
+            config = cuda_mma._Config("wgmma", bm, 128, bk, stages, 4, split, ws)
             out = torch.full((m, n), float("nan"), dtype=dtype, device="cuda")
             cuda_mma._launch(a, inv, qsum, w, args[0], n, args[1], out, int8, False, config)
             what = f"{config} M={m} N={n} K={k}"

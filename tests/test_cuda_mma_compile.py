@@ -72,14 +72,14 @@ def _descriptor_type(ty, block):
     return f"tensordesc<{ty}{block},{layout!r}>"
 
 
-def _sm90_ptx(a_ty, out_ty, int8, bm, warps, split, bias, ws=False):
+def _sm90_ptx(a_ty, out_ty, int8, bm, warps, split, bias, ws=False, stages=4):
     acc_ty = "*i32" if int8 else "*fp32"
     bk = 128 if int8 else 64
     types = [_descriptor_type(a_ty.lstrip("*"), [bm, bk]), _descriptor_type("u8", [8 * warps, bk]),
              "*fp32", acc_ty, "*fp32", "*fp32", out_ty, acc_ty]
     sig = dict(zip(ARGS, types + ["i32"] * 6))
     constexprs = dict(INT8=int8, SCALE_PER_ROW=not bias, HAS_BIAS=bias, SPLIT_K=split, BM=bm,
-                      BN=32 * warps, BK=bk, STAGES=4, WS=ws, num_warps=warps)
+                      BN=32 * warps, BK=bk, STAGES=stages, WS=ws, num_warps=warps)
     sig.update({k: "constexpr" for k in constexprs})
     # what Triton's specialization gives pointers and 16-divisible sizes at launch
     attrs = {(i,): [["tt.divisibility", 16]] for i in range(2, len(ARGS))}
@@ -97,11 +97,13 @@ def _sm90_ptx(a_ty, out_ty, int8, bm, warps, split, bias, ws=False):
                                               ("none", "*fp16", "*fp16")])
 def test_sm90_kernel_keeps_its_mmas_asynchronous_and_safe(act, a_ty, out_ty, tmp_path):
     int8 = act == "int8"
-    configs = [(bm, 4, split, ws) for bm in (16, 32, 64, 128) for split in (1, 2)
+    configs = [(bm, 4, split, ws, 4) for bm in (16, 32, 64, 128) for split in (1, 2)
                for ws in (False, True)]
+    configs += [(bm, 4, split, True, 8) for bm in (16, 32) for split in (1, 2)]  # the deep ring
     bad = []
-    for i, (bm, warps, split, ws) in enumerate(configs):
-        ptx = _sm90_ptx(a_ty, out_ty, int8, bm, warps, split, bias=i % 4 < 2, ws=ws)
+    for i, (bm, warps, split, ws, stages) in enumerate(configs):
+        ptx = _sm90_ptx(a_ty, out_ty, int8, bm, warps, split, bias=i % 4 < 2, ws=ws,
+                        stages=stages)
         src = tmp_path / "k.ptx"
         src.write_text(ptx)
         r = subprocess.run([PTXAS, "-arch=sm_90a", "-v", str(src), "-o", str(tmp_path / "k.o")],
@@ -110,23 +112,25 @@ def test_sm90_kernel_keeps_its_mmas_asynchronous_and_safe(act, a_ty, out_ty, tmp
         assert ptx.count("wgmma.mma_async") > 0
         writes = _in_flight_operand_writes(ptx)
         if writes:
-            bad.append((bm, split, ws, "writes in-flight operand registers", writes[:2]))
+            bad.append((bm, split, ws, stages, "writes in-flight operand registers", writes[:2]))
         spills = [int(s) for s in re.findall(r"(\d+) bytes spill stores", r.stderr)]
         serialized = [c for c in ("C7515", "C7512") if c in r.stderr]
         if serialized or any(spills):
-            bad.append((bm, split, ws, spills, serialized))
+            bad.append((bm, split, ws, stages, spills, serialized))
     assert not bad, f"{act} x {a_ty} out {out_ty}: {bad}"
 
 
 @pytest.mark.parametrize("int8", [True, False], ids=["int8", "none"])
 def test_sm90_plan_picks_only_compiled_tiles_and_sound_splits(int8):
     """Every configuration _wgmma_plan gives, over row counts, weight shapes and SM counts of
-    Hopper parts, is one the test above compiles (tile heights 16-128, 4 warps, 4 stages, the
-    warp-specialized form for act="none" only), holds M in as few tiles as the rule allows, and
-    splits K only into pieces of at least 16 (act="int8") or 8 (act="none") k-steps that fill
-    at most two waves of programs. act="int8" takes 128-row tiles only with 64 k-steps or more,
-    and splits them only into waves whose last is at least 90% full."""
-    bk, min_steps = (128, 16) if int8 else (64, 8)
+    Hopper parts, is one the test above compiles (tile heights 16-128, 4 warps; the
+    warp-specialized form for act="none", 4 stages, and for act="int8" tiles of up to 32 rows,
+    8 stages; act="int8" otherwise the other form with 4), holds M in as few tiles as the rule
+    allows, and splits K only into pieces of at least 16 (act="int8") or 8 (act="none") k-steps
+    that fill at most two waves of programs. act="int8"
+    takes 128-row tiles only with 64 k-steps or more, and splits them only into waves whose
+    last is at least 90% full."""
+    bk = 128 if int8 else 64
     for sms in (132, 114, 78):
         for m in (9, 16, 17, 32, 33, 64, 65, 100, 128, 129, 256, 512, 2048, 4099):
             for n, k in ((2560, 2560), (6912, 2560), (2560, 6912), (4096, 4096), (14336, 4096),
@@ -134,15 +138,17 @@ def test_sm90_plan_picks_only_compiled_tiles_and_sound_splits(int8):
                 w_rows, k_steps = (n + 3) // 4, k // bk
                 c = cuda_mma._wgmma_plan(m, w_rows, k, int8, sms)
                 what = (sms, m, n, k, c)
-                assert (c.kernel, c.bn, c.bk, c.stages, c.warps) == ("wgmma", 128, bk, 4, 4), what
+                small = int8 and c.bm <= 32
+                assert (c.kernel, c.bn, c.bk, c.warps) == ("wgmma", 128, bk, 4), what
+                assert c.stages == (8 if small else 4) and c.ws == (small or not int8), what
                 natural = next((h for h in (16, 32, 64) if m <= h), 128)
-                assert c.bm in (natural, max(16, natural // 2)), what
+                fewest = max(16, natural // 4 if int8 else natural // 2)  # int8: 128 -> 32
+                assert c.bm in (16, 32, 64, 128) and fewest <= c.bm <= natural, what
                 tiles = triton.cdiv(m, c.bm) * triton.cdiv(w_rows, 32)
                 assert 1 <= c.split_k <= 8, what
                 if c.split_k > 1:
-                    assert k_steps // c.split_k >= min_steps, what
+                    assert k_steps // c.split_k >= (16 if int8 else 8), what
                     assert tiles < sms and tiles * c.split_k <= 2 * sms, what
-                assert c.ws == (not int8), what
                 if int8 and c.bm == 128:
                     assert triton.cdiv(k, bk) >= 64, what
                     programs = tiles * c.split_k

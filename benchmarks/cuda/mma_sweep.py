@@ -4,17 +4,20 @@ rules can be checked against measurements. act="int8" times the GEMM alone on a 
 (the op's pre-pass is not included); act="none" times it on bf16 x. "op" is the whole op on
 bf16 x as a caller gets it (pre-pass included, on whichever kernel the op routes the call
 to). The plan's configuration is starred; ratios are dense bf16's time over the candidate's.
+Every time is bench.py's: CUDA graphs of calls over weight copies of 4x the L2.
 
 Usage on a CUDA GPU: python benchmarks/cuda/mma_sweep.py [--m 64 128 ...] [--shapes NxK ...]
 [--acts int8 none] [--both-forms] (the sm_90 kernel's candidates warp-specialized and not; "/ws"
-marks the first form)
+marks the first form) [--forms 4 ws8 ...] (instead: each sm_90 candidate in these forms, "ws" or
+not and the ring's slots; "/st" gives them where they are not the plan's) [--heights 16 32 ...]
+(the sm_90 candidates' tile heights, instead of those near M)
 """
 import argparse
 
 import torch
 import triton
 
-from bench import SHAPES, time_rotating  # beside this script
+from bench import SHAPES, n_copies, time_rotating  # beside this script
 from ternary_ops import cuda_mma
 
 LLAMA = [(14336, 4096), (4096, 14336), (28672, 8192), (8192, 28672)]
@@ -22,10 +25,11 @@ TAGS = {"wgmma": "wg", "portable": "tl"}
 REPLAYS = 10
 
 
-def _candidates(plan, m, w_rows, k, bk, sms, both_forms):
+def _candidates(plan, m, w_rows, k, bk, sms, both_forms, forms=None, heights=None):
     """The plan and the configurations around it, K split into at most k // bk pieces: for the
     sm_90 kernel every tile height (rows of x) near M, with K unsplit, split as planned or in 4,
-    each also in the other form (warp-specialized or not) if both_forms, else only the plan;
+    each also in the other form (warp-specialized or not) if both_forms, else only the plan
+    (forms: each in these (ws, stages) instead; heights: these instead of those near M);
     for the portable kernel 3 stages, and tiles of 64 and 128 rows with K unsplit, split in 2
     or 4, or as cuda_mma._split would."""
     out = [plan]
@@ -34,15 +38,40 @@ def _candidates(plan, m, w_rows, k, bk, sms, both_forms):
         tiles = [(bm, split) for bm in (64, 128) for split in sorted(
             {1, 2, 4, cuda_mma._split(triton.cdiv(m, bm) * triton.cdiv(w_rows, 32), k // bk, sms)})]
     else:
-        heights = [h for h in (16, 32, 64, 128) if min(m / 2, 64) <= h <= max(2 * m, 64)]
+        heights = heights or [h for h in (16, 32, 64, 128)
+                              if min(m / 2, 64) <= h <= max(2 * m, 64)]
         tiles = [(bm, split) for bm in heights for split in sorted({1, plan.split_k, 4})]
-    forms = (plan.ws, not plan.ws) if plan.kernel == "wgmma" else (plan.ws, )
+    if plan.kernel != "wgmma":
+        forms = [(plan.ws, plan.stages)]
+    elif not forms:
+        forms = [(plan.ws, plan.stages), (not plan.ws, plan.stages)]
+        forms = forms if both_forms else forms[:1]
     for bm, split in [(plan.bm, plan.split_k)] + tiles:
-        for ws in forms if both_forms or (bm, split) == (plan.bm, plan.split_k) else forms[:1]:
-            c = plan._replace(bm=bm, split_k=split, ws=ws)
-            if c not in out and split <= k // bk:
+        for ws, stages in forms:
+            c = plan._replace(bm=bm, split_k=split, ws=ws, stages=stages)
+            if c not in out and split <= k // bk and _ring_bytes(c) <= SMEM_BYTES:
+                out.append(c)
+        if (bm, split) == (plan.bm, plan.split_k) and plan.kernel == "wgmma":
+            c = plan._replace(ws=not plan.ws)  # the plan in the other form, always
+            if c not in out:
                 out.append(c)
     return out
+
+
+SMEM_BYTES = 220 << 10  # what one sm_90 program may take, less the barriers' and the epilogue's
+
+
+def _ring_bytes(c):
+    """Shared memory of the sm_90 kernel's ring: per slot an x tile and a packed weight tile."""
+    if c.kernel != "wgmma":
+        return 0
+    a_bytes = 1 if c.bk == 128 else 2  # k-step 128: int8 q; 64: bf16 / half x
+    return c.stages * (c.bm * c.bk * a_bytes + c.bn // 4 * c.bk)
+
+
+def _form(text):
+    """--forms entry: "ws8" (warp-specialized, 8 slots) or "4" (not, 4 slots)."""
+    return text.startswith("ws"), int(text.removeprefix("ws"))
 
 
 def main():
@@ -52,16 +81,24 @@ def main():
     ap.add_argument("--acts", nargs="+", default=["int8", "none"])
     ap.add_argument("--both-forms", action="store_true",
                     help="every sm_90 candidate warp-specialized and not (else only the plan)")
+    ap.add_argument("--forms", type=_form, nargs="+", default=None,
+                    help="every sm_90 candidate in these forms: ws8 = warp-specialized with 8 "
+                    "ring slots, 4 = not, with 4")
+    ap.add_argument("--heights", type=int, nargs="+", default=None,
+                    help="the sm_90 candidates' tile heights (rows of x)")
     args = ap.parse_args()
     shapes = ([tuple(map(int, s.split("x"))) for s in args.shapes] if args.shapes
               else SHAPES + LLAMA)
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    props = torch.cuda.get_device_properties(0)
+    sms, l2 = props.multi_processor_count, getattr(props, "L2_cache_size", 50 << 20)
     for n, k in shapes:
         r = (n + 3) // 4
-        copies = max(2, min(24, (256 << 20) // (r * k) + 1))
+        # weights and dense weights both rotate over copies of 4x the L2, as in bench.py
+        copies = n_copies(r * k, l2)
         ws = [torch.randint(0, 256, (r, k), dtype=torch.uint8, device="cuda") & 0x55
               for _ in range(copies)]
-        wd = [torch.randn(n, k, dtype=torch.bfloat16, device="cuda") for _ in range(3)]
+        wd = [torch.randn(n, k, dtype=torch.bfloat16, device="cuda")
+              for _ in range(n_copies(2 * n * k, l2))]
         scale = torch.rand(n, device="cuda") + 0.5
         for m in args.m:
             x = torch.randn(m, k, dtype=torch.bfloat16, device="cuda")
@@ -81,13 +118,15 @@ def main():
                 t_op = time_rotating(op, ws, None, None, replays=REPLAYS)[0]
                 line = (f"{n:>5}x{k:<5} M={m:<4} {act:4} dense {dense * 1e6:7.1f} us | op "
                         f"{dense / t_op:.2f}x |")
-                for c in _candidates(plan, m, r, k, plan.bk, sms, args.both_forms):
+                for c in _candidates(plan, m, r, k, plan.bk, sms, args.both_forms, args.forms,
+                                     args.heights):
                     def run(w, c=c):
                         cuda_mma._launch(a, inv if int8 else None, qsum if int8 else None, w,
                                          scale, n, None, out, int8, False, c)
                     t = time_rotating(run, ws, None, None, replays=REPLAYS)[0]
                     tag = (f"{TAGS[c.kernel]}{c.bm}x{c.bn}/s{c.split_k}"
-                           + (f"/st{c.stages}" if c.kernel == "portable" else "")
+                           + (f"/st{c.stages}" if c.kernel == "portable"
+                              or c.stages != plan.stages else "")
                            + ("/ws" if c.ws else ""))
                     line += f" {'*' if c == plan else ''}{tag} {dense / t:.2f}x"
                 print(line, flush=True)

@@ -46,14 +46,14 @@ constexpr int64_t kLibraryAllM = 64;
 // the SMs it splits K itself. Below that only where its sm_90 kernel runs (Hopper, i2 weights,
 // K a multiple of 16 for its TMA loads, and for act="int8" K below 2^18, where its int32 sums
 // fit: cuda_mma._wgmma_fits), which reads the weights at a rate the built-in kernels do not
-// reach: for act="none" at any M, for act="int8" on large weights only (from 2^25 at M > 16,
-// 2^27 at M <= 16), where that rate outweighs its longer start (docs/perf-notes.md).
+// reach: for act="none" at any M, for act="int8" on large weights only (from 2^25 at M >= 16,
+// 2^27 below), where that rate outweighs its longer start (docs/perf-notes.md).
 inline bool library_gemm_pays(const Linear& p, bool int8) {
   if (p.M >= kLibraryAllM) return true;
   if (p.M < kLibraryMinM || !p.i2 || p.K % 16 != 0 || (int8 && p.K >= (int64_t{1} << 18)) ||
       device_major() != 9)
     return false;
-  return !int8 || p.N * p.K >= (p.M > 16 ? int64_t{1} << 25 : int64_t{1} << 27);
+  return !int8 || p.N * p.K >= (p.M >= 16 ? int64_t{1} << 25 : int64_t{1} << 27);
 }
 
 // quantize.cu: act="int8" pre-pass, per-row quantization of x into q / inv / qsum (M blocks).

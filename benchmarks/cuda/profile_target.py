@@ -1,11 +1,14 @@
-"""Profiling helper for the CUDA kernels: the per-op floor in a CUDA graph (tiny shapes) and one
-call of a chosen configuration, to run under Nsight Compute:
+"""Profiling helper for the CUDA kernels: the per-op floor in a CUDA graph (tiny shapes), one
+call of a chosen configuration, to run under Nsight Compute, and the kernels of one op with
+their time each (the quantize pre-pass apart from the GEMM, say):
 
   python benchmarks/cuda/profile_target.py floor
   ncu --section SpeedOfLight --section Occupancy --section WarpStateStats \
       python benchmarks/cuda/profile_target.py one --n 14336 --k 4096 --m 1 --format i2 --act int8
+  python benchmarks/cuda/profile_target.py kernels --n 4096 --k 14336 --m 512
 """
 import argparse
+import math
 import statistics
 
 import torch
@@ -48,7 +51,7 @@ def graph_time(fn, calls=64, replays=20):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["floor", "one"])
+    ap.add_argument("what", choices=["floor", "one", "kernels"])
     ap.add_argument("--n", type=int, default=14336)
     ap.add_argument("--k", type=int, default=4096)
     ap.add_argument("--m", type=int, default=1)
@@ -71,9 +74,36 @@ def main():
     codes = torch.randint(-1, 2, (a.n, a.k), dtype=torch.int8, device="cuda")
     w = tops.pack_i2(codes) if a.format == "i2" else codes
     s = torch.ones((), device="cuda")
+    if a.what == "kernels":
+        kernels(a, x, w, s)
+        return
     for _ in range(3):
         op(a.format, x, w, s, a.n, a.act)
     torch.cuda.synchronize()
+
+
+def kernels(a, x, w, s, calls=50):
+    """Each CUDA kernel of the op with its mean time per call (torch.profiler, calls back to back
+    over weight copies of 4x the L2, so the weights come from HBM as in bench.py), then the op
+    per call in a CUDA graph of the same calls, for their sum against the whole."""
+    l2 = torch.cuda.get_device_properties(0).L2_cache_size
+    copies = [w.clone() for _ in range(max(3, math.ceil(4 * l2 / (w.numel() * w.element_size()))))]
+    run = [lambda w=c: op(a.format, x, w, s, a.n, a.act) for c in copies]
+    for f in run[:3]:
+        f()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for i in range(calls):
+            run[i % len(run)]()
+        torch.cuda.synchronize()
+    total = 0.0
+    print(f"{a.format} {a.n}x{a.k} M={a.m} act={a.act}: kernels, us per call")
+    for e in sorted(prof.key_averages(), key=lambda e: -e.self_device_time_total):
+        if e.self_device_time_total > 0:
+            total += e.self_device_time_total / calls
+            print(f"  {e.self_device_time_total / calls:8.2f}  x{e.count / calls:g}  {e.key[:90]}")
+    graph = graph_time(lambda: [f() for f in run], calls=1) / len(run)
+    print(f"  {total:8.2f}  sum; the op in a CUDA graph: {graph:.2f} us per call")
 
 
 if __name__ == "__main__":

@@ -260,3 +260,30 @@ def test_mma_sweep_candidates():
     default = mma_sweep._candidates(plan, m, rows, k, 128, sms, False)
     assert {c.stages for c in default} == {plan.stages} and {c.ws for c in default} == {
         True, False}  # the plan's ring, in both forms
+
+
+def test_mma_sweep_score_reads_logs(tmp_path, capsys):
+    # --score checks this version's plan against printed sweep rows, without a GPU; the logs
+    # kept in benchmarks/data parse, and a row whose pick the sweep did not time says so.
+    pytest.importorskip("triton.experimental.gluon", reason="needs Triton >= 3.5")
+    sys.path.insert(0, str(ROOT / "benchmarks/cuda"))
+    try:
+        import mma_sweep
+    finally:
+        sys.path.pop(0)
+    from ternary_ops import cuda_mma
+
+    now = mma_sweep._tag(cuda_mma._wgmma_plan(128, 640, 2560, True, 132))
+    log = tmp_path / "sweep.log"
+    log.write_text(
+        "# a comment\n"
+        f" 2560x2560  M=128  int8 dense     7.4 us | op 0.57x | *wg64x128/s1 0.69x {now} 0.94x"
+        " wg16x128/s1 0.84x\n"
+        " 2560x2560  M=128  none dense     7.4 us | op 0.45x | *wg16x128/s9/ws 0.40x\n")
+    rows = mma_sweep.score([str(log)], 132)
+    assert rows[0] == ("2560x2560", 128, "int8", "wg64x128/s1", 0.69, now, 0.94, now, 0.94)
+    assert rows[1][5] != "wg16x128/s9/ws" and rows[1][6] is None  # not timed: "--"
+    out = capsys.readouterr().out
+    assert "1 of 2 rows timed this plan: at 1.00-1.00 of the best candidate, 1 at or above" in out
+    kept = sorted((ROOT / "benchmarks/data").glob("cuda_mma_sweep_*.log"))
+    assert kept and len(mma_sweep.score(kept, 132)) >= 70

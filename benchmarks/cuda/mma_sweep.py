@@ -11,8 +11,12 @@ Usage on a CUDA GPU: python benchmarks/cuda/mma_sweep.py [--m 64 128 ...] [--sha
 marks the first form) [--forms 4 ws8 ...] (instead: each sm_90 candidate in these forms, "ws" or
 not and the ring's slots; "/st" gives them where they are not the plan's) [--heights 16 32 ...]
 (the sm_90 candidates' tile heights, instead of those near M)
+
+Without a GPU: python benchmarks/cuda/mma_sweep.py --score LOG ... [--sms 132] checks this
+version's plan against earlier sweeps' printed rows (benchmarks/data/cuda_mma_sweep_*.log).
 """
 import argparse
+import re
 
 import torch
 import triton
@@ -69,6 +73,48 @@ def _ring_bytes(c):
     return c.stages * (c.bm * c.bk * a_bytes + c.bn // 4 * c.bk)
 
 
+def _tag(c):
+    """A configuration as the sweep prints it: kernel, tile, splits, then the ring's slots where
+    they are not 4 (or for the portable kernel) and "/ws" for the warp-specialized form."""
+    return (f"{TAGS[c.kernel]}{c.bm}x{c.bn}/s{c.split_k}"
+            + (f"/st{c.stages}" if c.kernel == "portable" or c.stages != 4 else "")
+            + ("/ws" if c.ws else ""))
+
+
+LINE = re.compile(r"\s*(\d+)x(\d+)\s+M=(\d+)\s+(int8|none)\s.*?\|.*?\|(.*)")
+
+
+def score(paths, sms):
+    """The act's current plan (sm_90 kernel, i2 weights, sms SMs) against sweep logs, without a
+    GPU: for each logged row, the plan the sweep ran (starred), the plan this version gives and
+    the best candidate, as dense bf16's time over theirs ("--" where the log has no time for
+    this version's pick). Lines starting with '#' are comments. Returns the rows."""
+    rows = []
+    for path in paths:
+        for text in open(path):
+            hit = None if text.startswith("#") else LINE.match(text)
+            if not hit:
+                continue
+            n, k, m, act = int(hit[1]), int(hit[2]), int(hit[3]), hit[4]
+            cands = re.findall(r"(\*?)(\S+) ([\d.]+)x", hit[5])
+            ratios = {tag: float(r) for _, tag, r in cands}
+            then = next(tag for star, tag, _ in cands if star)
+            now = _tag(cuda_mma._wgmma_plan(m, (n + 3) // 4, k, act == "int8", sms))
+            best = max(ratios, key=ratios.get)
+            rows.append((f"{n}x{k}", m, act, then, ratios[then], now, ratios.get(now), best,
+                         ratios[best]))
+    for shape, m, act, then, r_then, now, r_now, best, r_best in rows:
+        got = f"{r_now:.2f}x" if r_now is not None else "--"
+        print(f"{shape:>11} M={m:<4} {act:4} swept plan {then} {r_then:.2f}x | plan now {now} "
+              f"{got} | best {best} {r_best:.2f}x")
+    timed = [r for r in rows if r[6] is not None]
+    if timed:
+        worst = min(r[6] / r[8] for r in timed)
+        print(f"{len(timed)} of {len(rows)} rows timed this plan: at {worst:.2f}-1.00 of the "
+              f"best candidate, {sum(r[6] >= r[4] for r in timed)} at or above the swept plan")
+    return rows
+
+
 def _form(text):
     """--forms entry: "ws8" (warp-specialized, 8 slots) or "4" (not, 4 slots)."""
     return text.startswith("ws"), int(text.removeprefix("ws"))
@@ -86,7 +132,13 @@ def main():
                     "ring slots, 4 = not, with 4")
     ap.add_argument("--heights", type=int, nargs="+", default=None,
                     help="the sm_90 candidates' tile heights (rows of x)")
+    ap.add_argument("--score", nargs="+", default=None, metavar="LOG",
+                    help="no timing: this version's plan against these sweep logs")
+    ap.add_argument("--sms", type=int, default=132, help="--score: the SMs of the logs' GPU")
     args = ap.parse_args()
+    if args.score:
+        score(args.score, args.sms)
+        return
     shapes = ([tuple(map(int, s.split("x"))) for s in args.shapes] if args.shapes
               else SHAPES + LLAMA)
     props = torch.cuda.get_device_properties(0)
@@ -124,11 +176,7 @@ def main():
                         cuda_mma._launch(a, inv if int8 else None, qsum if int8 else None, w,
                                          scale, n, None, out, int8, False, c)
                     t = time_rotating(run, ws, None, None, replays=REPLAYS)[0]
-                    tag = (f"{TAGS[c.kernel]}{c.bm}x{c.bn}/s{c.split_k}"
-                           + (f"/st{c.stages}" if c.kernel == "portable"
-                              or c.stages != plan.stages else "")
-                           + ("/ws" if c.ws else ""))
-                    line += f" {'*' if c == plan else ''}{tag} {dense / t:.2f}x"
+                    line += f" {'*' if c == plan else ''}{_tag(c)} {dense / t:.2f}x"
                 print(line, flush=True)
 
 

@@ -9,7 +9,7 @@ Every time is bench.py's: CUDA graphs of calls over weight copies of 4x the L2.
 Usage on a CUDA GPU: python benchmarks/cuda/mma_sweep.py [--m 64 128 ...] [--shapes NxK ...]
 [--acts int8 none] [--both-forms] (the sm_90 kernel's candidates warp-specialized and not; "/ws"
 marks the first form) [--forms 4 ws8 ...] (instead: each sm_90 candidate in these forms, "ws" or
-not and the ring's slots; "/st" gives them where they are not the plan's) [--heights 16 32 ...]
+not and the ring's slots; "/st" gives the slots where they are not 4) [--heights 16 32 ...]
 (the sm_90 candidates' tile heights, instead of those near M)
 
 Without a GPU: python benchmarks/cuda/mma_sweep.py --score LOG ... [--sms 132] checks this
@@ -85,20 +85,23 @@ LINE = re.compile(r"\s*(\d+)x(\d+)\s+M=(\d+)\s+(int8|none)\s.*?\|.*?\|(.*)")
 
 
 def score(paths, sms):
-    """The act's current plan (sm_90 kernel, i2 weights, sms SMs) against sweep logs, without a
+    """This version's plan (the sm_90 kernel, i2 weights, sms SMs) against sweep logs, without a
     GPU: for each logged row, the plan the sweep ran (starred), the plan this version gives and
     the best candidate, as dense bf16's time over theirs ("--" where the log has no time for
-    this version's pick). Lines starting with '#' are comments. Returns the rows."""
+    this version's pick). Lines starting with '#', and rows without a starred plan, are
+    skipped. Returns the rows."""
     rows = []
     for path in paths:
-        for text in open(path):
+        with open(path) as f:
+            lines = f.readlines()
+        for text in lines:
             hit = None if text.startswith("#") else LINE.match(text)
-            if not hit:
+            cands = re.findall(r"(\*?)(\S+) ([\d.]+)x", hit[5]) if hit else []
+            then = next((tag for star, tag, _ in cands if star), None)
+            if then is None:
                 continue
             n, k, m, act = int(hit[1]), int(hit[2]), int(hit[3]), hit[4]
-            cands = re.findall(r"(\*?)(\S+) ([\d.]+)x", hit[5])
             ratios = {tag: float(r) for _, tag, r in cands}
-            then = next(tag for star, tag, _ in cands if star)
             now = _tag(cuda_mma._wgmma_plan(m, (n + 3) // 4, k, act == "int8", sms))
             best = max(ratios, key=ratios.get)
             rows.append((f"{n}x{k}", m, act, then, ratios[then], now, ratios.get(now), best,

@@ -232,10 +232,8 @@ def test_e2e_decode_smoke(tmp_path):
     assert bad.returncode == 2 and "--prefills must be >= 1" in bad.stderr
 
 
-def test_mma_sweep_candidates():
-    # The sm_90 tile sweep's candidates (benchmarks/cuda/mma_sweep.py; it times them on a GPU):
-    # the plan first, each tile height and split in each requested form, rings that fit in
-    # shared memory only, and the plan in its other form always.
+def _mma_sweep():
+    """benchmarks/cuda/mma_sweep.py as a module, and ternary_ops.cuda_mma (Triton >= 3.5)."""
     pytest.importorskip("triton.experimental.gluon", reason="needs Triton >= 3.5")
     sys.path.insert(0, str(ROOT / "benchmarks/cuda"))
     try:
@@ -243,6 +241,14 @@ def test_mma_sweep_candidates():
     finally:
         sys.path.pop(0)
     from ternary_ops import cuda_mma
+    return mma_sweep, cuda_mma
+
+
+def test_mma_sweep_candidates():
+    # The sm_90 tile sweep's candidates (benchmarks/cuda/mma_sweep.py; it times them on a GPU):
+    # the plan first, each tile height and split in each requested form, rings that fit in
+    # shared memory only, and the plan in its other form always.
+    mma_sweep, cuda_mma = _mma_sweep()
 
     assert mma_sweep._form("ws8") == (True, 8) and mma_sweep._form("4") == (False, 4)
     m, rows, k, sms = 128, 640, 2560, 132
@@ -265,13 +271,7 @@ def test_mma_sweep_candidates():
 def test_mma_sweep_score_reads_logs(tmp_path, capsys):
     # --score checks this version's plan against printed sweep rows, without a GPU; the logs
     # kept in benchmarks/data parse, and a row whose pick the sweep did not time says so.
-    pytest.importorskip("triton.experimental.gluon", reason="needs Triton >= 3.5")
-    sys.path.insert(0, str(ROOT / "benchmarks/cuda"))
-    try:
-        import mma_sweep
-    finally:
-        sys.path.pop(0)
-    from ternary_ops import cuda_mma
+    mma_sweep, cuda_mma = _mma_sweep()
 
     now = mma_sweep._tag(cuda_mma._wgmma_plan(128, 640, 2560, True, 132))
     log = tmp_path / "sweep.log"

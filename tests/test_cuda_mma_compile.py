@@ -127,9 +127,8 @@ def test_sm90_plan_picks_only_compiled_tiles_and_sound_splits(int8):
     warp-specialized form for act="none", 4 stages, and for act="int8" tiles of up to 32 rows,
     8 stages; act="int8" otherwise the other form with 4), holds M in as few tiles as the rule
     allows, and splits K only into pieces of at least 16 (act="int8") or 8 (act="none") k-steps
-    that fill at most two waves of programs. act="int8"
-    takes 128-row tiles only with 64 k-steps or more, and splits them only into waves whose
-    last is at least 90% full."""
+    that fill at most two waves of programs. act="int8" takes 128-row tiles only with 64 k-steps
+    or more, and splits them only into waves whose last is at least 90% full."""
     bk = 128 if int8 else 64
     for sms in (132, 114, 78):
         for m in (9, 16, 17, 32, 33, 64, 65, 100, 128, 129, 256, 512, 2048, 4099):

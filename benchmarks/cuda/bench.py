@@ -12,7 +12,6 @@ Usage: python benchmarks/cuda/bench.py [--m 1 4 16 128] [--formats i2 i8] [--out
 import argparse
 import functools
 import json
-import math
 import os
 import statistics
 import sys
@@ -24,7 +23,7 @@ import ternary_ops as tops
 from ternary_ops import reference
 
 # profile_target.py sits beside this script (run as benchmarks/cuda/bench.py)
-from profile_target import graph_time, replay_times
+from profile_target import graph_time, n_copies, replay_times
 
 SHAPES = [(2560, 2560), (6912, 2560), (2560, 6912), (4096, 4096), (14336, 4096), (4096, 14336)]
 
@@ -79,10 +78,6 @@ def graph_floor(calls=64, replays=20):
         out[f"i2 64x64 M=1 act={act}"] = per_call(
             lambda: torch.ops.ternary.linear_i2(x, w2, s, 64, None, act))  # noqa: B023
     return out
-
-
-def n_copies(nbytes, l2_bytes):
-    return max(3, math.ceil(4 * l2_bytes / max(nbytes, 1)))
 
 
 def main():

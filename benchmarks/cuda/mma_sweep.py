@@ -21,7 +21,8 @@ import re
 import torch
 import triton
 
-from bench import SHAPES, n_copies, time_rotating  # beside this script
+from bench import SHAPES, time_rotating  # beside this script
+from profile_target import n_copies
 from ternary_ops import cuda_mma
 
 LLAMA = [(14336, 4096), (4096, 14336), (28672, 8192), (8192, 28672)]

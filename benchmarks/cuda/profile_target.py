@@ -49,6 +49,12 @@ def graph_time(fn, calls=64, replays=20):
     return 1e6 * statistics.median(replay_times(g, calls, replays))
 
 
+def n_copies(nbytes, l2_bytes):
+    """Copies of nbytes that together exceed 4x the L2 (at least 3): cycling over them, each call
+    reads its copy from HBM."""
+    return max(3, math.ceil(4 * l2_bytes / max(nbytes, 1)))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("what", choices=["floor", "one", "kernels"])
@@ -87,7 +93,7 @@ def kernels(a, x, w, s, calls=50):
     over weight copies of 4x the L2, so the weights come from HBM as in bench.py), then the op
     per call in a CUDA graph of the same calls, for their sum against the whole."""
     l2 = torch.cuda.get_device_properties(0).L2_cache_size
-    copies = [w.clone() for _ in range(max(3, math.ceil(4 * l2 / (w.numel() * w.element_size()))))]
+    copies = [w.clone() for _ in range(n_copies(w.numel() * w.element_size(), l2))]
     run = [lambda w=c: op(a.format, x, w, s, a.n, a.act) for c in copies]
     for f in run[:3]:
         f()

@@ -213,11 +213,38 @@ if gluon is not None:
                                             is_pure=True, pack=4)
         return out
 
+    @gluon.jit
+    def _decode_i2_sm90_of(p, shift, H: gl.constexpr, DTYPE: gl.constexpr):
+        """Weights of DTYPE from bit pair shift / 2 + H of p, with shift (uint8, 0 or 4) per
+        element (each warpgroup's own with two of them). int8: the code times 1 or 4 (H = 0 or
+        1), masked in place as in _decode_i2_sm90; 16-bit: as there."""
+        if DTYPE == gl.int8:  # output $0; inputs $1, $2
+            out = gl.inline_asm_elementwise(
+                "{ .reg .b32 s, t; and.b32 s, $2, 0xff; shr.b32 t, $1, s; "
+                f"and.b32 $0, t, {0x03030303 << 2 * H:#010x}; }}", "=r,r,r", [p, shift],
+                dtype=gl.int8, is_pure=True, pack=4)
+        else:  # outputs $0, $1 (two 16-bit weights each); inputs $2, $3
+            if DTYPE == gl.bfloat16:
+                cvt: gl.constexpr = ("prmt.b32 $0, t, 0x43434343, 0x4140; "
+                                     "prmt.b32 $1, t, 0x43434343, 0x4342; mov.b32 b, 0x43014301; "
+                                     "sub.rn.bf16x2 $0, $0, b; sub.rn.bf16x2 $1, $1, b;")
+            else:
+                cvt: gl.constexpr = ("prmt.b32 $0, t, 0x64646464, 0x4140; "
+                                     "prmt.b32 $1, t, 0x64646464, 0x4342; mov.b32 b, 0x64016401; "
+                                     "sub.rn.f16x2 $0, $0, b; sub.rn.f16x2 $1, $1, b;")
+            out = gl.inline_asm_elementwise(
+                "{ .reg .b32 s, t, b; and.b32 s, $3, 0xff; shr.b32 t, $2, s; "
+                + ("shr.b32 t, t, 2; " if H else "") + "and.b32 t, t, 0x03030303; " + cvt
+                + " }", "=r,=r,r,r", [p, shift], dtype=DTYPE.value, is_pure=True, pack=4)
+        return out
+
     @gluon.constexpr_function
     def _packed_layout(int8, bk, num_warps):
-        """The layout in which each thread loads the packed bytes whose four decoded bit pairs
-        are its own elements of wgmma's register A operand (see _wgmma_i2_kernel): packed row
-        8 w + g for warp w and lane group g, and the k columns of that lane in an A fragment."""
+        """The layout in which each thread loads the packed bytes whose decoded bit pairs are its
+        own elements of wgmma's register A operand (see _wgmma_i2_kernel): packed row 8 w + g
+        for warp w (of the first warpgroup, or the same w % 4 of the second) and lane group g,
+        and the k columns of that lane in an A fragment. With two warpgroups the result is
+        [32, bk, 2]: the packed tile once per warpgroup, the last index that warpgroup's."""
         if int8:  # per 32 k: 4 consecutive k at lane column c, and again 16 further
             k_regs = [[0, 1], [0, 2], [0, 16]]
             k_lanes = [[0, 4], [0, 8]]
@@ -229,15 +256,15 @@ if gluon is not None:
         while step < bk:
             k_regs.append([0, step])
             step *= 2
-        warps = []
-        w = 8
-        while w < 8 * num_warps:
-            warps.append([w, 0])
-            w *= 2
-        return gl.DistributedLinearLayout(reg_bases=k_regs,
-                                          lane_bases=k_lanes + [[1, 0], [2, 0], [4, 0]],
-                                          warp_bases=warps, block_bases=[],
-                                          shape=[8 * num_warps, bk])
+        rows = [[1, 0], [2, 0], [4, 0]]
+        warps = [[8, 0], [16, 0]]
+        if num_warps == 4:
+            return gl.DistributedLinearLayout(reg_bases=k_regs, lane_bases=k_lanes + rows,
+                                              warp_bases=warps, block_bases=[], shape=[32, bk])
+        return gl.DistributedLinearLayout(reg_bases=[b + [0] for b in k_regs],
+                                          lane_bases=[b + [0] for b in k_lanes + rows],
+                                          warp_bases=[b + [0] for b in warps] + [[0, 0, 1]],
+                                          block_bases=[], shape=[32, bk, 2])
 
     @gluon.jit
     def _wgmma_load(step, num_k, a_desc, w_desc, a_smem, p_smem, ready, m0, r0, k_first,
@@ -265,17 +292,30 @@ if gluon is not None:
         loading warp (_wgmma_producer) that it may."""
         slot = kt % STAGES
         mbarrier.wait(ready.index(slot), (kt // STAGES) & 1)  # step kt's tiles have landed
-        p = p_smem.index(slot).load(ld_p)
-        # [packed row, k, h, j] -> tile rows (j, w, h, g): a register-only permutation
-        d = gl.join(gl.join(_decode_i2_sm90(p, 0, d_ty), _decode_i2_sm90(p, 2, d_ty)),
-                    gl.join(_decode_i2_sm90(p, 4, d_ty), _decode_i2_sm90(p, 6, d_ty)))
-        d = gl.permute(gl.reshape(d, [num_warps, 8, BK, 2, 2]), [4, 0, 3, 1, 2])
+        if num_warps == 4:
+            p = p_smem.index(slot).load(ld_p)
+            # [packed row, k, h, j] -> tile rows (j, w, h, g): a register-only permutation
+            d = gl.join(gl.join(_decode_i2_sm90(p, 0, d_ty), _decode_i2_sm90(p, 2, d_ty)),
+                        gl.join(_decode_i2_sm90(p, 4, d_ty), _decode_i2_sm90(p, 6, d_ty)))
+            d = gl.permute(gl.reshape(d, [4, 8, BK, 2, 2]), [4, 0, 3, 1, 2])
+        else:  # each warpgroup decodes bit pairs 2 j + h of its own j
+            p = gl.expand_dims(p_smem.index(slot).load(gl.SliceLayout(2, ld_p)), 2)
+            j = gl.arange(0, 2, gl.SliceLayout(0, gl.SliceLayout(0, ld_p)))
+            shift = gl.expand_dims(gl.expand_dims((4 * j).to(gl.uint8), 0), 0)
+            p, shift = gl.broadcast(p, shift)
+            d = gl.join(_decode_i2_sm90_of(p, shift, 0, d_ty),
+                        _decode_i2_sm90_of(p, shift, 1, d_ty))
+            # [packed row, k, j, h] -> tile rows (j, w, h, g)
+            d = gl.permute(gl.reshape(d, [4, 8, BK, 2, 2]), [3, 0, 4, 1, 2])
         w = gl.convert_layout(gl.reshape(d, [BN, BK]), a_op, assert_trivial=True)
         acc = warpgroup_mma(w, a_smem.index(slot).permute((1, 0)), acc, use_acc=kt > 0,
                             is_async=True)
         # Step kt - 1 is done: its MMA has read its a tile, and every warp has loaded its
-        # packed tile (the warps issued that MMA together), so its slot can be refilled.
+        # packed tile (the warps issued that MMA together), so its slot can be refilled. With
+        # two warpgroups, only once both have come this far.
         acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc, ))
+        if num_warps == 8:
+            gl.thread_barrier()
         if WS:
             mbarrier.arrive(empty.index((kt + STAGES - 1) % STAGES), pred=kt > 0)
         else:
@@ -327,18 +367,21 @@ if gluon is not None:
                          WS: gl.constexpr, num_warps: gl.constexpr):
         """The i2 GEMM for sm_90 with the weights as the register operand of the warpgroup MMA.
 
-        The MMA computes the transposed tile ``T[BN, K] @ a[BM, K]^T``: the BN = 32 *
-        num_warps weight rows are its A operand, decoded straight into the registers that hold
-        it, and the a tile (q for act="int8", x for act="none") is its B operand in shared
+        The MMA computes the transposed tile ``T[BN, K] @ a[BM, K]^T``: the BN = 128 weight
+        rows are its A operand, decoded straight into the registers that hold it, and the a
+        tile (q for act="int8", x for act="none") is its B operand in shared
         memory. Decoded weights never touch shared memory, so a k-step moves only the packed
         bytes (a quarter of the decoded tile) and the a tile through it. act="int8" also takes
         asum, the sums of the q rows (see _decode_i2_sm90).
 
-        Which rows: a thread of warp w and lane group g holds A rows 16 w + g + 8 h + 16 *
-        num_warps * j (h, j in {0, 1}); the packed byte of row 8 w + g carries exactly four
-        weight rows, its bit pairs 2 j + h. So tile row i is bit pair 2 (i // (16 num_warps)) +
-        (i // 8) % 2 of packed row 8 ((i // 16) % num_warps) + i % 8, and each thread decodes
-        only its own bytes.
+        Which rows: tile row i is bit pair 2 (i // 64) + (i // 8) % 2 of packed row 8 ((i //
+        16) % 4) + i % 8. With one warpgroup (num_warps = 4), a thread of warp w and lane group
+        g holds A rows 16 w + g + 8 h + 64 j (h, j in {0, 1}), so the packed byte of row 8 w + g
+        it loads carries exactly its four rows, bit pairs 2 j + h. With two (num_warps = 8),
+        warp w holds rows 16 w + g + 8 h, a half of the tile per warpgroup (j = w // 4): both
+        warpgroups load the same packed bytes, each decoding its own two bit pairs, so each
+        warp decodes half as many weights and issues half the MMAs, and twice the warps
+        decode per tile. Either way each thread decodes only its own bytes.
 
         Pipeline: the a and packed tiles arrive by TMA (a_desc, w_desc: [M, K] and [R, K],
         zero past their ends) in a ring of STAGES slots, each with a barrier; each k-step
@@ -350,8 +393,8 @@ if gluon is not None:
         a_ty: gl.constexpr = a_desc.dtype
         d_ty: gl.constexpr = gl.int8 if INT8 else a_ty  # the decoded weights' type
         KW: gl.constexpr = 32 // d_ty.primitive_bitwidth  # weights per 32-bit register
-        gl.static_assert(num_warps == 4)  # one warpgroup: two measured slower (perf-notes)
-        gl.static_assert(BN == 32 * num_warps)
+        gl.static_assert(num_warps == 4 or num_warps == 8)  # one warpgroup or two
+        gl.static_assert(BN == 128)
         pid_w = gl.program_id(0)
         pid_m = gl.program_id(1)
         pid_s = gl.program_id(2)
@@ -402,14 +445,18 @@ if gluon is not None:
             acc = gl.convert_layout(acc, st)
         offs_i = gl.arange(0, BN, gl.SliceLayout(1, st))
         rows_m = pid_m * BM + gl.arange(0, BM, gl.SliceLayout(0, st))
-        rows_w = pid_w * BR + ((offs_i // 16) % num_warps) * 8 + offs_i % 8
-        pair = 2 * (offs_i // (16 * num_warps)) + (offs_i // 8) % 2  # the row's bit pair
+        rows_w = pid_w * BR + ((offs_i // 16) % 4) * 8 + offs_i % 8
+        pair = 2 * (offs_i // 64) + (offs_i // 8) % 2  # the row's bit pair
         n = pair * R + rows_w
         mask_m = rows_m < M
         mask_n = (rows_w < R) & (n < N)
         mask = mask_n[:, None] & mask_m[None, :]
-        if INT8:  # the decode's factor 1, 4, 16 or 32 out (exact), then the code's offset 1
-            acc = acc >> (2 * pair - pair // 3)[:, None]
+        if INT8:  # the decode's factor (1, 4, 16 or 32; with two warpgroups 1 or 4) out
+            # (exact), then the code's offset 1
+            if num_warps == 4:
+                acc = acc >> (2 * pair - pair // 3)[:, None]
+            else:
+                acc = acc >> (2 * (pair % 2))[:, None]
             acc -= gl.load(asum_ptr + rows_m, mask=mask_m & (pid_s == 0), other=0)[None, :]
         if SPLIT_K > 1:
             gl.store(part_ptr + (pid_s * M + rows_m[None, :]) * N + n[:, None], acc, mask=mask)
@@ -435,7 +482,7 @@ class _Config(NamedTuple):
     bn: int  # weight rows (outputs) per tile
     bk: int
     stages: int
-    warps: int
+    warps: int  # the sm_90 kernel: 4 (one warpgroup) or 8 (two, each 64 of the tile's rows)
     split_k: int
     ws: bool = False  # the sm_90 kernel's warp-specialized form (a loading warp apart)
 
@@ -521,10 +568,15 @@ def _wgmma_fits(a: torch.Tensor, weight: torch.Tensor) -> bool:
             and a.data_ptr() % 16 == 0 and weight.data_ptr() % 16 == 0)
 
 
-# The warp-specialized kernel runs 8 warps (4 MMA warps, the loading warp, 3 idle): launched
-# at 128 registers per thread two CTAs fit on an SM, and the MMA warps then take 232 each
-# (setmaxnreg) while the loading warp gives back all but 24.
-_WS_LAUNCH = {"maxnreg": 128}
+def _ws_launch(c: _Config) -> dict:
+    """Launch options of the warp-specialized form. With one warpgroup it runs 8 warps (4 MMA
+    warps, the loading warp, 3 idle): at 128 registers per thread two programs fit on an SM,
+    and the MMA warps then take 232 each (setmaxnreg) while the loading warp gives back all but
+    24. With two it runs 12: at 80 two fit, the MMA warps taking 104, enough for tiles of up to
+    64 rows; 128-row tiles need 128 (one program per SM, 176 for the MMA warps)."""
+    if not c.ws:
+        return {}
+    return {"maxnreg": 80 if c.warps == 8 and c.bm <= 64 else 128}
 
 
 def _descriptor(t: torch.Tensor, rows: int, cols: int, block_rows: int, block_cols: int):
@@ -668,7 +720,7 @@ def _launch(a, inv, asum, weight, scale, out_features, bias, out, int8: bool, in
             a_desc, w_desc, inv, asum if int8 else scale, scale, bias_arg, out, part, m,
             out_features, k, w_rows, out.stride(0), k_per_split, **flags, BM=c.bm, BN=c.bn,
             BK=c.bk, STAGES=c.stages, WS=c.ws, num_warps=c.warps, enable_fp_fusion=False,
-            **_WS_LAUNCH if c.ws else {})
+            **_ws_launch(c))
     else:
         _MMA[(triton.cdiv(m, c.bm) * tiles_w, split_k)](
             a, inv, weight, scale, bias_arg, out, part, m, out_features, k, w_rows, a.stride(0),

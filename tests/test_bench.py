@@ -1,5 +1,6 @@
 """The timing statistics of ternary_ops.bench (which every printed speed figure goes through) on
 given samples, and the CLI on the smallest problem. Nothing here asserts a speed."""
+import argparse
 import json
 import os
 import statistics
@@ -250,22 +251,27 @@ def test_mma_sweep_candidates():
     # shared memory only, and the plan in its other form always.
     mma_sweep, cuda_mma = _mma_sweep()
 
-    assert mma_sweep._form("ws8") == (True, 8) and mma_sweep._form("4") == (False, 4)
+    assert mma_sweep._form("ws8") == (True, 8, 4) and mma_sweep._form("4") == (False, 4, 4)
+    assert mma_sweep._form("ws8w8") == (True, 8, 8) and mma_sweep._form("4w8") == (False, 4, 8)
+    with pytest.raises(argparse.ArgumentTypeError, match="expected a form"):
+        mma_sweep._form("w8")
     m, rows, k, sms = 128, 640, 2560, 132
     plan = cuda_mma._wgmma_plan(m, rows, k, True, sms)
-    forms = [(False, 4), (True, 8), (True, 12)]
+    forms = [(False, 4, 4), (True, 8, 4), (True, 12, 4), (True, 8, 8)]
     got = mma_sweep._candidates(plan, m, rows, k, 128, sms, False, forms, [16, 128])
     assert got[0] == plan and len(set(got)) == len(got)
     assert plan._replace(ws=not plan.ws) in got
     assert all(mma_sweep._ring_bytes(c) <= mma_sweep.SMEM_BYTES for c in got)
-    want = {(bm, split, ws, st) for bm in (16, 128) for split in {1, plan.split_k, 4}
-            for ws, st in forms
+    want = {(bm, split, ws, st, w) for bm in (16, 128) for split in {1, plan.split_k, 4}
+            for ws, st, w in forms
             if mma_sweep._ring_bytes(plan._replace(bm=bm, stages=st)) <= mma_sweep.SMEM_BYTES}
-    assert want <= {(c.bm, c.split_k, c.ws, c.stages) for c in got}
-    assert (128, 1, True, 12) not in want  # a 12-slot ring of 128-row tiles does not fit
+    assert want <= {(c.bm, c.split_k, c.ws, c.stages, c.warps) for c in got}
+    assert (128, 1, True, 12, 4) not in want  # a 12-slot ring of 128-row tiles does not fit
+    assert mma_sweep._tag(plan._replace(bm=16, split_k=1, ws=True, stages=8, warps=8)) == (
+        "wg16x128/s1/st8/ws/w8")
     default = mma_sweep._candidates(plan, m, rows, k, 128, sms, False)
     assert {c.stages for c in default} == {plan.stages} and {c.ws for c in default} == {
-        True, False}  # the plan's ring, in both forms
+        True, False} and {c.warps for c in default} == {4}  # the plan's ring, in both forms
 
 
 def test_mma_sweep_score_reads_logs(tmp_path, capsys):

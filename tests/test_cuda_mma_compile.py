@@ -8,8 +8,8 @@ the plan can pick:
   of its speed, and ptxas only says so in its verbose output (C7515 "wgmma.mma_async
   instructions are serialized", for a cause in the code, or C7512, for lack of registers).
 
-Both forms of the kernel, warp-specialized or not. And the key by which the module's
-launchers reuse compiled kernels."""
+Both forms of the kernel, warp-specialized or not, with one warpgroup or two. And the key by
+which the module's launchers reuse compiled kernels."""
 import os
 import re
 import subprocess
@@ -75,18 +75,19 @@ def _descriptor_type(ty, block):
 def _sm90_ptx(a_ty, out_ty, int8, bm, warps, split, bias, ws=False, stages=4):
     acc_ty = "*i32" if int8 else "*fp32"
     bk = 128 if int8 else 64
-    types = [_descriptor_type(a_ty.lstrip("*"), [bm, bk]), _descriptor_type("u8", [8 * warps, bk]),
+    config = cuda_mma._Config("wgmma", bm, 128, bk, stages, warps, split, ws)
+    types = [_descriptor_type(a_ty.lstrip("*"), [bm, bk]), _descriptor_type("u8", [32, bk]),
              "*fp32", acc_ty, "*fp32", "*fp32", out_ty, acc_ty]
     sig = dict(zip(ARGS, types + ["i32"] * 6))
     constexprs = dict(INT8=int8, SCALE_PER_ROW=not bias, HAS_BIAS=bias, SPLIT_K=split, BM=bm,
-                      BN=32 * warps, BK=bk, STAGES=stages, WS=ws, num_warps=warps)
+                      BN=128, BK=bk, STAGES=stages, WS=ws, num_warps=warps)
     sig.update({k: "constexpr" for k in constexprs})
     # what Triton's specialization gives pointers and 16-divisible sizes at launch
     attrs = {(i,): [["tt.divisibility", 16]] for i in range(2, len(ARGS))}
     kernel = triton.compile(GluonASTSource(cuda_mma._wgmma_i2_kernel, sig, constexprs, attrs),
                             target=GPUTarget("cuda", 90, 32),
                             options={"num_warps": warps, "enable_fp_fusion": False,
-                                     **(cuda_mma._WS_LAUNCH if ws else {})})
+                                     **cuda_mma._ws_launch(config)})
     return kernel.asm["ptx"]
 
 
@@ -100,10 +101,14 @@ def test_sm90_kernel_keeps_its_mmas_asynchronous_and_safe(act, a_ty, out_ty, tmp
     configs = [(bm, 4, split, ws, 4) for bm in (16, 32, 64, 128) for split in (1, 2)
                for ws in (False, True)]
     configs += [(bm, 4, split, True, 8) for bm in (16, 32) for split in (1, 2)]  # the deep ring
+    # two warpgroups: every tile, both forms, the warp-specialized one with either ring
+    configs += [(bm, 8, 2 if bm == 32 else 1, ws, stages) for bm in (16, 32, 64, 128)
+                for ws, stages in ((False, 4), (True, 4), (True, 8))]
     bad = []
     for i, (bm, warps, split, ws, stages) in enumerate(configs):
         ptx = _sm90_ptx(a_ty, out_ty, int8, bm, warps, split, bias=i % 4 < 2, ws=ws,
                         stages=stages)
+        what = (bm, warps, split, ws, stages)
         src = tmp_path / "k.ptx"
         src.write_text(ptx)
         r = subprocess.run([PTXAS, "-arch=sm_90a", "-v", str(src), "-o", str(tmp_path / "k.o")],
@@ -112,11 +117,11 @@ def test_sm90_kernel_keeps_its_mmas_asynchronous_and_safe(act, a_ty, out_ty, tmp
         assert ptx.count("wgmma.mma_async") > 0
         writes = _in_flight_operand_writes(ptx)
         if writes:
-            bad.append((bm, split, ws, stages, "writes in-flight operand registers", writes[:2]))
+            bad.append((what, "writes in-flight operand registers", writes[:2]))
         spills = [int(s) for s in re.findall(r"(\d+) bytes spill stores", r.stderr)]
         serialized = [c for c in ("C7515", "C7512") if c in r.stderr]
         if serialized or any(spills):
-            bad.append((bm, split, ws, stages, spills, serialized))
+            bad.append((what, spills, serialized))
     assert not bad, f"{act} x {a_ty} out {out_ty}: {bad}"
 
 

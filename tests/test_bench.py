@@ -269,6 +269,10 @@ def test_mma_sweep_candidates():
     assert (128, 1, True, 12, 4) not in want  # a 12-slot ring of 128-row tiles does not fit
     assert mma_sweep._tag(plan._replace(bm=16, split_k=1, ws=True, stages=8, warps=8)) == (
         "wg16x128/s1/st8/ws/w8")
+    ab = mma_sweep._candidates(plan, m, rows, k, 128, sms, False, forms, None, True)
+    assert [(c.ws, c.stages, c.warps) for c in ab] == [(plan.ws, plan.stages, plan.warps)] + [
+        f for f in forms if f != (plan.ws, plan.stages, plan.warps)]  # the plan's tile only
+    assert {(c.bm, c.split_k) for c in ab} == {(plan.bm, plan.split_k)}
     default = mma_sweep._candidates(plan, m, rows, k, 128, sms, False)
     assert {c.stages for c in default} == {plan.stages} and {c.ws for c in default} == {
         True, False} and {c.warps for c in default} == {4}  # the plan's ring, in both forms

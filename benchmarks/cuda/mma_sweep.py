@@ -10,8 +10,8 @@ Usage on a CUDA GPU: python benchmarks/cuda/mma_sweep.py [--m 64 128 ...] [--sha
 [--acts int8 none] [--both-forms] (the sm_90 kernel's candidates warp-specialized and not; "/ws"
 marks the first form) [--forms 4 ws8 ws8w8 ...] (instead: each sm_90 candidate in these forms,
 "ws" or not, the ring's slots, and "w8" for two warpgroups; "/st" gives the slots where they are
-not 4, "/w8" the two warpgroups) [--heights 16 32 ...]
-(the sm_90 candidates' tile heights, instead of those near M)
+not 4, "/w8" the two warpgroups) [--heights 16 32 ...] (the sm_90 candidates' tile heights,
+instead of those near M) [--plan-tile] (only the plan's tile and split, in each of --forms)
 
 Without a GPU: python benchmarks/cuda/mma_sweep.py --score LOG ... [--sms 132] checks this
 version's plan against earlier sweeps' printed rows (benchmarks/data/cuda_mma_sweep_*.log).
@@ -31,11 +31,13 @@ TAGS = {"wgmma": "wg", "portable": "tl"}
 REPLAYS = 10
 
 
-def _candidates(plan, m, w_rows, k, bk, sms, both_forms, forms=None, heights=None):
+def _candidates(plan, m, w_rows, k, bk, sms, both_forms, forms=None, heights=None,
+                plan_tile=False):
     """The plan and the configurations around it, K split into at most k // bk pieces: for the
     sm_90 kernel every tile height (rows of x) near M, with K unsplit, split as planned or in 4,
     each also in the other form (warp-specialized or not) if both_forms, else only the plan
-    (forms: each in these (ws, stages, warps) instead; heights: these instead of those near M);
+    (forms: each in these (ws, stages, warps) instead; heights: these instead of those near M;
+    plan_tile: only the plan's tile and split, in each form);
     for the portable kernel 3 stages, and tiles of 64 and 128 rows with K unsplit, split in 2
     or 4, or as cuda_mma._split would."""
     out = [plan]
@@ -43,6 +45,8 @@ def _candidates(plan, m, w_rows, k, bk, sms, both_forms, forms=None, heights=Non
         out.append(plan._replace(stages=3))
         tiles = [(bm, split) for bm in (64, 128) for split in sorted(
             {1, 2, 4, cuda_mma._split(triton.cdiv(m, bm) * triton.cdiv(w_rows, 32), k // bk, sms)})]
+    elif plan_tile:
+        tiles = []
     else:
         heights = heights or [h for h in (16, 32, 64, 128)
                               if min(m / 2, 64) <= h <= max(2 * m, 64)]
@@ -57,7 +61,7 @@ def _candidates(plan, m, w_rows, k, bk, sms, both_forms, forms=None, heights=Non
             c = plan._replace(bm=bm, split_k=split, ws=ws, stages=stages, warps=warps)
             if c not in out and split <= k // bk and _ring_bytes(c) <= SMEM_BYTES:
                 out.append(c)
-        if (bm, split) == (plan.bm, plan.split_k) and plan.kernel == "wgmma":
+        if (bm, split) == (plan.bm, plan.split_k) and plan.kernel == "wgmma" and not plan_tile:
             c = plan._replace(ws=not plan.ws)  # the plan in the other form, always
             if c not in out:
                 out.append(c)
@@ -142,6 +146,8 @@ def main():
                     "ring slots, 4 = not, with 4; w8 after either: two warpgroups")
     ap.add_argument("--heights", type=int, nargs="+", default=None,
                     help="the sm_90 candidates' tile heights (rows of x)")
+    ap.add_argument("--plan-tile", action="store_true",
+                    help="only the plan's tile and split, in each of --forms (an A/B of forms)")
     ap.add_argument("--score", nargs="+", default=None, metavar="LOG",
                     help="no timing: this version's plan against these sweep logs")
     ap.add_argument("--sms", type=int, default=132, help="--score: the SMs of the logs' GPU")
@@ -181,7 +187,7 @@ def main():
                 line = (f"{n:>5}x{k:<5} M={m:<4} {act:4} dense {dense * 1e6:7.1f} us | op "
                         f"{dense / t_op:.2f}x |")
                 for c in _candidates(plan, m, r, k, plan.bk, sms, args.both_forms, args.forms,
-                                     args.heights):
+                                     args.heights, args.plan_tile):
                     def run(w, c=c):
                         cuda_mma._launch(a, inv if int8 else None, qsum if int8 else None, w,
                                          scale, n, None, out, int8, False, c)

@@ -3,7 +3,8 @@
 # Usage (on a machine with an NVIDIA GPU, a CUDA toolkit and a CUDA build of torch):
 #   benchmarks/cuda/run.sh [results-dir]        (default: build/cuda-results)
 # Writes build.log, test.log, bench.md, bench.json, bench_nopdl.md there. TEST_K narrows the tests
-# to a pytest -k expression; SWEEP=1 also runs the tile sweep of cuda/mma_sweep.py (sweep.log).
+# to a pytest -k expression; SWEEP=1 also runs the tile sweep of cuda/mma_sweep.py (sweep.log),
+# with SWEEP_ARGS as its arguments.
 # BENCH_ARGS narrows the main run, NOPDL_ARGS the run with PDL off; NOPDL_ARGS=skip skips that run.
 # E2E_ARGS, where set, runs benchmarks/e2e/decode.py --device cuda once more with those arguments
 # on the same build (e2e.md, e2e.json).
@@ -25,7 +26,8 @@ test_rc=${PIPESTATUS[0]}
 
 if [ -n "${SWEEP:-}" ]; then
   echo "=== tile sweep ($(($(date +%s) - t0))s)"
-  $PY benchmarks/cuda/mma_sweep.py 2>&1 | tee "$OUTDIR/sweep.log" | grep -v Warning | tail -80
+  # shellcheck disable=SC2086  # a list of arguments
+  $PY benchmarks/cuda/mma_sweep.py ${SWEEP_ARGS:-} 2>&1 | tee "$OUTDIR/sweep.log" | grep -v Warning | tail -80
 fi
 
 echo "=== benchmark ($(($(date +%s) - t0))s)"

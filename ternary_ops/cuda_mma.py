@@ -239,12 +239,13 @@ if gluon is not None:
         return out
 
     @gluon.constexpr_function
-    def _packed_layout(int8, bk, num_warps):
+    def _packed_layout(int8, bk, num_warps, bn):
         """The layout in which each thread loads the packed bytes whose decoded bit pairs are its
         own elements of wgmma's register A operand (see _wgmma_i2_kernel): packed row 8 w + g
-        for warp w (of the first warpgroup, or the same w % 4 of the second) and lane group g,
-        and the k columns of that lane in an A fragment. With two warpgroups the result is
-        [32, bk, 2]: the packed tile once per warpgroup, the last index that warpgroup's."""
+        for warp w (w % (bn / 32) where the warps split the bit pairs) and lane group g, and the
+        k columns of that lane in an A fragment. Where the warps split the bit pairs (16 rows per
+        warp) the result is [bn / 4, bk, 2]: the packed tile twice, the last index the half of
+        the pairs (j) of the warp that holds it."""
         if int8:  # per 32 k: 4 consecutive k at lane column c, and again 16 further
             k_regs = [[0, 1], [0, 2], [0, 16]]
             k_lanes = [[0, 4], [0, 8]]
@@ -257,14 +258,15 @@ if gluon is not None:
             k_regs.append([0, step])
             step *= 2
         rows = [[1, 0], [2, 0], [4, 0]]
-        warps = [[8, 0], [16, 0]]
-        if num_warps == 4:
+        warps = [[w, 0] for w in (8, 16, 32) if w < bn // 4]
+        if 16 * num_warps != bn:  # 32 rows per warp: all four bit pairs in its registers
             return gl.DistributedLinearLayout(reg_bases=k_regs, lane_bases=k_lanes + rows,
-                                              warp_bases=warps, block_bases=[], shape=[32, bk])
+                                              warp_bases=warps, block_bases=[],
+                                              shape=[bn // 4, bk])
         return gl.DistributedLinearLayout(reg_bases=[b + [0] for b in k_regs],
                                           lane_bases=[b + [0] for b in k_lanes + rows],
                                           warp_bases=[b + [0] for b in warps] + [[0, 0, 1]],
-                                          block_bases=[], shape=[32, bk, 2])
+                                          block_bases=[], shape=[bn // 4, bk, 2])
 
     @gluon.jit
     def _wgmma_load(step, num_k, a_desc, w_desc, a_smem, p_smem, ready, m0, r0, k_first,
@@ -292,13 +294,13 @@ if gluon is not None:
         loading warp (_wgmma_producer) that it may."""
         slot = kt % STAGES
         mbarrier.wait(ready.index(slot), (kt // STAGES) & 1)  # step kt's tiles have landed
-        if num_warps == 4:
+        if 16 * num_warps != BN:
             p = p_smem.index(slot).load(ld_p)
             # [packed row, k, h, j] -> tile rows (j, w, h, g): a register-only permutation
             d = gl.join(gl.join(_decode_i2_sm90(p, 0, d_ty), _decode_i2_sm90(p, 2, d_ty)),
                         gl.join(_decode_i2_sm90(p, 4, d_ty), _decode_i2_sm90(p, 6, d_ty)))
-            d = gl.permute(gl.reshape(d, [4, 8, BK, 2, 2]), [4, 0, 3, 1, 2])
-        else:  # each warpgroup decodes bit pairs 2 j + h of its own j
+            d = gl.permute(gl.reshape(d, [BN // 32, 8, BK, 2, 2]), [4, 0, 3, 1, 2])
+        else:  # each warp decodes bit pairs 2 j + h of its own j
             p = gl.expand_dims(p_smem.index(slot).load(gl.SliceLayout(2, ld_p)), 2)
             j = gl.arange(0, 2, gl.SliceLayout(0, gl.SliceLayout(0, ld_p)))
             shift = gl.expand_dims(gl.expand_dims((4 * j).to(gl.uint8), 0), 0)
@@ -306,7 +308,7 @@ if gluon is not None:
             d = gl.join(_decode_i2_sm90_of(p, shift, 0, d_ty),
                         _decode_i2_sm90_of(p, shift, 1, d_ty))
             # [packed row, k, j, h] -> tile rows (j, w, h, g)
-            d = gl.permute(gl.reshape(d, [4, 8, BK, 2, 2]), [3, 0, 4, 1, 2])
+            d = gl.permute(gl.reshape(d, [BN // 32, 8, BK, 2, 2]), [3, 0, 4, 1, 2])
         w = gl.convert_layout(gl.reshape(d, [BN, BK]), a_op, assert_trivial=True)
         acc = warpgroup_mma(w, a_smem.index(slot).permute((1, 0)), acc, use_acc=kt > 0,
                             is_async=True)
@@ -367,21 +369,22 @@ if gluon is not None:
                          WS: gl.constexpr, num_warps: gl.constexpr):
         """The i2 GEMM for sm_90 with the weights as the register operand of the warpgroup MMA.
 
-        The MMA computes the transposed tile ``T[BN, K] @ a[BM, K]^T``: the BN = 128 weight
-        rows are its A operand, decoded straight into the registers that hold it, and the a
-        tile (q for act="int8", x for act="none") is its B operand in shared
-        memory. Decoded weights never touch shared memory, so a k-step moves only the packed
-        bytes (a quarter of the decoded tile) and the a tile through it. act="int8" also takes
-        asum, the sums of the q rows (see _decode_i2_sm90).
+        The MMA computes the transposed tile ``T[BN, K] @ a[BM, K]^T``: the BN weight rows
+        (128, or 64) are its A operand, decoded straight into the registers that hold it, and
+        the a tile (q for act="int8", x for act="none") is its B operand in shared memory.
+        Decoded weights never touch shared memory, so a k-step moves only the packed bytes (a
+        quarter of the decoded tile) and the a tile through it. act="int8" also takes asum, the
+        sums of the q rows (see _decode_i2_sm90).
 
-        Which rows: tile row i is bit pair 2 (i // 64) + (i // 8) % 2 of packed row 8 ((i //
-        16) % 4) + i % 8. With one warpgroup (num_warps = 4), a thread of warp w and lane group
-        g holds A rows 16 w + g + 8 h + 64 j (h, j in {0, 1}), so the packed byte of row 8 w + g
-        it loads carries exactly its four rows, bit pairs 2 j + h. With two (num_warps = 8),
-        warp w holds rows 16 w + g + 8 h, a half of the tile per warpgroup (j = w // 4): both
-        warpgroups load the same packed bytes, each decoding its own two bit pairs, so each
-        warp decodes half as many weights and issues half the MMAs, and twice the warps
-        decode per tile. Either way each thread decodes only its own bytes.
+        Which rows: tile row i is bit pair 2 (i // (BN / 2)) + (i // 8) % 2 of packed row 8 ((i
+        // 16) % (BN / 32)) + i % 8. With 128 rows on one warpgroup (num_warps = 4), a thread of
+        warp w and lane group g holds A rows 16 w + g + 8 h + 64 j (h, j in {0, 1}), so the
+        packed byte of row 8 w + g it loads carries exactly its four rows, bit pairs 2 j + h.
+        With 16 rows per warp (128 rows on two warpgroups, num_warps = 8, or 64 rows on one),
+        warp w holds rows 16 w + g + 8 h, with j = w // (BN / 32): two warps load the same
+        packed bytes, each decoding its own two bit pairs, so each warp decodes half as many
+        weights and issues half the MMAs: twice the warps decode a 128-row tile, or twice the
+        tiles run. Either way each thread decodes only its own bytes.
 
         Pipeline: the a and packed tiles arrive by TMA (a_desc, w_desc: [M, K] and [R, K],
         zero past their ends) in a ring of STAGES slots, each with a barrier; each k-step
@@ -393,8 +396,9 @@ if gluon is not None:
         a_ty: gl.constexpr = a_desc.dtype
         d_ty: gl.constexpr = gl.int8 if INT8 else a_ty  # the decoded weights' type
         KW: gl.constexpr = 32 // d_ty.primitive_bitwidth  # weights per 32-bit register
-        gl.static_assert(num_warps == 4 or num_warps == 8)  # one warpgroup or two
-        gl.static_assert(BN == 128)
+        # 128 rows on one warpgroup or two, or 64 on one
+        gl.static_assert((BN == 128 and (num_warps == 4 or num_warps == 8))
+                         or (BN == 64 and num_warps == 4))
         pid_w = gl.program_id(0)
         pid_m = gl.program_id(1)
         pid_s = gl.program_id(2)
@@ -402,7 +406,7 @@ if gluon is not None:
         mma: gl.constexpr = gl.NVMMADistributedLayout(
             version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, BM, 8 * KW])
         a_op: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=KW)
-        ld_p: gl.constexpr = _packed_layout(INT8, BK, num_warps)
+        ld_p: gl.constexpr = _packed_layout(INT8, BK, num_warps, BN)
         a_smem = gl.allocate_shared_memory(a_ty, [STAGES, BM, BK], a_desc.layout)
         p_smem = gl.allocate_shared_memory(gl.uint8, [STAGES, BR, BK], w_desc.layout)
         ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
@@ -445,15 +449,15 @@ if gluon is not None:
             acc = gl.convert_layout(acc, st)
         offs_i = gl.arange(0, BN, gl.SliceLayout(1, st))
         rows_m = pid_m * BM + gl.arange(0, BM, gl.SliceLayout(0, st))
-        rows_w = pid_w * BR + ((offs_i // 16) % 4) * 8 + offs_i % 8
-        pair = 2 * (offs_i // 64) + (offs_i // 8) % 2  # the row's bit pair
+        rows_w = pid_w * BR + ((offs_i // 16) % (BN // 32)) * 8 + offs_i % 8
+        pair = 2 * (offs_i // (BN // 2)) + (offs_i // 8) % 2  # the row's bit pair
         n = pair * R + rows_w
         mask_m = rows_m < M
         mask_n = (rows_w < R) & (n < N)
         mask = mask_n[:, None] & mask_m[None, :]
         if INT8:  # the decode's factor (1, 4, 16 or 32; with two warpgroups 1 or 4) out
             # (exact), then the code's offset 1
-            if num_warps == 4:
+            if 16 * num_warps != BN:
                 acc = acc >> (2 * pair - pair // 3)[:, None]
             else:
                 acc = acc >> (2 * (pair % 2))[:, None]
@@ -479,10 +483,10 @@ if gluon is not None:
 class _Config(NamedTuple):
     kernel: str  # "wgmma" (_wgmma_i2_kernel) or "portable" (_mma_kernel)
     bm: int  # rows of x per tile
-    bn: int  # weight rows (outputs) per tile
+    bn: int  # weight rows (outputs) per tile (the sm_90 kernel: 128, or 64 on 4 warps)
     bk: int
     stages: int
-    warps: int  # the sm_90 kernel: 4 (one warpgroup) or 8 (two, each 64 of the tile's rows)
+    warps: int  # the sm_90 kernel: 4 (one warpgroup) or, with bn = 128, 8 (two, 64 rows each)
     split_k: int
     ws: bool = False  # the sm_90 kernel's warp-specialized form (a loading warp apart)
 
@@ -569,14 +573,15 @@ def _wgmma_fits(a: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 def _ws_launch(c: _Config) -> dict:
-    """Launch options of the warp-specialized form. With one warpgroup it runs 8 warps (4 MMA
-    warps, the loading warp, 3 idle): at 128 registers per thread two programs fit on an SM,
-    and the MMA warps then take 232 each (setmaxnreg) while the loading warp gives back all but
-    24. With two it runs 12: at 80 two fit, the MMA warps taking 104, enough for tiles of up to
-    64 rows; 128-row tiles need 128 (one program per SM, 176 for the MMA warps)."""
+    """Launch options of the warp-specialized form. With 128 rows on one warpgroup it runs 8
+    warps (4 MMA warps, the loading warp, 3 idle): at 128 registers per thread two programs fit
+    on an SM, and the MMA warps then take 232 each (setmaxnreg) while the loading warp gives
+    back all but 24. With 16 rows per MMA warp (128 rows on two warpgroups, 12 warps; 64 on
+    one, 8) a launch at 80 leaves the MMA warps 104 or 136, enough for tiles of up to 64 rows
+    of x, and fits two or three programs per SM; 128-row tiles of x need 128."""
     if not c.ws:
         return {}
-    return {"maxnreg": 80 if c.warps == 8 and c.bm <= 64 else 128}
+    return {"maxnreg": 80 if 16 * c.warps == c.bn and c.bm <= 64 else 128}
 
 
 def _descriptor(t: torch.Tensor, rows: int, cols: int, block_rows: int, block_cols: int):

@@ -251,27 +251,34 @@ def test_mma_sweep_candidates():
     # shared memory only, and the plan in its other form always.
     mma_sweep, cuda_mma = _mma_sweep()
 
-    assert mma_sweep._form("ws8") == (True, 8, 4) and mma_sweep._form("4") == (False, 4, 4)
-    assert mma_sweep._form("ws8w8") == (True, 8, 8) and mma_sweep._form("4w8") == (False, 4, 8)
+    assert mma_sweep._form("ws8") == (True, 8, 4, 128)
+    assert mma_sweep._form("4") == (False, 4, 4, 128)
+    assert mma_sweep._form("ws8w8") == (True, 8, 8, 128) and mma_sweep._form("4n64") == (
+        False, 4, 4, 64)
     with pytest.raises(argparse.ArgumentTypeError, match="expected a form"):
         mma_sweep._form("w8")
     m, rows, k, sms = 128, 640, 2560, 132
     plan = cuda_mma._wgmma_plan(m, rows, k, True, sms)
-    forms = [(False, 4, 4), (True, 8, 4), (True, 12, 4), (True, 8, 8)]
+    forms = [(False, 4, 4, 128), (True, 8, 4, 128), (True, 12, 4, 128), (True, 8, 8, 128),
+             (True, 8, 4, 64)]
     got = mma_sweep._candidates(plan, m, rows, k, 128, sms, False, forms, [16, 128])
     assert got[0] == plan and len(set(got)) == len(got)
     assert plan._replace(ws=not plan.ws) in got
     assert all(mma_sweep._ring_bytes(c) <= mma_sweep.SMEM_BYTES for c in got)
-    want = {(bm, split, ws, st, w) for bm in (16, 128) for split in {1, plan.split_k, 4}
-            for ws, st, w in forms
-            if mma_sweep._ring_bytes(plan._replace(bm=bm, stages=st)) <= mma_sweep.SMEM_BYTES}
-    assert want <= {(c.bm, c.split_k, c.ws, c.stages, c.warps) for c in got}
-    assert (128, 1, True, 12, 4) not in want  # a 12-slot ring of 128-row tiles does not fit
+    want = {(bm, split, ws, st, w, bn) for bm in (16, 128) for split in {1, plan.split_k, 4}
+            for ws, st, w, bn in forms
+            if mma_sweep._ring_bytes(plan._replace(bm=bm, stages=st, bn=bn))
+            <= mma_sweep.SMEM_BYTES}
+    assert want <= {(c.bm, c.split_k, c.ws, c.stages, c.warps, c.bn) for c in got}
+    assert (128, 1, True, 12, 4, 128) not in want  # a 12-slot ring of 128-row tiles: too big
     assert mma_sweep._tag(plan._replace(bm=16, split_k=1, ws=True, stages=8, warps=8)) == (
         "wg16x128/s1/st8/ws/w8")
+    assert mma_sweep._tag(plan._replace(bm=32, split_k=2, ws=True, stages=8, bn=64)) == (
+        "wg32x64/s2/st8/ws")
     ab = mma_sweep._candidates(plan, m, rows, k, 128, sms, False, forms, None, True)
-    assert [(c.ws, c.stages, c.warps) for c in ab] == [(plan.ws, plan.stages, plan.warps)] + [
-        f for f in forms if f != (plan.ws, plan.stages, plan.warps)]  # the plan's tile only
+    mine = (plan.ws, plan.stages, plan.warps, plan.bn)
+    assert [(c.ws, c.stages, c.warps, c.bn) for c in ab] == [mine] + [
+        f for f in forms if f != mine]  # the plan's tile only
     assert {(c.bm, c.split_k) for c in ab} == {(plan.bm, plan.split_k)}
     default = mma_sweep._candidates(plan, m, rows, k, 128, sms, False)
     assert {c.stages for c in default} == {plan.stages} and {c.ws for c in default} == {

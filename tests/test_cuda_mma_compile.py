@@ -8,8 +8,8 @@ the plan can pick:
   of its speed, and ptxas only says so in its verbose output (C7515 "wgmma.mma_async
   instructions are serialized", for a cause in the code, or C7512, for lack of registers).
 
-Both forms of the kernel, warp-specialized or not, with one warpgroup or two. And the key by
-which the module's launchers reuse compiled kernels."""
+Both forms of the kernel, warp-specialized or not, on 128 weight rows (one warpgroup or two)
+or 64. And the key by which the module's launchers reuse compiled kernels."""
 import os
 import re
 import subprocess
@@ -72,15 +72,15 @@ def _descriptor_type(ty, block):
     return f"tensordesc<{ty}{block},{layout!r}>"
 
 
-def _sm90_ptx(a_ty, out_ty, int8, bm, warps, split, bias, ws=False, stages=4):
+def _sm90_ptx(a_ty, out_ty, int8, bm, warps, split, bias, ws=False, stages=4, bn=128):
     acc_ty = "*i32" if int8 else "*fp32"
     bk = 128 if int8 else 64
-    config = cuda_mma._Config("wgmma", bm, 128, bk, stages, warps, split, ws)
-    types = [_descriptor_type(a_ty.lstrip("*"), [bm, bk]), _descriptor_type("u8", [32, bk]),
+    config = cuda_mma._Config("wgmma", bm, bn, bk, stages, warps, split, ws)
+    types = [_descriptor_type(a_ty.lstrip("*"), [bm, bk]), _descriptor_type("u8", [bn // 4, bk]),
              "*fp32", acc_ty, "*fp32", "*fp32", out_ty, acc_ty]
     sig = dict(zip(ARGS, types + ["i32"] * 6))
     constexprs = dict(INT8=int8, SCALE_PER_ROW=not bias, HAS_BIAS=bias, SPLIT_K=split, BM=bm,
-                      BN=128, BK=bk, STAGES=stages, WS=ws, num_warps=warps)
+                      BN=bn, BK=bk, STAGES=stages, WS=ws, num_warps=warps)
     sig.update({k: "constexpr" for k in constexprs})
     # what Triton's specialization gives pointers and 16-divisible sizes at launch
     attrs = {(i,): [["tt.divisibility", 16]] for i in range(2, len(ARGS))}
@@ -98,17 +98,19 @@ def _sm90_ptx(a_ty, out_ty, int8, bm, warps, split, bias, ws=False, stages=4):
                                               ("none", "*fp16", "*fp16")])
 def test_sm90_kernel_keeps_its_mmas_asynchronous_and_safe(act, a_ty, out_ty, tmp_path):
     int8 = act == "int8"
-    configs = [(bm, 4, split, ws, 4) for bm in (16, 32, 64, 128) for split in (1, 2)
+    configs = [(bm, 128, 4, split, ws, 4) for bm in (16, 32, 64, 128) for split in (1, 2)
                for ws in (False, True)]
-    configs += [(bm, 4, split, True, 8) for bm in (16, 32) for split in (1, 2)]  # the deep ring
-    # two warpgroups: every tile, both forms, the warp-specialized one with either ring
-    configs += [(bm, 8, 2 if bm == 32 else 1, ws, stages) for bm in (16, 32, 64, 128)
+    configs += [(bm, 128, 4, split, True, 8) for bm in (16, 32) for split in (1, 2)]  # deep ring
+    # 16 rows per warp (128 rows on two warpgroups, 64 on one): every tile, both forms, the
+    # warp-specialized one with either ring
+    configs += [(bm, bn, bn // 16, 2 if bm == 32 else 1, ws, stages)
+                for bm in (16, 32, 64, 128) for bn in (128, 64)
                 for ws, stages in ((False, 4), (True, 4), (True, 8))]
     bad = []
-    for i, (bm, warps, split, ws, stages) in enumerate(configs):
+    for i, (bm, bn, warps, split, ws, stages) in enumerate(configs):
         ptx = _sm90_ptx(a_ty, out_ty, int8, bm, warps, split, bias=i % 4 < 2, ws=ws,
-                        stages=stages)
-        what = (bm, warps, split, ws, stages)
+                        stages=stages, bn=bn)
+        what = (bm, bn, warps, split, ws, stages)
         src = tmp_path / "k.ptx"
         src.write_text(ptx)
         r = subprocess.run([PTXAS, "-arch=sm_90a", "-v", str(src), "-o", str(tmp_path / "k.o")],

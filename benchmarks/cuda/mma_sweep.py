@@ -9,9 +9,10 @@ Every time is bench.py's: CUDA graphs of calls over weight copies of 4x the L2.
 Usage on a CUDA GPU: python benchmarks/cuda/mma_sweep.py [--m 64 128 ...] [--shapes NxK ...]
 [--acts int8 none] [--both-forms] (the sm_90 kernel's candidates warp-specialized and not; "/ws"
 marks the first form) [--forms 4 ws8 ws8w8 ...] (instead: each sm_90 candidate in these forms,
-"ws" or not, the ring's slots, and "w8" for two warpgroups; "/st" gives the slots where they are
-not 4, "/w8" the two warpgroups) [--heights 16 32 ...] (the sm_90 candidates' tile heights,
-instead of those near M) [--plan-tile] (only the plan's tile and split, in each of --forms)
+"ws" or not, the ring's slots, and "w8" for two warpgroups or "n64" for 64-row weight tiles;
+"/st" gives the slots where they are not 4, "/w8" the two warpgroups) [--heights 16 32 ...]
+(the sm_90 candidates' tile heights, instead of those near M) [--plan-tile] (only the plan's
+tile and split, in each of --forms)
 
 Without a GPU: python benchmarks/cuda/mma_sweep.py --score LOG ... [--sms 132] checks this
 version's plan against earlier sweeps' printed rows (benchmarks/data/cuda_mma_sweep_*.log).
@@ -36,7 +37,7 @@ def _candidates(plan, m, w_rows, k, bk, sms, both_forms, forms=None, heights=Non
     """The plan and the configurations around it, K split into at most k // bk pieces: for the
     sm_90 kernel every tile height (rows of x) near M, with K unsplit, split as planned or in 4,
     each also in the other form (warp-specialized or not) if both_forms, else only the plan
-    (forms: each in these (ws, stages, warps) instead; heights: these instead of those near M;
+    (forms: each in these (ws, stages, warps, bn) instead; heights: these instead of those near M;
     plan_tile: only the plan's tile and split, in each form);
     for the portable kernel 3 stages, and tiles of 64 and 128 rows with K unsplit, split in 2
     or 4, or as cuda_mma._split would."""
@@ -52,13 +53,14 @@ def _candidates(plan, m, w_rows, k, bk, sms, both_forms, forms=None, heights=Non
                               if min(m / 2, 64) <= h <= max(2 * m, 64)]
         tiles = [(bm, split) for bm in heights for split in sorted({1, plan.split_k, 4})]
     if plan.kernel != "wgmma":
-        forms = [(plan.ws, plan.stages, plan.warps)]
+        forms = [(plan.ws, plan.stages, plan.warps, plan.bn)]
     elif not forms:
-        forms = [(plan.ws, plan.stages, plan.warps), (not plan.ws, plan.stages, plan.warps)]
+        forms = [(plan.ws, plan.stages, plan.warps, plan.bn),
+                 (not plan.ws, plan.stages, plan.warps, plan.bn)]
         forms = forms if both_forms else forms[:1]
     for bm, split in [(plan.bm, plan.split_k)] + tiles:
-        for ws, stages, warps in forms:
-            c = plan._replace(bm=bm, split_k=split, ws=ws, stages=stages, warps=warps)
+        for ws, stages, warps, bn in forms:
+            c = plan._replace(bm=bm, split_k=split, ws=ws, stages=stages, warps=warps, bn=bn)
             if c not in out and split <= k // bk and _ring_bytes(c) <= SMEM_BYTES:
                 out.append(c)
         if (bm, split) == (plan.bm, plan.split_k) and plan.kernel == "wgmma" and not plan_tile:
@@ -126,12 +128,14 @@ def score(paths, sms):
 
 
 def _form(text):
-    """--forms entry as (ws, stages, warps): "ws8" (warp-specialized, 8 slots), "4" (not, 4
-    slots), either with "w8" after it for two warpgroups ("ws8w8", "4w8")."""
-    hit = re.fullmatch(r"(ws)?(\d+)(w8)?", text)
+    """--forms entry as (ws, stages, warps, bn): "ws8" (warp-specialized, 8 slots), "4" (not, 4
+    slots), either with "w8" after it for 128 weight rows on two warpgroups ("ws8w8", "4w8") or
+    "n64" for 64 weight rows on one ("ws8n64")."""
+    hit = re.fullmatch(r"(ws)?(\d+)(w8|n64)?", text)
     if not hit:
-        raise argparse.ArgumentTypeError(f"expected a form such as 4, ws8 or ws8w8, got {text!r}")
-    return bool(hit[1]), int(hit[2]), 8 if hit[3] else 4
+        raise argparse.ArgumentTypeError(
+            f"expected a form such as 4, ws8, ws8w8 or ws8n64, got {text!r}")
+    return bool(hit[1]), int(hit[2]), 8 if hit[3] == "w8" else 4, 64 if hit[3] == "n64" else 128
 
 
 def main():
@@ -143,7 +147,8 @@ def main():
                     help="every sm_90 candidate warp-specialized and not (else only the plan)")
     ap.add_argument("--forms", type=_form, nargs="+", default=None,
                     help="every sm_90 candidate in these forms: ws8 = warp-specialized with 8 "
-                    "ring slots, 4 = not, with 4; w8 after either: two warpgroups")
+                    "ring slots, 4 = not, with 4; after either w8: 128 weight rows on two "
+                    "warpgroups, n64: 64 weight rows")
     ap.add_argument("--heights", type=int, nargs="+", default=None,
                     help="the sm_90 candidates' tile heights (rows of x)")
     ap.add_argument("--plan-tile", action="store_true",

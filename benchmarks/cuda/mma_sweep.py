@@ -12,12 +12,14 @@ marks the first form) [--forms 4 ws8 ws8w8 ...] (instead: each sm_90 candidate i
 "ws" or not, the ring's slots, and "w8" for two warpgroups or "n64" for 64-row weight tiles;
 "/st" gives the slots where they are not 4, "/w8" the two warpgroups) [--heights 16 32 ...]
 (the sm_90 candidates' tile heights, instead of those near M) [--plan-tile] (only the plan's
-tile and split, in each of --forms)
+tile and split, in each of --forms) [--compile-only] (each candidate launched once, untimed: run
+one such process per shape at once first, and the timed run finds every kernel compiled)
 
 Without a GPU: python benchmarks/cuda/mma_sweep.py --score LOG ... [--sms 132] checks this
 version's plan against earlier sweeps' printed rows (benchmarks/data/cuda_mma_sweep_*.log).
 """
 import argparse
+import functools
 import re
 
 import torch
@@ -138,6 +140,12 @@ def _form(text):
     return bool(hit[1]), int(hit[2]), 8 if hit[3] == "w8" else 4, 64 if hit[3] == "n64" else 128
 
 
+def _run_once(fn, copies):
+    """--compile-only's stand-in for bench.time_rotating: one untimed call."""
+    fn(copies[0])
+    return 1.0, 1.0
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--m", type=int, nargs="+", default=[16, 32, 64, 128, 256, 512, 2048])
@@ -153,6 +161,9 @@ def main():
                     help="the sm_90 candidates' tile heights (rows of x)")
     ap.add_argument("--plan-tile", action="store_true",
                     help="only the plan's tile and split, in each of --forms (an A/B of forms)")
+    ap.add_argument("--compile-only", action="store_true",
+                    help="launch each candidate once, untimed: fills Triton's cache, so that "
+                    "several such runs at once (one per shape) spare the timed run compiling")
     ap.add_argument("--score", nargs="+", default=None, metavar="LOG",
                     help="no timing: this version's plan against these sweep logs")
     ap.add_argument("--sms", type=int, default=132, help="--score: the SMs of the logs' GPU")
@@ -161,17 +172,17 @@ def main():
         score(args.score, args.sms)
         return
     shapes = ([tuple(map(int, s.split("x"))) for s in args.shapes] if args.shapes
-              else SHAPES + LLAMA)
+              else list(dict.fromkeys(SHAPES + LLAMA)))
     props = torch.cuda.get_device_properties(0)
     sms, l2 = props.multi_processor_count, getattr(props, "L2_cache_size", 50 << 20)
     for n, k in shapes:
         r = (n + 3) // 4
         # weights and dense weights both rotate over copies of 4x the L2, as in bench.py
-        copies = n_copies(r * k, l2)
+        copies = 1 if args.compile_only else n_copies(r * k, l2)
         ws = [torch.randint(0, 256, (r, k), dtype=torch.uint8, device="cuda") & 0x55
               for _ in range(copies)]
         wd = [torch.randn(n, k, dtype=torch.bfloat16, device="cuda")
-              for _ in range(n_copies(2 * n * k, l2))]
+              for _ in range(1 if args.compile_only else n_copies(2 * n * k, l2))]
         scale = torch.rand(n, device="cuda") + 0.5
         for m in args.m:
             x = torch.randn(m, k, dtype=torch.bfloat16, device="cuda")
@@ -180,15 +191,16 @@ def main():
             inv = torch.rand(m, device="cuda") + 1
             qsum = q[:, :k].sum(1, dtype=torch.int32)
             out = torch.empty(m, n, dtype=torch.bfloat16, device="cuda")
-            dense = time_rotating(lambda w: torch.nn.functional.linear(x, w), wd, None, None,
-                                  replays=REPLAYS)[0]
+            timed = (_run_once if args.compile_only else functools.partial(
+                time_rotating, l2_bytes=None, bytes_per_call=None, replays=REPLAYS))
+            dense = timed(lambda w: torch.nn.functional.linear(x, w), wd)[0]
             for act in args.acts:
                 int8 = act == "int8"
                 a = q if int8 else x
                 plan = cuda_mma._plan(a, ws[0], m, int8, False)
                 def op(w, act=act):
                     torch.ops.ternary.linear_i2(x, w, scale, n, None, act)
-                t_op = time_rotating(op, ws, None, None, replays=REPLAYS)[0]
+                t_op = timed(op, ws)[0]
                 line = (f"{n:>5}x{k:<5} M={m:<4} {act:4} dense {dense * 1e6:7.1f} us | op "
                         f"{dense / t_op:.2f}x |")
                 for c in _candidates(plan, m, r, k, plan.bk, sms, args.both_forms, args.forms,
@@ -196,8 +208,11 @@ def main():
                     def run(w, c=c):
                         cuda_mma._launch(a, inv if int8 else None, qsum if int8 else None, w,
                                          scale, n, None, out, int8, False, c)
-                    t = time_rotating(run, ws, None, None, replays=REPLAYS)[0]
+                    t = timed(run, ws)[0]
                     line += f" {'*' if c == plan else ''}{_tag(c)} {dense / t:.2f}x"
+                if args.compile_only:
+                    torch.cuda.synchronize()
+                    continue
                 print(line, flush=True)
 
 

@@ -3,8 +3,9 @@
 # Usage (on a machine with an NVIDIA GPU, a CUDA toolkit and a CUDA build of torch):
 #   benchmarks/cuda/run.sh [results-dir]        (default: build/cuda-results)
 # Writes build.log, test.log, bench.md, bench.json, bench_nopdl.md there. TEST_K narrows the tests
-# to a pytest -k expression; SWEEP=1 also runs the tile sweep of cuda/mma_sweep.py (sweep.log),
-# with SWEEP_ARGS as its arguments.
+# to a pytest -k expression, PYTEST_ARGS adds pytest arguments (-n 8: in parallel); SWEEP=1 also
+# runs the tile sweep of cuda/mma_sweep.py (sweep.log) with SWEEP_ARGS as its arguments, on
+# SWEEP_SHAPES (default: every LLM and layer shape).
 # BENCH_ARGS narrows the main run, NOPDL_ARGS the run with PDL off; NOPDL_ARGS=skip skips that run.
 # E2E_ARGS, where set, runs benchmarks/e2e/decode.py --device cuda once more with those arguments
 # on the same build (e2e.md, e2e.json).
@@ -21,13 +22,25 @@ echo "=== build ($(($(date +%s) - t0))s)"
 benchmarks/cuda/build.sh "$OUTDIR" || exit 1
 
 echo "=== tests ($(($(date +%s) - t0))s)"
-$PY -m pytest -q -x tests/test_cuda.py ${TEST_K:+-k "$TEST_K"} 2>&1 | tee "$OUTDIR/test.log" | tail -15
+# shellcheck disable=SC2086  # a list of arguments
+$PY -m pytest -q -x ${PYTEST_ARGS:-} tests/test_cuda.py ${TEST_K:+-k "$TEST_K"} 2>&1 | tee "$OUTDIR/test.log" | tail -15
 test_rc=${PIPESTATUS[0]}
 
 if [ -n "${SWEEP:-}" ]; then
+  echo "=== tile sweep: compiling ($(($(date +%s) - t0))s)"
+  # one untimed process per shape at once fills Triton's cache; the timed run then compiles
+  # nothing (SWEEP_SHAPES: the shapes, default mma_sweep.py's)
+  shapes=${SWEEP_SHAPES:-"2560x2560 6912x2560 2560x6912 4096x4096 14336x4096 4096x14336 28672x8192 8192x28672"}
+  for s in $shapes; do
+    # shellcheck disable=SC2086  # a list of arguments
+    $PY benchmarks/cuda/mma_sweep.py ${SWEEP_ARGS:-} --shapes "$s" --compile-only \
+      > "$OUTDIR/sweep_compile_$s.log" 2>&1 &
+  done
+  wait
   echo "=== tile sweep ($(($(date +%s) - t0))s)"
   # shellcheck disable=SC2086  # a list of arguments
-  $PY benchmarks/cuda/mma_sweep.py ${SWEEP_ARGS:-} 2>&1 | tee "$OUTDIR/sweep.log" | grep -v Warning | tail -80
+  $PY benchmarks/cuda/mma_sweep.py ${SWEEP_ARGS:-} --shapes $shapes 2>&1 | tee "$OUTDIR/sweep.log" \
+    | grep -v Warning | tail -80
 fi
 
 echo "=== benchmark ($(($(date +%s) - t0))s)"

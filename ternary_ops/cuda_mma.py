@@ -215,9 +215,9 @@ if gluon is not None:
 
     @gluon.jit
     def _decode_i2_sm90_of(p, shift, H: gl.constexpr, DTYPE: gl.constexpr):
-        """Weights of DTYPE from bit pair shift / 2 + H of p, with shift (uint8, 0 or 4) per
-        element (each warpgroup's own with two of them). int8: the code times 1 or 4 (H = 0 or
-        1), masked in place as in _decode_i2_sm90; 16-bit: as there."""
+        """Weights of DTYPE from bit pair shift / 2 + H of p, with shift (uint8) per element: 4 j
+        for the half j of the bit pairs that the warp holding it decodes. int8: the code times 1
+        or 4 (H = 0 or 1), masked in place as in _decode_i2_sm90; 16-bit: as there."""
         if DTYPE == gl.int8:  # output $0; inputs $1, $2
             out = gl.inline_asm_elementwise(
                 "{ .reg .b32 s, t; and.b32 s, $2, 0xff; shr.b32 t, $1, s; "
@@ -455,7 +455,7 @@ if gluon is not None:
         mask_m = rows_m < M
         mask_n = (rows_w < R) & (n < N)
         mask = mask_n[:, None] & mask_m[None, :]
-        if INT8:  # the decode's factor (1, 4, 16 or 32; with two warpgroups 1 or 4) out
+        if INT8:  # the decode's factor (1, 4, 16 or 32; with 16 rows per warp 1 or 4) out
             # (exact), then the code's offset 1
             if 16 * num_warps != BN:
                 acc = acc >> (2 * pair - pair // 3)[:, None]

@@ -183,6 +183,32 @@ if gluon is not None:
             return "{ .reg .b32 t; shr.b32 t, $1, 1; and.b32 $0, t, 0x60606060; }"
         return f"and.b32 $0, $1, {0x03030303 << shift:#010x};"
 
+    @gluon.constexpr_function
+    def _float_weights_asm(dtype):
+        """PTX for $0, $1 = the 16-bit weights (dtype) of the codes in the four bytes of t, two
+        per register: code c becomes the bits of B + c, with B = 128 (bfloat16) or 1024
+        (float16), whose last mantissa step is 1, less B + 1, exactly."""
+        if dtype == gl.bfloat16:
+            base, one, sub = "0x43434343", "0x43014301", "sub.rn.bf16x2"
+        else:
+            base, one, sub = "0x64646464", "0x64016401", "sub.rn.f16x2"
+        return (f"prmt.b32 $0, t, {base}, 0x4140; prmt.b32 $1, t, {base}, 0x4342; "
+                f"mov.b32 b, {one}; {sub} $0, $0, b; {sub} $1, $1, b;")
+
+    @gluon.jit
+    def _split_halves(w, DTYPE: gl.constexpr, JOINED: gl.constexpr):
+        """The 16-bit weights of DTYPE held in pairs in int32 ``w`` ([rows, k / 2] or, JOINED,
+        [rows, k / 2, 2]), as [rows, k] (or [rows, k, 2]): a register-only view."""
+        lo, hi = gl.inline_asm_elementwise("mov.b32 {$0, $1}, $2;", "=h,=h,r", [w],
+                                           dtype=(DTYPE.value, DTYPE.value), is_pure=True,
+                                           pack=1)
+        d = gl.join(lo, hi)
+        if JOINED:
+            d = gl.reshape(gl.permute(d, [0, 1, 3, 2]), [d.shape[0], 2 * d.shape[1], 2])
+        else:
+            d = gl.reshape(d, [d.shape[0], 2 * d.shape[1]])
+        return d
+
     @gluon.jit
     def _decode_i2_sm90(p, SHIFT: gl.constexpr, DTYPE: gl.constexpr):
         """Weights of DTYPE (int8, bfloat16 or float16) from bit pair SHIFT / 2 of p, four
@@ -191,51 +217,39 @@ if gluon is not None:
         int8 weights are the code c in {0, 1, 2} times 1, 4, 16 or 32 (bit pairs 0 to 3): the
         code masked in place, one instruction for four. The kernel's epilogue divides the sums
         by that factor and subtracts the sum of the activation row, which together make the
-        weight c - 1, exactly.
+        weight c - 1, exactly. p is uint8.
 
-        16-bit weights skip the int-to-float conversion (a quarter of the ALU rate): code c
-        becomes the bits of B + c, with B = 128 (bfloat16) or 1024 (float16), whose last
-        mantissa step is 1, less B + 1, exactly."""
+        16-bit weights skip the int-to-float conversion (a quarter of the ALU rate; see
+        _float_weights_asm). p is uint16, each element the packed bytes of columns k and k + 1:
+        loaded so, a thread's four bytes of one register need no shuffling."""
         if DTYPE == gl.int8:  # output $0; input $1
             out = gl.inline_asm_elementwise(_int8_weights_asm(SHIFT), "=r,r", [p], dtype=gl.int8,
                                             is_pure=True, pack=4)
-        else:  # outputs $0, $1 (two 16-bit weights each); input $2
-            if DTYPE == gl.bfloat16:
-                cvt: gl.constexpr = ("prmt.b32 $0, t, 0x43434343, 0x4140; "
-                                     "prmt.b32 $1, t, 0x43434343, 0x4342; mov.b32 b, 0x43014301; "
-                                     "sub.rn.bf16x2 $0, $0, b; sub.rn.bf16x2 $1, $1, b;")
-            else:
-                cvt: gl.constexpr = ("prmt.b32 $0, t, 0x64646464, 0x4140; "
-                                     "prmt.b32 $1, t, 0x64646464, 0x4342; mov.b32 b, 0x64016401; "
-                                     "sub.rn.f16x2 $0, $0, b; sub.rn.f16x2 $1, $1, b;")
-            out = gl.inline_asm_elementwise("{ .reg .b32 t, b; " + _codes_asm(SHIFT) + cvt
-                                            + " }", "=r,=r,r", [p], dtype=DTYPE.value,
-                                            is_pure=True, pack=4)
+        else:  # outputs $0, $1 (two 16-bit weights each); input $2 (two byte pairs)
+            w = gl.inline_asm_elementwise("{ .reg .b32 t, b; " + _codes_asm(SHIFT)
+                                          + _float_weights_asm(DTYPE) + " }", "=r,=r,r", [p],
+                                          dtype=gl.int32, is_pure=True, pack=2)
+            out = _split_halves(w, DTYPE, False)
         return out
 
     @gluon.jit
     def _decode_i2_sm90_of(p, shift, H: gl.constexpr, DTYPE: gl.constexpr):
-        """Weights of DTYPE from bit pair shift / 2 + H of p, with shift (uint8) per element: 4 j
-        for the half j of the bit pairs that the warp holding it decodes. int8: the code times 1
-        or 4 (H = 0 or 1), masked in place as in _decode_i2_sm90; 16-bit: as there."""
+        """Weights of DTYPE from bit pair shift / 2 + H of p, with shift (p's dtype) per element:
+        4 j for the half j of the bit pairs that the warp holding it decodes. int8: the code
+        times 1 or 4 (H = 0 or 1), masked in place as in _decode_i2_sm90; 16-bit: as there (p
+        and shift [rows, k / 2, 2])."""
         if DTYPE == gl.int8:  # output $0; inputs $1, $2
             out = gl.inline_asm_elementwise(
                 "{ .reg .b32 s, t; and.b32 s, $2, 0xff; shr.b32 t, $1, s; "
                 f"and.b32 $0, t, {0x03030303 << 2 * H:#010x}; }}", "=r,r,r", [p, shift],
                 dtype=gl.int8, is_pure=True, pack=4)
         else:  # outputs $0, $1 (two 16-bit weights each); inputs $2, $3
-            if DTYPE == gl.bfloat16:
-                cvt: gl.constexpr = ("prmt.b32 $0, t, 0x43434343, 0x4140; "
-                                     "prmt.b32 $1, t, 0x43434343, 0x4342; mov.b32 b, 0x43014301; "
-                                     "sub.rn.bf16x2 $0, $0, b; sub.rn.bf16x2 $1, $1, b;")
-            else:
-                cvt: gl.constexpr = ("prmt.b32 $0, t, 0x64646464, 0x4140; "
-                                     "prmt.b32 $1, t, 0x64646464, 0x4342; mov.b32 b, 0x64016401; "
-                                     "sub.rn.f16x2 $0, $0, b; sub.rn.f16x2 $1, $1, b;")
-            out = gl.inline_asm_elementwise(
+            w = gl.inline_asm_elementwise(
                 "{ .reg .b32 s, t, b; and.b32 s, $3, 0xff; shr.b32 t, $2, s; "
-                + ("shr.b32 t, t, 2; " if H else "") + "and.b32 t, t, 0x03030303; " + cvt
-                + " }", "=r,=r,r,r", [p, shift], dtype=DTYPE.value, is_pure=True, pack=4)
+                + ("shr.b32 t, t, 2; " if H else "") + "and.b32 t, t, 0x03030303; "
+                + _float_weights_asm(DTYPE) + " }", "=r,=r,r,r", [p, shift], dtype=gl.int32,
+                is_pure=True, pack=2)
+            out = _split_halves(w, DTYPE, True)
         return out
 
     @gluon.constexpr_function
@@ -249,12 +263,12 @@ if gluon is not None:
         if int8:  # per 32 k: 4 consecutive k at lane column c, and again 16 further
             k_regs = [[0, 1], [0, 2], [0, 16]]
             k_lanes = [[0, 4], [0, 8]]
-            step = 32
-        else:  # per 16 k: 2 consecutive k at lane column c, and again 8 further
-            k_regs = [[0, 1], [0, 8]]
-            k_lanes = [[0, 2], [0, 4]]
-            step = 16
-        while step < bk:
+            step, cols = 32, bk
+        else:  # uint16 byte pairs: per 16 k, pair c at lane column c, and again 4 pairs further
+            k_regs = [[0, 4]]
+            k_lanes = [[0, 1], [0, 2]]
+            step, cols = 8, bk // 2
+        while step < cols:
             k_regs.append([0, step])
             step *= 2
         rows = [[1, 0], [2, 0], [4, 0]]
@@ -262,11 +276,17 @@ if gluon is not None:
         if 16 * num_warps != bn:  # 32 rows per warp: all four bit pairs in its registers
             return gl.DistributedLinearLayout(reg_bases=k_regs, lane_bases=k_lanes + rows,
                                               warp_bases=warps, block_bases=[],
-                                              shape=[bn // 4, bk])
+                                              shape=[bn // 4, cols])
         return gl.DistributedLinearLayout(reg_bases=[b + [0] for b in k_regs],
                                           lane_bases=[b + [0] for b in k_lanes + rows],
                                           warp_bases=[b + [0] for b in warps] + [[0, 0, 1]],
-                                          block_bases=[], shape=[bn // 4, bk, 2])
+                                          block_bases=[], shape=[bn // 4, cols, 2])
+
+    @gluon.constexpr_function
+    def _byte_pairs(layout):
+        """The packed tile's shared-memory layout read as uint16 byte pairs: the same
+        swizzle, whose unit is bytes."""
+        return gl.NVMMASharedLayout(layout.swizzle_byte_width, 16, layout.rank)
 
     @gluon.jit
     def _wgmma_load(step, num_k, a_desc, w_desc, a_smem, p_smem, ready, m0, r0, k_first,
@@ -294,16 +314,20 @@ if gluon is not None:
         loading warp (_wgmma_producer) that it may."""
         slot = kt % STAGES
         mbarrier.wait(ready.index(slot), (kt // STAGES) & 1)  # step kt's tiles have landed
+        packed = p_smem.index(slot)
+        if d_ty != gl.int8:  # 16-bit weights: the bytes in pairs (see _decode_i2_sm90)
+            packed = packed._reinterpret(gl.uint16, [BN // 4, BK // 2],
+                                         _byte_pairs(p_smem.layout))
         if 16 * num_warps != BN:
-            p = p_smem.index(slot).load(ld_p)
+            p = packed.load(ld_p)
             # [packed row, k, h, j] -> tile rows (j, w, h, g): a register-only permutation
             d = gl.join(gl.join(_decode_i2_sm90(p, 0, d_ty), _decode_i2_sm90(p, 2, d_ty)),
                         gl.join(_decode_i2_sm90(p, 4, d_ty), _decode_i2_sm90(p, 6, d_ty)))
             d = gl.permute(gl.reshape(d, [BN // 32, 8, BK, 2, 2]), [4, 0, 3, 1, 2])
         else:  # each warp decodes bit pairs 2 j + h of its own j
-            p = gl.expand_dims(p_smem.index(slot).load(gl.SliceLayout(2, ld_p)), 2)
+            p = gl.expand_dims(packed.load(gl.SliceLayout(2, ld_p)), 2)
             j = gl.arange(0, 2, gl.SliceLayout(0, gl.SliceLayout(0, ld_p)))
-            shift = gl.expand_dims(gl.expand_dims((4 * j).to(gl.uint8), 0), 0)
+            shift = gl.expand_dims(gl.expand_dims((4 * j).to(p.dtype), 0), 0)
             p, shift = gl.broadcast(p, shift)
             d = gl.join(_decode_i2_sm90_of(p, shift, 0, d_ty),
                         _decode_i2_sm90_of(p, shift, 1, d_ty))

@@ -566,12 +566,13 @@ def test_library_gemm_launches_reuse_kernels_only_for_the_same_specialization(
 @pytest.mark.parametrize("act,dtype", [("int8", torch.bfloat16), ("int8", torch.float32),
                                        ("none", torch.bfloat16), ("none", torch.float16)],
                          ids=["int8-bf16", "int8-f32", "none-bf16", "none-f16"])
-def test_sm90_kernel_every_tile_matches_reference(act, dtype, fresh_seed):
+@pytest.mark.parametrize("rows_per_warp", [32, 16])
+def test_sm90_kernel_every_tile_matches_reference(act, dtype, rows_per_warp, fresh_seed):
     """Each tile the plan or the sweep can give the sm_90 kernel (x rows 16 to 128, K split or
-    not, warp-specialized or not, a ring of 4 or 8 slots, 128 weight rows on one warpgroup or
-    two or 64 on one), on shapes whose M, N and N / 4 fill no tile (and K, twice, no k-step:
-    TMA's zeros fill the last), against the reference: act="int8" bit-exact, act="none" within
-    tolerance."""
+    not, warp-specialized or not, a ring of 4 or 8 slots; 32 weight rows per warp, 128 on one
+    warpgroup, or 16: 128 on two or 64 on one), on shapes whose M, N and N / 4 fill no tile
+    (and K, twice, no k-step: TMA's zeros fill the last), against the reference: act="int8"
+    bit-exact, act="none" within tolerance."""
     from ternary_ops import cuda_mma, reference
 
     gen = torch.Generator().manual_seed(fresh_seed)
@@ -592,10 +593,11 @@ def test_sm90_kernel_every_tile_matches_reference(act, dtype, fresh_seed):
             a, inv, qsum = x.cuda(), None, None
         want = reference.linear_codes(x, codes, scale, bias, act)
         args = [t if t is None else t.cuda() for t in (scale, bias)]
-        forms = [(128, 4, ws, stages) for ws in (False, True) for stages in (4, 8)]
-        # 16 rows per warp: 128 rows on two warpgroups, 64 on one
-        forms += [(bn, bn // 16, ws, stages) for bn in (128, 64)
-                  for ws, stages in ((False, 4), (True, 4), (True, 8))]
+        if rows_per_warp == 32:  # 128 rows on one warpgroup
+            forms = [(128, 4, ws, stages) for ws in (False, True) for stages in (4, 8)]
+        else:  # 128 rows on two warpgroups, or 64 on one
+            forms = [(bn, bn // 16, ws, stages) for bn in (128, 64)
+                     for ws, stages in ((False, 4), (True, 4), (True, 8))]
         for bm, split, (bn, warps, ws, stages) in itertools.product((16, 32, 64, 128), (1, 3),
                                                                     forms):
             config = cuda_mma._Config("wgmma", bm, bn, bk, stages, warps, split, ws)

@@ -1,5 +1,5 @@
 """The sm_90 GEMM of ternary_ops/cuda_mma.py compiled for Hopper without a GPU, for every tile
-the plan can pick:
+and form the plan or the tile sweep can pick:
 
 * its PTX never writes a register that an asynchronous warpgroup MMA in flight reads as its A
   operand (the decoded weights) before the wait that retires that MMA. PTX leaves such a write

@@ -668,10 +668,10 @@ def _wgmma_plan(m: int, w_rows: int, k: int, int8: bool, sms: int) -> _Config:
     Form: act="none" takes the warp-specialized form (its loads leave the decode's warps), and
     so does act="int8" with tiles of up to 32 rows, whose short k-steps wait on their loads, with
     a ring of 8 slots. act="int8" with larger tiles measured the same either way."""
-    warps = 4
+    bn, warps = 128, 4  # 128 weight rows on one warpgroup
     bk = 128 if int8 else 64
     k_steps = triton.cdiv(k, bk)
-    w_tiles = triton.cdiv(w_rows, 8 * warps)
+    w_tiles = triton.cdiv(w_rows, bn // 4)
     natural = next((h for h in (16, 32, 64) if m <= h), 128)
     long_k = k_steps >= (64 if int8 else 128)
     bm = natural
@@ -700,7 +700,7 @@ def _wgmma_plan(m: int, w_rows: int, k: int, int8: bool, sms: int) -> _Config:
         split = min(split, 8, k_steps // 8)
     else:
         split = 1
-    return _Config("wgmma", bm, 32 * warps, bk, 8 if small else 4, warps, max(1, split),
+    return _Config("wgmma", bm, bn, bk, 8 if small else 4, warps, max(1, split),
                    ws=small or not int8)
 
 

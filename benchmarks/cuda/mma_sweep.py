@@ -30,6 +30,7 @@ from profile_target import n_copies
 from ternary_ops import cuda_mma
 
 LLAMA = [(14336, 4096), (4096, 14336), (28672, 8192), (8192, 28672)]
+DEFAULT_SHAPES = list(dict.fromkeys(SHAPES + LLAMA))  # each once (two are in both)
 TAGS = {"wgmma": "wg", "portable": "tl"}
 REPLAYS = 10
 
@@ -172,7 +173,7 @@ def main():
         score(args.score, args.sms)
         return
     shapes = ([tuple(map(int, s.split("x"))) for s in args.shapes] if args.shapes
-              else list(dict.fromkeys(SHAPES + LLAMA)))
+              else DEFAULT_SHAPES)
     props = torch.cuda.get_device_properties(0)
     sms, l2 = props.multi_processor_count, getattr(props, "L2_cache_size", 50 << 20)
     for n, k in shapes:

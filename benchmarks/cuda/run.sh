@@ -30,7 +30,8 @@ if [ -n "${SWEEP:-}" ]; then
   echo "=== tile sweep: compiling ($(($(date +%s) - t0))s)"
   # one untimed process per shape at once fills Triton's cache; the timed run then compiles
   # nothing (SWEEP_SHAPES: the shapes, default mma_sweep.py's)
-  shapes=${SWEEP_SHAPES:-"2560x2560 6912x2560 2560x6912 4096x4096 14336x4096 4096x14336 28672x8192 8192x28672"}
+  shapes=${SWEEP_SHAPES:-$(cd benchmarks/cuda && $PY -c \
+    "import mma_sweep; print(' '.join(f'{n}x{k}' for n, k in mma_sweep.DEFAULT_SHAPES))")}
   for s in $shapes; do
     # shellcheck disable=SC2086  # a list of arguments
     $PY benchmarks/cuda/mma_sweep.py ${SWEEP_ARGS:-} --shapes "$s" --compile-only \

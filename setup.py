@@ -84,6 +84,30 @@ def openmp_flags() -> list:
     return [] if "clang" in ver.lower() else ["-fopenmp"]
 
 
+def cxx_runtime_link_args() -> list:
+    """On Linux, the C++ runtime this process (torch) runs with, named to the linker first.
+
+    Some compilers link libstdc++ statically by default. _C then carries a second copy of the
+    runtime next to torch's shared one, and the two mix in our error paths: a message built by
+    one copy's streams and finished by the other's came out garbled, or ended the process.
+    Naming the loaded libstdc++.so.6 ahead of the compiler's own runtime resolves every C++
+    runtime symbol to it, so nothing is copied in and _C depends on libstdc++.so.6 like torch.
+    """
+    if platform.system() != "Linux":
+        return []
+    import torch  # noqa: F401  (loads the runtime it was built with)
+
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                path = line.split(maxsplit=5)[-1].strip()
+                if os.path.basename(path).startswith("libstdc++.so") and os.path.isfile(path):
+                    return [path]
+    except OSError:
+        pass
+    return []
+
+
 def want_cuda() -> bool:
     if os.environ.get("TERNARY_OPS_NO_CUDA") == "1":
         return False
@@ -153,7 +177,8 @@ def make_extension():
     if simd_define and isa_sources:
         defines.append((simd_define, "1"))
     cxx_flags = base_cxx_flags() + openmp_flags()
-    kwargs = dict(extra_compile_args={"cxx": cxx_flags}, include_dirs=[str(CSRC)])
+    kwargs = dict(extra_compile_args={"cxx": cxx_flags}, include_dirs=[str(CSRC)],
+                  extra_link_args=cxx_runtime_link_args())
 
     if want_cuda():
         sources += sorted((CSRC / "cuda").glob("*.cu")) + [CSRC / "aten" / "ops_cuda.cpp"]
@@ -189,7 +214,8 @@ def make_mps_extension():
     ext = cpp_extension.CppExtension(
         "ternary_ops._C_mps", [rel(s) for s in sources], include_dirs=[str(CSRC)],
         extra_compile_args={"cxx": base_cxx_flags() + ["-fobjc-arc"]},
-        extra_link_args=["-framework", "Metal", "-framework", "Foundation"] if IS_MACOS else [],
+        extra_link_args=(["-framework", "Metal", "-framework", "Foundation"] if IS_MACOS
+                         else cxx_runtime_link_args()),
         depends=[str(p) for p in sorted((CSRC / "aten").glob("*.h")) + [
             CSRC / "ternary_format.h", CSRC / "metal" / "ternary_metal_config.h",
             metal_source.HEADER]],

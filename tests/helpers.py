@@ -197,6 +197,25 @@ def check(out, ref, act, what, *, rel_tol, dtype=None, finite=False):
         assert err < tol, f"{what}: relative error {err:.3g} >= {tol}"
 
 
+# ---- the build -------------------------------------------------------------------------------
+
+def cxx_runtime_file(shared_object: str) -> str:
+    """The file that serves ``shared_object``'s C++ runtime (its ``__cxa_throw``, looked up
+    from that object as the dynamic linker does): the object itself where a copy of the
+    runtime was linked into it, else the shared runtime (libstdc++.so.6 on Linux)."""
+    import ctypes
+    import os
+
+    class DlInfo(ctypes.Structure):
+        _fields_ = [("dli_fname", ctypes.c_char_p), ("dli_fbase", ctypes.c_void_p),
+                    ("dli_sname", ctypes.c_char_p), ("dli_saddr", ctypes.c_void_p)]
+
+    throw = ctypes.CDLL(shared_object)["__cxa_throw"]
+    info = DlInfo()
+    assert ctypes.CDLL(None).dladdr(ctypes.cast(throw, ctypes.c_void_p), ctypes.byref(info))
+    return os.path.realpath(info.dli_fname.decode())
+
+
 # ---- CPU kernel sets ------------------------------------------------------------------------
 
 def skip_unless_cpu_kernel(name):

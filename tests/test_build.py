@@ -18,6 +18,11 @@ directory, then imported from that copy in a fresh interpreter:
 - then a glue that does not compile (tests/mps_glue/broken.cpp) warns, shows the compiler's
   error, and removes the module the previous build left, so that nothing stale is imported.
 
+That copy is built with -static-libstdc++, as by a compiler that copies its C++ runtime into
+what it links: setup.py still links _C against torch's shared libstdc++, and _C's errors keep
+their messages (test_static_runtime_compiler_still_links_the_shared_runtime; the installed
+build is checked the same way).
+
 What this cannot show: that the real glue compiles and links with Apple's toolchain (on a Mac,
 tools/mac_check.py and tests/test_mps.py).
 """
@@ -135,16 +140,27 @@ if got["backends"]["mps"] == "native":  # the stand-in's MPS kernel: the frame, 
         torch.ops.ternary.linear_i8.default.redispatch(mps, x, w, s, None, "int8")
     except RuntimeError as e:
         got["mps_call"] = str(e)
+try:  # a message the C++ checks build (op_checks.h), shapes formatted by c10
+    torch.ops.ternary.linear_i8(x, w[:, :15].contiguous(), s, None, "int8")
+except ValueError as e:
+    got["shape_error"] = str(e).splitlines()[0]
+sys.path.insert(1, sys.argv[2])
+from helpers import cxx_runtime_file
+got["cxx_runtime"] = cxx_runtime_file(tops._C.__file__)
+got["extension"] = tops._C.__file__
 print("PROBE" + json.dumps(got))
 """
+
+SHAPE_ERROR = ("ternary.linear_i8: x must have shape [..., in_features] with in_features = "
+               "weight.size(1) = 15, got x of shape [3, 16]")
 
 
 def _probe(repo: Path) -> dict:
     """Imports ternary_ops from `repo` in a fresh interpreter; what it reports."""
     import json
 
-    r = subprocess.run([sys.executable, "-c", PROBE, str(repo)], cwd=repo, capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run([sys.executable, "-c", PROBE, str(repo), str(ROOT / "tests")], cwd=repo,
+                       capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     line = [ln for ln in r.stdout.splitlines() if ln.startswith("PROBE")][-1]
     return json.loads(line[len("PROBE"):])
@@ -154,11 +170,45 @@ def _modules(repo: Path) -> list:
     return sorted(p.name.split(".")[0] for p in (repo / "ternary_ops").glob("_C*.so"))
 
 
+# As a compiler that links the C++ runtime statically by default would.
+STATIC_RUNTIME = {"LDFLAGS": "-static-libstdc++"}
+
+
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
-    """A copy of the repository, built once with the real glue forced (which fails here)."""
+    """A copy of the repository, built once with the real glue forced (which fails here), by a
+    compiler told to link its C++ runtime statically."""
     repo = _copy_repo(tmp_path_factory.mktemp("repo"))
-    return SimpleNamespace(path=repo, first_build=_build(repo))
+    return SimpleNamespace(path=repo, first_build=_build(repo, **STATIC_RUNTIME))
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="libstdc++ and /proc: Linux")
+def test_extension_shares_torchs_cxx_runtime():
+    """_C throws its errors with the C++ runtime torch runs with: a second, static copy mixed
+    the two in the error paths (garbled messages, or a crash)."""
+    import torch
+
+    import ternary_ops
+    from helpers import cxx_runtime_file
+
+    own = os.path.realpath(ternary_ops._C.__file__)
+    runtime = cxx_runtime_file(own)
+    assert runtime != own and "libstdc++" in os.path.basename(runtime), runtime
+    x, w = torch.randn(3, 16), torch.zeros(5, 15, dtype=torch.int8)
+    with pytest.raises(ValueError) as e:
+        torch.ops.ternary.linear_i8(x, w, torch.ones(()), None, "int8")
+    assert str(e.value).splitlines()[0] == SHAPE_ERROR
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="libstdc++ and /proc: Linux")
+def test_static_runtime_compiler_still_links_the_shared_runtime(repo):
+    """setup.py names torch's libstdc++.so.6 to the linker, so even a compiler that would copy
+    its runtime in (the fixture's build) leaves _C on the shared one."""
+    got = _probe(repo.path)
+    assert got["cxx_runtime"] != os.path.realpath(got["extension"]), got
+    assert "libstdc++" in os.path.basename(got["cxx_runtime"]), got
+    assert got["shape_error"] == SHAPE_ERROR, got
 
 
 @pytest.mark.slow

@@ -170,18 +170,18 @@ def _split_k_sum(part_ptr, inv_ptr, scale_ptr, bias_ptr, out_ptr, M, N, stride_o
 
 if gluon is not None:
     @gluon.constexpr_function
-    def _codes_asm(shift):
-        """PTX for t = the codes of bit pair shift / 2 of $2, one per byte."""
-        move = f"shr.b32 t, $2, {shift}; and.b32 t, t, " if shift else "and.b32 t, $2, "
+    def _codes_asm(shift, src="$2"):
+        """PTX for t = the codes of bit pair shift / 2 of src, one per byte."""
+        move = f"shr.b32 t, {src}, {shift}; and.b32 t, t, " if shift else f"and.b32 t, {src}, "
         return move + "0x03030303; "
 
     @gluon.constexpr_function
-    def _int8_weights_asm(shift):
-        """PTX for $0 = the codes of bit pair shift / 2 of $1 times 1, 4, 16 or 32, per byte:
+    def _int8_weights_asm(shift, src="$1"):
+        """PTX for $0 = the codes of bit pair shift / 2 of src times 1, 4, 16 or 32, per byte:
         masked in place, bit pair 3 moved down one bit first to stay below 128."""
         if shift == 6:
-            return "{ .reg .b32 t; shr.b32 t, $1, 1; and.b32 $0, t, 0x60606060; }"
-        return f"and.b32 $0, $1, {0x03030303 << shift:#010x};"
+            return f"{{ .reg .b32 t; shr.b32 t, {src}, 1; and.b32 $0, t, 0x60606060; }}"
+        return f"and.b32 $0, {src}, {0x03030303 << shift:#010x};"
 
     @gluon.constexpr_function
     def _float_weights_asm(dtype):
@@ -241,14 +241,13 @@ if gluon is not None:
         if DTYPE == gl.int8:  # output $0; inputs $1, $2
             out = gl.inline_asm_elementwise(
                 "{ .reg .b32 s, t; and.b32 s, $2, 0xff; shr.b32 t, $1, s; "
-                f"and.b32 $0, t, {0x03030303 << 2 * H:#010x}; }}", "=r,r,r", [p, shift],
-                dtype=gl.int8, is_pure=True, pack=4)
+                + _int8_weights_asm(2 * H, "t") + " }", "=r,r,r", [p, shift], dtype=gl.int8,
+                is_pure=True, pack=4)
         else:  # outputs $0, $1 (two 16-bit weights each); inputs $2, $3
             w = gl.inline_asm_elementwise(
                 "{ .reg .b32 s, t, b; and.b32 s, $3, 0xff; shr.b32 t, $2, s; "
-                + ("shr.b32 t, t, 2; " if H else "") + "and.b32 t, t, 0x03030303; "
-                + _float_weights_asm(DTYPE) + " }", "=r,=r,r,r", [p, shift], dtype=gl.int32,
-                is_pure=True, pack=2)
+                + _codes_asm(2 * H, "t") + _float_weights_asm(DTYPE) + " }", "=r,=r,r,r",
+                [p, shift], dtype=gl.int32, is_pure=True, pack=2)
             out = _split_halves(w, DTYPE, True)
         return out
 

@@ -23,7 +23,7 @@ import ternary_ops as tops
 from ternary_ops import reference
 
 # profile_target.py sits beside this script (run as benchmarks/cuda/bench.py)
-from profile_target import graph_time, n_copies, replay_times
+from profile_target import graph_time, l2_size, n_copies, replay_times
 
 SHAPES = [(2560, 2560), (6912, 2560), (2560, 6912), (4096, 4096), (14336, 4096), (4096, 14336)]
 
@@ -95,7 +95,7 @@ def main():
 
     torch.backends.cuda.matmul.allow_tf32 = False
     props = torch.cuda.get_device_properties(0)
-    l2 = getattr(props, "L2_cache_size", 50 << 20)
+    l2 = l2_size(props)
     bw = copy_bandwidth()
     head = (f"device: {props.name}, {props.multi_processor_count} SMs, L2 {l2 >> 20} MB, "
             f"torch {torch.__version__}, CUDA {torch.version.cuda}, "

@@ -26,7 +26,7 @@ import torch
 import triton
 
 from bench import SHAPES, time_rotating  # beside this script
-from profile_target import n_copies
+from profile_target import l2_size, n_copies
 from ternary_ops import cuda_mma
 
 LLAMA = [(14336, 4096), (4096, 14336), (28672, 8192), (8192, 28672)]
@@ -174,8 +174,10 @@ def main():
         return
     shapes = ([tuple(map(int, s.split("x"))) for s in args.shapes] if args.shapes
               else DEFAULT_SHAPES)
+    timed = (_run_once if args.compile_only else functools.partial(
+        time_rotating, l2_bytes=None, bytes_per_call=None, replays=REPLAYS))
     props = torch.cuda.get_device_properties(0)
-    sms, l2 = props.multi_processor_count, getattr(props, "L2_cache_size", 50 << 20)
+    sms, l2 = props.multi_processor_count, l2_size(props)
     for n, k in shapes:
         r = (n + 3) // 4
         # weights and dense weights both rotate over copies of 4x the L2, as in bench.py
@@ -192,8 +194,6 @@ def main():
             inv = torch.rand(m, device="cuda") + 1
             qsum = q[:, :k].sum(1, dtype=torch.int32)
             out = torch.empty(m, n, dtype=torch.bfloat16, device="cuda")
-            timed = (_run_once if args.compile_only else functools.partial(
-                time_rotating, l2_bytes=None, bytes_per_call=None, replays=REPLAYS))
             dense = timed(lambda w: torch.nn.functional.linear(x, w), wd)[0]
             for act in args.acts:
                 int8 = act == "int8"
